@@ -1,0 +1,504 @@
+//! The typed form of what to forward, shared by the command line and config files.
+//!
+//! Text from users (kubectl-style arguments, config fields) becomes [`Target`],
+//! [`PortMapping`], [`LabelSelector`] and addresses here, and together a [`ForwardSpec`].
+//! Parsing is pure and checks names against the Kubernetes rules, so mistakes surface
+//! before any request, with the value and the accepted forms in the message.
+
+mod address;
+pub(crate) mod name;
+mod port;
+mod protocol;
+mod selector;
+mod target;
+mod workload;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub use address::{DEFAULT_ADDRESS, parse_addresses};
+pub use port::{PortMapping, RemotePort};
+pub use protocol::Protocol;
+pub use selector::{LabelSelector, Requirement};
+pub use target::Target;
+pub use workload::WorkloadType;
+
+use crate::config::{ConfigError, ForwardConfig, non_empty};
+
+/// Why text could not be turned into a spec value.
+///
+/// Every variant carries the offending value; its message also says what is accepted.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::spec::{SpecError, Target};
+///
+/// let err = Target::parse_kubectl("job/x").unwrap_err();
+/// assert!(matches!(err, SpecError::UnknownKind { ref kind, .. } if kind == "job"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The target text is empty.
+    #[error("target is empty (expected pod/NAME, svc/NAME, deploy/NAME, or NAME for a pod)")]
+    EmptyTarget,
+    /// `KIND/` with nothing after the slash.
+    #[error("target {input:?} has no name after \"{kind}/\" (expected {kind}/NAME)")]
+    EmptyName {
+        /// The kind as written.
+        kind: String,
+        /// The whole target text.
+        input: String,
+    },
+    /// A resource kind this tool cannot forward to.
+    #[error("unknown resource type {kind:?} in target {input:?} (accepted: {accepted})", accepted = target::ACCEPTED_KINDS)]
+    UnknownKind {
+        /// The kind as written.
+        kind: String,
+        /// The whole target text.
+        input: String,
+    },
+    /// A pod, service or deployment name that breaks the Kubernetes naming rules.
+    #[error("invalid {kind} name {name:?}: {problem}")]
+    InvalidName {
+        /// `pod`, `service` or `deployment`.
+        kind: &'static str,
+        /// The name as written.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A proxy host that is not a host name or IP address.
+    #[error("invalid proxy host {host:?}: {problem}")]
+    InvalidHost {
+        /// The host as written.
+        host: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A label selector with a syntax error or an invalid key or value.
+    #[error("invalid label selector {selector:?}: {problem}")]
+    InvalidSelector {
+        /// The selector text.
+        selector: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A remote port that is neither a port number nor a valid port name.
+    #[error("invalid remote port {value:?}: {problem}")]
+    InvalidPort {
+        /// The port as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A kubectl port argument in none of the accepted forms.
+    #[error(
+        "invalid port {value:?}: {problem} (accepted forms: LOCAL:REMOTE, REMOTE, :REMOTE or 0:REMOTE, \
+         where REMOTE is a port number or name and local port 0 picks a free port)"
+    )]
+    InvalidPortMapping {
+        /// The argument as written.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// An item of an address list that is not an IP address or `localhost`.
+    #[error("{}", address_message(list, item, problem))]
+    InvalidAddress {
+        /// The whole list.
+        list: String,
+        /// The bad item; empty when the list or an item is empty.
+        item: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A protocol other than TCP or UDP.
+    #[error("unknown protocol {value:?} (expected \"tcp\" or \"udp\")")]
+    UnknownProtocol {
+        /// The protocol as written.
+        value: String,
+    },
+    /// A workload type other than service, pod or proxy.
+    #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
+    UnknownWorkloadType {
+        /// The workload type as written.
+        value: String,
+    },
+}
+
+fn address_message(list: &str, item: &str, problem: &str) -> String {
+    if item.is_empty() {
+        format!("invalid address list {list:?}: {problem}")
+    } else {
+        format!("invalid address {item:?} in {list:?}: {problem}")
+    }
+}
+
+/// Everything needed to start one forward: what to reach, where, and on which local ports.
+///
+/// Build one from command line arguments with [`ForwardSpec::new`] and the `with_*`
+/// methods, or from a config file entry with `ForwardSpec::try_from(&config)`.
+/// `namespace`, `context` and `kubeconfig` left as `None` mean the kubeconfig's defaults.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target, parse_addresses};
+///
+/// let spec = ForwardSpec::new(
+///     Target::parse_kubectl("svc/dns")?,
+///     [PortMapping::parse_kubectl("5353:53")?],
+/// )
+/// .with_namespace("kube-system")
+/// .with_protocol(Protocol::Udp)
+/// .with_addresses(parse_addresses("localhost")?);
+/// assert_eq!(spec.label(), "svc/dns 5353:53/udp");
+/// assert_eq!(spec.addresses.len(), 2);
+/// # Ok::<(), kforward_core::spec::SpecError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// What to reach.
+    pub target: Target,
+    /// The namespace of the target; `None` is the context's namespace.
+    pub namespace: Option<String>,
+    /// The ports to forward, at least one for a useful forward.
+    pub ports: Vec<PortMapping>,
+    /// The local addresses to listen on, each with every port.
+    pub addresses: Vec<IpAddr>,
+    /// TCP, or UDP (carried through the relay).
+    pub protocol: Protocol,
+    /// The kubeconfig context; `None` is the current context.
+    pub context: Option<String>,
+    /// The kubeconfig file; `None` is the default lookup (`KUBECONFIG`, `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// A display name, used instead of the target and ports.
+    pub alias: Option<String>,
+}
+
+impl ForwardSpec {
+    /// A TCP spec for `target` and `ports`, listening on [`DEFAULT_ADDRESS`] (`127.0.0.1`),
+    /// with every other setting at its default.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Pod { name: "web-0".into() }, [PortMapping::new(8080, 80)]);
+    /// assert_eq!(spec.protocol, Protocol::Tcp);
+    /// assert_eq!(spec.addresses, ["127.0.0.1".parse::<std::net::IpAddr>()?]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(target: Target, ports: impl IntoIterator<Item = PortMapping>) -> Self {
+        ForwardSpec {
+            target,
+            namespace: None,
+            ports: ports.into_iter().collect(),
+            addresses: vec![DEFAULT_ADDRESS],
+            protocol: Protocol::Tcp,
+            context: None,
+            kubeconfig: None,
+            alias: None,
+        }
+    }
+
+    /// Sets the namespace.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(80, 80)])
+    ///     .with_namespace("shop");
+    /// assert_eq!(spec.namespace.as_deref(), Some("shop"));
+    /// ```
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Sets the local addresses to listen on.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target, parse_addresses};
+    ///
+    /// let spec = ForwardSpec::new(Target::Pod { name: "web-0".into() }, [PortMapping::new(80, 80)])
+    ///     .with_addresses(parse_addresses("127.0.0.2")?);
+    /// assert_eq!(spec.addresses.len(), 1);
+    /// # Ok::<(), kforward_core::spec::SpecError>(())
+    /// ```
+    pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.addresses = addresses.into_iter().collect();
+        self
+    }
+
+    /// Sets the protocol.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Pod { name: "dns-0".into() }, [PortMapping::new(53, 53)])
+    ///     .with_protocol(Protocol::Udp);
+    /// assert_eq!(spec.protocol, Protocol::Udp);
+    /// ```
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the kubeconfig context.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Pod { name: "web-0".into() }, [PortMapping::new(80, 80)])
+    ///     .with_context("staging");
+    /// assert_eq!(spec.context.as_deref(), Some("staging"));
+    /// ```
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// Sets the kubeconfig file.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Pod { name: "web-0".into() }, [PortMapping::new(80, 80)])
+    ///     .with_kubeconfig("/tmp/kubeconfig");
+    /// assert_eq!(spec.kubeconfig.as_deref(), Some(Path::new("/tmp/kubeconfig")));
+    /// ```
+    pub fn with_kubeconfig(mut self, kubeconfig: impl Into<PathBuf>) -> Self {
+        self.kubeconfig = Some(kubeconfig.into());
+        self
+    }
+
+    /// Sets the display name.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "pg".into() }, [PortMapping::new(5432, 5432)])
+    ///     .with_alias("db");
+    /// assert_eq!(spec.label(), "db");
+    /// ```
+    pub fn with_alias(mut self, alias: impl Into<String>) -> Self {
+        self.alias = Some(alias.into());
+        self
+    }
+
+    /// A short name for status lines and logs: the alias if set, else the target and its
+    /// ports (`svc/web 8080:80`), with `/udp` after UDP ports.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(
+    ///     Target::Service { name: "web".into() },
+    ///     [PortMapping::new(8080, 80), PortMapping::new(0, 443)],
+    /// );
+    /// assert_eq!(spec.label(), "svc/web 8080:80 0:443");
+    /// ```
+    pub fn label(&self) -> String {
+        if let Some(alias) = non_empty(&self.alias) {
+            return alias.to_owned();
+        }
+        let mut label = self.target.to_string();
+        for port in &self.ports {
+            label.push(' ');
+            label.push_str(&port.to_string());
+            if self.protocol == Protocol::Udp {
+                label.push_str("/udp");
+            }
+        }
+        label
+    }
+}
+
+impl fmt::Display for ForwardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Turns a config file entry into a spec, with kftray's meaning of each field:
+///
+/// - `workload_type: "service"`: [`Target::Service`] named by `service`;
+/// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
+///   [`Target::Pod`] named by `service`;
+/// - `workload_type: "proxy"`: [`Target::Proxy`] to `remote_address`;
+/// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
+///   port as `remote_port` (as kubectl), 0 picks a free port;
+/// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
+/// - empty `context`, `alias` and `kubeconfig` count as unset, and so does kftray's
+///   `kubeconfig: "default"`.
+///
+/// # Errors
+///
+/// Every problem [`ForwardConfig::validate`] finds, as one [`ConfigError`].
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::config::ForwardConfig;
+/// use kforward_core::spec::{ForwardSpec, PortMapping, Target, WorkloadType};
+///
+/// let config = ForwardConfig {
+///     workload_type: WorkloadType::Pod,
+///     service: Some("web-0".into()),
+///     target: Some("app=web".into()),
+///     remote_port: Some(8080),
+///     ..ForwardConfig::default()
+/// };
+/// let spec = ForwardSpec::try_from(&config)?;
+/// assert_eq!(spec.target.to_string(), "pod?app=web");
+/// assert_eq!(spec.ports, [PortMapping::new(8080, 8080)]);
+/// assert_eq!(spec.namespace.as_deref(), Some("default"));
+/// # Ok::<(), kforward_core::config::ConfigError>(())
+/// ```
+impl TryFrom<&ForwardConfig> for ForwardSpec {
+    type Error = ConfigError;
+
+    fn try_from(config: &ForwardConfig) -> Result<Self, Self::Error> {
+        let checked = config.check()?;
+        let local = config.local_port.unwrap_or(checked.remote_port);
+        Ok(ForwardSpec {
+            target: checked.target,
+            namespace: Some(config.namespace.clone()),
+            ports: vec![PortMapping::new(local, checked.remote_port)],
+            addresses: checked.addresses,
+            protocol: config.protocol,
+            context: non_empty(&config.context).map(str::to_owned),
+            kubeconfig: non_empty(&config.kubeconfig)
+                .filter(|path| *path != "default")
+                .map(PathBuf::from),
+            alias: non_empty(&config.alias).map(str::to_owned),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn config(json: &str) -> ForwardConfig {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    fn spec(json: &str) -> ForwardSpec {
+        ForwardSpec::try_from(&config(json)).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn service_config_becomes_service_target() {
+        let spec = spec(
+            r#"{"service":"web","namespace":"shop","local_port":8080,"remote_port":80,
+                "context":"kind-dev","alias":"shop-web","kubeconfig":"/home/me/.kube/dev"}"#,
+        );
+        assert_eq!(
+            spec,
+            ForwardSpec {
+                target: Target::Service { name: "web".into() },
+                namespace: Some("shop".into()),
+                ports: vec![PortMapping::new(8080, 80)],
+                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                protocol: Protocol::Tcp,
+                context: Some("kind-dev".into()),
+                kubeconfig: Some(PathBuf::from("/home/me/.kube/dev")),
+                alias: Some("shop-web".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn pod_config_prefers_the_selector_over_the_name() {
+        let by_selector = spec(
+            r#"{"workload_type":"pod","service":"web-0","target":"app=web,tier!=db","remote_port":80}"#,
+        );
+        assert_eq!(by_selector.target.to_string(), "pod?app=web,tier!=db");
+        let by_name = spec(r#"{"workload_type":"pod","service":"web-0","target":"","remote_port":80}"#);
+        assert_eq!(by_name.target, Target::Pod { name: "web-0".into() });
+    }
+
+    #[test]
+    fn proxy_config_becomes_proxy_target_with_same_local_port() {
+        let spec = spec(
+            r#"{"workload_type":"proxy","service":null,"remote_address":"db.example.com","remote_port":5432}"#,
+        );
+        assert_eq!(spec.target, Target::Proxy { host: "db.example.com".into() });
+        assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
+    }
+
+    #[test]
+    fn local_port_zero_picks_a_free_port() {
+        let spec = spec(r#"{"service":"web","local_port":0,"remote_port":80}"#);
+        assert!(spec.ports[0].picks_free_port());
+    }
+
+    #[test]
+    fn local_address_and_udp() {
+        let udp = spec(
+            r#"{"service":"dns","remote_port":53,"local_address":"localhost","protocol":"UDP"}"#,
+        );
+        assert_eq!(
+            udp.addresses,
+            [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+        );
+        assert_eq!(udp.protocol, Protocol::Udp);
+        assert_eq!(udp.label(), "svc/dns 53:53/udp");
+        let loopback = spec(r#"{"service":"web","remote_port":80,"local_address":"127.0.0.9"}"#);
+        assert_eq!(loopback.addresses, [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]);
+    }
+
+    #[test]
+    fn empty_and_default_settings_count_as_unset() {
+        let spec = spec(
+            r#"{"service":"web","remote_port":80,"context":"","alias":"","kubeconfig":"default","local_address":""}"#,
+        );
+        assert_eq!(spec.context, None);
+        assert_eq!(spec.alias, None);
+        assert_eq!(spec.kubeconfig, None);
+        assert_eq!(spec.addresses, [DEFAULT_ADDRESS]);
+        assert_eq!(spec.label(), "svc/web 80:80");
+    }
+
+    #[test]
+    fn invalid_config_reports_every_problem() {
+        let err = ForwardSpec::try_from(&config(
+            r#"{"service":"Web","namespace":"-x","remote_port":0,"local_address":"nowhere"}"#,
+        ))
+        .expect_err("invalid");
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["service", "namespace", "remote_port", "local_address"]);
+    }
+
+    #[test]
+    fn builder_and_display() {
+        let spec = ForwardSpec::new(Target::Deployment { name: "api".into() }, [PortMapping::new(0, 8080)])
+            .with_context("prod")
+            .with_kubeconfig("/k")
+            .with_namespace("ns");
+        assert_eq!(spec.to_string(), "deploy/api 0:8080");
+        assert_eq!(spec.clone().with_alias("api").to_string(), "api");
+    }
+}

@@ -1,0 +1,264 @@
+//! The kubelet: runs each pod's containers as real servers on the pod's own loopback
+//! address, reports status and readiness, and carries out graceful deletion.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use crate::Kind;
+use crate::network::{ContainerPort, Protocol, WorkloadHandle, WorkloadSpec, start_workload};
+use crate::state::{Shared, lock};
+use crate::store::now_rfc3339;
+
+/// The node every pod runs on.
+pub(crate) const NODE: &str = "testkit-node";
+
+/// Whether a pod object is Running with a true Ready condition and is not being deleted.
+pub(crate) fn pod_is_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+#[derive(Default)]
+pub(crate) struct Kubelet {
+    /// Running pods by uid.
+    running: HashMap<String, WorkloadHandle>,
+}
+
+fn container_ports(pod: &Value) -> Vec<ContainerPort> {
+    let mut out = Vec::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        for p in c["ports"].as_array().into_iter().flatten() {
+            let Some(port) = p["containerPort"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+                continue;
+            };
+            let protocol = Protocol::from_k8s(p["protocol"].as_str().unwrap_or("TCP"))
+                .unwrap_or(Protocol::Tcp);
+            out.push(ContainerPort { port, protocol });
+        }
+    }
+    out
+}
+
+fn env(pod: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+        for e in c["env"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
+                out.insert(n.to_string(), v.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn condition(ty: &str, status: bool) -> Value {
+    json!({
+        "type": ty,
+        "status": if status { "True" } else { "False" },
+        "lastProbeTime": null,
+        "lastTransitionTime": now_rfc3339(),
+    })
+}
+
+fn container_statuses(pod: &Value, ready: bool, waiting: Option<(&str, &str)>) -> Value {
+    let started = now_rfc3339();
+    let list: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let state = match waiting {
+                Some((reason, message)) => json!({"waiting": {"reason": reason, "message": message}}),
+                None => json!({"running": {"startedAt": started}}),
+            };
+            json!({
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": ready,
+                "started": waiting.is_none(),
+                "restartCount": 0,
+                "state": state,
+            })
+        })
+        .collect();
+    json!(list)
+}
+
+/// Sets the Ready and ContainersReady conditions of a pod.
+pub(crate) fn set_ready(shared: &Shared, ns: &str, name: &str, uid: &str, ready: bool) {
+    let r = shared.store.update(Kind::Pod, ns, name, |p| {
+        if p["metadata"]["uid"] != uid || p["status"]["phase"] != "Running" {
+            return Ok(());
+        }
+        if !p["metadata"]["deletionTimestamp"].is_null() && ready {
+            return Ok(());
+        }
+        if pod_is_ready(p) == ready {
+            return Ok(());
+        }
+        let conds = p["status"]["conditions"].as_array_mut();
+        if let Some(conds) = conds {
+            for c in conds.iter_mut() {
+                if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                    *c = condition(c["type"].as_str().unwrap_or("Ready"), ready);
+                }
+            }
+        }
+        if let Some(cs) = p["status"]["containerStatuses"].as_array_mut() {
+            for c in cs {
+                c["ready"] = json!(ready);
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        debug!(error = %e, pod = name, "readiness update skipped");
+    }
+}
+
+impl Kubelet {
+    pub(crate) async fn reconcile(&mut self, shared: &Arc<Shared>) {
+        let (pods, _) = shared.store.list(Kind::Pod, None);
+        let mut alive = std::collections::HashSet::new();
+        for pod in &pods {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            alive.insert(uid.clone());
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                self.terminate(shared, &ns, &name, &uid, pod);
+                continue;
+            }
+            if pod["status"]["phase"] == "Pending" && !self.running.contains_key(&uid) {
+                self.start(shared, &ns, &name, &uid, pod).await;
+            }
+        }
+        // Pods removed from the store by other means: stop their servers.
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|u| !alive.contains(*u))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(h) = self.running.remove(&uid) {
+                h.stop().await;
+            }
+        }
+    }
+
+    fn terminate(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
+        // First out of the endpoints, then stopped after the grace period, then removed.
+        set_ready(shared, ns, name, uid, false);
+        let Some(handle) = self.running.remove(uid) else {
+            if pod["status"]["phase"] != "Running" {
+                let _ = shared.store.delete(Kind::Pod, ns, name);
+            }
+            return;
+        };
+        let grace = *lock(&shared.termination_grace);
+        let (shared, ns, name, uid) = (shared.clone(), ns.to_string(), name.to_string(), uid.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            handle.stop().await;
+            if let Ok(p) = shared.store.get(Kind::Pod, &ns, &name)
+                && p["metadata"]["uid"] == uid.as_str()
+            {
+                let _ = shared.store.delete(Kind::Pod, &ns, &name);
+            }
+        });
+    }
+
+    async fn start(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
+        let image = pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if image.contains("unpullable") || image.is_empty() {
+            let message = format!(
+                "Back-off pulling image \"{image}\": ErrImagePull: failed to pull and unpack image \"{image}\": not found"
+            );
+            let _ = shared.store.update(Kind::Pod, ns, name, |p| {
+                p["spec"]["nodeName"] = json!(NODE);
+                p["status"]["conditions"] = json!([condition("PodScheduled", true)]);
+                p["status"]["containerStatuses"] =
+                    container_statuses(p, false, Some(("ImagePullBackOff", &message)));
+                Ok(())
+            });
+            return;
+        }
+        let mut last_err = None;
+        let mut started: Option<(Ipv4Addr, WorkloadHandle)> = None;
+        for _ in 0..8 {
+            let ip = shared.pool.next_pod_ip();
+            let spec = WorkloadSpec {
+                image: image.clone(),
+                pod_name: name.to_string(),
+                namespace: ns.to_string(),
+                pod_ip: ip,
+                ports: container_ports(pod),
+                env: env(pod),
+            };
+            match start_workload(spec).await {
+                Ok(h) => {
+                    started = Some((ip, h));
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let Some((ip, handle)) = started else {
+            warn!(pod = name, error = ?last_err, "cannot start pod");
+            return;
+        };
+        self.running.insert(uid.to_string(), handle);
+        let now = now_rfc3339();
+        let r = shared.store.update(Kind::Pod, ns, name, |p| {
+            p["spec"]["nodeName"] = json!(NODE);
+            p["status"] = json!({
+                "phase": "Running",
+                "hostIP": "127.0.0.1",
+                "hostIPs": [{"ip": "127.0.0.1"}],
+                "podIP": ip.to_string(),
+                "podIPs": [{"ip": ip.to_string()}],
+                "startTime": now,
+                "qosClass": "BestEffort",
+                "conditions": [
+                    condition("PodReadyToStartContainers", true),
+                    condition("Initialized", true),
+                    condition("Ready", false),
+                    condition("ContainersReady", false),
+                    condition("PodScheduled", true),
+                ],
+                "containerStatuses": container_statuses(p, false, None),
+            });
+            Ok(())
+        });
+        if r.is_err() {
+            return;
+        }
+        let delay = *lock(&shared.ready_delay);
+        let (shared, ns, name, uid) = (shared.clone(), ns.to_string(), name.to_string(), uid.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let forced = lock(&shared.not_ready).contains(&format!("{ns}/{name}"));
+            if !forced {
+                set_ready(&shared, &ns, &name, &uid, true);
+            }
+        });
+    }
+
+    pub(crate) async fn stop_all(&mut self) {
+        for (_, h) in self.running.drain() {
+            h.stop().await;
+        }
+    }
+}

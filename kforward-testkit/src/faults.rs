@@ -1,0 +1,107 @@
+//! The fault switches, shared by the Rust API ([`crate::Cluster`]) and the admin endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::kubeconfig::{KubeconfigEntry, write_kubeconfig};
+use crate::server::ApiServer;
+use crate::state::{Shared, lock};
+use crate::{ApiError, Error, Kind};
+
+pub(crate) fn pause(shared: &Shared, paused: bool) {
+    shared.faults.paused.send_replace(paused);
+}
+
+pub(crate) fn set_latency(shared: &Shared, latency: Duration) {
+    *lock(&shared.faults.latency) = latency;
+}
+
+pub(crate) fn deny(shared: &Shared, verb: &str, resource: &str) {
+    lock(&shared.auth)
+        .denied
+        .insert((verb.to_string(), resource.to_string()));
+}
+
+pub(crate) fn allow_all(shared: &Shared) {
+    lock(&shared.auth).denied.clear();
+}
+
+/// A new random bearer token.
+pub(crate) fn new_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+/// The kubeconfig entry of this cluster as it is now.
+pub(crate) fn entry(shared: &Shared) -> KubeconfigEntry {
+    let addr = *lock(&shared.api_addr);
+    let scheme = if shared.tls.is_some() { "https" } else { "http" };
+    KubeconfigEntry {
+        name: shared.name.clone(),
+        server: format!("{scheme}://{addr}"),
+        ca_pem: shared.ca_pem.clone(),
+        token: lock(&shared.auth).token.clone(),
+        namespace: lock(&shared.default_namespace).clone(),
+    }
+}
+
+pub(crate) fn write_own_kubeconfig(shared: &Shared) -> Result<(), Error> {
+    write_kubeconfig(&shared.kubeconfig_path, &[entry(shared)])
+}
+
+/// Invalidates the current token: every request carrying it gets 401. A new token is
+/// written to the cluster's kubeconfig, as a credential plugin would hand out a fresh one.
+pub(crate) fn expire_token(shared: &Shared) -> Result<String, Error> {
+    let token = new_token();
+    lock(&shared.auth).token = token.clone();
+    write_own_kubeconfig(shared)?;
+    Ok(token)
+}
+
+pub(crate) fn set_pod_ready(shared: &Shared, ns: &str, name: &str, ready: bool) -> Result<(), ApiError> {
+    let pod = shared.store.get(Kind::Pod, ns, name)?;
+    let key = format!("{ns}/{name}");
+    if ready {
+        lock(&shared.not_ready).remove(&key);
+    } else {
+        lock(&shared.not_ready).insert(key);
+    }
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+    crate::controller::set_ready(shared, ns, name, uid, ready);
+    Ok(())
+}
+
+/// Stops the API server, cutting every connection, and starts it again on the same address.
+/// Stored objects survive, as they would in etcd.
+///
+/// The future is boxed to break the type cycle server -> admin endpoint -> restart -> server.
+pub(crate) fn restart_api(
+    shared: &Arc<Shared>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + '_>> {
+    Box::pin(restart_api_inner(shared))
+}
+
+async fn restart_api_inner(shared: &Arc<Shared>) -> Result<(), Error> {
+    let mut api = shared.api.lock().await;
+    let addr = *lock(&shared.api_addr);
+    if let Some(old) = api.take() {
+        old.stop();
+    }
+    let mut last = None;
+    for _ in 0..50 {
+        match ApiServer::start(shared.clone(), addr, shared.tls.clone()).await {
+            Ok(s) => {
+                *api = Some(s);
+                return Ok(());
+            }
+            Err(e) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Timeout(Duration::from_secs(1), "API restart".into())))
+}

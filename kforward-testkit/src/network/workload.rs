@@ -1,0 +1,356 @@
+//! Real servers for a pod's containers, chosen by image name and bound to the pod's IP.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+
+use super::echo::{echo_tcp, echo_udp};
+use super::error::{NetworkError, Result};
+use super::http::{Body, RequestHead, Response, serve_http};
+use super::relay::{UdpRelayConfig, UdpRoute, relay_tcp, relay_udp};
+use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp};
+
+/// Environment variable naming the passthrough target for every port (`host:port`).
+pub const PASSTHROUGH_TARGET: &str = "PASSTHROUGH_TARGET";
+/// A UDP passthrough session with no traffic for this long ends.
+const PASSTHROUGH_UDP_IDLE: Duration = Duration::from_secs(60);
+/// Largest body `GET /bytes/N` serves.
+pub const MAX_PATTERN_BYTES: u64 = 4 << 30;
+
+/// A port's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling (`"TCP"`, `"UDP"`); `None` for anything else.
+    pub fn from_k8s(name: &str) -> Option<Self> {
+        match name {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// The Kubernetes spelling.
+    pub fn as_k8s(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_k8s())
+    }
+}
+
+/// One port a container declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContainerPort {
+    /// The port number (1..=65535).
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+/// What a container image runs, decided by the end of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// `.../http`: an HTTP/1.1 server on every TCP port.
+    Http,
+    /// `.../echo`: TCP echo on every TCP port.
+    Echo,
+    /// `.../udp-echo`: UDP echo on every UDP port and TCP echo on every TCP port.
+    UdpEcho,
+    /// `.../passthrough`: forwards every port to `PASSTHROUGH_TARGET[_<port>]`.
+    Passthrough,
+    /// `.../sleep` and any unknown image: nothing listens.
+    Sleep,
+}
+
+impl WorkloadKind {
+    /// Picks the kind from an image reference: the last path segment, without tag or
+    /// digest, must end with `http`, `echo`, `udp-echo`, `passthrough` or `sleep` (after a
+    /// `-`, `_`, `.` or at the start), e.g. `kforward/http:1` or `ghcr.io/x/kforward-http`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_testkit::network::WorkloadKind;
+    ///
+    /// assert_eq!(WorkloadKind::from_image("ghcr.io/x/kforward-udp-echo:2"), WorkloadKind::UdpEcho);
+    /// assert_eq!(WorkloadKind::from_image("nginx:1.27"), WorkloadKind::Sleep);
+    /// ```
+    pub fn from_image(image: &str) -> Self {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let name = last.split(['@', ':']).next().unwrap_or(last);
+        let ends_with_word = |word: &str| {
+            name.strip_suffix(word)
+                .is_some_and(|rest| rest.is_empty() || rest.ends_with(['-', '_', '.']))
+        };
+        // `udp-echo` first: it also ends with `echo`.
+        [
+            ("udp-echo", Self::UdpEcho),
+            ("passthrough", Self::Passthrough),
+            ("http", Self::Http),
+            ("echo", Self::Echo),
+        ]
+        .into_iter()
+        .find(|(word, _)| ends_with_word(word))
+        .map_or(Self::Sleep, |(_, kind)| kind)
+    }
+}
+
+/// Everything needed to run a pod's workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadSpec {
+    /// The container image; see [`WorkloadKind::from_image`].
+    pub image: String,
+    /// The pod's name (served by `http` pods).
+    pub pod_name: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The loopback address every server listens on.
+    pub pod_ip: Ipv4Addr,
+    /// The container's declared ports.
+    pub ports: Vec<ContainerPort>,
+    /// The container's environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl WorkloadSpec {
+    fn misconfigured(&self, reason: String) -> NetworkError {
+        NetworkError::BadImageConfig {
+            image: self.image.clone(),
+            pod: format!("{}/{}", self.namespace, self.pod_name),
+            reason,
+        }
+    }
+}
+
+/// The running servers of one pod. Dropping it (or [`stop`](Self::stop)) closes every
+/// listener and every live connection.
+#[derive(Debug)]
+pub struct WorkloadHandle {
+    kind: WorkloadKind,
+    listening: Vec<(Protocol, SocketAddr)>,
+    tasks: TaskGroup,
+}
+
+impl WorkloadHandle {
+    /// What the image runs.
+    pub fn kind(&self) -> WorkloadKind {
+        self.kind
+    }
+
+    /// The addresses servers listen on (empty for `sleep`).
+    pub fn listening(&self) -> &[(Protocol, SocketAddr)] {
+        &self.listening
+    }
+
+    /// Stops every server and waits until all listeners and connections are closed.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// A bound socket waiting for its server.
+enum Bound {
+    Tcp(TcpListener, u16),
+    Udp(UdpSocket, u16),
+}
+
+/// Starts the servers of a pod's image on `pod_ip`, one per declared port.
+///
+/// # Errors
+///
+/// [`NetworkError::Bind`] naming the address when a port cannot be bound (the caller may
+/// retry on another IP), [`NetworkError::BadImageConfig`] for invalid ports or a passthrough
+/// pod without a usable target.
+///
+/// # Example
+///
+/// ```
+/// use kforward_testkit::network::{AddressPool, ContainerPort, Protocol, WorkloadSpec, start_workload};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = AddressPool::new();
+/// let pod = start_workload(WorkloadSpec {
+///     image: "kforward/echo:1".into(),
+///     pod_name: "echo-0".into(),
+///     namespace: "default".into(),
+///     pod_ip: pool.next_pod_ip(),
+///     ports: vec![ContainerPort { port: 7000, protocol: Protocol::Tcp }],
+///     env: Default::default(),
+/// })
+/// .await?;
+/// assert_eq!(pod.listening().len(), 1);
+/// pod.stop().await;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
+    let kind = WorkloadKind::from_image(&spec.image);
+    let mut seen = HashSet::new();
+    for port in &spec.ports {
+        if port.port == 0 {
+            return Err(spec.misconfigured("containerPort must be in 1..=65535".into()));
+        }
+        if !seen.insert(*port) {
+            return Err(spec.misconfigured(format!(
+                "port {}/{} is declared twice",
+                port.port, port.protocol
+            )));
+        }
+    }
+    let serves = |protocol: Protocol| match kind {
+        WorkloadKind::Http | WorkloadKind::Echo => protocol == Protocol::Tcp,
+        WorkloadKind::UdpEcho | WorkloadKind::Passthrough => true,
+        WorkloadKind::Sleep => false,
+    };
+    let mut targets = BTreeMap::new();
+    if kind == WorkloadKind::Passthrough {
+        for port in &spec.ports {
+            targets.insert(port.port, passthrough_target(&spec, port.port).await?);
+        }
+    }
+    // Bind everything before spawning anything, so a failure leaves nothing running.
+    let mut bound = Vec::new();
+    let mut listening = Vec::new();
+    for port in spec.ports.iter().filter(|p| serves(p.protocol)) {
+        let addr = SocketAddr::from((spec.pod_ip, port.port));
+        match port.protocol {
+            Protocol::Tcp => {
+                let (listener, local) = bind_tcp(addr).await?;
+                listening.push((Protocol::Tcp, local));
+                bound.push(Bound::Tcp(listener, port.port));
+            }
+            Protocol::Udp => {
+                let (socket, local) = bind_udp(addr).await?;
+                listening.push((Protocol::Udp, local));
+                bound.push(Bound::Udp(socket, port.port));
+            }
+        }
+    }
+    let mut tasks = TaskGroup::new();
+    for socket in bound {
+        let token = tasks.token();
+        match (socket, kind) {
+            (Bound::Tcp(listener, _), WorkloadKind::Http) => {
+                let pod = spec.pod_name.clone();
+                tasks.spawn(accept_loop(listener, token, "http", move |stream, peer| {
+                    let pod = pod.clone();
+                    serve_http(stream, peer, move |head, _| pod_route(&pod, head))
+                }));
+            }
+            (Bound::Tcp(listener, port), WorkloadKind::Passthrough) => {
+                let (source, target) = (spec.pod_ip, targets.get(&port).copied());
+                tasks.spawn(accept_loop(
+                    listener,
+                    token,
+                    "passthrough",
+                    move |stream, _| async move {
+                        match target {
+                            Some(target) => relay_tcp(stream, Some(source), target).await,
+                            None => super::tasks::reset(stream),
+                        }
+                    },
+                ));
+            }
+            (Bound::Tcp(listener, _), _) => {
+                tasks.spawn(accept_loop(listener, token, "echo", echo_tcp));
+            }
+            (Bound::Udp(socket, port), WorkloadKind::Passthrough) => {
+                let config = UdpRelayConfig {
+                    source: Some(spec.pod_ip),
+                    idle_timeout: PASSTHROUGH_UDP_IDLE,
+                };
+                let route = FixedTarget(targets.get(&port).copied());
+                tasks.spawn(relay_udp(socket, config, route, token));
+            }
+            (Bound::Udp(socket, _), _) => {
+                tasks.spawn(echo_udp(socket, |_| true, token));
+            }
+        }
+    }
+    tracing::debug!(pod = %spec.pod_name, ip = %spec.pod_ip, ?kind, ?listening, "workload started");
+    Ok(WorkloadHandle {
+        kind,
+        listening,
+        tasks,
+    })
+}
+
+/// Every UDP session of a passthrough port goes to the same target.
+struct FixedTarget(Option<SocketAddr>);
+
+impl UdpRoute for FixedTarget {
+    fn pick(&self, _peer: SocketAddr) -> Option<SocketAddr> {
+        self.0
+    }
+}
+
+/// Finds and resolves the target of a passthrough port: `PASSTHROUGH_TARGET_<port>`, else
+/// `PASSTHROUGH_TARGET`. IPv4 results are preferred, as outbound sockets bind to the pod IP.
+async fn passthrough_target(spec: &WorkloadSpec, port: u16) -> Result<SocketAddr> {
+    let per_port = format!("{PASSTHROUGH_TARGET}_{port}");
+    let Some(value) = spec.env.get(&per_port).or(spec.env.get(PASSTHROUGH_TARGET)) else {
+        return Err(spec.misconfigured(format!(
+            "passthrough needs env {per_port} or {PASSTHROUGH_TARGET} set to host:port"
+        )));
+    };
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(value.as_str())
+        .await
+        .map_err(|error| spec.misconfigured(format!("cannot resolve target {value:?}: {error}")))?
+        .collect();
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| spec.misconfigured(format!("target {value:?} resolves to no address")))
+}
+
+/// The routes of an `http` pod.
+fn pod_route(pod: &str, head: &RequestHead) -> Response {
+    let path = head.path.as_str();
+    let mut response = match (head.method.as_str(), path) {
+        ("GET", "/") => Response::text(200, format!("{pod}\n")),
+        ("GET", _) if path.starts_with("/bytes/") => match path["/bytes/".len()..].parse() {
+            Ok(n) if n <= MAX_PATTERN_BYTES => Response {
+                status: 200,
+                headers: vec![("Content-Type", "application/octet-stream".to_owned())],
+                body: Body::Pattern(n),
+            },
+            _ => Response::text(400, format!("N must be 0..={MAX_PATTERN_BYTES}\n")),
+        },
+        ("POST", "/echo") => Response {
+            status: 200,
+            headers: vec![("Content-Type", "application/octet-stream".to_owned())],
+            body: Body::Echo,
+        },
+        (_, "/" | "/echo") => Response::text(405, "method not allowed\n"),
+        (_, _) if path.starts_with("/bytes/") => Response::text(405, "method not allowed\n"),
+        _ => Response::text(404, "not found\n"),
+    };
+    response.headers.push(("X-Pod-Name", pod.to_owned()));
+    response
+}
+
+#[cfg(test)]
+#[path = "workload_tests.rs"]
+mod tests;
