@@ -6,7 +6,7 @@
 //! bad entry at once, each with its index, alias and field.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +103,8 @@ pub struct ForwardConfig {
     /// For `workload_type: "pod"`, a label selector choosing the pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// Fields this crate does not use, kept so that a file round-trips.
+    /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
+    /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
 }
@@ -194,7 +195,7 @@ impl ForwardConfig {
             }
             Some(port) => Some(port),
         };
-        let addresses = match non_empty(&self.local_address) {
+        let addresses = match non_empty(self.local_address.as_deref()) {
             None => Some(vec![DEFAULT_ADDRESS]),
             Some(list) => match parse_addresses(list) {
                 Ok(addresses) => Some(addresses),
@@ -218,17 +219,22 @@ impl ForwardConfig {
 
     /// The target named by `workload_type` and its fields, or `None` after pushing errors.
     fn check_target(&self, errors: &mut Vec<FieldError>) -> Option<Target> {
-        let mut named = |field: &'static str, name: &str, what: &str, check: fn(&str) -> Result<(), String>| {
-            match check(name) {
-                Ok(()) => Some(name.to_owned()),
-                Err(p) => {
-                    errors.push(FieldError::new(field, name, format!("is not a valid {what}: it {p}")));
-                    None
+        let mut named =
+            |field: &'static str, name: &str, what: &str, check: fn(&str) -> Result<(), String>| {
+                match check(name) {
+                    Ok(()) => Some(name.to_owned()),
+                    Err(p) => {
+                        errors.push(FieldError::new(
+                            field,
+                            name,
+                            format!("is not a valid {what}: it {p}"),
+                        ));
+                        None
+                    }
                 }
-            }
-        };
+            };
         match self.workload_type {
-            WorkloadType::Service => match non_empty(&self.service) {
+            WorkloadType::Service => match non_empty(self.service.as_deref()) {
                 Some(name) => named("service", name, "service name", check_dns1123_label)
                     .map(|name| Target::Service { name }),
                 None => {
@@ -240,7 +246,7 @@ impl ForwardConfig {
                 }
             },
             WorkloadType::Pod => {
-                if let Some(selector) = non_empty(&self.target) {
+                if let Some(selector) = non_empty(self.target.as_deref()) {
                     match LabelSelector::parse(selector) {
                         Ok(selector) => Some(Target::PodSelector { selector }),
                         Err(e) => {
@@ -256,7 +262,7 @@ impl ForwardConfig {
                             None
                         }
                     }
-                } else if let Some(name) = non_empty(&self.service) {
+                } else if let Some(name) = non_empty(self.service.as_deref()) {
                     named("service", name, "pod name", check_dns1123_subdomain)
                         .map(|name| Target::Pod { name })
                 } else {
@@ -267,7 +273,7 @@ impl ForwardConfig {
                     None
                 }
             }
-            WorkloadType::Proxy => match non_empty(&self.remote_address) {
+            WorkloadType::Proxy => match non_empty(self.remote_address.as_deref()) {
                 Some(host) => named("remote_address", host, "host", check_host)
                     .map(|host| Target::Proxy { host }),
                 None => {
@@ -304,13 +310,14 @@ impl ForwardConfig {
     /// assert_eq!(config.label(), "db");
     /// ```
     pub fn label(&self) -> String {
-        if let Some(alias) = non_empty(&self.alias) {
+        if let Some(alias) = non_empty(self.alias.as_deref()) {
             return alias.to_owned();
         }
-        let or_unknown = |field: &Option<String>| non_empty(field).unwrap_or("?").to_owned();
+        let or_unknown =
+            |field: &Option<String>| non_empty(field.as_deref()).unwrap_or("?").to_owned();
         let what = match self.workload_type {
             WorkloadType::Service => format!("svc/{}", or_unknown(&self.service)),
-            WorkloadType::Pod => match non_empty(&self.target) {
+            WorkloadType::Pod => match non_empty(self.target.as_deref()) {
                 Some(selector) => format!("pod?{selector}"),
                 None => format!("pod/{}", or_unknown(&self.service)),
             },
@@ -370,7 +377,10 @@ impl ForwardConfig {
                 "workload_type",
                 "is not a workload type (expected \"service\", \"pod\" or \"proxy\")",
             ),
-            protocol: fields.keyword("protocol", "is not a protocol (expected \"tcp\" or \"udp\")"),
+            protocol: fields.keyword(
+                "protocol",
+                "is not a protocol (expected \"tcp\" or \"udp\")",
+            ),
             remote_address: fields.string("remote_address"),
             local_address: fields.string("local_address"),
             alias: fields.string("alias"),
@@ -395,7 +405,11 @@ impl ForwardConfig {
             && let Err(more) = config.validate()
         {
             let unread: Vec<&str> = errors.iter().map(|e| e.field).collect();
-            errors.extend(more.errors.into_iter().filter(|e| !unread.contains(&e.field)));
+            errors.extend(
+                more.errors
+                    .into_iter()
+                    .filter(|e| !unread.contains(&e.field)),
+            );
         }
         Err(ConfigError::new(errors))
     }
@@ -421,7 +435,8 @@ struct FieldReader {
 
 impl FieldReader {
     fn wrong(&mut self, field: &'static str, value: &Value, problem: impl Into<String>) {
-        self.errors.push(FieldError::new(field, render(value), problem));
+        self.errors
+            .push(FieldError::new(field, render(value), problem));
     }
 
     fn string(&mut self, field: &'static str) -> Option<String> {
@@ -495,7 +510,9 @@ fn json_kind(value: &Value) -> &'static str {
 fn address_problem(error: SpecError) -> String {
     match error {
         SpecError::InvalidAddress {
-            list, item, problem,
+            list,
+            item,
+            problem,
         } => {
             if item.is_empty() || item == list.trim() {
                 problem
@@ -509,8 +526,8 @@ fn address_problem(error: SpecError) -> String {
 
 /// The text of an optional field, if it is set and not blank (kftray saves empty inputs as
 /// `""`).
-pub(crate) fn non_empty(field: &Option<String>) -> Option<&str> {
-    field.as_deref().filter(|text| !text.trim().is_empty())
+pub(crate) fn non_empty(field: Option<&str>) -> Option<&str> {
+    field.filter(|text| !text.trim().is_empty())
 }
 
 /// One problem with one field of a config entry.
@@ -568,7 +585,11 @@ impl fmt::Display for FieldError {
         if self.value.is_empty() {
             write!(f, "field {:?}: {}", self.field, self.problem)
         } else {
-            write!(f, "field {:?}: value {:?} {}", self.field, self.value, self.problem)
+            write!(
+                f,
+                "field {:?}: value {:?} {}",
+                self.field, self.value, self.problem
+            )
         }
     }
 }
@@ -607,7 +628,12 @@ impl ConfigError {
     /// assert_eq!(err.errors[0].field, "service");
     /// ```
     pub fn new(mut errors: Vec<FieldError>) -> Self {
-        let rank = |field: &str| FIELDS.iter().position(|f| *f == field).unwrap_or(FIELDS.len());
+        let rank = |field: &str| {
+            FIELDS
+                .iter()
+                .position(|f| *f == field)
+                .unwrap_or(FIELDS.len())
+        };
         errors.sort_by_key(|e| rank(e.field));
         ConfigError { errors }
     }
@@ -688,7 +714,7 @@ impl fmt::Display for EntryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut entry = format!("entry {}", self.index);
         if let Some(alias) = &self.alias {
-            entry.push_str(&format!(" (alias {alias:?})"));
+            write!(entry, " (alias {alias:?})")?;
         }
         match &self.problem {
             EntryProblem::NotAnObject { found } => {
@@ -914,7 +940,6 @@ fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFil
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1001,7 +1026,8 @@ mod tests {
     }
 
     fn problems(json: &str) -> Vec<FieldError> {
-        let config: ForwardConfig = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+        let config: ForwardConfig =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
         config.validate().expect_err("invalid").errors
     }
 
@@ -1017,7 +1043,10 @@ mod tests {
         let argocd = &configs[0];
         assert_eq!(argocd.service.as_deref(), Some("argocd-server"));
         assert_eq!(argocd.namespace, "argocd");
-        assert_eq!((argocd.local_port, argocd.remote_port), (Some(8443), Some(443)));
+        assert_eq!(
+            (argocd.local_port, argocd.remote_port),
+            (Some(8443), Some(443))
+        );
         assert_eq!(argocd.workload_type, WorkloadType::Service);
         assert_eq!(argocd.remote_address.as_deref(), Some(""));
         assert_eq!(argocd.extra["id"], 1);
@@ -1033,7 +1062,10 @@ mod tests {
         assert_eq!(pg.extra["auto_loopback_address"], true);
 
         let nginx = &configs[2];
-        assert_eq!((nginx.local_port, nginx.remote_port), (Some(8080), Some(80)));
+        assert_eq!(
+            (nginx.local_port, nginx.remote_port),
+            (Some(8080), Some(80))
+        );
 
         let dns = &configs[3];
         assert_eq!(dns.workload_type, WorkloadType::Service);
@@ -1043,7 +1075,16 @@ mod tests {
         assert_eq!(configs[4].workload_type, WorkloadType::Pod);
 
         let labels: Vec<String> = configs.iter().map(ForwardConfig::label).collect();
-        assert_eq!(labels, ["argocd", "pg", "pod?app.kubernetes.io/name=nginx,tier in (frontend):80", "dns", "pod/redis-0:6379"]);
+        assert_eq!(
+            labels,
+            [
+                "argocd",
+                "pg",
+                "pod?app.kubernetes.io/name=nginx,tier in (frontend):80",
+                "dns",
+                "pod/redis-0:6379"
+            ]
+        );
     }
 
     #[test]
@@ -1068,7 +1109,10 @@ mod tests {
             ]
         );
         assert_eq!(specs[0].kubeconfig, None, "kftray's \"default\" kubeconfig");
-        assert_eq!(specs[3].kubeconfig, Some(PathBuf::from("/home/dev/.kube/kind")));
+        assert_eq!(
+            specs[3].kubeconfig,
+            Some(PathBuf::from("/home/dev/.kube/kind"))
+        );
         assert_eq!(specs[0].context.as_deref(), Some("kind-kftray"));
         assert_eq!(specs[4].context, None);
     }
@@ -1077,7 +1121,10 @@ mod tests {
     fn export_round_trips_with_extra_fields() {
         let configs = load_configs(KFTRAY_EXPORT).unwrap_or_else(|e| panic!("{e}"));
         let written = serde_json::to_string_pretty(&configs).expect("serialize");
-        assert_eq!(load_configs(&written).unwrap_or_else(|e| panic!("{e}")), configs);
+        assert_eq!(
+            load_configs(&written).unwrap_or_else(|e| panic!("{e}")),
+            configs
+        );
 
         let value: Value = serde_json::from_str(&written).expect("json");
         let first = &value[0];
@@ -1086,9 +1133,19 @@ mod tests {
         assert_eq!(first["protocol"], "tcp");
         assert_eq!(first["workload_type"], "service");
         assert_eq!(value[1]["protocol"], "tcp", "written in lowercase");
-        assert_eq!(value[2]["local_port"], 8080, "numeric strings are written as numbers");
-        assert!(value[1].get("service").is_none(), "unset fields are left out");
-        assert_eq!(value[1]["http_logs_enabled"], Value::Null, "unknown nulls are kept");
+        assert_eq!(
+            value[2]["local_port"], 8080,
+            "numeric strings are written as numbers"
+        );
+        assert!(
+            value[1].get("service").is_none(),
+            "unset fields are left out"
+        );
+        assert_eq!(
+            value[1]["http_logs_enabled"],
+            Value::Null,
+            "unknown nulls are kept"
+        );
     }
 
     #[test]
@@ -1139,10 +1196,22 @@ mod tests {
         };
         assert_eq!(
             fields(&config.errors),
-            ["service", "namespace", "remote_port", "protocol", "local_address"]
+            [
+                "service",
+                "namespace",
+                "remote_port",
+                "protocol",
+                "local_address"
+            ]
         );
-        assert_eq!(config.errors[0].to_string(), "field \"service\": value \"5\" is a number, not a string");
-        assert_eq!(config.errors[2].to_string(), "field \"remote_port\": value \"http\" is not a port (1-65535)");
+        assert_eq!(
+            config.errors[0].to_string(),
+            "field \"service\": value \"5\" is a number, not a string"
+        );
+        assert_eq!(
+            config.errors[2].to_string(),
+            "field \"remote_port\": value \"http\" is not a port (1-65535)"
+        );
         assert_eq!(
             config.errors[3].to_string(),
             "field \"protocol\": value \"sctp\" is not a protocol (expected \"tcp\" or \"udp\")"
@@ -1158,35 +1227,66 @@ mod tests {
             panic!("expected field errors");
         };
         assert_eq!(fields(&config.errors), ["workload_type"]);
-        assert!(config.errors[0].problem.contains("\"service\", \"pod\" or \"proxy\""));
+        assert!(
+            config.errors[0]
+                .problem
+                .contains("\"service\", \"pod\" or \"proxy\"")
+        );
     }
 
     #[test]
     fn non_object_entries_are_reported() {
-        let entries = entry_errors(load_configs(r#"[42, {"service": "web", "remote_port": 80}, []]"#).expect_err("bad"));
+        let entries = entry_errors(
+            load_configs(r#"[42, {"service": "web", "remote_port": 80}, []]"#).expect_err("bad"),
+        );
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].to_string(), "entry 0: is a number, not a JSON object");
+        assert_eq!(
+            entries[0].to_string(),
+            "entry 0: is a number, not a JSON object"
+        );
         assert_eq!(entries[1].index, 2);
-        assert_eq!(entries[1].problem, EntryProblem::NotAnObject { found: "an array" });
+        assert_eq!(
+            entries[1].problem,
+            EntryProblem::NotAnObject { found: "an array" }
+        );
     }
 
     #[test]
     fn syntax_errors_report_line_and_column() {
-        let err = load_configs("[\n  {\"service\": \"web\"\n  \"remote_port\": 80}\n]").expect_err("syntax");
-        let ConfigFileError::Syntax { line, column, message, path } = &err else {
+        let err = load_configs("[\n  {\"service\": \"web\"\n  \"remote_port\": 80}\n]")
+            .expect_err("syntax");
+        let ConfigFileError::Syntax {
+            line,
+            column,
+            message,
+            path,
+        } = &err
+        else {
             panic!("expected Syntax, got {err}");
         };
         assert_eq!((*line, *column), (3, 3));
         assert_eq!(message, "expected `,` or `}`");
         assert_eq!(path, &None);
-        assert_eq!(err.to_string(), "config: invalid JSON at line 3, column 3: expected `,` or `}`");
-        assert!(matches!(load_configs(""), Err(ConfigFileError::Syntax { line: 1, .. })));
+        assert_eq!(
+            err.to_string(),
+            "config: invalid JSON at line 3, column 3: expected `,` or `}`"
+        );
+        assert!(matches!(
+            load_configs(""),
+            Err(ConfigFileError::Syntax { line: 1, .. })
+        ));
     }
 
     #[test]
     fn top_level_must_be_array_or_object() {
         let err = load_configs("\"svc/web\"").expect_err("string");
-        assert!(matches!(err, ConfigFileError::NotAList { found: "a string", .. }));
+        assert!(matches!(
+            err,
+            ConfigFileError::NotAList {
+                found: "a string",
+                ..
+            }
+        ));
         assert_eq!(
             err.to_string(),
             "config: expected a JSON array of forwards (or one forward object), found a string"
@@ -1196,7 +1296,8 @@ mod tests {
 
     #[test]
     fn single_object_and_byte_order_mark_are_accepted() {
-        let configs = load_configs("\u{feff}{\"service\": \"web\", \"remote_port\": 80}").unwrap_or_else(|e| panic!("{e}"));
+        let configs = load_configs("\u{feff}{\"service\": \"web\", \"remote_port\": 80}")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(configs.len(), 1);
         assert_eq!(configs[0].namespace, "default");
         let err = load_configs(r#"{"alias": "solo", "service": "web"}"#).expect_err("no port");
@@ -1214,15 +1315,20 @@ mod tests {
             ("null", None),
             ("\"\"", None),
         ] {
-            let config: ForwardConfig = serde_json::from_str(&format!("{{\"local_port\": {json}}}"))
-                .unwrap_or_else(|e| panic!("{json}: {e}"));
+            let config: ForwardConfig =
+                serde_json::from_str(&format!("{{\"local_port\": {json}}}"))
+                    .unwrap_or_else(|e| panic!("{json}: {e}"));
             assert_eq!(config.local_port, want, "{json}");
         }
         for json in ["65536", "-1", "80.5", "\"eighty\"", "true", "[80]"] {
-            let err = serde_json::from_str::<ForwardConfig>(&format!("{{\"remote_port\": {json}}}"))
-                .expect_err(json)
-                .to_string();
-            assert!(err.contains("field \"remote_port\"") && err.contains("is not a port (1-65535)"), "{json}: {err}");
+            let err =
+                serde_json::from_str::<ForwardConfig>(&format!("{{\"remote_port\": {json}}}"))
+                    .expect_err(json)
+                    .to_string();
+            assert!(
+                err.contains("field \"remote_port\"") && err.contains("is not a port (1-65535)"),
+                "{json}: {err}"
+            );
         }
     }
 
@@ -1240,26 +1346,50 @@ mod tests {
     #[test]
     fn deserialize_rejects_non_objects_and_wrong_types() {
         assert!(serde_json::from_str::<ForwardConfig>("[]").is_err());
-        let err = serde_json::from_str::<ForwardConfig>(r#"{"namespace": 1, "alias": [], "workload_type": 3}"#)
-            .expect_err("types")
-            .to_string();
-        assert!(err.contains("field \"namespace\": value \"1\" is a number, not a string"), "{err}");
-        assert!(err.contains("field \"alias\": value \"[]\" is an array, not a string"), "{err}");
-        assert!(err.contains("field \"workload_type\": value \"3\" is not a workload type"), "{err}");
+        let err = serde_json::from_str::<ForwardConfig>(
+            r#"{"namespace": 1, "alias": [], "workload_type": 3}"#,
+        )
+        .expect_err("types")
+        .to_string();
+        assert!(
+            err.contains("field \"namespace\": value \"1\" is a number, not a string"),
+            "{err}"
+        );
+        assert!(
+            err.contains("field \"alias\": value \"[]\" is an array, not a string"),
+            "{err}"
+        );
+        assert!(
+            err.contains("field \"workload_type\": value \"3\" is not a workload type"),
+            "{err}"
+        );
     }
 
     #[test]
     fn service_workload_rules() {
         let errors = problems(r#"{"remote_port": 80}"#);
-        assert_eq!(errors[0].to_string(), "field \"service\": is missing; workload_type \"service\" needs the service name");
+        assert_eq!(
+            errors[0].to_string(),
+            "field \"service\": is missing; workload_type \"service\" needs the service name"
+        );
         let errors = problems(r#"{"service": "  ", "remote_port": 80}"#);
         assert_eq!(fields(&errors), ["service"], "blank counts as missing");
         let errors = problems(r#"{"service": "web.shop", "remote_port": 80}"#);
-        assert!(errors[0].problem.contains("'.'"), "services are labels: {}", errors[0]);
-        let errors = problems(&format!(r#"{{"service": "{}", "remote_port": 80}}"#, "a".repeat(64)));
+        assert!(
+            errors[0].problem.contains("'.'"),
+            "services are labels: {}",
+            errors[0]
+        );
+        let errors = problems(&format!(
+            r#"{{"service": "{}", "remote_port": 80}}"#,
+            "a".repeat(64)
+        ));
         assert!(errors[0].problem.contains("64 characters"), "{}", errors[0]);
         let errors = problems(r#"{"service": "web"}"#);
-        assert_eq!(errors[0].to_string(), "field \"remote_port\": is missing; workload_type \"service\" needs the port on the target");
+        assert_eq!(
+            errors[0].to_string(),
+            "field \"remote_port\": is missing; workload_type \"service\" needs the port on the target"
+        );
     }
 
     #[test]
@@ -1270,24 +1400,32 @@ mod tests {
         };
         ok(r#"{"workload_type": "pod", "service": "web-0.web", "remote_port": 80}"#);
         ok(r#"{"workload_type": "pod", "target": "app=web", "remote_port": 80}"#);
-        ok(r#"{"workload_type": "pod", "service": "Ignored Name", "target": "app=web", "remote_port": 80}"#);
+        ok(
+            r#"{"workload_type": "pod", "service": "Ignored Name", "target": "app=web", "remote_port": 80}"#,
+        );
         let errors = problems(r#"{"workload_type": "pod", "remote_port": 80}"#);
         assert_eq!(
             errors[0].to_string(),
             "field \"service\": is missing; workload_type \"pod\" needs a pod name in \"service\" or a label selector in \"target\""
         );
-        let errors = problems(r#"{"workload_type": "pod", "target": "app in web", "remote_port": 80}"#);
+        let errors =
+            problems(r#"{"workload_type": "pod", "target": "app in web", "remote_port": 80}"#);
         assert_eq!(
             errors[0].to_string(),
             "field \"target\": value \"app in web\" is not a valid label selector: expected '(' after \"in\", found \"web\""
         );
         let errors = problems(r#"{"workload_type": "pod", "service": "Web_0", "remote_port": 80}"#);
-        assert!(errors[0].problem.starts_with("is not a valid pod name"), "{}", errors[0]);
+        assert!(
+            errors[0].problem.starts_with("is not a valid pod name"),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]
     fn proxy_workload_rules() {
-        let errors = problems(r#"{"workload_type": "proxy", "service": "ignored", "remote_port": 5432}"#);
+        let errors =
+            problems(r#"{"workload_type": "proxy", "service": "ignored", "remote_port": 5432}"#);
         assert_eq!(
             errors[0].to_string(),
             "field \"remote_address\": is missing; workload_type \"proxy\" needs the host to reach from the cluster"
@@ -1297,7 +1435,9 @@ mod tests {
             ("db host", "whitespace"),
             ("https://db", "scheme"),
         ] {
-            let errors = problems(&format!(r#"{{"workload_type": "proxy", "remote_address": "{host}", "remote_port": 1}}"#));
+            let errors = problems(&format!(
+                r#"{{"workload_type": "proxy", "remote_address": "{host}", "remote_port": 1}}"#
+            ));
             assert_eq!(fields(&errors), ["remote_address"]);
             assert!(errors[0].problem.contains(needle), "{host}: {}", errors[0]);
         }
@@ -1311,14 +1451,34 @@ mod tests {
     #[test]
     fn namespace_and_local_address_rules() {
         let errors = problems(r#"{"service": "web", "namespace": "", "remote_port": 80}"#);
-        assert_eq!(errors[0].to_string(), "field \"namespace\": is not a valid namespace name: it is empty");
+        assert_eq!(
+            errors[0].to_string(),
+            "field \"namespace\": is not a valid namespace name: it is empty"
+        );
         let errors = problems(r#"{"service": "web", "namespace": "Team_A", "remote_port": 80}"#);
-        assert!(errors[0].to_string().starts_with("field \"namespace\": value \"Team_A\" is not a valid namespace name: it contains 'T'"));
-        let errors = problems(r#"{"service": "web", "remote_port": 80, "local_address": "my-laptop"}"#);
-        assert_eq!(errors[0].to_string(), "field \"local_address\": value \"my-laptop\" is not an IP address or \"localhost\"");
-        let errors = problems(r#"{"service": "web", "remote_port": 80, "local_address": "127.0.0.1,lan"}"#);
-        assert_eq!(errors[0].problem, "has item \"lan\", which is not an IP address or \"localhost\"");
-        for address in ["localhost", "::1", "127.0.0.5", "0.0.0.0", "", "127.0.0.1,::1"] {
+        assert!(errors[0].to_string().starts_with(
+            "field \"namespace\": value \"Team_A\" is not a valid namespace name: it contains 'T'"
+        ));
+        let errors =
+            problems(r#"{"service": "web", "remote_port": 80, "local_address": "my-laptop"}"#);
+        assert_eq!(
+            errors[0].to_string(),
+            "field \"local_address\": value \"my-laptop\" is not an IP address or \"localhost\""
+        );
+        let errors =
+            problems(r#"{"service": "web", "remote_port": 80, "local_address": "127.0.0.1,lan"}"#);
+        assert_eq!(
+            errors[0].problem,
+            "has item \"lan\", which is not an IP address or \"localhost\""
+        );
+        for address in [
+            "localhost",
+            "::1",
+            "127.0.0.5",
+            "0.0.0.0",
+            "",
+            "127.0.0.1,::1",
+        ] {
             let config = ForwardConfig {
                 service: Some("web".into()),
                 remote_port: Some(80),
@@ -1334,7 +1494,10 @@ mod tests {
         let errors = problems(
             r#"{"local_address": "x", "remote_port": 0, "namespace": "-", "service": "-"}"#,
         );
-        assert_eq!(fields(&errors), ["service", "namespace", "remote_port", "local_address"]);
+        assert_eq!(
+            fields(&errors),
+            ["service", "namespace", "remote_port", "local_address"]
+        );
         let err = ConfigError::new(errors);
         assert_eq!(err.to_string().matches("; field ").count(), 3);
     }
@@ -1344,11 +1507,26 @@ mod tests {
         let config = |json: &str| -> ForwardConfig { serde_json::from_str(json).expect("json") };
         for (json, label) in [
             (r#"{"service": "web", "remote_port": 80}"#, "svc/web:80"),
-            (r#"{"service": "web", "remote_port": 80, "alias": " "}"#, "svc/web:80"),
-            (r#"{"service": "web", "remote_port": 80, "alias": "shop"}"#, "shop"),
-            (r#"{"workload_type": "pod", "service": "web-0", "remote_port": 8080}"#, "pod/web-0:8080"),
-            (r#"{"workload_type": "pod", "target": "app=web", "remote_port": 8080}"#, "pod?app=web:8080"),
-            (r#"{"workload_type": "proxy", "remote_address": "fd00::1", "remote_port": 53, "protocol": "udp"}"#, "proxy/[fd00::1]:53/udp"),
+            (
+                r#"{"service": "web", "remote_port": 80, "alias": " "}"#,
+                "svc/web:80",
+            ),
+            (
+                r#"{"service": "web", "remote_port": 80, "alias": "shop"}"#,
+                "shop",
+            ),
+            (
+                r#"{"workload_type": "pod", "service": "web-0", "remote_port": 8080}"#,
+                "pod/web-0:8080",
+            ),
+            (
+                r#"{"workload_type": "pod", "target": "app=web", "remote_port": 8080}"#,
+                "pod?app=web:8080",
+            ),
+            (
+                r#"{"workload_type": "proxy", "remote_address": "fd00::1", "remote_port": 53, "protocol": "udp"}"#,
+                "proxy/[fd00::1]:53/udp",
+            ),
             (r#"{}"#, "svc/?:?"),
         ] {
             assert_eq!(config(json).label(), label, "{json}");
@@ -1366,18 +1544,37 @@ mod tests {
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"[{"alias": "db", "service": "db"}]"#).expect("write");
         let text = load_config_file(&bad).expect_err("bad").to_string();
-        assert!(text.starts_with(&format!("config file {:?}: 1 of 1 entry is invalid:", bad.display().to_string())), "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "config file {:?}: 1 of 1 entry is invalid:",
+                bad.display().to_string()
+            )),
+            "{text}"
+        );
 
         let broken = dir.join("broken.json");
         std::fs::write(&broken, "[{]").expect("write");
         let err = load_config_file(&broken).expect_err("syntax");
-        assert!(matches!(&err, ConfigFileError::Syntax { path: Some(p), line: 1, column: 3, .. } if p == &broken), "{err}");
+        assert!(
+            matches!(&err, ConfigFileError::Syntax { path: Some(p), line: 1, column: 3, .. } if p == &broken),
+            "{err}"
+        );
 
         let missing = dir.join("missing.json");
         let err = load_config_file(&missing).expect_err("missing");
-        assert_eq!(err.to_string(), format!("cannot read config file {:?}", missing.display().to_string()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read config file {:?}",
+                missing.display().to_string()
+            )
+        );
         let source = std::error::Error::source(&err).expect("io source");
-        assert!(source.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound));
+        assert!(
+            source
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -192,6 +192,7 @@ impl ForwardSpec {
     /// assert_eq!(spec.addresses, ["127.0.0.1".parse::<std::net::IpAddr>()?]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use]
     pub fn new(target: Target, ports: impl IntoIterator<Item = PortMapping>) -> Self {
         ForwardSpec {
             target,
@@ -216,6 +217,7 @@ impl ForwardSpec {
     ///     .with_namespace("shop");
     /// assert_eq!(spec.namespace.as_deref(), Some("shop"));
     /// ```
+    #[must_use]
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
         self
@@ -233,6 +235,7 @@ impl ForwardSpec {
     /// assert_eq!(spec.addresses.len(), 1);
     /// # Ok::<(), kforward_core::spec::SpecError>(())
     /// ```
+    #[must_use]
     pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
         self.addresses = addresses.into_iter().collect();
         self
@@ -249,6 +252,7 @@ impl ForwardSpec {
     ///     .with_protocol(Protocol::Udp);
     /// assert_eq!(spec.protocol, Protocol::Udp);
     /// ```
+    #[must_use]
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
         self
@@ -265,6 +269,7 @@ impl ForwardSpec {
     ///     .with_context("staging");
     /// assert_eq!(spec.context.as_deref(), Some("staging"));
     /// ```
+    #[must_use]
     pub fn with_context(mut self, context: impl Into<String>) -> Self {
         self.context = Some(context.into());
         self
@@ -282,6 +287,7 @@ impl ForwardSpec {
     ///     .with_kubeconfig("/tmp/kubeconfig");
     /// assert_eq!(spec.kubeconfig.as_deref(), Some(Path::new("/tmp/kubeconfig")));
     /// ```
+    #[must_use]
     pub fn with_kubeconfig(mut self, kubeconfig: impl Into<PathBuf>) -> Self {
         self.kubeconfig = Some(kubeconfig.into());
         self
@@ -298,6 +304,7 @@ impl ForwardSpec {
     ///     .with_alias("db");
     /// assert_eq!(spec.label(), "db");
     /// ```
+    #[must_use]
     pub fn with_alias(mut self, alias: impl Into<String>) -> Self {
         self.alias = Some(alias.into());
         self
@@ -318,7 +325,7 @@ impl ForwardSpec {
     /// assert_eq!(spec.label(), "svc/web 8080:80 0:443");
     /// ```
     pub fn label(&self) -> String {
-        if let Some(alias) = non_empty(&self.alias) {
+        if let Some(alias) = non_empty(self.alias.as_deref()) {
             return alias.to_owned();
         }
         let mut label = self.target.to_string();
@@ -386,11 +393,11 @@ impl TryFrom<&ForwardConfig> for ForwardSpec {
             ports: vec![PortMapping::new(local, checked.remote_port)],
             addresses: checked.addresses,
             protocol: config.protocol,
-            context: non_empty(&config.context).map(str::to_owned),
-            kubeconfig: non_empty(&config.kubeconfig)
+            context: non_empty(config.context.as_deref()).map(str::to_owned),
+            kubeconfig: non_empty(config.kubeconfig.as_deref())
                 .filter(|path| *path != "default")
                 .map(PathBuf::from),
-            alias: non_empty(&config.alias).map(str::to_owned),
+            alias: non_empty(config.alias.as_deref()).map(str::to_owned),
         })
     }
 }
@@ -436,8 +443,14 @@ mod tests {
             r#"{"workload_type":"pod","service":"web-0","target":"app=web,tier!=db","remote_port":80}"#,
         );
         assert_eq!(by_selector.target.to_string(), "pod?app=web,tier!=db");
-        let by_name = spec(r#"{"workload_type":"pod","service":"web-0","target":"","remote_port":80}"#);
-        assert_eq!(by_name.target, Target::Pod { name: "web-0".into() });
+        let by_name =
+            spec(r#"{"workload_type":"pod","service":"web-0","target":"","remote_port":80}"#);
+        assert_eq!(
+            by_name.target,
+            Target::Pod {
+                name: "web-0".into()
+            }
+        );
     }
 
     #[test]
@@ -445,7 +458,12 @@ mod tests {
         let spec = spec(
             r#"{"workload_type":"proxy","service":null,"remote_address":"db.example.com","remote_port":5432}"#,
         );
-        assert_eq!(spec.target, Target::Proxy { host: "db.example.com".into() });
+        assert_eq!(
+            spec.target,
+            Target::Proxy {
+                host: "db.example.com".into()
+            }
+        );
         assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
     }
 
@@ -462,12 +480,18 @@ mod tests {
         );
         assert_eq!(
             udp.addresses,
-            [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+            [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            ]
         );
         assert_eq!(udp.protocol, Protocol::Udp);
         assert_eq!(udp.label(), "svc/dns 53:53/udp");
         let loopback = spec(r#"{"service":"web","remote_port":80,"local_address":"127.0.0.9"}"#);
-        assert_eq!(loopback.addresses, [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]);
+        assert_eq!(
+            loopback.addresses,
+            [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]
+        );
     }
 
     #[test]
@@ -489,15 +513,21 @@ mod tests {
         ))
         .expect_err("invalid");
         let fields: Vec<_> = err.errors.iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["service", "namespace", "remote_port", "local_address"]);
+        assert_eq!(
+            fields,
+            ["service", "namespace", "remote_port", "local_address"]
+        );
     }
 
     #[test]
     fn builder_and_display() {
-        let spec = ForwardSpec::new(Target::Deployment { name: "api".into() }, [PortMapping::new(0, 8080)])
-            .with_context("prod")
-            .with_kubeconfig("/k")
-            .with_namespace("ns");
+        let spec = ForwardSpec::new(
+            Target::Deployment { name: "api".into() },
+            [PortMapping::new(0, 8080)],
+        )
+        .with_context("prod")
+        .with_kubeconfig("/k")
+        .with_namespace("ns");
         assert_eq!(spec.to_string(), "deploy/api 0:8080");
         assert_eq!(spec.clone().with_alias("api").to_string(), "api");
     }

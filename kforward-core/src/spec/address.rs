@@ -44,7 +44,10 @@ pub fn parse_addresses(list: &str) -> Result<Vec<IpAddr>, SpecError> {
         let parsed: &[IpAddr] = if item.is_empty() {
             return Err(invalid(item, "has an empty item between commas"));
         } else if item.eq_ignore_ascii_case("localhost") {
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+            &[
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]
         } else if let Ok(ip) = item.parse::<IpAddr>() {
             &[ip]
         } else {
@@ -104,7 +107,11 @@ mod tests {
             ("127.0.0.1:8080", "127.0.0.1:8080", "not an IP address"),
         ] {
             match parse_addresses(text) {
-                Err(SpecError::InvalidAddress { list, item: got, problem }) => {
+                Err(SpecError::InvalidAddress {
+                    list,
+                    item: got,
+                    problem,
+                }) => {
                     assert_eq!(list, text);
                     assert_eq!(got, item, "{text}");
                     assert!(problem.contains(needle), "{text}: {problem}");

@@ -209,7 +209,10 @@ mod tests {
             assert!(check_dns1123_label(bad).is_err(), "{bad}");
         }
         let upper = check_dns1123_label("Web").expect_err("uppercase");
-        assert!(upper.contains("'W'") && upper.contains("lowercase"), "{upper}");
+        assert!(
+            upper.contains("'W'") && upper.contains("lowercase"),
+            "{upper}"
+        );
         let long = check_dns1123_label(&"a".repeat(64)).expect_err("too long");
         assert!(long.contains("64") && long.contains("63"), "{long}");
     }
@@ -226,7 +229,12 @@ mod tests {
 
     #[test]
     fn label_keys_and_values() {
-        for ok in ["app", "app.kubernetes.io/name", "a_b.c-D", "example.com/Tier"] {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "a_b.c-D",
+            "example.com/Tier",
+        ] {
             assert_eq!(check_label_key(ok), Ok(()), "{ok}");
         }
         for bad in ["", "/app", "Ex.com/app", "app/", "-app", "a b", "a/b/c"] {
@@ -245,7 +253,16 @@ mod tests {
         for ok in ["http", "grpc-web", "h2c", "a", "x1-2"] {
             assert_eq!(check_port_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "123", "HTTP", "-http", "http-", "a--b", "abcdefghijklmnop", "a_b"] {
+        for bad in [
+            "",
+            "123",
+            "HTTP",
+            "-http",
+            "http-",
+            "a--b",
+            "abcdefghijklmnop",
+            "a_b",
+        ] {
             assert!(check_port_name(bad).is_err(), "{bad}");
         }
     }

@@ -62,8 +62,11 @@ impl RemotePort {
                 Ok(port) => Ok(RemotePort::Number(port)),
             };
         }
-        check_port_name(text)
-            .map_err(|p| invalid(format!("is not a port number (1-65535) or port name: it {p}")))?;
+        check_port_name(text).map_err(|p| {
+            invalid(format!(
+                "is not a port number (1-65535) or port name: it {p}"
+            ))
+        })?;
         Ok(RemotePort::Name(text.to_owned()))
     }
 
@@ -320,17 +323,37 @@ mod tests {
 
     #[test]
     fn error_display_lists_the_accepted_forms() {
-        let text = PortMapping::parse_kubectl("abc:80").expect_err("bad").to_string();
-        assert!(text.starts_with("invalid port \"abc:80\": local port \"abc\""), "{text}");
-        assert!(text.contains("LOCAL:REMOTE, REMOTE, :REMOTE or 0:REMOTE"), "{text}");
+        let text = PortMapping::parse_kubectl("abc:80")
+            .expect_err("bad")
+            .to_string();
+        assert!(
+            text.starts_with("invalid port \"abc:80\": local port \"abc\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("LOCAL:REMOTE, REMOTE, :REMOTE or 0:REMOTE"),
+            "{text}"
+        );
     }
 
     #[test]
     fn remote_ports() {
         assert_eq!(RemotePort::parse("1"), Ok(RemotePort::Number(1)));
         assert_eq!(RemotePort::parse("65535"), Ok(RemotePort::Number(65535)));
-        assert_eq!("dns".parse::<RemotePort>(), Ok(RemotePort::Name("dns".into())));
-        for bad in ["", "0", "65536", "99999999999999999999", "-", "1a_", "UPPER", "80-"] {
+        assert_eq!(
+            "dns".parse::<RemotePort>(),
+            Ok(RemotePort::Name("dns".into()))
+        );
+        for bad in [
+            "",
+            "0",
+            "65536",
+            "99999999999999999999",
+            "-",
+            "1a_",
+            "UPPER",
+            "80-",
+        ] {
             assert!(RemotePort::parse(bad).is_err(), "{bad}");
         }
         let err = RemotePort::parse("65536").expect_err("too big");

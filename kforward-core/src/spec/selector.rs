@@ -110,7 +110,13 @@ impl Requirement {
 
 impl fmt::Display for Requirement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let join = |values: &BTreeSet<String>| values.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+        let join = |values: &BTreeSet<String>| {
+            values
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         match self {
             Requirement::Equals { key, value } => write!(f, "{key}={value}"),
             Requirement::NotEquals { key, value } => write!(f, "{key}!={value}"),
@@ -399,7 +405,10 @@ impl<'a> Parser<'a> {
                 Ok(value.to_owned())
             }
             None | Some(Token::Comma) => Ok(String::new()),
-            other => Err(format!("expected a label value, found {}", Self::found(other))),
+            other => Err(format!(
+                "expected a label value, found {}",
+                Self::found(other)
+            )),
         }
     }
 
@@ -510,11 +519,26 @@ mod tests {
         assert_eq!(
             selector.requirements(),
             [
-                Requirement::Equals { key: "a".into(), value: "1".into() },
-                Requirement::Equals { key: "b".into(), value: "2".into() },
-                Requirement::NotEquals { key: "c".into(), value: "3".into() },
-                Requirement::In { key: "d".into(), values: set(&["x", "y"]) },
-                Requirement::NotIn { key: "e".into(), values: set(&["z"]) },
+                Requirement::Equals {
+                    key: "a".into(),
+                    value: "1".into()
+                },
+                Requirement::Equals {
+                    key: "b".into(),
+                    value: "2".into()
+                },
+                Requirement::NotEquals {
+                    key: "c".into(),
+                    value: "3".into()
+                },
+                Requirement::In {
+                    key: "d".into(),
+                    values: set(&["x", "y"])
+                },
+                Requirement::NotIn {
+                    key: "e".into(),
+                    values: set(&["z"])
+                },
                 Requirement::Exists { key: "f".into() },
                 Requirement::DoesNotExist { key: "g".into() },
             ]
@@ -535,7 +559,10 @@ mod tests {
             ("app==web", "app=web"),
             ("tier in (web, api, web)", "tier in (api,web)"),
             ("x notin (b,a)", "x notin (a,b)"),
-            ("app.kubernetes.io/name=web,!legacy,env", "app.kubernetes.io/name=web,!legacy,env"),
+            (
+                "app.kubernetes.io/name=web,!legacy,env",
+                "app.kubernetes.io/name=web,!legacy,env",
+            ),
             ("k=", "k="),
             ("k!=", "k!="),
         ] {
@@ -557,7 +584,10 @@ mod tests {
     fn words_in_and_notin_can_be_keys_and_values() {
         assert_eq!(
             parse("in=notin").requirements(),
-            [Requirement::Equals { key: "in".into(), value: "notin".into() }]
+            [Requirement::Equals {
+                key: "in".into(),
+                value: "notin".into()
+            }]
         );
     }
 
@@ -637,6 +667,9 @@ mod tests {
 
     #[test]
     fn from_str_matches_parse() {
-        assert_eq!("app=web".parse::<LabelSelector>(), LabelSelector::parse("app=web"));
+        assert_eq!(
+            "app=web".parse::<LabelSelector>(),
+            LabelSelector::parse("app=web")
+        );
     }
 }

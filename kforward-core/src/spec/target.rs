@@ -152,22 +152,30 @@ impl Target {
         Ok(match kind {
             Kind::Pod => {
                 check_dns1123_subdomain(name).map_err(invalid("pod"))?;
-                Target::Pod { name: name.to_owned() }
+                Target::Pod {
+                    name: name.to_owned(),
+                }
             }
             Kind::Service => {
                 check_dns1123_label(name).map_err(invalid("service"))?;
-                Target::Service { name: name.to_owned() }
+                Target::Service {
+                    name: name.to_owned(),
+                }
             }
             Kind::Deployment => {
                 check_dns1123_subdomain(name).map_err(invalid("deployment"))?;
-                Target::Deployment { name: name.to_owned() }
+                Target::Deployment {
+                    name: name.to_owned(),
+                }
             }
             Kind::Proxy => {
                 check_host(name).map_err(|problem| SpecError::InvalidHost {
                     host: name.to_owned(),
                     problem,
                 })?;
-                Target::Proxy { host: name.to_owned() }
+                Target::Proxy {
+                    host: name.to_owned(),
+                }
             }
         })
     }
@@ -237,7 +245,9 @@ mod tests {
 
     #[test]
     fn accepts_every_kubectl_spelling() {
-        let pod = Target::Pod { name: "web-0".into() };
+        let pod = Target::Pod {
+            name: "web-0".into(),
+        };
         let svc = Target::Service { name: "web".into() };
         let deploy = Target::Deployment { name: "api".into() };
         for (text, want) in [
@@ -294,13 +304,21 @@ mod tests {
         let err = Target::parse_kubectl("svc/").expect_err("empty name");
         assert_eq!(
             err,
-            SpecError::EmptyName { kind: "svc".into(), input: "svc/".into() }
+            SpecError::EmptyName {
+                kind: "svc".into(),
+                input: "svc/".into()
+            }
         );
         assert_eq!(
             err.to_string(),
             "target \"svc/\" has no name after \"svc/\" (expected svc/NAME)"
         );
-        assert!(Target::parse_kubectl("").expect_err("empty").to_string().contains("pod/NAME"));
+        assert!(
+            Target::parse_kubectl("")
+                .expect_err("empty")
+                .to_string()
+                .contains("pod/NAME")
+        );
     }
 
     #[test]
@@ -318,8 +336,14 @@ mod tests {
     #[test]
     fn invalid_names_say_why() {
         let err = Target::parse_kubectl("svc/Web").expect_err("uppercase");
-        assert!(matches!(&err, SpecError::InvalidName { kind: "service", name, .. } if name == "Web"));
-        assert!(err.to_string().starts_with("invalid service name \"Web\": contains 'W'"), "{err}");
+        assert!(
+            matches!(&err, SpecError::InvalidName { kind: "service", name, .. } if name == "Web")
+        );
+        assert!(
+            err.to_string()
+                .starts_with("invalid service name \"Web\": contains 'W'"),
+            "{err}"
+        );
         // Service names are labels (no dots); pods and deployments are subdomains.
         assert!(Target::parse_kubectl("svc/web.ns").is_err());
         assert!(Target::parse_kubectl("deploy/web.v2").is_ok());

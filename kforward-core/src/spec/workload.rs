@@ -63,12 +63,16 @@ impl FromStr for WorkloadType {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        [WorkloadType::Service, WorkloadType::Pod, WorkloadType::Proxy]
-            .into_iter()
-            .find(|w| s.eq_ignore_ascii_case(w.as_str()))
-            .ok_or_else(|| SpecError::UnknownWorkloadType {
-                value: s.to_owned(),
-            })
+        [
+            WorkloadType::Service,
+            WorkloadType::Pod,
+            WorkloadType::Proxy,
+        ]
+        .into_iter()
+        .find(|w| s.eq_ignore_ascii_case(w.as_str()))
+        .ok_or_else(|| SpecError::UnknownWorkloadType {
+            value: s.to_owned(),
+        })
     }
 }
 
@@ -112,10 +116,17 @@ mod tests {
 
     #[test]
     fn serde_round_trip() {
-        for w in [WorkloadType::Service, WorkloadType::Pod, WorkloadType::Proxy] {
+        for w in [
+            WorkloadType::Service,
+            WorkloadType::Pod,
+            WorkloadType::Proxy,
+        ] {
             let json = serde_json::to_string(&w).expect("serialize");
             assert_eq!(json, format!("\"{w}\""));
-            assert_eq!(serde_json::from_str::<WorkloadType>(&json).expect("parse"), w);
+            assert_eq!(
+                serde_json::from_str::<WorkloadType>(&json).expect("parse"),
+                w
+            );
         }
     }
 }

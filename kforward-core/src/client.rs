@@ -1,0 +1,173 @@
+//! Loading a kubeconfig and connecting to the cluster it names.
+//!
+//! kube does the real work (several files in `KUBECONFIG`, exec credential plugins, TLS);
+//! this module picks the context, reports a missing one with the list of those there are,
+//! and keeps what a forward needs: the client, the default namespace and the server URL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::error::{Error, Result, error_chain};
+
+/// How long connecting to the API server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the kubeconfig is and which context to use: `kubectl`'s `--kubeconfig` and
+/// `--context`. With no path, `KUBECONFIG` (several files allowed) or `~/.kube/config`.
+///
+/// # Example
+///
+/// ```
+/// let src = kforward_core::KubeconfigSource::default().with_context("staging");
+/// assert_eq!(src.context.as_deref(), Some("staging"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeconfigSource {
+    /// An explicit kubeconfig file (overrides `KUBECONFIG`).
+    pub path: Option<PathBuf>,
+    /// The context to use instead of the current one.
+    pub context: Option<String>,
+}
+
+impl KubeconfigSource {
+    /// Uses this kubeconfig file.
+    pub fn with_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Uses this context.
+    pub fn with_context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// Reads the kubeconfig this source points at.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kubeconfig`] when no file is found or it cannot be parsed.
+    pub fn read(&self) -> Result<Kubeconfig> {
+        let kc = match &self.path {
+            Some(p) => Kubeconfig::read_from(p),
+            None => Kubeconfig::read(),
+        };
+        kc.map_err(|e| Error::Kubeconfig {
+            message: match &self.path {
+                Some(p) => format!("{}: {}", p.display(), error_chain(&e)),
+                None => error_chain(&e),
+            },
+        })
+    }
+}
+
+/// A connection to one cluster: a kube client plus what the kubeconfig says about it.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f() -> kforward_core::Result<()> {
+/// let ctx = kforward_core::KubeContext::load(&Default::default()).await?;
+/// println!("{} (namespace {})", ctx.server(), ctx.default_namespace());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct KubeContext {
+    client: kube::Client,
+    namespace: String,
+    server: String,
+    context: String,
+}
+
+impl std::fmt::Debug for KubeContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeContext")
+            .field("server", &self.server)
+            .field("context", &self.context)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl KubeContext {
+    /// Loads the kubeconfig and builds a client for the chosen context.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kubeconfig`] when it cannot be read or used, [`Error::UnknownContext`]
+    /// when the context does not exist (with the list of those that do).
+    pub async fn load(src: &KubeconfigSource) -> Result<KubeContext> {
+        let kc = src.read()?;
+        let context = match src.context.clone().or_else(|| kc.current_context.clone()) {
+            Some(c) => c,
+            None => {
+                return Err(Error::Kubeconfig {
+                    message: "no current-context is set; pass --context".to_string(),
+                });
+            }
+        };
+        if !kc.contexts.iter().any(|c| c.name == context) {
+            return Err(Error::UnknownContext {
+                context,
+                available: kc.contexts.iter().map(|c| c.name.clone()).collect(),
+            });
+        }
+        let opts = KubeConfigOptions {
+            context: Some(context.clone()),
+            ..Default::default()
+        };
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &opts)
+            .await
+            .map_err(|e| Error::Kubeconfig {
+                message: error_chain(&e),
+            })?;
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        // Port-forward streams may be idle for hours; every API call made here has its
+        // own deadline instead.
+        config.read_timeout = None;
+        config.write_timeout = None;
+        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let namespace = config.default_namespace.clone();
+        let client = kube::Client::try_from(config).map_err(|e| Error::Kubeconfig {
+            message: error_chain(&e),
+        })?;
+        Ok(KubeContext {
+            client,
+            namespace,
+            server,
+            context,
+        })
+    }
+
+    /// Wraps an existing client.
+    pub fn from_client(client: kube::Client, namespace: &str, server: &str, context: &str) -> Self {
+        KubeContext {
+            client,
+            namespace: namespace.to_string(),
+            server: server.to_string(),
+            context: context.to_string(),
+        }
+    }
+
+    /// The kube client.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The context's namespace (`default` when it names none).
+    pub fn default_namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The API server URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The context's name.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+}

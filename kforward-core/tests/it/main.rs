@@ -1,0 +1,5 @@
+//! End-to-end tests of kforward-core against the testkit cluster, through real sockets.
+
+mod common;
+mod errors;
+mod forward;
