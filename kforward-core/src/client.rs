@@ -128,7 +128,11 @@ impl KubeContext {
         // own deadline instead.
         config.read_timeout = None;
         config.write_timeout = None;
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         let namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|e| Error::Kubeconfig {
             message: error_chain(&e),

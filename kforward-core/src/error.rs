@@ -70,7 +70,9 @@ pub enum Error {
         waited: Duration,
     },
     /// The API server refused the request for lack of permission.
-    #[error("permission denied: your user cannot {verb} {resource} in namespace {namespace:?} (the API server said: {message})")]
+    #[error(
+        "permission denied: your user cannot {verb} {resource} in namespace {namespace:?} (the API server said: {message})"
+    )]
     Forbidden {
         /// The verb, like `create`.
         verb: String,
@@ -82,7 +84,9 @@ pub enum Error {
         message: String,
     },
     /// The credentials were missing, wrong or expired.
-    #[error("the API server at {server} rejected the credentials (401 Unauthorized): log in again or refresh the token in your kubeconfig")]
+    #[error(
+        "the API server at {server} rejected the credentials (401 Unauthorized): log in again or refresh the token in your kubeconfig"
+    )]
     Unauthorized {
         /// The API server URL.
         server: String,
@@ -130,9 +134,9 @@ fn list_or_none(v: &[String]) -> String {
 
 fn bind_message(addr: &SocketAddr, source: &std::io::Error, suggestion: &str) -> String {
     match source.kind() {
-        std::io::ErrorKind::AddrInUse => format!(
-            "local port {addr} is already in use (try {suggestion} to pick a free one)"
-        ),
+        std::io::ErrorKind::AddrInUse => {
+            format!("local port {addr} is already in use (try {suggestion} to pick a free one)")
+        }
         std::io::ErrorKind::PermissionDenied => format!(
             "not allowed to listen on {addr}: ports below 1024 need privileges (try {suggestion} to pick a free one)"
         ),
@@ -200,7 +204,9 @@ impl Error {
                     },
                     code => Error::Api {
                         action: match name {
-                            Some(n) => format!("{verb} {resource} {n:?} in namespace {namespace:?}"),
+                            Some(n) => {
+                                format!("{verb} {resource} {n:?} in namespace {namespace:?}")
+                            }
                             None => format!("{verb} {resource} in namespace {namespace:?}"),
                         },
                         code,

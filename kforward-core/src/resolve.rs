@@ -65,7 +65,9 @@ impl Drop for Endpoints {
 
 impl Debug for Endpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoints").field("current", &*self.rx.borrow()).finish()
+        f.debug_struct("Endpoints")
+            .field("current", &*self.rx.borrow())
+            .finish()
     }
 }
 
@@ -123,10 +125,20 @@ fn pod_ready(pod: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn pod_endpoints(pods: &BTreeMap<String, Pod>, port: &PortChoice, require_ready: bool) -> Vec<Endpoint> {
+fn pod_endpoints(
+    pods: &BTreeMap<String, Pod>,
+    port: &PortChoice,
+    require_ready: bool,
+) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = pods
         .values()
-        .filter(|p| if require_ready { pod_ready(p) } else { pod_running(p) })
+        .filter(|p| {
+            if require_ready {
+                pod_ready(p)
+            } else {
+                pod_running(p)
+            }
+        })
         .filter_map(|p| {
             Some(Endpoint {
                 pod: p.metadata.name.clone()?,
@@ -157,7 +169,11 @@ fn slice_endpoints(
         let Some(port) = port else { continue };
         for e in s.endpoints.iter().flatten() {
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            let terminating = e.conditions.as_ref().and_then(|c| c.terminating).unwrap_or(false);
+            let terminating = e
+                .conditions
+                .as_ref()
+                .and_then(|c| c.terminating)
+                .unwrap_or(false);
             let Some(r) = &e.target_ref else { continue };
             if !ready || terminating || r.kind.as_deref() != Some("Pod") {
                 continue;
@@ -187,7 +203,10 @@ async fn call<T>(
         Ok(r) => r.map_err(|e| Error::from_kube(e, ctx.server(), verb, resource, ns, name)),
         Err(_) => Err(Error::Unreachable {
             server: ctx.server().to_string(),
-            message: format!("no answer to {verb} {resource} within {}s", CALL_TIMEOUT.as_secs()),
+            message: format!(
+                "no answer to {verb} {resource} within {}s",
+                CALL_TIMEOUT.as_secs()
+            ),
         }),
     }
 }
@@ -259,7 +278,12 @@ impl Endpoints {
         let (tx, rx) = watch::channel(Vec::new());
         // The first list happens here, so the caller starts with the current endpoints.
         let task = match &source {
-            Source::Pods { labels, name, port, require_ready } => {
+            Source::Pods {
+                labels,
+                name,
+                port,
+                require_ready,
+            } => {
                 let api: Api<Pod> = Api::namespaced(ctx.client().clone(), ns);
                 let mut lp = ListParams::default();
                 if let Some(l) = labels {
@@ -271,17 +295,36 @@ impl Endpoints {
                 let (port, ready) = (port.clone(), *require_ready);
                 let compute = move |m: &BTreeMap<String, Pod>| pod_endpoints(m, &port, ready);
                 let first = list(ctx, &api, &lp, ns, "pods").await?;
-                spawn_watch(ctx.clone(), api, ns.to_string(), "pods", lp, first, compute, tx)
+                let w = Watched {
+                    ctx: ctx.clone(),
+                    api,
+                    ns: ns.to_string(),
+                    resource: "pods",
+                    lp,
+                };
+                spawn_watch(w, first, compute, tx)
             }
-            Source::Slices { service, port_name, fixed } => {
+            Source::Slices {
+                service,
+                port_name,
+                fixed,
+            } => {
                 let api: Api<EndpointSlice> = Api::namespaced(ctx.client().clone(), ns);
-                let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+                let lp =
+                    ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
                 let (port_name, fixed) = (port_name.clone(), *fixed);
                 let compute = move |m: &BTreeMap<String, EndpointSlice>| {
                     slice_endpoints(m, port_name.as_deref(), fixed)
                 };
                 let first = list(ctx, &api, &lp, ns, "endpointslices").await?;
-                spawn_watch(ctx.clone(), api, ns.to_string(), "endpointslices", lp, first, compute, tx)
+                let w = Watched {
+                    ctx: ctx.clone(),
+                    api,
+                    ns: ns.to_string(),
+                    resource: "endpointslices",
+                    lp,
+                };
+                spawn_watch(w, first, compute, tx)
             }
         };
         Ok(Endpoints {
@@ -403,7 +446,13 @@ struct Listed<K> {
     rv: String,
 }
 
-async fn list<K>(ctx: &KubeContext, api: &Api<K>, lp: &ListParams, ns: &str, resource: &str) -> Result<Listed<K>>
+async fn list<K>(
+    ctx: &KubeContext,
+    api: &Api<K>,
+    lp: &ListParams,
+    ns: &str,
+    resource: &str,
+) -> Result<Listed<K>>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug,
 {
@@ -417,12 +466,17 @@ where
     Ok(Listed { objects, rv })
 }
 
-fn spawn_watch<K, F>(
+/// What one watch lists and watches.
+struct Watched<K> {
     ctx: KubeContext,
     api: Api<K>,
     ns: String,
     resource: &'static str,
     lp: ListParams,
+}
+
+fn spawn_watch<K, F>(
+    w: Watched<K>,
     first: Listed<K>,
     compute: F,
     tx: watch::Sender<Vec<Endpoint>>,
@@ -431,20 +485,32 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     F: Fn(&BTreeMap<String, K>) -> Vec<Endpoint> + Send + Sync + 'static,
 {
-    let publish = Arc::new(move |tx: &watch::Sender<Vec<Endpoint>>, m: &BTreeMap<String, K>| {
-        let next = compute(m);
-        tx.send_if_modified(|cur| {
-            if *cur == next {
-                false
-            } else {
-                *cur = next;
-                true
-            }
-        });
-    });
+    let publish = Arc::new(
+        move |tx: &watch::Sender<Vec<Endpoint>>, m: &BTreeMap<String, K>| {
+            let next = compute(m);
+            tx.send_if_modified(|cur| {
+                if *cur == next {
+                    false
+                } else {
+                    *cur = next;
+                    true
+                }
+            });
+        },
+    );
     publish(&tx, &first.objects);
+    let Watched {
+        ctx,
+        api,
+        ns,
+        resource,
+        lp,
+    } = w;
     tokio::spawn(async move {
-        let Listed { mut objects, mut rv } = first;
+        let Listed {
+            mut objects,
+            mut rv,
+        } = first;
         let mut backoff = Duration::from_millis(200);
         loop {
             let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
@@ -544,8 +610,14 @@ mod tests {
         assert_eq!(
             eps,
             vec![
-                Endpoint { pod: "a".into(), port: 8080 },
-                Endpoint { pod: "b".into(), port: 8080 }
+                Endpoint {
+                    pod: "a".into(),
+                    port: 8080
+                },
+                Endpoint {
+                    pod: "b".into(),
+                    port: 8080
+                }
             ]
         );
         assert!(slice_endpoints(&m, Some("grpc"), None).is_empty());

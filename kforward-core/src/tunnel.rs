@@ -106,10 +106,20 @@ impl Tunnel {
             .await
             .map_err(|_| Error::Unreachable {
                 server: ctx.server().to_string(),
-                message: format!("opening a port-forward took longer than {}s", OPEN_TIMEOUT.as_secs()),
+                message: format!(
+                    "opening a port-forward took longer than {}s",
+                    OPEN_TIMEOUT.as_secs()
+                ),
             })?
             .map_err(|e| {
-                Error::from_kube(e, ctx.server(), "create", "pods/portforward", namespace, Some(pod))
+                Error::from_kube(
+                    e,
+                    ctx.server(),
+                    "create",
+                    "pods/portforward",
+                    namespace,
+                    Some(pod),
+                )
             })?;
         Ok(Tunnel {
             ws: conn.into_stream(),
@@ -226,7 +236,11 @@ impl AsyncRead for Tunnel {
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         if *this.write_shut {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));

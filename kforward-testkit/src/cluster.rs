@@ -93,7 +93,8 @@ impl ClusterBuilder {
     /// Starts the demo scenario (see [`crate::demo_objects`]) and waits until it is Ready.
     pub fn demo(mut self) -> Self {
         self.demo = true;
-        self.namespace.get_or_insert_with(|| DEMO_NAMESPACE.to_string());
+        self.namespace
+            .get_or_insert_with(|| DEMO_NAMESPACE.to_string());
         self
     }
 
@@ -150,9 +151,11 @@ impl ClusterBuilder {
         *lock(&shared.termination_grace) = self.termination_grace;
         *lock(&shared.default_namespace) = self.namespace.clone();
         for ns in ["default", "kube-system", "kube-public"] {
-            shared
-                .store
-                .create(Kind::Namespace, "", json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}))?;
+            shared.store.create(
+                Kind::Namespace,
+                "",
+                json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
+            )?;
         }
         let server = ApiServer::start(shared.clone(), self.api_addr, shared.tls.clone()).await?;
         *lock(&shared.api_addr) = server.addr;
@@ -404,8 +407,14 @@ impl Cluster {
             .into_iter()
             .filter(|p| sel.is_empty() || sel.matches(&p["metadata"]["labels"]))
             .collect();
-        pods.sort_by_key(|p| p["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse::<u64>().ok()));
-        pods.into_iter().filter_map(|p| from_value(p).ok()).collect()
+        pods.sort_by_key(|p| {
+            p["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+        });
+        pods.into_iter()
+            .filter_map(|p| from_value(p).ok())
+            .collect()
     }
 
     /// The ready pods of `ns` matching `selector` (and not being deleted).
@@ -519,17 +528,29 @@ impl Cluster {
     /// # Errors
     ///
     /// [`Error::Timeout`].
-    pub async fn wait_deployment_ready(&self, ns: &str, name: &str, timeout: Duration) -> Result<(), Error> {
-        self.wait_for(&format!("deployment {ns}/{name} to be ready"), timeout, |c| {
-            c.shared.store.get(Kind::Deployment, ns, name).is_ok_and(|d| {
-                let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-                let s = &d["status"];
-                s["observedGeneration"] == d["metadata"]["generation"]
-                    && s["updatedReplicas"].as_u64() == Some(want)
-                    && s["readyReplicas"].as_u64() == Some(want)
-                    && s["replicas"].as_u64() == Some(want)
-            })
-        })
+    pub async fn wait_deployment_ready(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.wait_for(
+            &format!("deployment {ns}/{name} to be ready"),
+            timeout,
+            |c| {
+                c.shared
+                    .store
+                    .get(Kind::Deployment, ns, name)
+                    .is_ok_and(|d| {
+                        let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
+                        let s = &d["status"];
+                        s["observedGeneration"] == d["metadata"]["generation"]
+                            && s["updatedReplicas"].as_u64() == Some(want)
+                            && s["readyReplicas"].as_u64() == Some(want)
+                            && s["replicas"].as_u64() == Some(want)
+                    })
+            },
+        )
         .await
     }
 
@@ -547,7 +568,8 @@ impl Cluster {
         for s in &services {
             self.create_service(DEMO_NAMESPACE, s)?;
         }
-        self.add_external_host(DEMO_EXTERNAL_HOST, 80, Some(5353)).await?;
+        self.add_external_host(DEMO_EXTERNAL_HOST, 80, Some(5353))
+            .await?;
         for d in &deployments {
             let name = d.metadata.name.as_deref().unwrap_or_default();
             self.wait_deployment_ready(DEMO_NAMESPACE, name, Duration::from_secs(30))

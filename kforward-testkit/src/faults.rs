@@ -38,7 +38,11 @@ pub(crate) fn new_token() -> String {
 /// The kubeconfig entry of this cluster as it is now.
 pub(crate) fn entry(shared: &Shared) -> KubeconfigEntry {
     let addr = *lock(&shared.api_addr);
-    let scheme = if shared.tls.is_some() { "https" } else { "http" };
+    let scheme = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     KubeconfigEntry {
         name: shared.name.clone(),
         server: format!("{scheme}://{addr}"),
@@ -61,7 +65,12 @@ pub(crate) fn expire_token(shared: &Shared) -> Result<String, Error> {
     Ok(token)
 }
 
-pub(crate) fn set_pod_ready(shared: &Shared, ns: &str, name: &str, ready: bool) -> Result<(), ApiError> {
+pub(crate) fn set_pod_ready(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    ready: bool,
+) -> Result<(), ApiError> {
     let pod = shared.store.get(Kind::Pod, ns, name)?;
     let key = format!("{ns}/{name}");
     if ready {

@@ -43,7 +43,10 @@ pub(crate) struct LiveStream(Arc<Shared>);
 
 impl LiveStream {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        shared.stats.live_port_forwards.fetch_add(1, Ordering::SeqCst);
+        shared
+            .stats
+            .live_port_forwards
+            .fetch_add(1, Ordering::SeqCst);
         shared
             .stats
             .port_forwards_total

@@ -47,13 +47,21 @@ impl ApiError {
 
     /// 404: `pods "x" not found`.
     pub fn not_found(kind: Kind, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", kind.plural()))
-            .about(kind.plural(), name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", kind.plural()),
+        )
+        .about(kind.plural(), name)
     }
 
     /// 404 for a path the testkit does not serve.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 409: `pods "x" already exists`.
@@ -152,7 +160,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
         )
     }
 

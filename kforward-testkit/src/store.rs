@@ -64,6 +64,9 @@ impl StoreEvent {
 
 type Key = (Kind, String, String);
 
+/// The start of a watch: the events to replay, and the receiver of the later ones.
+pub type WatchStart = (Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<StoreEvent>>);
+
 #[derive(Default)]
 struct Inner {
     objects: BTreeMap<Key, Value>,
@@ -87,9 +90,7 @@ impl Default for Store {
 
 /// The current time as Kubernetes writes it (RFC 3339, whole seconds, UTC).
 pub fn now_rfc3339() -> String {
-    now_timestamp()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    now_timestamp().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// The current time as a jiff timestamp.
@@ -356,7 +357,7 @@ impl Store {
         kind: Kind,
         ns: Option<&str>,
         since: Option<u64>,
-    ) -> Result<(Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<StoreEvent>>), ApiError> {
+    ) -> Result<WatchStart, ApiError> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let matches = |e: &StoreEvent| e.kind == kind && ns.is_none_or(|ns| e.namespace() == ns);
@@ -452,7 +453,11 @@ mod tests {
             .expect_err("dup");
         assert_eq!(e.code, 409);
         let g = s
-            .create(Kind::Pod, "demo", json!({"metadata": {"generateName": "web-"}}))
+            .create(
+                Kind::Pod,
+                "demo",
+                json!({"metadata": {"generateName": "web-"}}),
+            )
             .expect("generate");
         let name = g["metadata"]["name"].as_str().expect("name");
         assert!(name.starts_with("web-") && name.len() == 9, "{name}");
@@ -492,7 +497,15 @@ mod tests {
         let (evs, _rx) = s.watch(Kind::Pod, Some("demo"), Some(rv)).expect("watch");
         let seen: Vec<_> = evs
             .iter()
-            .map(|e| (e.ty, e.object["metadata"]["name"].as_str().unwrap_or("").to_string()))
+            .map(|e| {
+                (
+                    e.ty,
+                    e.object["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             seen,
@@ -506,7 +519,10 @@ mod tests {
             .watch(Kind::Pod, Some("demo"), Some(rv))
             .expect_err("expired");
         assert_eq!(e.code, 410);
-        assert!(s.watch(Kind::Pod, Some("demo"), Some(s.resource_version())).is_ok());
+        assert!(
+            s.watch(Kind::Pod, Some("demo"), Some(s.resource_version()))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -520,6 +536,11 @@ mod tests {
             Ok(())
         })
         .expect("update");
-        assert_eq!(s.replace(Kind::Pod, "demo", "a", p).expect_err("stale").code, 409);
+        assert_eq!(
+            s.replace(Kind::Pod, "demo", "a", p)
+                .expect_err("stale")
+                .code,
+            409
+        );
     }
 }

@@ -180,7 +180,11 @@ pub trait Forwarder: Send + Sync {
 /// # Errors
 ///
 /// [`crate::Error::Api`] for UDP and proxy specs, which need the in-cluster relay.
-pub fn forwarder_for(ctx: KubeContext, spec: ForwardSpec, opts: ForwardOptions) -> Result<Box<dyn Forwarder>> {
+pub fn forwarder_for(
+    ctx: KubeContext,
+    spec: ForwardSpec,
+    opts: ForwardOptions,
+) -> Result<Box<dyn Forwarder>> {
     if spec.protocol == Protocol::Udp || matches!(spec.target, Target::Proxy { .. }) {
         return Err(crate::Error::Api {
             action: format!("forward {}", spec.label()),

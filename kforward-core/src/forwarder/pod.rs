@@ -21,8 +21,19 @@ pub struct PodForwarder(TcpForwarder);
 
 impl PodForwarder {
     /// A forward to pod `name` in `namespace`.
-    pub fn named(ctx: KubeContext, namespace: &str, name: &str, ports: impl IntoIterator<Item = PortMapping>) -> Self {
-        let spec = ForwardSpec::new(Target::Pod { name: name.to_string() }, ports).with_namespace(namespace);
+    pub fn named(
+        ctx: KubeContext,
+        namespace: &str,
+        name: &str,
+        ports: impl IntoIterator<Item = PortMapping>,
+    ) -> Self {
+        let spec = ForwardSpec::new(
+            Target::Pod {
+                name: name.to_string(),
+            },
+            ports,
+        )
+        .with_namespace(namespace);
         PodForwarder(TcpForwarder::new(ctx, spec, ForwardOptions::default()))
     }
 
@@ -33,7 +44,8 @@ impl PodForwarder {
         selector: LabelSelector,
         ports: impl IntoIterator<Item = PortMapping>,
     ) -> Self {
-        let spec = ForwardSpec::new(Target::PodSelector { selector }, ports).with_namespace(namespace);
+        let spec =
+            ForwardSpec::new(Target::PodSelector { selector }, ports).with_namespace(namespace);
         PodForwarder(TcpForwarder::new(ctx, spec, ForwardOptions::default()))
     }
 }

@@ -57,7 +57,12 @@ where
 /// writes first, replies keep flowing until the remote ends too, or until nothing has
 /// come back for `linger` (the port-forward protocol cannot pass a half-close on, so a
 /// server that waits for one would otherwise never answer).
-pub(crate) async fn relay<T>(local: TcpStream, remote: T, stats: &Arc<Stats>, linger: Duration) -> Carried
+pub(crate) async fn relay<T>(
+    local: TcpStream,
+    remote: T,
+    stats: &Arc<Stats>,
+    linger: Duration,
+) -> Carried
 where
     T: AsyncRead + AsyncWrite + Send,
 {

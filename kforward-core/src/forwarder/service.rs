@@ -22,8 +22,19 @@ pub struct ServiceForwarder(TcpForwarder);
 
 impl ServiceForwarder {
     /// A forward to service `name` in `namespace`.
-    pub fn new(ctx: KubeContext, namespace: &str, name: &str, ports: impl IntoIterator<Item = PortMapping>) -> Self {
-        let spec = ForwardSpec::new(Target::Service { name: name.to_string() }, ports).with_namespace(namespace);
+    pub fn new(
+        ctx: KubeContext,
+        namespace: &str,
+        name: &str,
+        ports: impl IntoIterator<Item = PortMapping>,
+    ) -> Self {
+        let spec = ForwardSpec::new(
+            Target::Service {
+                name: name.to_string(),
+            },
+            ports,
+        )
+        .with_namespace(namespace);
         ServiceForwarder(TcpForwarder::new(ctx, spec, ForwardOptions::default()))
     }
 }

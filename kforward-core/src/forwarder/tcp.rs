@@ -14,7 +14,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::relay::relay;
-use super::{BoundPort, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot, remote_label};
+use super::{
+    BoundPort, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot, remote_label,
+};
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -148,7 +150,10 @@ impl TcpForwarder {
             let eps = Endpoints::resolve(&self.ctx, &ns, &self.spec.target, &pm.remote).await?;
             let mut rx = eps.subscribe();
             let waited = self.opts.pod_running_timeout;
-            if tokio::time::timeout(waited, rx.wait_for(|v| !v.is_empty())).await.is_err() {
+            if tokio::time::timeout(waited, rx.wait_for(|v| !v.is_empty()))
+                .await
+                .is_err()
+            {
                 return Err(Error::NoReadyPod {
                     target: self.spec.target.to_string(),
                     namespace: ns,
@@ -219,7 +224,11 @@ impl TcpForwarder {
                         _ = stop.cancelled() => return,
                         r = rx.changed() => if r.is_err() { return },
                     }
-                    let pods = rx.borrow().iter().map(|e| format!("{}:{}", e.pod, e.port)).collect();
+                    let pods = rx
+                        .borrow()
+                        .iter()
+                        .map(|e| format!("{}:{}", e.pod, e.port))
+                        .collect();
                     let _ = events.send(Event::Endpoints {
                         forward: label.clone(),
                         remote_port: remote_label(&pm.remote),
@@ -345,7 +354,9 @@ impl Forwarder for TcpForwarder {
                 Ok(b)
             }
             Err(e) => {
-                self.state.send_replace(ForwardState::Failed { error: e.to_string() });
+                self.state.send_replace(ForwardState::Failed {
+                    error: e.to_string(),
+                });
                 let _ = self.events.send(Event::Error {
                     forward: self.spec.label(),
                     message: e.to_string(),
@@ -361,12 +372,17 @@ impl Forwarder for TcpForwarder {
         r.tasks.close();
         r.tasks.wait().await;
         r.conns.close();
-        if tokio::time::timeout(self.opts.stop_grace, r.conns.wait()).await.is_err() {
+        if tokio::time::timeout(self.opts.stop_grace, r.conns.wait())
+            .await
+            .is_err()
+        {
             r.kill.cancel();
             r.conns.wait().await;
         }
         self.state.send_replace(ForwardState::Stopped);
-        let _ = self.events.send(Event::Stopped { forward: self.spec.label() });
+        let _ = self.events.send(Event::Stopped {
+            forward: self.spec.label(),
+        });
     }
 
     fn state(&self) -> ForwardState {

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{BoundPort, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::{
+    BoundPort, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
+};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,8 +27,11 @@ pub async fn context(cluster: &Cluster) -> KubeContext {
 }
 
 pub fn spec(target: &str, local: u16, remote: u16) -> ForwardSpec {
-    ForwardSpec::new(Target::parse_kubectl(target).expect("target"), [PortMapping::new(local, remote)])
-        .with_namespace("demo")
+    ForwardSpec::new(
+        Target::parse_kubectl(target).expect("target"),
+        [PortMapping::new(local, remote)],
+    )
+    .with_namespace("demo")
 }
 
 pub fn quick() -> ForwardOptions {
@@ -49,14 +54,24 @@ pub async fn start(ctx: &KubeContext, spec: ForwardSpec) -> (TcpForwarder, Vec<B
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let work = async {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.expect("read");
         let text = String::from_utf8_lossy(&out).to_string();
-        assert!(text.starts_with("HTTP/1.1 200"), "unexpected reply: {text:?}");
-        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "unexpected reply: {text:?}"
+        );
+        text.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     };
-    tokio::time::timeout(WAIT, work).await.expect("HTTP reply in time")
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("HTTP reply in time")
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{Error, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::{
+    Error, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
+};
 
 use crate::common::*;
 
@@ -23,7 +25,10 @@ async fn local_port_in_use_names_the_address_and_suggests_a_free_port() {
     let port = taken.local_addr().expect("addr").port();
     let e = start_err(&ctx, spec("svc/web", port, 80), quick()).await;
     let msg = e.to_string();
-    assert_eq!(msg, format!("local port 127.0.0.1:{port} is already in use (try 0:80 to pick a free one)"));
+    assert_eq!(
+        msg,
+        format!("local port 127.0.0.1:{port} is already in use (try 0:80 to pick a free one)")
+    );
 }
 
 #[tokio::test]
@@ -31,11 +36,20 @@ async fn missing_service_and_pod_name_namespace_and_name() {
     let cluster = demo().await;
     let ctx = context(&cluster).await;
     let e = start_err(&ctx, spec("svc/nope", 0, 80), quick()).await;
-    assert_eq!(e.to_string(), "service \"nope\" not found in namespace \"demo\"");
+    assert_eq!(
+        e.to_string(),
+        "service \"nope\" not found in namespace \"demo\""
+    );
     let e = start_err(&ctx, spec("pod/nope", 0, 80), quick()).await;
-    assert_eq!(e.to_string(), "pod \"nope\" not found in namespace \"demo\"");
+    assert_eq!(
+        e.to_string(),
+        "pod \"nope\" not found in namespace \"demo\""
+    );
     let e = start_err(&ctx, spec("deploy/nope", 0, 80), quick()).await;
-    assert_eq!(e.to_string(), "deployment \"nope\" not found in namespace \"demo\"");
+    assert_eq!(
+        e.to_string(),
+        "deployment \"nope\" not found in namespace \"demo\""
+    );
 }
 
 #[tokio::test]
@@ -43,7 +57,9 @@ async fn no_ready_pod_waits_then_says_so() {
     let cluster = demo().await;
     cluster.scale("demo", "echo", 0).expect("scale");
     cluster
-        .wait_for("echo to have no pods", WAIT, |c| c.pods("demo", Some("app=echo")).is_empty())
+        .wait_for("echo to have no pods", WAIT, |c| {
+            c.pods("demo", Some("app=echo")).is_empty()
+        })
         .await
         .expect("scaled down");
     let ctx = context(&cluster).await;
@@ -63,18 +79,33 @@ async fn forbidden_names_verb_resource_and_namespace() {
     let cluster = demo().await;
     let ctx = context(&cluster).await;
     cluster.deny("create", "pods/portforward");
-    let e = kforward_core::Tunnel::open(&ctx, "demo", &cluster.pods("demo", Some("app=web"))[0].metadata.name.clone().expect("name"), 8080)
-        .await
-        .expect_err("403");
+    let e = kforward_core::Tunnel::open(
+        &ctx,
+        "demo",
+        &cluster.pods("demo", Some("app=web"))[0]
+            .metadata
+            .name
+            .clone()
+            .expect("name"),
+        8080,
+    )
+    .await
+    .expect_err("403");
     assert!(e.is_permission_denied());
     let msg = e.to_string();
     assert!(
-        msg.starts_with("permission denied: your user cannot create pods/portforward in namespace \"demo\""),
+        msg.starts_with(
+            "permission denied: your user cannot create pods/portforward in namespace \"demo\""
+        ),
         "{msg}"
     );
     cluster.deny("get", "services");
     let e = start_err(&ctx, spec("svc/web", 0, 80), quick()).await;
-    assert!(e.to_string().starts_with("permission denied: your user cannot get services in namespace \"demo\""), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("permission denied: your user cannot get services in namespace \"demo\""),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +115,11 @@ async fn expired_credentials_are_a_401() {
     cluster.expire_token().expect("expire");
     let e = start_err(&ctx, spec("svc/web", 0, 80), quick()).await;
     assert!(e.is_unauthorized(), "{e:?}");
-    assert!(e.to_string().contains("rejected the credentials (401 Unauthorized)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("rejected the credentials (401 Unauthorized)"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -96,7 +131,10 @@ async fn unknown_context_lists_the_contexts() {
     let e = KubeContext::load(&src).await.expect_err("unknown context");
     assert_eq!(
         e.to_string(),
-        format!("context \"prod\" does not exist in the kubeconfig (contexts there: {})", cluster.name())
+        format!(
+            "context \"prod\" does not exist in the kubeconfig (contexts there: {})",
+            cluster.name()
+        )
     );
 }
 
@@ -107,15 +145,25 @@ async fn unreachable_api_server_names_the_url() {
     let url = cluster.server_url();
     drop(cluster);
     let e = start_err(&ctx, spec("svc/web", 0, 80), quick()).await;
-    assert!(e.to_string().starts_with(&format!("cannot reach the API server at {url}")), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot reach the API server at {url}")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn refused_pod_port_reports_the_error_channel() {
     let cluster = demo().await;
     let ctx = context(&cluster).await;
-    let pod = cluster.pods("demo", Some("app=web"))[0].metadata.name.clone().expect("name");
-    let mut t = kforward_core::Tunnel::open(&ctx, "demo", &pod, 9999).await.expect("tunnel opens");
+    let pod = cluster.pods("demo", Some("app=web"))[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+    let mut t = kforward_core::Tunnel::open(&ctx, "demo", &pod, 9999)
+        .await
+        .expect("tunnel opens");
     t.ready().await.expect("the port prefix arrives first");
     let mut buf = [0u8; 16];
     let e = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut t, &mut buf))

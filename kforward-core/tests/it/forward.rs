@@ -15,14 +15,21 @@ async fn http_through_svc_web_reaches_a_web_pod() {
     let ctx = context(&cluster).await;
     let (mut f, bound) = start(&ctx, spec("svc/web", 0, 80)).await;
     assert_eq!(bound.len(), 1);
-    assert_eq!(bound[0].pod_port, Some(8080), "named targetPort http resolves to 8080");
+    assert_eq!(
+        bound[0].pod_port,
+        Some(8080),
+        "named targetPort http resolves to 8080"
+    );
     let body = http_get(bound[0].local_addr, "/").await;
     let pods: Vec<String> = cluster
         .pods("demo", Some("app=web"))
         .into_iter()
         .filter_map(|p| p.metadata.name)
         .collect();
-    assert!(pods.contains(&body.trim().to_string()), "{body:?} not in {pods:?}");
+    assert!(
+        pods.contains(&body.trim().to_string()),
+        "{body:?} not in {pods:?}"
+    );
     f.stop().await;
 }
 
@@ -53,7 +60,9 @@ async fn sixty_four_mib_through_svc_echo_arrive_intact() {
         *b = x as u8;
     }
     let want = Sha256::digest(&data);
-    let s = TcpStream::connect(bound[0].local_addr).await.expect("connect");
+    let s = TcpStream::connect(bound[0].local_addr)
+        .await
+        .expect("connect");
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move {
         w.write_all(&data).await.expect("write");
@@ -111,7 +120,9 @@ async fn half_close_still_gets_the_whole_reply() {
     let ctx = context(&cluster).await;
     let (mut f, bound) = start(&ctx, spec("svc/web", 0, 80)).await;
     // An HTTP/1.0-style client: send the request, shut the write side, read to the end.
-    let mut s = TcpStream::connect(bound[0].local_addr).await.expect("connect");
+    let mut s = TcpStream::connect(bound[0].local_addr)
+        .await
+        .expect("connect");
     s.write_all(b"GET /bytes/1000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
@@ -124,7 +135,9 @@ async fn half_close_still_gets_the_whole_reply() {
     let text = String::from_utf8_lossy(&out[..out.len().min(200)]).to_string();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let body = out.split(|_| false).next().map_or(0, |_| {
-        out.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| out.len() - p - 4)
+        out.windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |p| out.len() - p - 4)
     });
     assert_eq!(body, 1_000_000);
     f.stop().await;
@@ -175,7 +188,10 @@ async fn two_forwards_in_one_process() {
     let mut s = TcpStream::connect(be[0].local_addr).await.expect("connect");
     s.write_all(b"ping").await.expect("write");
     let mut b = [0u8; 4];
-    tokio::time::timeout(WAIT, s.read_exact(&mut b)).await.expect("in time").expect("read");
+    tokio::time::timeout(WAIT, s.read_exact(&mut b))
+        .await
+        .expect("in time")
+        .expect("read");
     assert_eq!(&b, b"ping");
     web.stop().await;
     echo.stop().await;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use kforward_testkit::{Cluster, DEMO_EXTERNAL_HOST};
 
-const USAGE: &str = "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]";
+const USAGE: &str =
+    "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]";
 
 struct Args {
     kubeconfig_out: Option<PathBuf>,
@@ -27,7 +28,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--kubeconfig-out" => {
-                out.kubeconfig_out = Some(args.next().context("--kubeconfig-out needs a path")?.into());
+                out.kubeconfig_out =
+                    Some(args.next().context("--kubeconfig-out needs a path")?.into());
             }
             "--scenario" => match args.next().as_deref() {
                 Some("demo") => out.demo = true,

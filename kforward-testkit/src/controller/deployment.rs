@@ -47,7 +47,10 @@ fn owned_by<'a>(d: &Value, pods: &'a [Value]) -> Vec<&'a Value> {
 }
 
 fn reconcile_one(shared: &Shared, d: &Value, pods: &[Value]) -> Result<(), ApiError> {
-    let ns = d["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+    let ns = d["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
     let replicas = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
     let template = &d["spec"]["template"];
@@ -67,7 +70,11 @@ fn reconcile_one(shared: &Shared, d: &Value, pods: &[Value]) -> Result<(), ApiEr
     // replicas when pods went away).
     let mut total = live.len();
     let mut new_count = new.len();
-    let limit = if old.is_empty() { replicas } else { replicas + 1 };
+    let limit = if old.is_empty() {
+        replicas
+    } else {
+        replicas + 1
+    };
     while new_count < replicas && total < limit {
         create_pod(shared, &ns, &name, d, &hash)?;
         total += 1;
@@ -123,7 +130,13 @@ fn reconcile_one(shared: &Shared, d: &Value, pods: &[Value]) -> Result<(), ApiEr
     Ok(())
 }
 
-fn create_pod(shared: &Shared, ns: &str, deploy: &str, d: &Value, hash: &str) -> Result<(), ApiError> {
+fn create_pod(
+    shared: &Shared,
+    ns: &str,
+    deploy: &str,
+    d: &Value,
+    hash: &str,
+) -> Result<(), ApiError> {
     let t = &d["spec"]["template"];
     let mut labels = t["metadata"]["labels"].clone();
     if !labels.is_object() {

@@ -33,7 +33,9 @@ pub(crate) fn target_port(service_port: &Value, pod: &Value) -> Option<u16> {
             .and_then(|p| p["containerPort"].as_u64())
             .and_then(|n| u16::try_from(n).ok());
     }
-    service_port["port"].as_u64().and_then(|n| u16::try_from(n).ok())
+    service_port["port"]
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
 }
 
 fn selected_pods<'a>(svc: &Value, pods: &'a [Value]) -> Vec<&'a Value> {
@@ -93,7 +95,10 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
     let (slices, _) = shared.store.list(Kind::EndpointSlice, None);
     let mut by_service: HashMap<(String, String), &Value> = HashMap::new();
     for s in &slices {
-        let ns = s["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = s["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if let Some(svc) = s["metadata"]["labels"]["kubernetes.io/service-name"].as_str() {
             by_service.insert((ns, svc.to_string()), s);
         }
@@ -103,18 +108,26 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
         if !svc["spec"]["selector"].is_object() {
             continue;
         }
-        let ns = svc["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = svc["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
         wanted.insert((ns.clone(), name.clone()));
         let (endpoints, ports) = desired_slice(svc, &selected_pods(svc, &pods));
         match by_service.get(&(ns.clone(), name.clone())) {
             Some(existing) => {
-                let slice_name = existing["metadata"]["name"].as_str().unwrap_or("").to_string();
-                shared.store.update(Kind::EndpointSlice, &ns, &slice_name, |o| {
-                    o["endpoints"] = endpoints;
-                    o["ports"] = ports;
-                    Ok(())
-                })?;
+                let slice_name = existing["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                shared
+                    .store
+                    .update(Kind::EndpointSlice, &ns, &slice_name, |o| {
+                        o["endpoints"] = endpoints;
+                        o["ports"] = ports;
+                        Ok(())
+                    })?;
             }
             None => {
                 let slice = json!({
@@ -138,20 +151,23 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
         }
     }
     for ((ns, svc), slice) in by_service {
-        if !wanted.contains(&(ns.clone(), svc)) {
-            if let Some(n) = slice["metadata"]["name"].as_str() {
-                let _ = shared.store.delete(Kind::EndpointSlice, &ns, n);
-            }
+        if !wanted.contains(&(ns.clone(), svc))
+            && let Some(n) = slice["metadata"]["name"].as_str()
+        {
+            let _ = shared.store.delete(Kind::EndpointSlice, &ns, n);
         }
     }
     Ok(())
 }
 
+/// A service's uid, port and protocol.
+type ProxyKey = (String, u16, Protocol);
+
 /// The ClusterIP forwarders and DNS names, kept in step with services and slices.
 #[derive(Default)]
 pub(crate) struct Network {
     /// Per service uid and (port, protocol): the forwarder and its backend list.
-    proxies: HashMap<(String, u16, Protocol), (ServiceProxy, watch::Sender<Vec<SocketAddr>>)>,
+    proxies: HashMap<ProxyKey, (ServiceProxy, watch::Sender<Vec<SocketAddr>>)>,
     names: HashSet<String>,
 }
 
@@ -209,7 +225,9 @@ impl Network {
                     Ok(p) => {
                         self.proxies.insert(key, (p, tx));
                     }
-                    Err(e) => warn!(service = name, error = %e, "cannot start the ClusterIP forwarder"),
+                    Err(e) => {
+                        warn!(service = name, error = %e, "cannot start the ClusterIP forwarder")
+                    }
                 }
             }
         }
@@ -217,7 +235,12 @@ impl Network {
             shared.dns_records.remove(stale);
         }
         self.names = names;
-        let gone: Vec<_> = self.proxies.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        let gone: Vec<_> = self
+            .proxies
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         for k in gone {
             if let Some((p, _)) = self.proxies.remove(&k) {
                 p.stop().await;
@@ -225,4 +248,3 @@ impl Network {
         }
     }
 }
-

@@ -20,9 +20,10 @@ pub(crate) const NODE: &str = "testkit-node";
 pub(crate) fn pod_is_ready(pod: &Value) -> bool {
     pod["metadata"]["deletionTimestamp"].is_null()
         && pod["status"]["phase"] == "Running"
-        && pod["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 #[derive(Default)]
@@ -35,7 +36,10 @@ fn container_ports(pod: &Value) -> Vec<ContainerPort> {
     let mut out = Vec::new();
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         for p in c["ports"].as_array().into_iter().flatten() {
-            let Some(port) = p["containerPort"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            let Some(port) = p["containerPort"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+            else {
                 continue;
             };
             let protocol = Protocol::from_k8s(p["protocol"].as_str().unwrap_or("TCP"))
@@ -75,7 +79,9 @@ fn container_statuses(pod: &Value, ready: bool, waiting: Option<(&str, &str)>) -
         .flatten()
         .map(|c| {
             let state = match waiting {
-                Some((reason, message)) => json!({"waiting": {"reason": reason, "message": message}}),
+                Some((reason, message)) => {
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
                 None => json!({"running": {"startedAt": started}}),
             };
             json!({
@@ -130,7 +136,10 @@ impl Kubelet {
         let mut alive = std::collections::HashSet::new();
         for pod in &pods {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let ns = pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
             alive.insert(uid.clone());
             if !pod["metadata"]["deletionTimestamp"].is_null() {
@@ -165,7 +174,12 @@ impl Kubelet {
             return;
         };
         let grace = *lock(&shared.termination_grace);
-        let (shared, ns, name, uid) = (shared.clone(), ns.to_string(), name.to_string(), uid.to_string());
+        let (shared, ns, name, uid) = (
+            shared.clone(),
+            ns.to_string(),
+            name.to_string(),
+            uid.to_string(),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             handle.stop().await;
@@ -246,7 +260,12 @@ impl Kubelet {
             return;
         }
         let delay = *lock(&shared.ready_delay);
-        let (shared, ns, name, uid) = (shared.clone(), ns.to_string(), name.to_string(), uid.to_string());
+        let (shared, ns, name, uid) = (
+            shared.clone(),
+            ns.to_string(),
+            name.to_string(),
+            uid.to_string(),
+        );
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let forced = lock(&shared.not_ready).contains(&format!("{ns}/{name}"));

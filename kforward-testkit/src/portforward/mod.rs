@@ -25,7 +25,7 @@ const WS_PROTOCOLS: [(&str, bool); 2] = [
     ("v4.base64.channel.k8s.io", true),
 ];
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Vec<&'a str> {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Vec<&str> {
     req.headers()
         .get_all(name)
         .iter()
@@ -55,7 +55,9 @@ pub(crate) fn parse_ports(query: Option<&str>) -> Result<Vec<u16>, ApiError> {
         }
     }
     if ports.is_empty() {
-        return Err(ApiError::bad_request("query parameter \"ports\" is required"));
+        return Err(ApiError::bad_request(
+            "query parameter \"ports\" is required",
+        ));
     }
     Ok(ports)
 }
@@ -118,8 +120,14 @@ pub(crate) async fn handle(
     let mut resp = Response::new(crate::server::full(""));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
-    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
     if let Ok(v) = header::HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -152,8 +160,14 @@ mod tests {
 
     #[test]
     fn ports_query() {
-        assert_eq!(parse_ports(Some("&ports=80%2C1234")).expect("kube"), vec![80, 1234]);
-        assert_eq!(parse_ports(Some("ports=80&ports=81")).expect("repeated"), vec![80, 81]);
+        assert_eq!(
+            parse_ports(Some("&ports=80%2C1234")).expect("kube"),
+            vec![80, 1234]
+        );
+        assert_eq!(
+            parse_ports(Some("ports=80&ports=81")).expect("repeated"),
+            vec![80, 81]
+        );
         assert_eq!(parse_ports(Some("ports=0")).expect_err("zero").code, 400);
         assert_eq!(parse_ports(None).expect_err("none").code, 400);
     }

@@ -73,6 +73,12 @@ fn unframe(base64: bool, msg: Message) -> Option<(u8, Bytes)> {
 
 impl Session {
     fn error_message(&self, port: u16, err: &std::io::Error) -> String {
+        // Go's wording, as the kubelet would print it.
+        let err = match err.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            std::io::ErrorKind::TimedOut => "i/o timeout".to_string(),
+            _ => err.to_string(),
+        };
         // Current kubelets send this JSON on the error channel (see the module docs).
         serde_json::json!({
             "closeConnection": true,
@@ -91,8 +97,9 @@ impl Session {
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
             .write_buffer_size(0);
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-            .await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
         let b64 = self.base64;
@@ -112,13 +119,17 @@ impl Session {
             let tcp = match conn {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
-                    let _ = out_tx.send(frame(b64, err_ch, self.error_message(port, &e).as_bytes())).await;
+                    let _ = out_tx
+                        .send(frame(b64, err_ch, self.error_message(port, &e).as_bytes()))
+                        .await;
                     to_pod.push(None);
                     continue;
                 }
                 Err(_) => {
                     let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "i/o timeout");
-                    let _ = out_tx.send(frame(b64, err_ch, self.error_message(port, &e).as_bytes())).await;
+                    let _ = out_tx
+                        .send(frame(b64, err_ch, self.error_message(port, &e).as_bytes()))
+                        .await;
                     to_pod.push(None);
                     continue;
                 }

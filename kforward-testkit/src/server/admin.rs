@@ -16,7 +16,11 @@ use crate::state::Shared;
 
 /// Handles `/testkit/<rest>`. These endpoints need no token (the server is on loopback),
 /// and they answer even while the API server is paused.
-pub(crate) async fn handle(shared: Arc<Shared>, rest: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let q: HashMap<String, String> =
         url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()

@@ -75,12 +75,27 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
     match group {
         "" => {
             list.push(sub("namespaces/status", "Namespace", false, &["get"]));
-            list.push(sub("pods/portforward", "PodPortForwardOptions", true, &["create", "get"]));
+            list.push(sub(
+                "pods/portforward",
+                "PodPortForwardOptions",
+                true,
+                &["create", "get"],
+            ));
             list.push(sub("pods/status", "Pod", true, &["get", "patch", "update"]));
-            list.push(sub("services/status", "Service", true, &["get", "patch", "update"]));
+            list.push(sub(
+                "services/status",
+                "Service",
+                true,
+                &["get", "patch", "update"],
+            ));
         }
         "apps" => {
-            list.push(sub("deployments/status", "Deployment", true, &["get", "patch", "update"]));
+            list.push(sub(
+                "deployments/status",
+                "Deployment",
+                true,
+                &["get", "patch", "update"],
+            ));
         }
         "authorization.k8s.io" => {
             list.push(sub(
@@ -98,5 +113,7 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/v1")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    )
 }

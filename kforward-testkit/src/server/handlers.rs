@@ -72,7 +72,10 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Res
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("127.0.0.1")
                 .to_string();
-            Ok(json_response(StatusCode::OK, &discovery::core_versions(&host)))
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::core_versions(&host),
+            ))
         }
         Route::Groups => Ok(json_response(StatusCode::OK, &discovery::groups())),
         Route::Group { group } => discovery::one_group(&group)
@@ -92,7 +95,10 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> Res
     result.unwrap_or_else(|e| error_response(&e))
 }
 
-async fn access_review(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn access_review(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed());
     }
@@ -122,9 +128,7 @@ async fn access_review(shared: &Shared, req: Request<Incoming>) -> Result<Respon
 }
 
 fn verb_of(method: &Method, has_name: bool, q: &HashMap<String, String>) -> &'static str {
-    let watch = q
-        .get("watch")
-        .is_some_and(|w| w == "true" || w == "1");
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (method.as_str(), has_name) {
         ("GET", _) if watch => "watch",
         ("GET", true) => "get",
@@ -149,12 +153,26 @@ async fn object(
     let q = query(&req);
     let ns = namespace.as_deref();
     if kind == Kind::Pod && subresource.as_deref() == Some("portforward") {
-        authorize(&shared, "create", kind, Some("portforward"), ns, name.as_deref())?;
+        authorize(
+            &shared,
+            "create",
+            kind,
+            Some("portforward"),
+            ns,
+            name.as_deref(),
+        )?;
         let (ns, name) = (ns.unwrap_or_default(), name.unwrap_or_default());
         return crate::portforward::handle(shared, req, ns, &name).await;
     }
     let verb = verb_of(req.method(), name.is_some(), &q);
-    authorize(&shared, verb, kind, subresource.as_deref(), ns, name.as_deref())?;
+    authorize(
+        &shared,
+        verb,
+        kind,
+        subresource.as_deref(),
+        ns,
+        name.as_deref(),
+    )?;
     let ns_str = ns.unwrap_or("");
     match subresource.as_deref() {
         None | Some("status") => {}
@@ -219,7 +237,10 @@ async fn object(
                 .collect();
             if table::wants_table(&accept) {
                 let include = q.get("includeObject").map_or("Metadata", |s| s.as_str());
-                return Ok(json_response(StatusCode::OK, &table::table(kind, &items, rv, include)));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(kind, &items, rv, include),
+                ));
             }
             let list = json!({
                 "kind": format!("{}List", kind.name()),
@@ -234,7 +255,10 @@ async fn object(
             if table::wants_table(&accept) {
                 let include = q.get("includeObject").map_or("Metadata", |s| s.as_str());
                 let rv = shared.store.resource_version();
-                return Ok(json_response(StatusCode::OK, &table::table(kind, &[obj], rv, include)));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(kind, &[obj], rv, include),
+                ));
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
@@ -243,7 +267,7 @@ async fn object(
             let obj: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
             let obj = prepare_create(&shared, kind, obj)?;
-            if q.get("dryRun").is_some() {
+            if q.contains_key("dryRun") {
                 return Ok(json_response(StatusCode::CREATED, &obj));
             }
             let created = shared.store.create(kind, ns_str, obj)?;
@@ -265,15 +289,22 @@ async fn object(
             let body = read_body(req).await?;
             let p: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-            let ct = content_type.split(';').next().unwrap_or("").trim().to_string();
-            let updated = shared.store.update(kind, ns_str, &name, |obj| match ct.as_str() {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    patch::merge(obj, &p);
-                    Ok(())
-                }
-                "application/json-patch+json" => patch::json_patch(obj, &p),
-                other => Err(ApiError::unsupported_media_type(other)),
-            })?;
+            let ct = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            let updated = shared
+                .store
+                .update(kind, ns_str, &name, |obj| match ct.as_str() {
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                        patch::merge(obj, &p);
+                        Ok(())
+                    }
+                    "application/json-patch+json" => patch::json_patch(obj, &p),
+                    other => Err(ApiError::unsupported_media_type(other)),
+                })?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         ("delete", Some(name)) => {
@@ -291,7 +322,11 @@ fn prepare_create(shared: &Shared, kind: Kind, mut obj: Value) -> Result<Value, 
         Kind::Pod => {
             let containers = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
             if containers == 0 {
-                return Err(ApiError::invalid(kind, &name, "spec.containers: Required value"));
+                return Err(ApiError::invalid(
+                    kind,
+                    &name,
+                    "spec.containers: Required value",
+                ));
             }
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         }
@@ -342,7 +377,12 @@ pub(crate) fn delete(shared: &Shared, kind: Kind, ns: &str, name: &str) -> Resul
         });
     }
     if kind == Kind::Namespace {
-        for k in [Kind::Pod, Kind::Service, Kind::Deployment, Kind::EndpointSlice] {
+        for k in [
+            Kind::Pod,
+            Kind::Service,
+            Kind::Deployment,
+            Kind::EndpointSlice,
+        ] {
             for o in shared.store.list(k, Some(name)).0 {
                 if let Some(n) = o["metadata"]["name"].as_str() {
                     let _ = delete(shared, k, name, n);

@@ -27,8 +27,8 @@ use crate::state::{Shared, lock};
 use crate::{ApiError, Error};
 
 pub(crate) use handlers::delete as delete_object;
-pub(crate) use patch::merge as merge_patch;
 pub(crate) use labels::Selector;
+pub(crate) use patch::merge as merge_patch;
 
 /// The body type every handler answers with.
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;

@@ -67,7 +67,8 @@ pub(crate) fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError
                 let i = if last == "-" {
                     a.len()
                 } else {
-                    last.parse().map_err(|_| bad(format!("bad index in {path:?}")))?
+                    last.parse()
+                        .map_err(|_| bad(format!("bad index in {path:?}")))?
                 };
                 if i > a.len() {
                     return Err(bad(format!("index out of range in {path:?}")));
@@ -101,7 +102,11 @@ pub(crate) fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError
                     _ => None,
                 };
                 if v != Some(&op["value"]) {
-                    return Err(ApiError::invalid(crate::Kind::Pod, "", "test operation failed"));
+                    return Err(ApiError::invalid(
+                        crate::Kind::Pod,
+                        "",
+                        "test operation failed",
+                    ));
                 }
             }
             (other, _) => return Err(bad(format!("unsupported JSON patch operation {other:?}"))),
@@ -135,6 +140,9 @@ mod tests {
             ]),
         )
         .expect("patch");
-        assert_eq!(v, json!({"metadata": {"labels": {"b": "2"}}, "l": [0, 2, 3]}));
+        assert_eq!(
+            v,
+            json!({"metadata": {"labels": {"b": "2"}}, "l": [0, 2, 3]})
+        );
     }
 }

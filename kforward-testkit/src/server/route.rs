@@ -11,9 +11,14 @@ pub(crate) enum Route {
     /// `/apis`
     Groups,
     /// `/api/v1`, `/apis/GROUP/VERSION`
-    Resources { group: String, version: String },
+    Resources {
+        group: String,
+        version: String,
+    },
     /// `/apis/GROUP` (the group's preferred version)
-    Group { group: String },
+    Group {
+        group: String,
+    },
     /// A collection or an object, maybe with a subresource.
     Object {
         kind: Kind,
@@ -36,17 +41,18 @@ pub(crate) fn parse(path: &str) -> Option<Route> {
         ["version"] => return Some(Route::Version),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::Groups),
-        ["apis", g] => return Some(Route::Group { group: g.to_string() }),
+        ["apis", g] => {
+            return Some(Route::Group {
+                group: g.to_string(),
+            });
+        }
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return None,
     };
     let known = matches!(
         (group, version),
-        ("", "v1")
-            | ("apps", "v1")
-            | ("discovery.k8s.io", "v1")
-            | ("authorization.k8s.io", "v1")
+        ("", "v1") | ("apps", "v1") | ("discovery.k8s.io", "v1") | ("authorization.k8s.io", "v1")
     );
     if !known {
         return None;
@@ -121,7 +127,10 @@ mod tests {
             parse("/api/v1/namespaces/demo"),
             obj(Kind::Namespace, None, Some("demo"), None)
         );
-        assert_eq!(parse("/api/v1/namespaces"), obj(Kind::Namespace, None, None, None));
+        assert_eq!(
+            parse("/api/v1/namespaces"),
+            obj(Kind::Namespace, None, None, None)
+        );
         assert_eq!(
             parse("/apis/apps/v1/namespaces/demo/deployments/web"),
             obj(Kind::Deployment, Some("demo"), Some("web"), None)

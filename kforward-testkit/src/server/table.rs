@@ -30,18 +30,52 @@ pub(crate) fn age(created: &str) -> String {
 }
 
 fn columns(kind: Kind) -> Vec<Value> {
-    let name = col("Name", "string", 0, "Name must be unique within a namespace.");
-    let age = col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+    let name = col(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age = col(
+        "Age",
+        "string",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
     match kind {
-        Kind::Namespace => vec![name, col("Status", "string", 0, "The status of the namespace"), age],
+        Kind::Namespace => vec![
+            name,
+            col("Status", "string", 0, "The status of the namespace"),
+            age,
+        ],
         Kind::Pod => vec![
             name,
-            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted."),
+            col(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted.",
+            ),
             age,
             col("IP", "string", 1, "IP address allocated to the pod."),
-            col("Node", "string", 1, "Name of the Node this pod is assigned to."),
+            col(
+                "Node",
+                "string",
+                1,
+                "Name of the Node this pod is assigned to.",
+            ),
         ],
         Kind::Service => vec![
             name,
@@ -54,16 +88,36 @@ fn columns(kind: Kind) -> Vec<Value> {
         ],
         Kind::EndpointSlice => vec![
             name,
-            col("AddressType", "string", 0, "The type of address held by the slice."),
+            col(
+                "AddressType",
+                "string",
+                0,
+                "The type of address held by the slice.",
+            ),
             col("Ports", "string", 0, "The ports of the slice."),
-            col("Endpoints", "string", 0, "The endpoint addresses of the slice."),
+            col(
+                "Endpoints",
+                "string",
+                0,
+                "The endpoint addresses of the slice.",
+            ),
             age,
         ],
         Kind::Deployment => vec![
             name,
             col("Ready", "string", 0, "Number of the pod with ready state"),
-            col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            col(
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
             age,
         ],
     }
@@ -79,10 +133,16 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
     match kind {
         Kind::Namespace => vec![json!(name), json!(s(&o["status"]["phase"])), json!(age)],
         Kind::Pod => {
-            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == true).count();
-            let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c["restartCount"].as_i64())
+                .sum();
             let waiting = statuses
                 .iter()
                 .find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string));
@@ -91,22 +151,42 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             } else {
                 waiting.unwrap_or_else(|| s(&o["status"]["phase"]))
             };
-            let ip = o["status"]["podIP"].as_str().unwrap_or("<none>").to_string();
-            let node = o["spec"]["nodeName"].as_str().unwrap_or("<none>").to_string();
-            vec![json!(name), json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string()), json!(age), json!(ip), json!(node)]
+            let ip = o["status"]["podIP"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_string();
+            let node = o["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_string();
+            vec![
+                json!(name),
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts.to_string()),
+                json!(age),
+                json!(ip),
+                json!(node),
+            ]
         }
         Kind::Service => {
             let ports: Vec<String> = o["spec"]["ports"]
                 .as_array()
                 .map(|ps| {
                     ps.iter()
-                        .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
+                        .map(|p| {
+                            format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             let selector: Vec<String> = o["spec"]["selector"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
                 .unwrap_or_default();
             vec![
                 json!(name),
@@ -115,7 +195,11 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
                 json!("<none>"),
                 json!(ports.join(",")),
                 json!(age),
-                json!(if selector.is_empty() { "<none>".to_string() } else { selector.join(",") }),
+                json!(if selector.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    selector.join(",")
+                }),
             ]
         }
         Kind::EndpointSlice => {
@@ -125,7 +209,11 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
                 .unwrap_or_default();
             let addrs: Vec<String> = o["endpoints"]
                 .as_array()
-                .map(|es| es.iter().filter_map(|e| e["addresses"][0].as_str().map(str::to_string)).collect())
+                .map(|es| {
+                    es.iter()
+                        .filter_map(|e| e["addresses"][0].as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let shown = if addrs.len() > 3 {
                 format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
@@ -137,7 +225,11 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             vec![
                 json!(name),
                 json!(s(&o["addressType"])),
-                json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
                 json!(shown),
                 json!(age),
             ]

@@ -42,9 +42,11 @@ pub(crate) fn serve(shared: Arc<Shared>, w: WatchRequest) -> Response<Body> {
     // `resourceVersion=0` and no version both mean "from the current state", which a watch
     // starts with a synthetic ADDED event per object.
     let since = w.since.filter(|rv| *rv != 0);
-    let start = shared
-        .store
-        .watch(w.kind, w.namespace.as_deref(), since.filter(|_| !w.send_initial_events));
+    let start = shared.store.watch(
+        w.kind,
+        w.namespace.as_deref(),
+        since.filter(|_| !w.send_initial_events),
+    );
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
     let (initial, live) = match start {
         Ok(v) => v,
@@ -97,7 +99,11 @@ async fn run(
     };
     for ev in initial.iter().filter(|e| wanted(e)) {
         last = last.max(ev.rv);
-        if tx.send(Ok(Frame::data(line(ev.ty.as_str(), &ev.object)))).await.is_err() {
+        if tx
+            .send(Ok(Frame::data(line(ev.ty.as_str(), &ev.object))))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -112,7 +118,11 @@ async fn run(
             },
         });
         last = last.max(current);
-        if tx.send(Ok(Frame::data(line("BOOKMARK", &bookmark)))).await.is_err() {
+        if tx
+            .send(Ok(Frame::data(line("BOOKMARK", &bookmark))))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -146,7 +156,11 @@ async fn run(
         last = ev.rv;
         // A paused API server sends nothing, even on watches already open.
         shared.faults.wait_unpaused().await;
-        if tx.send(Ok(Frame::data(line(ev.ty.as_str(), &ev.object)))).await.is_err() {
+        if tx
+            .send(Ok(Frame::data(line(ev.ty.as_str(), &ev.object))))
+            .await
+            .is_err()
+        {
             return;
         }
     }
