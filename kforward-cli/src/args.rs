@@ -1,0 +1,140 @@
+//! The command-line arguments, parsed by clap into the CLI's own structs and converted to
+//! `kforward-core` types afterwards; the core never sees clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Forward local ports to pods, services and deployments; forwards that stay up.
+#[derive(Debug, Parser)]
+#[command(name = "kforward", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Forward local ports to a pod, service or deployment, like `kubectl port-forward`.
+    #[command(visible_alias = "port-forward", visible_alias = "pf")]
+    Forward(ForwardArgs),
+    /// Start a simulated cluster in this process and forward its demo services (no
+    /// cluster or setup needed).
+    Demo(DemoArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// kubectl's lines (`Forwarding from 127.0.0.1:8080 -> 80`).
+    Text,
+    /// One JSON object per line per event.
+    Json,
+}
+
+/// Where the cluster is: kubectl's flags.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// The namespace (default: the context's namespace).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `kforward forward`.
+#[derive(Debug, Clone, Args)]
+pub struct ForwardArgs {
+    /// `pod/NAME`, `NAME` (a pod), `svc/NAME`, `service/NAME`, `deploy/NAME` or
+    /// `deployment/NAME`.
+    pub target: String,
+    /// `LOCAL:REMOTE`, `REMOTE` (the same local port), or `:REMOTE` / `0:REMOTE` (a free
+    /// local port); REMOTE may be a port name.
+    #[arg(required = true)]
+    pub ports: Vec<String>,
+    /// Where to find the cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Local addresses to listen on, comma separated; `localhost` means 127.0.0.1 and ::1.
+    #[arg(long, default_value = "localhost")]
+    pub address: String,
+    /// How events are printed.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// How long to wait for a ready pod (e.g. `60s`, `2m`, `500ms`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+}
+
+/// `kforward demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// How events are printed.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// Also write the demo cluster's kubeconfig here, for kubectl or a second kforward.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// Parses `90s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+///
+/// # Errors
+///
+/// A message naming the value and the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let bad = || format!("invalid duration {s:?}: use a number with ms, s, m or h, like 60s or 2m");
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn cli_parses_kubectl_style() {
+        let c = Cli::try_parse_from(["kforward", "forward", "svc/web", "8080:80", ":http", "-n", "demo", "--address", "0.0.0.0"])
+            .expect("parses");
+        let Command::Forward(f) = c.command else { panic!("forward") };
+        assert_eq!(f.ports, vec!["8080:80", ":http"]);
+        assert_eq!(f.cluster.namespace.as_deref(), Some("demo"));
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,39 @@
+//! Printing events: kubectl's lines, or one JSON object per line.
+
+use std::io::Write;
+
+use kforward_core::Event;
+
+use crate::args::Output;
+
+/// Prints one event on stdout in the chosen form. Text mode prints what kubectl prints
+/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors to stderr.
+pub fn print(output: Output, event: &Event) {
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => {
+            if let Ok(line) = serde_json::to_string(event) {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        Output::Text => match event {
+            Event::Ready {
+                local_addr,
+                remote_port,
+                pod_port,
+                ..
+            } => {
+                let remote = pod_port.map_or_else(|| remote_port.clone(), |p| p.to_string());
+                let _ = writeln!(out, "Forwarding from {local_addr} -> {remote}");
+            }
+            Event::ConnectionOpened { forward, .. } => {
+                let _ = writeln!(out, "Handling connection for {forward}");
+            }
+            Event::Error { forward, message } => {
+                eprintln!("error: {forward}: {message}");
+            }
+            _ => {}
+        },
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,216 @@
+//! The `kforward` binary end to end: real processes, real sockets, the testkit cluster.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use kforward_testkit::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kforward() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kforward"));
+    c.env_remove("KUBECONFIG").env("NO_COLOR", "1");
+    c
+}
+
+/// A child whose stdout lines arrive on a channel; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kforward starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first stdout line containing `needle`.
+    fn line_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {needle:?} in time: {e}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "signal delivered");
+    }
+
+    /// Waits for the exit status, bounded.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return (status, err);
+            }
+            assert!(std::time::Instant::now() < deadline, "kforward did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn http_get(addr: &str) -> String {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    tokio::time::timeout(WAIT, work).await.expect("reply in time")
+}
+
+fn run_to_end(mut cmd: Command) -> (i32, String, String) {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx.recv_timeout(WAIT).expect("exits in time").expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_and_stops_on_ctrl_c() {
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.arg("demo");
+        c
+    });
+    let line = tokio::task::block_in_place(|| r.line_with("curl http://"));
+    let url = line.split("http://").nth(1).expect("url").trim_end_matches('/').to_string();
+    let reply = http_get(&url).await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\r\n\r\nweb-"), "{reply}");
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_json_reports_the_chosen_port_and_carries_traffic() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["forward", "svc/web", ":80", "-n", "demo", "--address", "127.0.0.1", "-o", "json", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path());
+        c
+    });
+    let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["target"], "svc/web");
+    assert_eq!(v["pod_port"], 8080);
+    let addr = v["local_addr"].as_str().expect("local_addr").to_string();
+    assert!(http_get(&addr).await.contains("\r\n\r\nweb-"));
+    let opened = tokio::task::block_in_place(|| r.line_with("connection_opened"));
+    assert!(opened.contains("\"pod\":\"web-"), "{opened}");
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_text_prints_kubectl_lines_for_both_loopbacks() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["forward", "deploy/web", "0:http", "-n", "demo", "--kubeconfig"]).arg(cluster.kubeconfig_path());
+        c
+    });
+    let first = tokio::task::block_in_place(|| r.line_with("Forwarding from"));
+    assert!(first.starts_with("Forwarding from 127.0.0.1:") && first.ends_with(" -> 8080"), "{first}");
+    let second = tokio::task::block_in_place(|| r.line_with("Forwarding from"));
+    assert!(second.starts_with("Forwarding from [::1]:") && second.ends_with(" -> 8080"), "{second}");
+    let port = first.split(':').nth(1).and_then(|p| p.split(' ').next()).expect("port").to_string();
+    assert!(second.contains(&format!("]:{port} ")), "same port on both: {first} / {second}");
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_exit_1_with_actionable_messages() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let kc = cluster.kubeconfig_path().to_path_buf();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        let mut c = kforward();
+        c.args(["forward", "svc/web", &format!("{port}:80"), "-n", "demo", "--address", "127.0.0.1", "--kubeconfig"])
+            .arg(&kc);
+        run_to_end(c)
+    });
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("local port 127.0.0.1:{port} is already in use (try 0:80 to pick a free one)")),
+        "{err}"
+    );
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        let mut c = kforward();
+        c.args(["forward", "svc/web", "80", "--context", "nope", "--kubeconfig"]).arg(&kc);
+        run_to_end(c)
+    });
+    assert_eq!(code, 1);
+    assert!(err.contains("context \"nope\" does not exist in the kubeconfig (contexts there: "), "{err}");
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        let mut c = kforward();
+        c.args(["forward", "rs/web", "80"]);
+        run_to_end(c)
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rs/web"), "{err}");
+}
+
+#[test]
+fn completions_for_bash_zsh_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run_to_end({
+            let mut c = kforward();
+            c.args(["completions", shell]);
+            c
+        });
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("kforward") && out.contains("forward"), "{shell}: {out}");
+    }
+}
