@@ -21,6 +21,9 @@ pub enum Command {
     /// Forward local ports to a pod, service or deployment, like `kubectl port-forward`.
     #[command(visible_alias = "port-forward", visible_alias = "pf")]
     Forward(ForwardArgs),
+    /// Run many forwards from a JSON config file (kftray exports load as they are), kept up
+    /// through pod restarts, dropped connections, sleep and context switches.
+    Run(RunArgs),
     /// Start a simulated cluster in this process and forward its demo services (no
     /// cluster or setup needed).
     Demo(DemoArgs),
@@ -74,6 +77,24 @@ pub struct ForwardArgs {
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
     /// How long to wait for a ready pod (e.g. `60s`, `2m`, `500ms`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+}
+
+/// `kforward run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The config file: a JSON array of forwards with kftray's fields.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Start only the entries with these aliases (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// How events are printed (text: a live table on a terminal, a line per event
+    /// otherwise).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// How long to wait for a ready pod.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
 }

@@ -4,7 +4,9 @@ mod args;
 mod demo;
 mod forward;
 mod output;
+mod run;
 mod signal;
+mod table;
 
 use std::process::ExitCode;
 
@@ -56,6 +58,7 @@ fn init_logging() {
 async fn run(cli: Cli, bin_name: &str) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(a) => forward::run(a).await,
+        Command::Run(a) => run::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();

@@ -79,6 +79,23 @@ pub struct KubeContext {
     namespace: String,
     server: String,
     context: String,
+    fingerprint: u64,
+}
+
+/// A hash of what the kubeconfig says about one context: its cluster, its user and the
+/// context itself, secrets included, so that any change of server or credentials shows.
+fn fingerprint(kc: &Kubeconfig, context: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let ctx = kc.contexts.iter().find(|c| c.name == context);
+    let inner = ctx.and_then(|c| c.context.as_ref());
+    let cluster = inner.and_then(|i| kc.clusters.iter().find(|c| c.name == i.cluster));
+    let user = inner
+        .and_then(|i| i.user.as_ref())
+        .and_then(|u| kc.auth_infos.iter().find(|a| &a.name == u));
+    let text = serde_json::to_string(&(ctx, cluster, user)).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for KubeContext {
@@ -114,6 +131,7 @@ impl KubeContext {
                 available: kc.contexts.iter().map(|c| c.name.clone()).collect(),
             });
         }
+        let fingerprint = fingerprint(&kc, &context);
         let opts = KubeConfigOptions {
             context: Some(context.clone()),
             ..Default::default()
@@ -142,6 +160,7 @@ impl KubeContext {
             namespace,
             server,
             context,
+            fingerprint,
         })
     }
 
@@ -152,7 +171,14 @@ impl KubeContext {
             namespace: namespace.to_string(),
             server: server.to_string(),
             context: context.to_string(),
+            fingerprint: 0,
         }
+    }
+
+    /// A hash of the context's kubeconfig entries (cluster, user, context): equal
+    /// fingerprints mean the same server and credentials.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The kube client.

@@ -75,6 +75,22 @@ pub enum Event {
         /// What failed.
         message: String,
     },
+    /// The forward's state changed (see [`crate::ForwardState`]).
+    State {
+        /// The forward's label.
+        forward: String,
+        /// The new state.
+        #[serde(flatten)]
+        state: crate::ForwardState,
+    },
+    /// The forward's counters, published when they change.
+    Stats {
+        /// The forward's label.
+        forward: String,
+        /// The counters.
+        #[serde(flatten)]
+        stats: crate::StatsSnapshot,
+    },
     /// The forward stopped and its ports are closed.
     Stopped {
         /// The forward's label.

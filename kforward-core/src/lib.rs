@@ -7,6 +7,36 @@
 //! with the set of pods kept current by a watch.
 //!
 //! The library takes no global state and runs inside the caller's tokio runtime.
+//!
+//! # Example
+//!
+//! This runs for real, against the testkit's simulated cluster:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+//! use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let cluster = kforward_testkit::Cluster::demo().await.unwrap();
+//! let src = KubeconfigSource::default().with_path(cluster.kubeconfig_path());
+//! let ctx = KubeContext::load(&src).await?;
+//!
+//! let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+//!     .with_namespace("demo");
+//! let mut fwd = TcpForwarder::new(ctx, spec, Default::default());
+//! let bound = fwd.start().await?;
+//!
+//! let mut conn = tokio::net::TcpStream::connect(bound[0].local_addr).await?;
+//! conn.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").await?;
+//! let mut reply = String::new();
+//! conn.read_to_string(&mut reply).await?;
+//! assert!(reply.contains("\r\n\r\nweb-"), "a web pod answered with its name");
+//!
+//! fwd.stop().await;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
 
 pub mod client;
 pub mod config;
@@ -15,6 +45,7 @@ pub mod event;
 pub mod forwarder;
 pub mod resolve;
 pub mod spec;
+pub mod supervisor;
 pub mod tunnel;
 
 pub use client::{KubeContext, KubeconfigSource};
@@ -25,4 +56,5 @@ pub use forwarder::{
     StatsSnapshot, TcpForwarder, forwarder_for,
 };
 pub use resolve::{Endpoint, Endpoints};
+pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};
 pub use tunnel::Tunnel;

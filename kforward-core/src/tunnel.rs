@@ -41,7 +41,7 @@ type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// # Example
 ///
 /// ```no_run
-/// # async fn f(ctx: kforward_core::KubeContext) -> kforward_core::Result<()> {
+/// # async fn f(ctx: kforward_core::KubeContext) -> Result<(), Box<dyn std::error::Error>> {
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// let mut t = kforward_core::Tunnel::open(&ctx, "demo", "web-abc12", 8080).await?;
 /// t.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;

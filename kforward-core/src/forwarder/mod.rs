@@ -45,6 +45,15 @@ pub enum ForwardState {
     Starting,
     /// Listening and carrying connections.
     Ready,
+    /// Trying again after a failure; the local ports stay bound when they were.
+    Reconnecting {
+        /// The attempt about to be made (1 for the first retry).
+        attempt: u32,
+        /// How long until that attempt, in milliseconds.
+        next_delay_ms: u64,
+        /// What failed.
+        error: String,
+    },
     /// Stopped by request.
     Stopped,
     /// Could not start or keep going.

@@ -298,7 +298,11 @@ async fn object(
             let updated = shared
                 .store
                 .update(kind, ns_str, &name, |obj| match ct.as_str() {
-                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    "application/merge-patch+json" => {
+                        patch::merge(obj, &p);
+                        Ok(())
+                    }
+                    "application/strategic-merge-patch+json" => {
                         patch::merge(obj, &p);
                         Ok(())
                     }

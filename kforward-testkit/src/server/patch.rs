@@ -1,13 +1,11 @@
-//! PATCH bodies: JSON merge patch (RFC 7386), strategic merge (as a merge patch) and JSON
-//! patch (RFC 6902).
+//! PATCH bodies: JSON merge patch (RFC 7386), strategic merge patch (for the lists the
+//! served kinds have) and JSON patch (RFC 6902).
 
 use serde_json::Value;
 
 use crate::ApiError;
 
-/// Applies an RFC 7386 merge patch. Strategic merge patches are applied the same way: they
-/// differ only for lists with merge keys, which the fields `kubectl rollout restart`,
-/// `kubectl label` and `kubectl annotate` touch do not have.
+/// Applies an RFC 7386 merge patch.
 pub(crate) fn merge(target: &mut Value, patch: &Value) {
     match patch {
         Value::Object(p) => {
@@ -25,6 +23,100 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+/// The `patchMergeKey` of a list field of the served kinds (from the `patchMergeKey` tags in
+/// `k8s.io/api`), or `None` for lists a strategic merge replaces whole.
+fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+    match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => Some("name"),
+        "volumeMounts" => Some("mountPath"),
+        "volumeDevices" => Some("devicePath"),
+        "hostAliases" => Some("ip"),
+        "conditions" => Some("type"),
+        "ownerReferences" => Some("uid"),
+        // Container ports merge on containerPort, service ports on port.
+        "ports" if items.iter().any(|i| i.get("containerPort").is_some()) => Some("containerPort"),
+        "ports" => Some("port"),
+        _ => None,
+    }
+}
+
+/// Applies a strategic merge patch (`k8s.io/apimachinery/pkg/util/strategicpatch`): a merge
+/// patch, except that a list with a patch merge key (containers by `name`, container ports
+/// by `containerPort`, ...) is merged element by element, so `kubectl set image` keeps a
+/// container's ports. An element with `"$patch": "delete"` is removed and one with
+/// `"$patch": "replace"` makes the list the patch's; the other `$` directives
+/// (`$setElementOrder/...`, `$retainKeys`) only order or prune and are ignored.
+pub(crate) fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(t) = target else { return };
+    for (k, v) in p {
+        if k.starts_with('$') {
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        let slot = t.entry(k.clone()).or_insert(Value::Null);
+        match v {
+            Value::Array(items) if items.iter().all(Value::is_object) => {
+                match merge_key(k, items) {
+                    Some(key) => merge_list(slot, items, key),
+                    None => *slot = v.clone(),
+                }
+            }
+            _ => strategic_merge(slot, v),
+        }
+    }
+}
+
+fn merge_list(target: &mut Value, items: &[Value], key: &str) {
+    if !target.is_array() {
+        *target = Value::Array(Vec::new());
+    }
+    let Value::Array(list) = target else { return };
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        list.clear();
+    }
+    for item in items {
+        if item.get("$patch").and_then(Value::as_str) == Some("replace") {
+            continue;
+        }
+        let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+        let pos = item
+            .get(key)
+            .and_then(|id| list.iter().position(|e| e.get(key) == Some(id)));
+        match (pos, delete) {
+            (Some(i), true) => {
+                list.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => strategic_merge(&mut list[i], item),
+            (None, false) => {
+                let mut new = Value::Null;
+                strategic_merge(&mut new, item);
+                list.push(new);
+            }
+        }
     }
 }
 
@@ -125,6 +217,41 @@ mod tests {
         let mut v = json!({"a": {"b": 1, "c": 2}, "d": [1]});
         merge(&mut v, &json!({"a": {"b": null, "e": 3}, "d": [2]}));
         assert_eq!(v, json!({"a": {"c": 2, "e": 3}, "d": [2]}));
+    }
+
+    #[test]
+    fn strategic_merge_merges_keyed_lists() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "a:1", "ports": [{"name": "http", "containerPort": 8080}]},
+            {"name": "side", "image": "b:1"}
+        ], "tolerations": [{"key": "x"}]}}}});
+        strategic_merge(
+            &mut d,
+            &json!({"spec": {"template": {"spec": {
+                "$setElementOrder/containers": [{"name": "web"}, {"name": "side"}],
+                "containers": [
+                    {"name": "web", "image": "a:2", "ports": [{"containerPort": 9090}]},
+                    {"name": "side", "$patch": "delete"},
+                    {"name": "new", "image": "c:1"}
+                ],
+                "tolerations": [{"key": "y"}]
+            }}}}),
+        );
+        assert_eq!(
+            d,
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "web", "image": "a:2", "ports": [
+                    {"name": "http", "containerPort": 8080}, {"containerPort": 9090}
+                ]},
+                {"name": "new", "image": "c:1"}
+            ], "tolerations": [{"key": "y"}]}}}})
+        );
+        let mut v = json!({"env": [{"name": "A"}, {"name": "B"}]});
+        strategic_merge(
+            &mut v,
+            &json!({"env": [{"$patch": "replace"}, {"name": "C"}]}),
+        );
+        assert_eq!(v, json!({"env": [{"name": "C"}]}));
     }
 
     #[test]

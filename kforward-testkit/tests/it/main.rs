@@ -16,8 +16,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kforward_testkit::Cluster;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The longest any single step of a test may take before the test fails.

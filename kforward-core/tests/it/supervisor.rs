@@ -1,0 +1,313 @@
+//! The supervisor under faults driven through the testkit while a client loop runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kforward_core::supervisor::{Supervisor, SupervisorOptions};
+use kforward_core::{Event, ForwardOptions, ForwardState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+fn fast() -> SupervisorOptions {
+    SupervisorOptions {
+        forward: ForwardOptions {
+            pod_running_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        probe_interval: Duration::from_millis(200),
+        probe_timeout: Duration::from_millis(500),
+        unhealthy_after: 2,
+        watch_interval: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+/// Waits until forward `id` is in a state matching `f`; returns its local address.
+async fn wait_state(sup: &Supervisor, id: usize, what: &str, f: impl Fn(&ForwardState) -> bool) -> Vec<SocketAddr> {
+    let work = async {
+        loop {
+            if let Some(s) = sup.status_of(id)
+                && f(&s.state)
+            {
+                return s.local_addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, work)
+        .await
+        .unwrap_or_else(|_| panic!("forward {id} never became {what}: {:?}", sup.status_of(id)))
+}
+
+async fn ready(sup: &Supervisor, id: usize) -> SocketAddr {
+    wait_state(sup, id, "ready", |s| *s == ForwardState::Ready).await[0]
+}
+
+/// One echo exchange on a new connection.
+async fn ping(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"ping").await?;
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await?;
+    if &b != b"ping" {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+/// One HTTP GET on a new connection; the answering pod's name.
+async fn get(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad reply {out:?}")));
+    }
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_single_echo_pod_holds_connections_until_the_replacement_is_ready() {
+    let cluster = demo().await;
+    cluster.set_ready_delay(Duration::from_millis(700));
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    // Time from the replacement turning Ready to the first connection through it.
+    let mut delays = Vec::new();
+    for round in 0..20 {
+        let old = cluster.pods("demo", Some("app=echo"))[0].metadata.name.clone().expect("name");
+        cluster.delete_pod("demo", &old).expect("delete");
+        cluster
+            .wait_for("the old pod to be gone", WAIT, |c| c.pod("demo", &old).is_err())
+            .await
+            .expect("old pod gone");
+        assert!(cluster.ready_pods("demo", "app=echo").is_empty(), "a real gap: no ready pod");
+        // A connection made during the gap is held, then carried to the replacement.
+        let pinger = tokio::spawn(async move {
+            let r = tokio::time::timeout(WAIT, ping(addr)).await;
+            (r, Instant::now())
+        });
+        let mut ready_at = None;
+        tokio::time::timeout(WAIT, async {
+            while ready_at.is_none() {
+                if !cluster.ready_pods("demo", "app=echo").is_empty() {
+                    ready_at = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("replacement ready in time");
+        let (r, done) = pinger.await.expect("pinger");
+        r.expect("held connection completes in time")
+            .unwrap_or_else(|e| panic!("round {round}: connection during the gap failed: {e}"));
+        let ready_at = ready_at.expect("ready time");
+        delays.push(done.saturating_duration_since(ready_at));
+    }
+    delays.sort();
+    eprintln!(
+        "replacement Ready -> first successful connection over 20 restarts: p50 {:?}, max {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+    assert_eq!(
+        sup.status_of(id).expect("status").state,
+        ForwardState::Ready,
+        "the forward itself never went down"
+    );
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rollout_restarts_of_web_fail_no_connection() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/web", 0, 80).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(WAIT, get(addr)).await {
+                    Ok(Ok(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for i in 0..20 {
+        cluster.rollout_restart("demo", "web").expect("restart");
+        cluster
+            .wait_for("the rollout to start", WAIT, |c| c.pods("demo", Some("app=web")).len() > 2)
+            .await
+            .unwrap_or_else(|e| panic!("rollout {i}: {e}"));
+        cluster
+            .wait_deployment_ready("demo", "web", WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("rollout {i}: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("20 rollouts: {ok} connections succeeded, {failed} failed");
+    assert!(ok > 100, "the client loop ran: {ok}");
+    assert_eq!(failed, 0, "no connection failed during 20 rollouts");
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_streams_end_those_connections_and_new_ones_work() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    let mut live = TcpStream::connect(addr).await.expect("connect");
+    live.write_all(b"x").await.expect("write");
+    let mut b = [0u8; 1];
+    tokio::time::timeout(WAIT, live.read_exact(&mut b)).await.expect("in time").expect("echo");
+    cluster.drop_port_forwards();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(WAIT, live.read_to_end(&mut rest)).await.expect("the cut connection ends");
+    assert!(r.is_err() || rest.is_empty(), "it ended cleanly");
+    for _ in 0..10 {
+        tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("new connections work");
+    }
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_restart_is_survived_and_watches_resume() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    cluster.restart_api().await.expect("restart");
+    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works after restart");
+    // The endpoint watch came back too: a replaced pod is followed.
+    let old = cluster.pods("demo", Some("app=echo"))[0].metadata.name.clone().expect("name");
+    cluster.delete_pod("demo", &old).expect("delete");
+    cluster
+        .wait_for("a replacement echo pod", WAIT, |c| {
+            c.ready_pods("demo", "app=echo").iter().any(|p| p.metadata.name.as_deref() != Some(old.as_str()))
+        })
+        .await
+        .expect("replacement");
+    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("reaches the replacement");
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_api_server_makes_the_forward_reconnect_then_recover() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let mut events = sup.subscribe();
+    let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    cluster.pause();
+    wait_state(&sup, id, "reconnecting", |s| matches!(s, ForwardState::Reconnecting { .. })).await;
+    cluster.resume();
+    ready(&sup, id).await;
+    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works after resume");
+    let mut saw_reconnecting = false;
+    while let Ok(e) = events.try_recv() {
+        if let Event::State { state: ForwardState::Reconnecting { error, .. }, .. } = &e.event {
+            assert!(!error.is_empty());
+            saw_reconnecting = true;
+        }
+    }
+    assert!(saw_reconnecting, "the state change was published");
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_by_reading_the_kubeconfig_again() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
+    let addr = ready(&sup, id).await;
+    cluster.expire_token().expect("expire");
+    for _ in 0..5 {
+        tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works with the new token");
+    }
+    assert_eq!(sup.status_of(id).expect("status").state, ForwardState::Ready);
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_the_current_context_moves_the_forward_to_the_other_cluster() {
+    let a = kforward_testkit::Cluster::builder().name("cluster-a").demo().start().await.expect("a");
+    let b = kforward_testkit::Cluster::builder().name("cluster-b").demo().start().await.expect("b");
+    let dir = tempfile_dir();
+    let kc = dir.join("kubeconfig");
+    a.write_kubeconfig_with(&kc, &[&b]).expect("kubeconfig with a current");
+    let sup = Supervisor::new(fast());
+    let id = sup.add(spec("svc/web", 0, 80).with_kubeconfig(&kc));
+    let addr = ready(&sup, id).await;
+    let pods_of = |c: &kforward_testkit::Cluster| -> Vec<String> {
+        c.pods("demo", Some("app=web")).into_iter().filter_map(|p| p.metadata.name).collect()
+    };
+    let name = tokio::time::timeout(WAIT, get(addr)).await.expect("in time").expect("get");
+    assert!(pods_of(&a).contains(&name), "served by cluster a");
+    b.write_kubeconfig_with(&kc, &[&a]).expect("kubeconfig with b current");
+    let b_pods = pods_of(&b);
+    let work = async {
+        loop {
+            if let Ok(n) = get(addr).await
+                && b_pods.contains(&n)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, work).await.expect("the forward moved to cluster b");
+    assert_eq!(sup.status_of(id).expect("status").local_addrs[0], addr, "same local port throughout");
+    sup.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kforward-it-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_fails_one_entry_and_the_others_keep_working() {
+    let cluster = demo().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let sup = Supervisor::new(fast());
+    let kc = cluster.kubeconfig_path();
+    let web = sup.add(spec("svc/web", 0, 80).with_kubeconfig(kc).with_alias("web"));
+    let bad = sup.add(spec("svc/web", port, 80).with_kubeconfig(kc).with_alias("web-taken"));
+    let echo = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(kc).with_alias("echo"));
+    let web_addr = ready(&sup, web).await;
+    let echo_addr = ready(&sup, echo).await;
+    wait_state(&sup, bad, "failed", |s| matches!(s, ForwardState::Failed { .. })).await;
+    let st = sup.status_of(bad).expect("status");
+    let err = st.last_error.expect("error");
+    assert!(err.contains(&format!("127.0.0.1:{port} is already in use")), "{err}");
+    assert!(get(web_addr).await.expect("web works").starts_with("web-"));
+    ping(echo_addr).await.expect("echo works");
+    sup.shutdown().await;
+}
