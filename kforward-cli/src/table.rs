@@ -69,3 +69,15 @@ pub fn redraw(rows: &[ForwardStatus], previous: usize) -> usize {
     let _ = out.flush();
     lines.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+    }
+}

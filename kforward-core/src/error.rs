@@ -122,6 +122,50 @@ pub enum Error {
     /// The forward was already started.
     #[error("the forward is already running")]
     AlreadyStarted,
+    /// The relay could not resolve the destination's host name.
+    #[error("could not resolve {host:?} from inside the cluster ({message}): check the name, and that the cluster's DNS knows it")]
+    RelayNameNotResolved {
+        /// The host name asked for.
+        host: String,
+        /// What the relay's resolver said.
+        message: String,
+    },
+    /// The relay could not connect to the destination (refused or timed out).
+    #[error("cannot reach {target} from inside the cluster: {message}")]
+    RelayConnect {
+        /// `host:port`.
+        target: String,
+        /// What the relay said.
+        message: String,
+        /// Whether it timed out (else it was refused).
+        timed_out: bool,
+    },
+    /// The relay refused the request itself (a wrong token or a request it cannot serve).
+    #[error("the relay in pod {pod:?} refused the request: {message}")]
+    RelayRejected {
+        /// The relay pod.
+        pod: String,
+        /// What the relay said.
+        message: String,
+    },
+    /// Talking to the relay failed (the stream broke or the answer was not understood).
+    #[error("the handshake with the relay in pod {pod:?} failed: {message}")]
+    RelayHandshake {
+        /// The relay pod.
+        pod: String,
+        /// What failed.
+        message: String,
+    },
+    /// The relay pod could not be created or did not become ready.
+    #[error("relay pod in namespace {namespace:?}: {message}")]
+    RelayPod {
+        /// The namespace.
+        namespace: String,
+        /// What went wrong and what to do.
+        message: String,
+        /// Whether trying again later may help.
+        retryable: bool,
+    },
 }
 
 fn list_or_none(v: &[String]) -> String {
@@ -153,6 +197,8 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::NoReadyPod { .. } | Error::Tunnel { .. } => true,
+            Error::RelayConnect { .. } | Error::RelayHandshake { .. } => true,
+            Error::RelayPod { retryable, .. } => *retryable,
             Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 410,
             Error::NotFound { kind, .. } => *kind == "pod",
             _ => false,

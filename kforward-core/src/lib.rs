@@ -43,6 +43,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod forwarder;
+pub mod relay;
 pub mod resolve;
 pub mod spec;
 pub mod supervisor;

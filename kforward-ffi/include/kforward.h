@@ -143,11 +143,13 @@ typedef struct kf_runtime kf_runtime;
  * A function kforward calls with each event of a forward, as JSON.
  *
  * `userdata` is the pointer given to `kf_forward_start`, passed through untouched.
- * `event_json` is one event, a NUL-terminated UTF-8 JSON object with an `"event"` field:
- * `ready`, `endpoints`, `connection_opened`, `connection_closed`, `error`, `stopped`, or
- * `lagged` (`{"event":"lagged","forward":...,"missed":N}` when the callback fell so far
- * behind that N events were dropped). It is borrowed for the call only: copy what you keep,
- * and do not free it.
+ * `event_json` is one event, a NUL-terminated UTF-8 JSON object with an `"event"` field
+ * such as `ready`, `endpoints`, `connection_opened`, `connection_closed`, `error`,
+ * `stopped`, or `lagged` (`{"event":"lagged","forward":...,"missed":N}` when the callback
+ * fell so far behind that N events were dropped); ignore kinds you do not know, as new ones
+ * may be added. The last event of a forward that was started and then stopped is
+ * `stopped`; a forward that fails to start ends with `error`. It is borrowed for the call
+ * only: copy what you keep, and do not free it.
  *
  * The callback runs on one of the runtime's worker threads, never on the thread that
  * called `kf_forward_start`. The calls for one forward come one at a time, in order; calls
@@ -297,7 +299,8 @@ enum kf_result kf_forward_wait_ready(const struct kf_forward *fwd, uint32_t time
  * "stats":{"connections_open":0,"connections_total":1,"connections_failed":0,
  * "bytes_in":120,"bytes_out":80},"last_error":null}`
  *
- * `state` is `starting`, `ready`, `stopping`, `stopped` or `failed`. `last_error` is the
+ * `state` is `starting`, `ready`, `stopping`, `stopped` or `failed` (or another state the
+ * running forwarder reports, such as `reconnecting`). `last_error` is the
  * latest error, `{"message":...}`, with `"code"` (a `kf_result` number), `"name"` and
  * `"retryable"` when it is why the forward failed. `bytes_in` counts bytes from the pods,
  * `bytes_out` bytes to them.

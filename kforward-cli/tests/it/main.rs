@@ -214,3 +214,100 @@ fn completions_for_bash_zsh_fish() {
         assert!(out.contains("kforward") && out.contains("forward"), "{shell}: {out}");
     }
 }
+
+/// A kftray export file, with the extra fields kftray writes.
+fn kftray_export(kubeconfig: &std::path::Path, context: &str) -> String {
+    let kc = kubeconfig.display();
+    format!(
+        r#"[
+  {{"id": 1, "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80,
+    "context": "{context}", "workload_type": "service", "protocol": "tcp", "remote_address": "",
+    "local_address": "127.0.0.1", "alias": "web", "domain_enabled": false, "kubeconfig": "{kc}",
+    "target": "", "http_logs_enabled": false, "http_logs_max_file_size": 10485760}},
+  {{"id": 2, "service": "echo", "namespace": "demo", "local_port": 0, "remote_port": 7000,
+    "context": "{context}", "workload_type": "service", "protocol": "tcp", "alias": "echo",
+    "domain_enabled": true, "kubeconfig": "{kc}", "http_logs_enabled": true}},
+  {{"id": 3, "service": null, "namespace": "demo", "local_port": 0, "remote_port": 8080,
+    "context": "{context}", "workload_type": "pod", "protocol": "tcp", "alias": "web-pod",
+    "target": "app=web", "kubeconfig": "{kc}", "domain_enabled": false}}
+]"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_loads_a_kftray_export_and_starts_every_entry() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("configs.json");
+    std::fs::write(&file, kftray_export(cluster.kubeconfig_path(), cluster.name())).expect("write");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["run", "-o", "json", "-f"]).arg(&file);
+        c
+    });
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 3 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    assert_eq!(ready.keys().cloned().collect::<Vec<_>>(), vec!["echo", "web", "web-pod"]);
+    assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
+    assert!(http_get(&ready["web-pod"]).await.contains("\r\n\r\nweb-"));
+    let mut s = tokio::net::TcpStream::connect(&ready["echo"]).await.expect("connect");
+    s.write_all(b"hi").await.expect("write");
+    let mut b = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut b)).await.expect("in time").expect("read");
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_reports_every_bad_entry_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bad.json");
+    std::fs::write(
+        &file,
+        r#"[
+  {"alias": "ok", "service": "web", "namespace": "demo", "remote_port": 80},
+  {"alias": "db", "service": "db", "namespace": "demo", "remote_port": 0},
+  {"alias": "x", "namespace": "Demo!", "workload_type": "proxy", "remote_port": 5432}
+]"#,
+    )
+    .expect("write");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        let mut c = kforward();
+        c.args(["run", "-f"]).arg(&file);
+        run_to_end(c)
+    });
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("entry 1 (alias \"db\")") && err.contains("remote_port"), "{err}");
+    assert!(err.contains("entry 2 (alias \"x\")") && err.contains("namespace"), "{err}");
+    assert!(err.contains("remote_address"), "{err}");
+    assert!(!out.contains("ready"), "nothing started: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_on_a_terminal_draws_a_live_table() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("configs.json");
+    std::fs::write(&file, kftray_export(cluster.kubeconfig_path(), cluster.name())).expect("write");
+    // `script` (util-linux) gives kforward a pseudo-terminal, as a user's shell would.
+    let cmd = format!("NO_COLOR=1 {} run -f {}", env!("CARGO_BIN_EXE_kforward"), file.display());
+    let r = Running::spawn({
+        let mut c = Command::new("script");
+        c.args(["-qfec", &cmd, "/dev/null"]);
+        c
+    });
+    tokio::task::block_in_place(|| r.line_with("ALIAS"));
+    let row = tokio::task::block_in_place(|| r.line_with("ready"));
+    assert!(row.contains("svc/") || row.contains("pod?app=web"), "{row}");
+    // Redrawn in place: the cursor moves up over the previous table.
+    let redraw = tokio::task::block_in_place(|| r.line_with("\u{1b}["));
+    assert!(redraw.contains('A'), "{redraw:?}");
+}

@@ -303,7 +303,7 @@ async fn object(
                         Ok(())
                     }
                     "application/strategic-merge-patch+json" => {
-                        patch::merge(obj, &p);
+                        patch::strategic_merge(obj, &p);
                         Ok(())
                     }
                     "application/json-patch+json" => patch::json_patch(obj, &p),

@@ -85,7 +85,7 @@ pub(crate) fn parse(path: &str) -> Option<Route> {
                     object(k, Some(ns), Some(name), Some(sub))
                 }
                 // `/api/v1/namespaces/NAME/status` and friends.
-                (None, []) if group.is_empty() => {
+                (None, []) if group.is_empty() && matches!(*plural, "status" | "finalize") => {
                     object(Kind::Namespace, None, Some(ns), Some(plural))
                 }
                 _ => None,

@@ -1,0 +1,486 @@
+//! The relay server: accepts connections, checks each handshake, and carries TCP bytes or
+//! UDP datagrams to the destination the client names.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::protocol::{
+    MAX_DATAGRAM, ProtocolError, Request, Response, Status, Transport, decode_datagram,
+    decode_request, encode_datagram, encode_response,
+};
+
+/// How long a client has to send its whole handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a TCP destination may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A UDP session with no datagram either way for this long ends.
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The relay exits when no client has been connected for this long.
+pub const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(600);
+/// How long open connections get to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Buffer per direction of a TCP relay: large enough for bulk rates without many syscalls.
+const TCP_BUFFER: usize = 64 * 1024;
+
+/// Resolves a destination host name to addresses, as the relay's pod would.
+///
+/// # Example
+///
+/// ```
+/// use kforward_relay::server::{Resolve, SystemResolver};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let ips = SystemResolver.resolve("127.0.0.1").await.unwrap();
+/// assert_eq!(ips, ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+/// # });
+/// ```
+pub trait Resolve: Send + Sync + 'static {
+    /// The addresses of `host` (an IP literal resolves to itself).
+    ///
+    /// # Errors
+    ///
+    /// When the name does not resolve; the message is shown to the user.
+    fn resolve(&self, host: &str) -> impl Future<Output = io::Result<Vec<IpAddr>>> + Send;
+}
+
+/// The pod's own resolver (`/etc/resolv.conf`), through `tokio::net::lookup_host`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let addrs = tokio::net::lookup_host((host, 0)).await?;
+        Ok(addrs.map(|a| a.ip()).collect())
+    }
+}
+
+/// The relay server.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use kforward_relay::server::{RelayServer, SystemResolver};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// let server = tokio::spawn(RelayServer::run(
+///     listener, "token".into(), SystemResolver, None, Duration::from_secs(600), shutdown.clone(),
+/// ));
+/// shutdown.cancel();
+/// server.await.unwrap();
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct RelayServer;
+
+struct Shared<R> {
+    token: String,
+    resolver: R,
+    bind_source: Option<IpAddr>,
+}
+
+/// Counts live connections; the count drops when the guard does.
+struct Live(Arc<watch::Sender<usize>>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl RelayServer {
+    /// Serves `listener` until `shutdown`, or until no client has been connected for
+    /// `idle_exit`. Each connection must present `token`; host names go through
+    /// `resolver`; outbound sockets bind to `bind_source` when it is set.
+    ///
+    /// On shutdown it stops accepting, gives open connections a few seconds, then closes them.
+    pub async fn run<R: Resolve>(
+        listener: TcpListener,
+        token: String,
+        resolver: R,
+        bind_source: Option<IpAddr>,
+        idle_exit: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let shared = Arc::new(Shared {
+            token,
+            resolver,
+            bind_source,
+        });
+        let (count, mut count_rx) = watch::channel(0usize);
+        let count = Arc::new(count);
+        let tracker = TaskTracker::new();
+        let kill = CancellationToken::new();
+        let mut idle_since = Some(Instant::now());
+        loop {
+            let deadline = idle_since.map(|t| t + idle_exit);
+            let idle = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    info!("relay shutting down");
+                    break;
+                }
+                () = idle => {
+                    info!(idle_secs = idle_exit.as_secs(), "no client connected for a while; relay exiting");
+                    break;
+                }
+                Ok(()) = count_rx.changed() => {
+                    let n = *count_rx.borrow_and_update();
+                    idle_since = if n == 0 { Some(Instant::now()) } else { None };
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        count.send_modify(|n| *n += 1);
+                        idle_since = None;
+                        let live = Live(count.clone());
+                        let shared = shared.clone();
+                        let kill = kill.clone();
+                        tracker.spawn(
+                            async move {
+                                let _live = live;
+                                tokio::select! {
+                                    () = kill.cancelled() => {}
+                                    () = serve(stream, &shared) => {}
+                                }
+                            }
+                            .instrument(info_span!("relay_conn", %peer)),
+                        );
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            kill.cancel();
+            tracker.wait().await;
+        }
+    }
+}
+
+/// Reads a request, leaving any bytes after it in the returned buffer.
+async fn read_request(stream: &mut TcpStream) -> Result<(Request, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        match decode_request(&buf) {
+            Ok(Some((req, used))) => {
+                buf.drain(..used);
+                return Ok((req, buf));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading the handshake: {e}"))?;
+        if n == 0 {
+            return Err("the client closed the connection during the handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn answer(stream: &mut TcpStream, status: Status, message: impl Into<String>) -> io::Result<()> {
+    stream
+        .write_all(&encode_response(&Response::new(status, message)))
+        .await?;
+    stream.flush().await
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte.
+fn token_matches(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a
+            .bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
+    let _ = stream.set_nodelay(true);
+    let (req, leftover) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_request(&mut stream)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(message)) => {
+            debug!(%message, "bad handshake");
+            let _ = answer(&mut stream, Status::BadRequest, message).await;
+            return;
+        }
+        Err(_) => {
+            let _ = answer(
+                &mut stream,
+                Status::BadRequest,
+                format!("no complete handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()),
+            )
+            .await;
+            return;
+        }
+    };
+    if !token_matches(&req.token, &shared.token) {
+        warn!(client = %req.client_addr, "wrong relay token");
+        let _ = answer(&mut stream, Status::NotAllowed, "wrong relay token").await;
+        return;
+    }
+    let ips = match shared.resolver.resolve(&req.host).await {
+        Ok(ips) if !ips.is_empty() => ips,
+        Ok(_) => {
+            let _ = answer(&mut stream, Status::NameNotResolved, format!("{} has no address", req.host)).await;
+            return;
+        }
+        Err(e) => {
+            let _ = answer(&mut stream, Status::NameNotResolved, e.to_string()).await;
+            return;
+        }
+    };
+    debug!(host = %req.host, port = req.port, transport = req.transport.as_str(), client = %req.client_addr, "relaying");
+    match req.transport {
+        Transport::Tcp => serve_tcp(stream, leftover, &req, &ips, shared.bind_source).await,
+        Transport::Udp => serve_udp(stream, leftover, &req, &ips, shared.bind_source).await,
+    }
+}
+
+fn source_for(bind_source: Option<IpAddr>, target: SocketAddr) -> Option<SocketAddr> {
+    match (bind_source, target) {
+        (Some(ip @ IpAddr::V4(_)), SocketAddr::V4(_)) | (Some(ip @ IpAddr::V6(_)), SocketAddr::V6(_)) => {
+            Some(SocketAddr::new(ip, 0))
+        }
+        _ => None,
+    }
+}
+
+async fn connect(target: SocketAddr, bind_source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(src) = source_for(bind_source, target) {
+        socket.bind(src)?;
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer from {target} within {}s", CONNECT_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+fn failure_status(e: &io::Error) -> Status {
+    match e.kind() {
+        io::ErrorKind::TimedOut => Status::TimedOut,
+        _ => Status::Refused,
+    }
+}
+
+async fn serve_tcp(
+    mut stream: TcpStream,
+    leftover: Vec<u8>,
+    req: &Request,
+    ips: &[IpAddr],
+    bind_source: Option<IpAddr>,
+) {
+    let mut last = None;
+    let mut upstream = None;
+    for ip in ips {
+        match connect(SocketAddr::new(*ip, req.port), bind_source).await {
+            Ok(s) => {
+                upstream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(mut upstream) = upstream else {
+        let e = last.unwrap_or_else(|| io::Error::other("no address"));
+        let _ = answer(&mut stream, failure_status(&e), e.to_string()).await;
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    if answer(&mut stream, Status::Ok, "").await.is_err() {
+        return;
+    }
+    if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
+        return;
+    }
+    match tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, TCP_BUFFER, TCP_BUFFER)
+        .await
+    {
+        Ok((up, down)) => debug!(up, down, "tcp relay finished"),
+        Err(e) => debug!(error = %e, "tcp relay ended with an error"),
+    }
+}
+
+async fn serve_udp(
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    req: &Request,
+    ips: &[IpAddr],
+    bind_source: Option<IpAddr>,
+) {
+    // Prefer IPv4, as sources and cluster networks mostly are.
+    let ip = ips.iter().find(|i| i.is_ipv4()).or(ips.first()).copied();
+    let Some(ip) = ip else { return };
+    let target = SocketAddr::new(ip, req.port);
+    let local = source_for(bind_source, target).unwrap_or(match target {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    });
+    let socket = match UdpSocket::bind(local).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = answer(&mut stream, Status::Refused, format!("cannot open a UDP socket: {e}")).await;
+            return;
+        }
+    };
+    if let Err(e) = socket.connect(target).await {
+        let _ = answer(&mut stream, failure_status(&e), e.to_string()).await;
+        return;
+    }
+    if answer(&mut stream, Status::Ok, "").await.is_err() {
+        return;
+    }
+    if let Err(e) = udp_loop(stream, &mut buf, &socket).await {
+        debug!(error = %e, %target, "udp session ended with an error");
+    }
+}
+
+async fn udp_loop(stream: TcpStream, buf: &mut Vec<u8>, socket: &UdpSocket) -> io::Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut dgram = vec![0u8; MAX_DATAGRAM];
+    let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
+    loop {
+        // Send every complete datagram received so far.
+        let mut used = 0;
+        while let Some((d, n)) = decode_datagram(&buf[used..]).map_err(invalid)? {
+            if let Err(e) = socket.send(d).await {
+                // ECONNREFUSED from an earlier datagram, and the like: UDP may drop.
+                debug!(error = %e, "udp send failed");
+            }
+            used += n;
+        }
+        buf.drain(..used);
+        tokio::select! {
+            r = rd.read(&mut chunk) => {
+                let n = r?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            r = socket.recv(&mut dgram) => match r {
+                Ok(n) => {
+                    out.clear();
+                    encode_datagram(&dgram[..n], &mut out).map_err(invalid)?;
+                    wr.write_all(&out).await?;
+                }
+                Err(e) => debug!(error = %e, "udp receive failed"),
+            },
+            () = tokio::time::sleep(UDP_IDLE_TIMEOUT) => {
+                debug!("udp session idle; closing");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn invalid(e: ProtocolError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode_response, encode_request};
+
+    async fn start(idle_exit: Duration) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(RelayServer::run(
+            listener,
+            "tok".into(),
+            SystemResolver,
+            None,
+            idle_exit,
+            stop.clone(),
+        ));
+        (addr, stop, task)
+    }
+
+    async fn ask(addr: SocketAddr, req: Request) -> (TcpStream, Response) {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&encode_request(&req).expect("encode")).await.expect("write");
+        let mut buf = Vec::new();
+        loop {
+            if let Some((r, _)) = decode_response(&buf).expect("valid") {
+                return (s, r);
+            }
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.expect("read"), 1, "response complete");
+            buf.push(b[0]);
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_relays_and_wrong_tokens_are_refused() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let echo_port = echo.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (addr, stop, task) = start(DEFAULT_IDLE_EXIT).await;
+        let (_, r) = ask(addr, Request::new("nope", Transport::Tcp, "127.0.0.1", echo_port)).await;
+        assert_eq!(r.status, Status::NotAllowed);
+        let (mut s, r) = ask(addr, Request::new("tok", Transport::Tcp, "127.0.0.1", echo_port)).await;
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        s.write_all(b"ping").await.expect("write");
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.expect("echo");
+        assert_eq!(&b, b"ping");
+        drop(s);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("joins");
+    }
+
+    #[tokio::test]
+    async fn exits_when_idle() {
+        let (_, _stop, task) = start(Duration::from_millis(200)).await;
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("exits").expect("joins");
+    }
+}
