@@ -44,8 +44,10 @@ async fn bulk(addr: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let start = Instant::now();
-    s.write_all(format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
@@ -67,7 +69,8 @@ async fn first_byte(addr: SocketAddr) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await?;
     let t = start.elapsed();
@@ -91,7 +94,8 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let o = parse()?;
     let cluster = Cluster::demo().await?;
-    let ctx = KubeContext::load(&KubeconfigSource::default().with_path(cluster.kubeconfig_path())).await?;
+    let ctx = KubeContext::load(&KubeconfigSource::default().with_path(cluster.kubeconfig_path()))
+        .await?;
     // One pod, so direct and forwarded traffic hit the same server.
     let pod = cluster
         .pods("demo", Some("app=web"))
@@ -132,7 +136,11 @@ async fn main() -> anyhow::Result<()> {
         let p50 = pct(&mut ttfb[i], 0.5);
         let p99 = pct(&mut ttfb[i], 0.99);
         summary.push((m, p50));
-        println!("| {label} | {m:.0} | {:.3} ms | {:.3} ms |", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        println!(
+            "| {label} | {m:.0} | {:.3} ms | {:.3} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
     }
     println!(
         "\nkforward / direct: throughput {:.2}x, first-byte p50 {:.2}x ({} connections each)",

@@ -151,9 +151,21 @@ mod tests {
 
     #[test]
     fn cli_parses_kubectl_style() {
-        let c = Cli::try_parse_from(["kforward", "forward", "svc/web", "8080:80", ":http", "-n", "demo", "--address", "0.0.0.0"])
-            .expect("parses");
-        let Command::Forward(f) = c.command else { panic!("forward") };
+        let c = Cli::try_parse_from([
+            "kforward",
+            "forward",
+            "svc/web",
+            "8080:80",
+            ":http",
+            "-n",
+            "demo",
+            "--address",
+            "0.0.0.0",
+        ])
+        .expect("parses");
+        let Command::Forward(f) = c.command else {
+            panic!("forward")
+        };
         assert_eq!(f.ports, vec!["8080:80", ":http"]);
         assert_eq!(f.cluster.namespace.as_deref(), Some("demo"));
         <Cli as clap::CommandFactory>::command().debug_assert();

@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use kforward_core::spec::{ForwardSpec, PortMapping, Target, parse_addresses};
-use kforward_core::{Event, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::{
+    Event, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
+};
 use tokio::sync::broadcast;
 
 use crate::args::{ClusterArgs, ForwardArgs, Output};
@@ -42,7 +44,10 @@ pub(crate) async fn print_events(mut rx: broadcast::Receiver<Event>, output: Out
         match rx.recv().await {
             Ok(e) => output::print(output, &e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "output fell behind; some events were not printed");
+                tracing::warn!(
+                    missed = n,
+                    "output fell behind; some events were not printed"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

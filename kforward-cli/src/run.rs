@@ -39,7 +39,11 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
         bail!(
             "--only names aliases not in {}: {} (aliases there: {})",
             a.file.display(),
-            unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             known.join(", ")
         );
     }
@@ -69,12 +73,16 @@ fn line(e: &SupervisorEvent) -> Option<String> {
                 attempt,
                 next_delay_ms,
                 error,
-            } => format!("{forward}: reconnecting (attempt {attempt} in {next_delay_ms} ms): {error}"),
+            } => format!(
+                "{forward}: reconnecting (attempt {attempt} in {next_delay_ms} ms): {error}"
+            ),
             ForwardState::Failed { error } => format!("{forward}: failed: {error}"),
             ForwardState::Stopped => format!("{forward}: stopped"),
             _ => return None,
         },
-        Event::Endpoints { forward, pods, .. } => format!("{forward}: pods now {}", pods.join(", ")),
+        Event::Endpoints { forward, pods, .. } => {
+            format!("{forward}: pods now {}", pods.join(", "))
+        }
         Event::Error { forward, message } => format!("{forward}: error: {message}"),
         _ => return None,
     })

@@ -123,7 +123,9 @@ pub enum Error {
     #[error("the forward is already running")]
     AlreadyStarted,
     /// The relay could not resolve the destination's host name.
-    #[error("could not resolve {host:?} from inside the cluster ({message}): check the name, and that the cluster's DNS knows it")]
+    #[error(
+        "could not resolve {host:?} from inside the cluster ({message}): check the name, and that the cluster's DNS knows it"
+    )]
     RelayNameNotResolved {
         /// The host name asked for.
         host: String,

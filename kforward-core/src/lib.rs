@@ -53,8 +53,8 @@ pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
 pub use event::Event;
 pub use forwarder::{
-    BoundPort, ForwardOptions, ForwardState, Forwarder, PodForwarder, ServiceForwarder, Stats,
-    StatsSnapshot, TcpForwarder, forwarder_for,
+    BoundPort, ForwardOptions, ForwardState, Forwarder, PodForwarder, ProxyForwarder,
+    ServiceForwarder, Stats, StatsSnapshot, TcpForwarder, UdpForwarder, forwarder_for,
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};

@@ -448,10 +448,13 @@ mod tests {
 
     #[test]
     fn request_layout_is_as_documented() {
-        let wire = encode_request(&Request::new("t", Transport::Tcp, "h", 0x1234)).expect("encodes");
+        let wire =
+            encode_request(&Request::new("t", Transport::Tcp, "h", 0x1234)).expect("encodes");
         assert_eq!(
             wire,
-            [b'K', b'F', b'R', b'1', 1, 0, 1, b't', 0, 0, 1, b'h', 0x12, 0x34, 0, 0]
+            [
+                b'K', b'F', b'R', b'1', 1, 0, 1, b't', 0, 0, 1, b'h', 0x12, 0x34, 0, 0
+            ]
         );
     }
 
@@ -459,7 +462,11 @@ mod tests {
     fn every_prefix_of_a_request_needs_more_bytes() {
         let wire = encode_request(&sample()).expect("encodes");
         for end in 0..wire.len() {
-            assert_eq!(decode_request(&wire[..end]), Ok(None), "prefix of {end} bytes");
+            assert_eq!(
+                decode_request(&wire[..end]),
+                Ok(None),
+                "prefix of {end} bytes"
+            );
         }
     }
 
@@ -476,7 +483,10 @@ mod tests {
             Err(ProtocolError::UnknownTransport(7))
         );
         let bad_utf8 = b"KFR1\x01\x00\x00\x00\x00\x01\xff\x00\x50\x00\x00";
-        assert_eq!(decode_request(bad_utf8), Err(ProtocolError::InvalidUtf8("host")));
+        assert_eq!(
+            decode_request(bad_utf8),
+            Err(ProtocolError::InvalidUtf8("host"))
+        );
         let port0 = b"KFR1\x01\x00\x00\x00\x00\x01h\x00\x00\x00\x00";
         assert!(matches!(
             decode_request(port0),
@@ -490,7 +500,10 @@ mod tests {
         wire.resize(MAX_REQUEST, b'a');
         assert!(matches!(
             decode_request(&wire),
-            Err(ProtocolError::TooLong { field: "request", .. })
+            Err(ProtocolError::TooLong {
+                field: "request",
+                ..
+            })
         ));
         let long = "x".repeat(70_000);
         assert!(encode_request(&Request::new(&long, Transport::Tcp, "h", 1)).is_err());
@@ -508,7 +521,10 @@ mod tests {
             assert_eq!(decode_response(&wire[..wire.len() - 1]), Ok(None));
         }
         assert_eq!(decode_response(&[]), Ok(None));
-        assert_eq!(decode_response(&[6, 0, 0]), Err(ProtocolError::UnknownStatus(6)));
+        assert_eq!(
+            decode_response(&[6, 0, 0]),
+            Err(ProtocolError::UnknownStatus(6))
+        );
     }
 
     #[test]

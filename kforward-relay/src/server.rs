@@ -209,7 +209,11 @@ async fn read_request(stream: &mut TcpStream) -> Result<(Request, Vec<u8>), Stri
     }
 }
 
-async fn answer(stream: &mut TcpStream, status: Status, message: impl Into<String>) -> io::Result<()> {
+async fn answer(
+    stream: &mut TcpStream,
+    status: Status,
+    message: impl Into<String>,
+) -> io::Result<()> {
     stream
         .write_all(&encode_response(&Response::new(status, message)))
         .await?;
@@ -219,8 +223,7 @@ async fn answer(stream: &mut TcpStream, status: Status, message: impl Into<Strin
 /// Constant-time comparison, so the token cannot be guessed byte by byte.
 fn token_matches(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -228,24 +231,27 @@ fn token_matches(a: &str, b: &str) -> bool {
 
 async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
     let _ = stream.set_nodelay(true);
-    let (req, leftover) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_request(&mut stream)).await
-    {
-        Ok(Ok(r)) => r,
-        Ok(Err(message)) => {
-            debug!(%message, "bad handshake");
-            let _ = answer(&mut stream, Status::BadRequest, message).await;
-            return;
-        }
-        Err(_) => {
-            let _ = answer(
-                &mut stream,
-                Status::BadRequest,
-                format!("no complete handshake within {}s", HANDSHAKE_TIMEOUT.as_secs()),
-            )
-            .await;
-            return;
-        }
-    };
+    let (req, leftover) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_request(&mut stream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(message)) => {
+                debug!(%message, "bad handshake");
+                let _ = answer(&mut stream, Status::BadRequest, message).await;
+                return;
+            }
+            Err(_) => {
+                let _ = answer(
+                    &mut stream,
+                    Status::BadRequest,
+                    format!(
+                        "no complete handshake within {}s",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ),
+                )
+                .await;
+                return;
+            }
+        };
     if !token_matches(&req.token, &shared.token) {
         warn!(client = %req.client_addr, "wrong relay token");
         let _ = answer(&mut stream, Status::NotAllowed, "wrong relay token").await;
@@ -254,7 +260,12 @@ async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
     let ips = match shared.resolver.resolve(&req.host).await {
         Ok(ips) if !ips.is_empty() => ips,
         Ok(_) => {
-            let _ = answer(&mut stream, Status::NameNotResolved, format!("{} has no address", req.host)).await;
+            let _ = answer(
+                &mut stream,
+                Status::NameNotResolved,
+                format!("{} has no address", req.host),
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -271,9 +282,8 @@ async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
 
 fn source_for(bind_source: Option<IpAddr>, target: SocketAddr) -> Option<SocketAddr> {
     match (bind_source, target) {
-        (Some(ip @ IpAddr::V4(_)), SocketAddr::V4(_)) | (Some(ip @ IpAddr::V6(_)), SocketAddr::V6(_)) => {
-            Some(SocketAddr::new(ip, 0))
-        }
+        (Some(ip @ IpAddr::V4(_)), SocketAddr::V4(_))
+        | (Some(ip @ IpAddr::V6(_)), SocketAddr::V6(_)) => Some(SocketAddr::new(ip, 0)),
         _ => None,
     }
 }
@@ -290,7 +300,10 @@ async fn connect(target: SocketAddr, bind_source: Option<IpAddr>) -> io::Result<
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("no answer from {target} within {}s", CONNECT_TIMEOUT.as_secs()),
+            format!(
+                "no answer from {target} within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
         )),
     }
 }
@@ -332,8 +345,13 @@ async fn serve_tcp(
     if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
         return;
     }
-    match tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut upstream, TCP_BUFFER, TCP_BUFFER)
-        .await
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut stream,
+        &mut upstream,
+        TCP_BUFFER,
+        TCP_BUFFER,
+    )
+    .await
     {
         Ok((up, down)) => debug!(up, down, "tcp relay finished"),
         Err(e) => debug!(error = %e, "tcp relay ended with an error"),
@@ -358,7 +376,12 @@ async fn serve_udp(
     let socket = match UdpSocket::bind(local).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = answer(&mut stream, Status::Refused, format!("cannot open a UDP socket: {e}")).await;
+            let _ = answer(
+                &mut stream,
+                Status::Refused,
+                format!("cannot open a UDP socket: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -423,7 +446,9 @@ mod tests {
     use super::*;
     use crate::protocol::{decode_response, encode_request};
 
-    async fn start(idle_exit: Duration) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    async fn start(
+        idle_exit: Duration,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
@@ -440,7 +465,9 @@ mod tests {
 
     async fn ask(addr: SocketAddr, req: Request) -> (TcpStream, Response) {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(&encode_request(&req).expect("encode")).await.expect("write");
+        s.write_all(&encode_request(&req).expect("encode"))
+            .await
+            .expect("write");
         let mut buf = Vec::new();
         loop {
             if let Some((r, _)) = decode_response(&buf).expect("valid") {
@@ -465,9 +492,17 @@ mod tests {
             }
         });
         let (addr, stop, task) = start(DEFAULT_IDLE_EXIT).await;
-        let (_, r) = ask(addr, Request::new("nope", Transport::Tcp, "127.0.0.1", echo_port)).await;
+        let (_, r) = ask(
+            addr,
+            Request::new("nope", Transport::Tcp, "127.0.0.1", echo_port),
+        )
+        .await;
         assert_eq!(r.status, Status::NotAllowed);
-        let (mut s, r) = ask(addr, Request::new("tok", Transport::Tcp, "127.0.0.1", echo_port)).await;
+        let (mut s, r) = ask(
+            addr,
+            Request::new("tok", Transport::Tcp, "127.0.0.1", echo_port),
+        )
+        .await;
         assert_eq!(r.status, Status::Ok, "{r:?}");
         s.write_all(b"ping").await.expect("write");
         let mut b = [0u8; 4];
@@ -475,12 +510,18 @@ mod tests {
         assert_eq!(&b, b"ping");
         drop(s);
         stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("stops").expect("joins");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .expect("joins");
     }
 
     #[tokio::test]
     async fn exits_when_idle() {
         let (_, _stop, task) = start(Duration::from_millis(200)).await;
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("exits").expect("joins");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("exits")
+            .expect("joins");
     }
 }

@@ -168,6 +168,7 @@ impl ClusterBuilder {
             Ok(d) => d,
             Err(_) => DnsServer::start(dns_ip, 0, shared.dns_records.clone()).await?,
         };
+        *lock(&shared.dns_addr) = Some(dns.local_addr());
         let cluster = Cluster {
             shared,
             dns: Some(dns),

@@ -27,7 +27,7 @@ mod error;
 mod faults;
 mod kubeconfig;
 pub mod network;
-mod portforward;
+pub mod portforward;
 mod resource;
 mod scenario;
 mod server;

@@ -123,6 +123,8 @@ pub(crate) struct Shared {
     pub(crate) kubeconfig_path: std::path::PathBuf,
     /// The default namespace written into the kubeconfig's context.
     pub(crate) default_namespace: Mutex<Option<String>>,
+    /// The cluster DNS server, once started (pods get it as their resolver).
+    pub(crate) dns_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ impl Shared {
             not_ready: Mutex::new(BTreeSet::new()),
             termination_grace: Mutex::new(Duration::from_millis(100)),
             shutdown: CancellationToken::new(),
+            dns_addr: Mutex::new(None),
             api: tokio::sync::Mutex::new(None),
             api_addr: Mutex::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             tls,

@@ -74,7 +74,10 @@ impl Running {
                 }
                 return (status, err);
             }
-            assert!(std::time::Instant::now() < deadline, "kforward did not exit in time");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kforward did not exit in time"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -90,21 +93,32 @@ impl Drop for Running {
 async fn http_get(addr: &str) -> String {
     let work = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
     };
-    tokio::time::timeout(WAIT, work).await.expect("reply in time")
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("reply in time")
 }
 
 fn run_to_end(mut cmd: Command) -> (i32, String, String) {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx.recv_timeout(WAIT).expect("exits in time").expect("output");
+    let out = rx
+        .recv_timeout(WAIT)
+        .expect("exits in time")
+        .expect("output");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -120,9 +134,17 @@ async fn demo_serves_and_stops_on_ctrl_c() {
         c
     });
     let line = tokio::task::block_in_place(|| r.line_with("curl http://"));
-    let url = line.split("http://").nth(1).expect("url").trim_end_matches('/').to_string();
+    let url = line
+        .split("http://")
+        .nth(1)
+        .expect("url")
+        .trim_end_matches('/')
+        .to_string();
     let reply = http_get(&url).await;
-    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("\r\n\r\nweb-"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.contains("\r\n\r\nweb-"),
+        "{reply}"
+    );
     r.signal("-INT");
     let (status, _) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success(), "{status:?}");
@@ -133,8 +155,19 @@ async fn forward_json_reports_the_chosen_port_and_carries_traffic() {
     let cluster = Cluster::demo().await.expect("cluster");
     let r = Running::spawn({
         let mut c = kforward();
-        c.args(["forward", "svc/web", ":80", "-n", "demo", "--address", "127.0.0.1", "-o", "json", "--kubeconfig"])
-            .arg(cluster.kubeconfig_path());
+        c.args([
+            "forward",
+            "svc/web",
+            ":80",
+            "-n",
+            "demo",
+            "--address",
+            "127.0.0.1",
+            "-o",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig_path());
         c
     });
     let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
@@ -155,15 +188,37 @@ async fn forward_text_prints_kubectl_lines_for_both_loopbacks() {
     let cluster = Cluster::demo().await.expect("cluster");
     let r = Running::spawn({
         let mut c = kforward();
-        c.args(["forward", "deploy/web", "0:http", "-n", "demo", "--kubeconfig"]).arg(cluster.kubeconfig_path());
+        c.args([
+            "forward",
+            "deploy/web",
+            "0:http",
+            "-n",
+            "demo",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig_path());
         c
     });
     let first = tokio::task::block_in_place(|| r.line_with("Forwarding from"));
-    assert!(first.starts_with("Forwarding from 127.0.0.1:") && first.ends_with(" -> 8080"), "{first}");
+    assert!(
+        first.starts_with("Forwarding from 127.0.0.1:") && first.ends_with(" -> 8080"),
+        "{first}"
+    );
     let second = tokio::task::block_in_place(|| r.line_with("Forwarding from"));
-    assert!(second.starts_with("Forwarding from [::1]:") && second.ends_with(" -> 8080"), "{second}");
-    let port = first.split(':').nth(1).and_then(|p| p.split(' ').next()).expect("port").to_string();
-    assert!(second.contains(&format!("]:{port} ")), "same port on both: {first} / {second}");
+    assert!(
+        second.starts_with("Forwarding from [::1]:") && second.ends_with(" -> 8080"),
+        "{second}"
+    );
+    let port = first
+        .split(':')
+        .nth(1)
+        .and_then(|p| p.split(' ').next())
+        .expect("port")
+        .to_string();
+    assert!(
+        second.contains(&format!("]:{port} ")),
+        "same port on both: {first} / {second}"
+    );
     r.signal("-INT");
     let (status, _) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success());
@@ -177,22 +232,44 @@ async fn errors_exit_1_with_actionable_messages() {
     let port = taken.local_addr().expect("addr").port();
     let (code, _, err) = tokio::task::block_in_place(|| {
         let mut c = kforward();
-        c.args(["forward", "svc/web", &format!("{port}:80"), "-n", "demo", "--address", "127.0.0.1", "--kubeconfig"])
-            .arg(&kc);
+        c.args([
+            "forward",
+            "svc/web",
+            &format!("{port}:80"),
+            "-n",
+            "demo",
+            "--address",
+            "127.0.0.1",
+            "--kubeconfig",
+        ])
+        .arg(&kc);
         run_to_end(c)
     });
     assert_eq!(code, 1);
     assert!(
-        err.contains(&format!("local port 127.0.0.1:{port} is already in use (try 0:80 to pick a free one)")),
+        err.contains(&format!(
+            "local port 127.0.0.1:{port} is already in use (try 0:80 to pick a free one)"
+        )),
         "{err}"
     );
     let (code, _, err) = tokio::task::block_in_place(|| {
         let mut c = kforward();
-        c.args(["forward", "svc/web", "80", "--context", "nope", "--kubeconfig"]).arg(&kc);
+        c.args([
+            "forward",
+            "svc/web",
+            "80",
+            "--context",
+            "nope",
+            "--kubeconfig",
+        ])
+        .arg(&kc);
         run_to_end(c)
     });
     assert_eq!(code, 1);
-    assert!(err.contains("context \"nope\" does not exist in the kubeconfig (contexts there: "), "{err}");
+    assert!(
+        err.contains("context \"nope\" does not exist in the kubeconfig (contexts there: "),
+        "{err}"
+    );
     let (code, _, err) = tokio::task::block_in_place(|| {
         let mut c = kforward();
         c.args(["forward", "rs/web", "80"]);
@@ -211,7 +288,10 @@ fn completions_for_bash_zsh_fish() {
             c
         });
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("kforward") && out.contains("forward"), "{shell}: {out}");
+        assert!(
+            out.contains("kforward") && out.contains("forward"),
+            "{shell}: {out}"
+        );
     }
 }
 
@@ -239,7 +319,11 @@ async fn run_loads_a_kftray_export_and_starts_every_entry() {
     let cluster = Cluster::demo().await.expect("cluster");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("configs.json");
-    std::fs::write(&file, kftray_export(cluster.kubeconfig_path(), cluster.name())).expect("write");
+    std::fs::write(
+        &file,
+        kftray_export(cluster.kubeconfig_path(), cluster.name()),
+    )
+    .expect("write");
     let r = Running::spawn({
         let mut c = kforward();
         c.args(["run", "-o", "json", "-f"]).arg(&file);
@@ -254,13 +338,21 @@ async fn run_loads_a_kftray_export_and_starts_every_entry() {
             v["local_addr"].as_str().expect("addr").to_string(),
         );
     }
-    assert_eq!(ready.keys().cloned().collect::<Vec<_>>(), vec!["echo", "web", "web-pod"]);
+    assert_eq!(
+        ready.keys().cloned().collect::<Vec<_>>(),
+        vec!["echo", "web", "web-pod"]
+    );
     assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
     assert!(http_get(&ready["web-pod"]).await.contains("\r\n\r\nweb-"));
-    let mut s = tokio::net::TcpStream::connect(&ready["echo"]).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(&ready["echo"])
+        .await
+        .expect("connect");
     s.write_all(b"hi").await.expect("write");
     let mut b = [0u8; 2];
-    tokio::time::timeout(WAIT, s.read_exact(&mut b)).await.expect("in time").expect("read");
+    tokio::time::timeout(WAIT, s.read_exact(&mut b))
+        .await
+        .expect("in time")
+        .expect("read");
     r.signal("-INT");
     let (status, _) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success(), "{status:?}");
@@ -285,8 +377,14 @@ async fn run_reports_every_bad_entry_before_starting_anything() {
         run_to_end(c)
     });
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("entry 1 (alias \"db\")") && err.contains("remote_port"), "{err}");
-    assert!(err.contains("entry 2 (alias \"x\")") && err.contains("namespace"), "{err}");
+    assert!(
+        err.contains("entry 1 (alias \"db\")") && err.contains("remote_port"),
+        "{err}"
+    );
+    assert!(
+        err.contains("entry 2 (alias \"x\")") && err.contains("namespace"),
+        "{err}"
+    );
     assert!(err.contains("remote_address"), "{err}");
     assert!(!out.contains("ready"), "nothing started: {out}");
 }
@@ -296,9 +394,17 @@ async fn run_on_a_terminal_draws_a_live_table() {
     let cluster = Cluster::demo().await.expect("cluster");
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("configs.json");
-    std::fs::write(&file, kftray_export(cluster.kubeconfig_path(), cluster.name())).expect("write");
+    std::fs::write(
+        &file,
+        kftray_export(cluster.kubeconfig_path(), cluster.name()),
+    )
+    .expect("write");
     // `script` (util-linux) gives kforward a pseudo-terminal, as a user's shell would.
-    let cmd = format!("NO_COLOR=1 {} run -f {}", env!("CARGO_BIN_EXE_kforward"), file.display());
+    let cmd = format!(
+        "NO_COLOR=1 {} run -f {}",
+        env!("CARGO_BIN_EXE_kforward"),
+        file.display()
+    );
     let r = Running::spawn({
         let mut c = Command::new("script");
         c.args(["-qfec", &cmd, "/dev/null"]);

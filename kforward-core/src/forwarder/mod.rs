@@ -6,9 +6,11 @@
 //! in-cluster relay and get their own implementations of [`Forwarder`].
 
 mod pod;
+mod proxy;
 mod relay;
 mod service;
 mod tcp;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +21,10 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub use pod::PodForwarder;
+pub use proxy::ProxyForwarder;
 pub use service::ServiceForwarder;
 pub use tcp::TcpForwarder;
+pub use udp::UdpForwarder;
 
 use crate::client::KubeContext;
 use crate::error::Result;
@@ -92,6 +96,13 @@ pub struct ForwardOptions {
     pub half_close_linger: Duration,
     /// How long open connections get to finish when the forward stops.
     pub stop_grace: Duration,
+    /// The relay pods' settings (UDP and proxy forwards).
+    pub relay: crate::relay::RelayOptions,
+    /// Relay pods shared with other forwards of the session; `None` makes the forward own
+    /// its relay pods and delete them when it stops.
+    pub relay_pods: Option<crate::relay::SharedRelayPods>,
+    /// A UDP session (one local peer) with no datagram either way for this long ends.
+    pub udp_idle_timeout: Duration,
 }
 
 impl Default for ForwardOptions {
@@ -100,6 +111,9 @@ impl Default for ForwardOptions {
             pod_running_timeout: Duration::from_secs(60),
             half_close_linger: Duration::from_secs(15),
             stop_grace: Duration::from_secs(2),
+            relay: crate::relay::RelayOptions::default(),
+            relay_pods: None,
+            udp_idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -188,18 +202,17 @@ pub trait Forwarder: Send + Sync {
 ///
 /// # Errors
 ///
-/// [`crate::Error::Api`] for UDP and proxy specs, which need the in-cluster relay.
+/// None today; the `Result` leaves room for specs no forwarder serves.
 pub fn forwarder_for(
     ctx: KubeContext,
     spec: ForwardSpec,
     opts: ForwardOptions,
 ) -> Result<Box<dyn Forwarder>> {
-    if spec.protocol == Protocol::Udp || matches!(spec.target, Target::Proxy { .. }) {
-        return Err(crate::Error::Api {
-            action: format!("forward {}", spec.label()),
-            code: 501,
-            message: "UDP and proxy forwards need the in-cluster relay, which this build does not have yet".into(),
-        });
+    if spec.protocol == Protocol::Udp {
+        return Ok(Box::new(UdpForwarder::new(ctx, spec, opts)));
+    }
+    if matches!(spec.target, Target::Proxy { .. }) {
+        return Ok(Box::new(ProxyForwarder::new(ctx, spec, opts)));
     }
     Ok(Box::new(TcpForwarder::new(ctx, spec, opts)))
 }

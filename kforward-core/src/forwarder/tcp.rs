@@ -143,7 +143,10 @@ impl TcpForwarder {
             let eps = Endpoints::resolve(ctx, &ns, &self.spec.target, &pm.remote).await?;
             let mut rx = eps.subscribe();
             let waited = self.opts.pod_running_timeout;
-            if tokio::time::timeout(waited, rx.wait_for(|v| !v.is_empty())).await.is_err() {
+            if tokio::time::timeout(waited, rx.wait_for(|v| !v.is_empty()))
+                .await
+                .is_err()
+            {
                 return Err(Error::NoReadyPod {
                     target: self.spec.target.to_string(),
                     namespace: ns,
@@ -211,7 +214,12 @@ impl TcpForwarder {
             message,
         };
         match tokio::time::timeout(timeout, b.ctx.client().apiserver_version()).await {
-            Err(_) => return Err(unreachable(format!("no answer within {}s", timeout.as_secs_f32()))),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    timeout.as_secs_f32()
+                )));
+            }
             Ok(Err(e)) => return Err(Error::from_kube(e, &server, "get", "version", &ns, None)),
             Ok(Ok(_)) => {}
         }
@@ -226,7 +234,12 @@ impl TcpForwarder {
                 t.ready().await?;
                 // An error from the pod's port arrives right after the port prefix.
                 let mut buf = [0u8; 1];
-                match tokio::time::timeout(PROBE_LISTEN, tokio::io::AsyncReadExt::read(&mut t, &mut buf)).await {
+                match tokio::time::timeout(
+                    PROBE_LISTEN,
+                    tokio::io::AsyncReadExt::read(&mut t, &mut buf),
+                )
+                .await
+                {
                     Ok(Err(e)) => Err(Error::Tunnel {
                         pod: ep.pod.clone(),
                         port: ep.port,
@@ -235,9 +248,12 @@ impl TcpForwarder {
                     _ => Ok(()),
                 }
             };
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| unreachable(format!("port-forward probe took longer than {}s", timeout.as_secs_f32())))??;
+            tokio::time::timeout(timeout, work).await.map_err(|_| {
+                unreachable(format!(
+                    "port-forward probe took longer than {}s",
+                    timeout.as_secs_f32()
+                ))
+            })??;
         }
         Ok(())
     }
@@ -299,7 +315,9 @@ impl TcpForwarder {
         let ns = self.namespace_for(&self.ctx);
         let label = self.spec.label();
         // Resolve every port first, so that nothing listens when the target is wrong.
-        let backend: SharedBackend = Arc::new(std::sync::RwLock::new(Arc::new(self.resolve_all(&self.ctx).await?)));
+        let backend: SharedBackend = Arc::new(std::sync::RwLock::new(Arc::new(
+            self.resolve_all(&self.ctx).await?,
+        )));
         let mut listeners = Vec::new();
         for (index, pm) in self.spec.ports.iter().enumerate() {
             for l in self.bind(pm).await? {
@@ -319,7 +337,10 @@ impl TcpForwarder {
                 source,
                 suggestion: format!("0:{}", pm.remote),
             })?;
-            let pod_port = current(&backend).endpoints[index].current().first().map(|e| e.port);
+            let pod_port = current(&backend).endpoints[index]
+                .current()
+                .first()
+                .map(|e| e.port);
             bound.push(BoundPort {
                 local_addr,
                 remote: remote_label(&pm.remote),
@@ -362,7 +383,11 @@ impl TcpForwarder {
                 let mut last: Option<Vec<String>> = None;
                 loop {
                     let mut rx = current(&backend).endpoints[index].subscribe();
-                    let pods: Vec<String> = rx.borrow_and_update().iter().map(|e| format!("{}:{}", e.pod, e.port)).collect();
+                    let pods: Vec<String> = rx
+                        .borrow_and_update()
+                        .iter()
+                        .map(|e| format!("{}:{}", e.pod, e.port))
+                        .collect();
                     if last.as_ref() != Some(&pods) {
                         if last.is_some() {
                             let _ = events.send(Event::Endpoints {
@@ -426,7 +451,10 @@ async fn open_tunnel(cc: &ConnCtx) -> Result<Tunnel> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let backend = current(&cc.backend);
-        let Some(ep) = backend.endpoints[cc.index].pick(cc.opts.pod_running_timeout).await else {
+        let Some(ep) = backend.endpoints[cc.index]
+            .pick(cc.opts.pod_running_timeout)
+            .await
+        else {
             return Err(Error::NoReadyPod {
                 target: cc.label.clone(),
                 namespace: cc.namespace.clone(),
@@ -439,7 +467,8 @@ async fn open_tunnel(cc: &ConnCtx) -> Result<Tunnel> {
             // and wait briefly for the new cluster side.
             Err(e) if e.is_unauthorized() => {
                 cc.reload.notify_one();
-                let _ = tokio::time::timeout(RELOAD_WAIT, wait_for_swap(&cc.backend, &backend)).await;
+                let _ =
+                    tokio::time::timeout(RELOAD_WAIT, wait_for_swap(&cc.backend, &backend)).await;
                 last = Some(e);
             }
             // The pod may have just gone away: give the watch a moment to drop it, then

@@ -90,7 +90,10 @@ mod tests {
     fn doubles_up_to_the_cap() {
         let b = ExponentialBackoff::default().without_jitter();
         let ms: Vec<u128> = b.take(10).map(|d| d.as_millis()).collect();
-        assert_eq!(ms, vec![200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+        assert_eq!(
+            ms,
+            vec![200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
+        );
     }
 
     #[test]
@@ -113,6 +116,9 @@ mod tests {
         for _ in 0..4 {
             tokio::time::sleep(b.next().expect("delay")).await;
         }
-        assert_eq!(start.elapsed(), Duration::from_millis(200 + 400 + 800 + 1600));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(200 + 400 + 800 + 1600)
+        );
     }
 }

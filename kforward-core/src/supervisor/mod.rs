@@ -157,7 +157,9 @@ fn kubeconfig_paths(spec: &ForwardSpec) -> Vec<PathBuf> {
         return vec![p.clone()];
     }
     if let Some(v) = std::env::var_os("KUBECONFIG") {
-        return std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect();
+        return std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
     }
     std::env::var_os("HOME")
         .map(|h| vec![PathBuf::from(h).join(".kube").join("config")])
@@ -281,7 +283,9 @@ impl Supervisor {
 
     /// Stops every forward and waits until all their ports are closed.
     pub async fn shutdown(&self) {
-        let entries: Vec<Entry> = std::mem::take(&mut *lock(&self.inner.forwards)).into_values().collect();
+        let entries: Vec<Entry> = std::mem::take(&mut *lock(&self.inner.forwards))
+            .into_values()
+            .collect();
         for e in &entries {
             let _ = e.commands.send(Command::Stop);
         }
@@ -348,7 +352,11 @@ async fn watch_environment(inner: std::sync::Weak<Inner>) {
         let moved = net_now != net;
         net = net_now;
         if jumped || moved {
-            tracing::info!(slept = jumped, network_changed = moved, "rechecking every forward");
+            tracing::info!(
+                slept = jumped,
+                network_changed = moved,
+                "rechecking every forward"
+            );
             notify_all(&inner, || Command::Recheck);
         }
     }

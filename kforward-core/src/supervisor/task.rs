@@ -32,7 +32,11 @@ pub(crate) enum Command {
 fn is_fatal(e: &Error) -> bool {
     matches!(
         e,
-        Error::BindLocal { .. } | Error::Config(_) | Error::Spec(_) | Error::UnknownContext { .. } | Error::AlreadyStarted
+        Error::BindLocal { .. }
+            | Error::Config(_)
+            | Error::Spec(_)
+            | Error::UnknownContext { .. }
+            | Error::AlreadyStarted
     )
 }
 
@@ -72,7 +76,9 @@ impl ForwardTask {
                 return;
             }
             st.state = state.clone();
-            if let ForwardState::Reconnecting { error, .. } | ForwardState::Failed { error } = &state {
+            if let ForwardState::Reconnecting { error, .. } | ForwardState::Failed { error } =
+                &state
+            {
                 st.last_error = Some(error.clone());
             }
         }
@@ -130,7 +136,9 @@ impl ForwardTask {
             match self.try_start().await {
                 Ok(f) => return Some(f),
                 Err(e) if is_fatal(&e) => {
-                    self.set_state(ForwardState::Failed { error: e.to_string() });
+                    self.set_state(ForwardState::Failed {
+                        error: e.to_string(),
+                    });
                     // Wait for a stop; a fatal error needs the user.
                     loop {
                         match self.commands.recv().await {
@@ -156,7 +164,12 @@ impl ForwardTask {
     }
 
     /// Reconnects until a probe passes; `false` when stopped meanwhile.
-    async fn recover(&mut self, fwd: &mut TcpForwarder, backoff: &mut ExponentialBackoff, first: Error) -> bool {
+    async fn recover(
+        &mut self,
+        fwd: &mut TcpForwarder,
+        backoff: &mut ExponentialBackoff,
+        first: Error,
+    ) -> bool {
         let mut error = first;
         let mut attempt = 0u32;
         loop {

@@ -57,7 +57,11 @@ pub fn network_fingerprint() -> Option<u64> {
     let mut any = false;
     // Linux: local IPv4 addresses in the FIB, and the IPv6 address table.
     if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
-        let mut lines: Vec<&str> = trie.lines().map(str::trim).filter(|l| l.starts_with("|--")).collect();
+        let mut lines: Vec<&str> = trie
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("|--"))
+            .collect();
         lines.sort_unstable();
         lines.dedup();
         lines.hash(&mut h);

@@ -27,7 +27,12 @@ fn fast() -> SupervisorOptions {
 }
 
 /// Waits until forward `id` is in a state matching `f`; returns its local address.
-async fn wait_state(sup: &Supervisor, id: usize, what: &str, f: impl Fn(&ForwardState) -> bool) -> Vec<SocketAddr> {
+async fn wait_state(
+    sup: &Supervisor,
+    id: usize,
+    what: &str,
+    f: impl Fn(&ForwardState) -> bool,
+) -> Vec<SocketAddr> {
     let work = async {
         loop {
             if let Some(s) = sup.status_of(id)
@@ -62,13 +67,19 @@ async fn ping(addr: SocketAddr) -> std::io::Result<()> {
 /// One HTTP GET on a new connection; the answering pod's name.
 async fn get(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     if !out.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("bad reply {out:?}")));
     }
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string())
+    Ok(out
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,13 +92,22 @@ async fn deleting_the_single_echo_pod_holds_connections_until_the_replacement_is
     // Time from the replacement turning Ready to the first connection through it.
     let mut delays = Vec::new();
     for round in 0..20 {
-        let old = cluster.pods("demo", Some("app=echo"))[0].metadata.name.clone().expect("name");
+        let old = cluster.pods("demo", Some("app=echo"))[0]
+            .metadata
+            .name
+            .clone()
+            .expect("name");
         cluster.delete_pod("demo", &old).expect("delete");
         cluster
-            .wait_for("the old pod to be gone", WAIT, |c| c.pod("demo", &old).is_err())
+            .wait_for("the old pod to be gone", WAIT, |c| {
+                c.pod("demo", &old).is_err()
+            })
             .await
             .expect("old pod gone");
-        assert!(cluster.ready_pods("demo", "app=echo").is_empty(), "a real gap: no ready pod");
+        assert!(
+            cluster.ready_pods("demo", "app=echo").is_empty(),
+            "a real gap: no ready pod"
+        );
         // A connection made during the gap is held, then carried to the replacement.
         let pinger = tokio::spawn(async move {
             let r = tokio::time::timeout(WAIT, ping(addr)).await;
@@ -148,7 +168,9 @@ async fn twenty_rollout_restarts_of_web_fail_no_connection() {
     for i in 0..20 {
         cluster.rollout_restart("demo", "web").expect("restart");
         cluster
-            .wait_for("the rollout to start", WAIT, |c| c.pods("demo", Some("app=web")).len() > 2)
+            .wait_for("the rollout to start", WAIT, |c| {
+                c.pods("demo", Some("app=web")).len() > 2
+            })
             .await
             .unwrap_or_else(|e| panic!("rollout {i}: {e}"));
         cluster
@@ -176,13 +198,21 @@ async fn dropped_streams_end_those_connections_and_new_ones_work() {
     let mut live = TcpStream::connect(addr).await.expect("connect");
     live.write_all(b"x").await.expect("write");
     let mut b = [0u8; 1];
-    tokio::time::timeout(WAIT, live.read_exact(&mut b)).await.expect("in time").expect("echo");
+    tokio::time::timeout(WAIT, live.read_exact(&mut b))
+        .await
+        .expect("in time")
+        .expect("echo");
     cluster.drop_port_forwards();
     let mut rest = Vec::new();
-    let r = tokio::time::timeout(WAIT, live.read_to_end(&mut rest)).await.expect("the cut connection ends");
+    let r = tokio::time::timeout(WAIT, live.read_to_end(&mut rest))
+        .await
+        .expect("the cut connection ends");
     assert!(r.is_err() || rest.is_empty(), "it ended cleanly");
     for _ in 0..10 {
-        tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("new connections work");
+        tokio::time::timeout(WAIT, ping(addr))
+            .await
+            .expect("in time")
+            .expect("new connections work");
     }
     sup.shutdown().await;
 }
@@ -194,17 +224,29 @@ async fn an_api_server_restart_is_survived_and_watches_resume() {
     let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
     let addr = ready(&sup, id).await;
     cluster.restart_api().await.expect("restart");
-    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works after restart");
+    tokio::time::timeout(WAIT, ping(addr))
+        .await
+        .expect("in time")
+        .expect("works after restart");
     // The endpoint watch came back too: a replaced pod is followed.
-    let old = cluster.pods("demo", Some("app=echo"))[0].metadata.name.clone().expect("name");
+    let old = cluster.pods("demo", Some("app=echo"))[0]
+        .metadata
+        .name
+        .clone()
+        .expect("name");
     cluster.delete_pod("demo", &old).expect("delete");
     cluster
         .wait_for("a replacement echo pod", WAIT, |c| {
-            c.ready_pods("demo", "app=echo").iter().any(|p| p.metadata.name.as_deref() != Some(old.as_str()))
+            c.ready_pods("demo", "app=echo")
+                .iter()
+                .any(|p| p.metadata.name.as_deref() != Some(old.as_str()))
         })
         .await
         .expect("replacement");
-    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("reaches the replacement");
+    tokio::time::timeout(WAIT, ping(addr))
+        .await
+        .expect("in time")
+        .expect("reaches the replacement");
     sup.shutdown().await;
 }
 
@@ -216,13 +258,23 @@ async fn a_paused_api_server_makes_the_forward_reconnect_then_recover() {
     let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
     let addr = ready(&sup, id).await;
     cluster.pause();
-    wait_state(&sup, id, "reconnecting", |s| matches!(s, ForwardState::Reconnecting { .. })).await;
+    wait_state(&sup, id, "reconnecting", |s| {
+        matches!(s, ForwardState::Reconnecting { .. })
+    })
+    .await;
     cluster.resume();
     ready(&sup, id).await;
-    tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works after resume");
+    tokio::time::timeout(WAIT, ping(addr))
+        .await
+        .expect("in time")
+        .expect("works after resume");
     let mut saw_reconnecting = false;
     while let Ok(e) = events.try_recv() {
-        if let Event::State { state: ForwardState::Reconnecting { error, .. }, .. } = &e.event {
+        if let Event::State {
+            state: ForwardState::Reconnecting { error, .. },
+            ..
+        } = &e.event
+        {
             assert!(!error.is_empty());
             saw_reconnecting = true;
         }
@@ -239,28 +291,52 @@ async fn an_expired_token_is_replaced_by_reading_the_kubeconfig_again() {
     let addr = ready(&sup, id).await;
     cluster.expire_token().expect("expire");
     for _ in 0..5 {
-        tokio::time::timeout(WAIT, ping(addr)).await.expect("in time").expect("works with the new token");
+        tokio::time::timeout(WAIT, ping(addr))
+            .await
+            .expect("in time")
+            .expect("works with the new token");
     }
-    assert_eq!(sup.status_of(id).expect("status").state, ForwardState::Ready);
+    assert_eq!(
+        sup.status_of(id).expect("status").state,
+        ForwardState::Ready
+    );
     sup.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_the_current_context_moves_the_forward_to_the_other_cluster() {
-    let a = kforward_testkit::Cluster::builder().name("cluster-a").demo().start().await.expect("a");
-    let b = kforward_testkit::Cluster::builder().name("cluster-b").demo().start().await.expect("b");
+    let a = kforward_testkit::Cluster::builder()
+        .name("cluster-a")
+        .demo()
+        .start()
+        .await
+        .expect("a");
+    let b = kforward_testkit::Cluster::builder()
+        .name("cluster-b")
+        .demo()
+        .start()
+        .await
+        .expect("b");
     let dir = tempfile_dir();
     let kc = dir.join("kubeconfig");
-    a.write_kubeconfig_with(&kc, &[&b]).expect("kubeconfig with a current");
+    a.write_kubeconfig_with(&kc, &[&b])
+        .expect("kubeconfig with a current");
     let sup = Supervisor::new(fast());
     let id = sup.add(spec("svc/web", 0, 80).with_kubeconfig(&kc));
     let addr = ready(&sup, id).await;
     let pods_of = |c: &kforward_testkit::Cluster| -> Vec<String> {
-        c.pods("demo", Some("app=web")).into_iter().filter_map(|p| p.metadata.name).collect()
+        c.pods("demo", Some("app=web"))
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect()
     };
-    let name = tokio::time::timeout(WAIT, get(addr)).await.expect("in time").expect("get");
+    let name = tokio::time::timeout(WAIT, get(addr))
+        .await
+        .expect("in time")
+        .expect("get");
     assert!(pods_of(&a).contains(&name), "served by cluster a");
-    b.write_kubeconfig_with(&kc, &[&a]).expect("kubeconfig with b current");
+    b.write_kubeconfig_with(&kc, &[&a])
+        .expect("kubeconfig with b current");
     let b_pods = pods_of(&b);
     let work = async {
         loop {
@@ -272,14 +348,24 @@ async fn switching_the_current_context_moves_the_forward_to_the_other_cluster() 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(WAIT, work).await.expect("the forward moved to cluster b");
-    assert_eq!(sup.status_of(id).expect("status").local_addrs[0], addr, "same local port throughout");
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("the forward moved to cluster b");
+    assert_eq!(
+        sup.status_of(id).expect("status").local_addrs[0],
+        addr,
+        "same local port throughout"
+    );
     sup.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("kforward-it-{}-{}", std::process::id(), rand_suffix()));
+    let d = std::env::temp_dir().join(format!(
+        "kforward-it-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
@@ -299,14 +385,28 @@ async fn a_taken_port_fails_one_entry_and_the_others_keep_working() {
     let sup = Supervisor::new(fast());
     let kc = cluster.kubeconfig_path();
     let web = sup.add(spec("svc/web", 0, 80).with_kubeconfig(kc).with_alias("web"));
-    let bad = sup.add(spec("svc/web", port, 80).with_kubeconfig(kc).with_alias("web-taken"));
-    let echo = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(kc).with_alias("echo"));
+    let bad = sup.add(
+        spec("svc/web", port, 80)
+            .with_kubeconfig(kc)
+            .with_alias("web-taken"),
+    );
+    let echo = sup.add(
+        spec("svc/echo", 0, 7000)
+            .with_kubeconfig(kc)
+            .with_alias("echo"),
+    );
     let web_addr = ready(&sup, web).await;
     let echo_addr = ready(&sup, echo).await;
-    wait_state(&sup, bad, "failed", |s| matches!(s, ForwardState::Failed { .. })).await;
+    wait_state(&sup, bad, "failed", |s| {
+        matches!(s, ForwardState::Failed { .. })
+    })
+    .await;
     let st = sup.status_of(bad).expect("status");
     let err = st.last_error.expect("error");
-    assert!(err.contains(&format!("127.0.0.1:{port} is already in use")), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{err}"
+    );
     assert!(get(web_addr).await.expect("web works").starts_with("web-"));
     ping(echo_addr).await.expect("echo works");
     sup.shutdown().await;

@@ -211,6 +211,11 @@ impl Kubelet {
         }
         let mut last_err = None;
         let mut started: Option<(Ipv4Addr, WorkloadHandle)> = None;
+        let mut env = env(pod);
+        // The pod's resolv.conf: the cluster DNS server.
+        if let Some(dns) = *lock(&shared.dns_addr) {
+            env.insert(crate::network::POD_DNS_ENV.to_string(), dns.to_string());
+        }
         for _ in 0..8 {
             let ip = shared.pool.next_pod_ip();
             let spec = WorkloadSpec {
@@ -219,7 +224,7 @@ impl Kubelet {
                 namespace: ns.to_string(),
                 pod_ip: ip,
                 ports: container_ports(pod),
-                env: env(pod),
+                env: env.clone(),
             };
             match start_workload(spec).await {
                 Ok(h) => {

@@ -23,6 +23,6 @@ pub use external::ExternalHost;
 pub use http::pattern_byte;
 pub use kubeproxy::ServiceProxy;
 pub use workload::{
-    ContainerPort, MAX_PATTERN_BYTES, PASSTHROUGH_TARGET, Protocol, WorkloadHandle, WorkloadKind,
-    WorkloadSpec, start_workload,
+    ContainerPort, MAX_PATTERN_BYTES, PASSTHROUGH_TARGET, POD_DNS_ENV, Protocol,
+    RELAY_IDLE_EXIT_ENV, WorkloadHandle, WorkloadKind, WorkloadSpec, start_workload,
 };

@@ -15,6 +15,11 @@ use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp};
 
 /// Environment variable naming the passthrough target for every port (`host:port`).
 pub const PASSTHROUGH_TARGET: &str = "PASSTHROUGH_TARGET";
+/// Environment variable the kubelet sets to the cluster DNS server (`ip:port`), standing in
+/// for the pod's `/etc/resolv.conf`.
+pub const POD_DNS_ENV: &str = "KFORWARD_TESTKIT_DNS";
+/// Environment variable a relay pod may set to its idle exit, in milliseconds.
+pub const RELAY_IDLE_EXIT_ENV: &str = "KFORWARD_RELAY_IDLE_EXIT_MS";
 /// A UDP passthrough session with no traffic for this long ends.
 const PASSTHROUGH_UDP_IDLE: Duration = Duration::from_secs(60);
 /// Largest body `GET /bytes/N` serves.
@@ -74,6 +79,11 @@ pub enum WorkloadKind {
     UdpEcho,
     /// `.../passthrough`: forwards every port to `PASSTHROUGH_TARGET[_<port>]`.
     Passthrough,
+    /// Any image whose name contains `kforward-relay`: the real relay server
+    /// (`kforward_relay::server`) on the first TCP port (or `KFORWARD_RELAY_PORT`), token
+    /// from `KFORWARD_RELAY_TOKEN`, names resolved with the pod's resolver, outbound sockets
+    /// bound to the pod IP.
+    Relay,
     /// `.../sleep` and any unknown image: nothing listens.
     Sleep,
 }
@@ -93,6 +103,9 @@ impl WorkloadKind {
     /// ```
     pub fn from_image(image: &str) -> Self {
         let last = image.rsplit('/').next().unwrap_or(image);
+        if last.contains("kforward-relay") {
+            return Self::Relay;
+        }
         let name = last.split(['@', ':']).next().unwrap_or(last);
         let ends_with_word = |word: &str| {
             name.strip_suffix(word)
@@ -202,6 +215,9 @@ enum Bound {
 /// ```
 pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     let kind = WorkloadKind::from_image(&spec.image);
+    if kind == WorkloadKind::Relay {
+        return start_relay(spec).await;
+    }
     let mut seen = HashSet::new();
     for port in &spec.ports {
         if port.port == 0 {
@@ -217,7 +233,7 @@ pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     let serves = |protocol: Protocol| match kind {
         WorkloadKind::Http | WorkloadKind::Echo => protocol == Protocol::Tcp,
         WorkloadKind::UdpEcho | WorkloadKind::Passthrough => true,
-        WorkloadKind::Sleep => false,
+        WorkloadKind::Sleep | WorkloadKind::Relay => false,
     };
     let mut targets = BTreeMap::new();
     if kind == WorkloadKind::Passthrough {
@@ -288,6 +304,72 @@ pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     Ok(WorkloadHandle {
         kind,
         listening,
+        tasks,
+    })
+}
+
+/// Resolves names the way the relay pod's own resolver would.
+struct RelayResolver(Option<super::dns::PodResolver>);
+
+impl kforward_relay::server::Resolve for RelayResolver {
+    async fn resolve(&self, host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        match &self.0 {
+            Some(r) => r
+                .resolve(host)
+                .await
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())),
+            None => kforward_relay::server::SystemResolver.resolve(host).await,
+        }
+    }
+}
+
+/// Runs the real relay server on the pod's IP.
+async fn start_relay(spec: WorkloadSpec) -> Result<WorkloadHandle> {
+    let port = match spec.env.get("KFORWARD_RELAY_PORT") {
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| spec.misconfigured(format!("KFORWARD_RELAY_PORT {p:?} is not a port")))?,
+        None => spec
+            .ports
+            .iter()
+            .find(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.port)
+            .ok_or_else(|| {
+                spec.misconfigured("the relay needs a TCP port or KFORWARD_RELAY_PORT".into())
+            })?,
+    };
+    let Some(token) = spec.env.get("KFORWARD_RELAY_TOKEN").cloned() else {
+        return Err(spec.misconfigured("the relay needs KFORWARD_RELAY_TOKEN".into()));
+    };
+    let idle_exit = spec
+        .env
+        .get(RELAY_IDLE_EXIT_ENV)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(
+            kforward_relay::server::DEFAULT_IDLE_EXIT,
+            Duration::from_millis,
+        );
+    let resolver = spec
+        .env
+        .get(POD_DNS_ENV)
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|dns| super::dns::PodResolver::for_namespace(dns, &spec.namespace));
+    let (listener, local) = bind_tcp(SocketAddr::from((spec.pod_ip, port))).await?;
+    let mut tasks = TaskGroup::new();
+    let token_stop = tasks.token();
+    let source = Some(std::net::IpAddr::V4(spec.pod_ip));
+    tasks.spawn(kforward_relay::server::RelayServer::run(
+        listener,
+        token,
+        RelayResolver(resolver),
+        source,
+        idle_exit,
+        token_stop,
+    ));
+    tracing::debug!(pod = %spec.pod_name, ip = %spec.pod_ip, "relay started");
+    Ok(WorkloadHandle {
+        kind: WorkloadKind::Relay,
+        listening: vec![(Protocol::Tcp, local)],
         tasks,
     })
 }

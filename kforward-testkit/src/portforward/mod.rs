@@ -6,6 +6,7 @@
 //! `staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go` (framing,
 //! protocol choice in the client's order).
 
+pub mod spdy;
 mod websocket;
 
 use std::net::Ipv4Addr;
@@ -34,6 +35,113 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Vec<&str> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+/// The WebSocket subprotocol of SPDY tunnelled in WebSocket (kubectl >= 1.31).
+const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+fn running_pod(pod: &serde_json::Value, name: &str) -> Result<(Ipv4Addr, String), ApiError> {
+    if pod["status"]["phase"] != "Running" {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: pod {name} is not running (phase {})",
+            pod["status"]["phase"].as_str().unwrap_or("Unknown")
+        )));
+    }
+    let ip: Ipv4Addr = pod["status"]["podIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::internal(format!("pod {name} has no IP")))?;
+    Ok((
+        ip,
+        pod["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+/// SPDY/3.1 over a raw HTTP upgrade (kubectl's fallback): 101 with the same `Upgrade` and
+/// `X-Stream-Protocol-Version`, then SPDY frames on the connection.
+fn spdy_upgrade(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    pod: &serde_json::Value,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let (ip, uid) = running_pod(pod, name)?;
+    let mut resp = Response::new(crate::server::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    h.insert(
+        "X-Stream-Protocol-Version",
+        header::HeaderValue::from_static("portforward.k8s.io"),
+    );
+    let name = name.to_string();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => spdy::serve(hyper_util::rt::TokioIo::new(up), shared, name, uid, ip).await,
+            Err(e) => tracing::debug!(error = %e, "SPDY upgrade failed"),
+        }
+    });
+    Ok(resp)
+}
+
+/// SPDY/3.1 tunnelled in WebSocket binary messages (kubectl's first choice).
+fn spdy_over_websocket(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    pod: &serde_json::Value,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+    let (ip, uid) = running_pod(pod, name)?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let mut resp = Response::new(crate::server::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderValue::from_static(SPDY_TUNNEL),
+    );
+    let name = name.to_string();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(64 << 20))
+                    .write_buffer_size(0);
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(up),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    Some(config),
+                )
+                .await;
+                spdy::serve(spdy::WsByteStream::new(ws), shared, name, uid, ip).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "SPDY tunnel upgrade failed"),
+        }
+    });
+    Ok(resp)
 }
 
 /// Parses the `ports` query parameter (comma separated and/or repeated).
@@ -74,9 +182,7 @@ pub(crate) async fn handle(
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
-        return Err(ApiError::bad_request(
-            "the kforward testkit does not serve SPDY/3.1 port-forward yet; use the WebSocket protocol v4.channel.k8s.io",
-        ));
+        return spdy_upgrade(shared, req, &pod, name);
     }
     if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
         return Err(ApiError::bad_request(format!(
@@ -85,6 +191,14 @@ pub(crate) async fn handle(
         )));
     }
     let offered = header_str(&req, header::SEC_WEBSOCKET_PROTOCOL);
+    let spdy_tunnel = offered.first().is_some_and(|p| *p == SPDY_TUNNEL)
+        || (offered.contains(&SPDY_TUNNEL)
+            && !offered
+                .iter()
+                .any(|o| WS_PROTOCOLS.iter().any(|(p, _)| p == o)));
+    if spdy_tunnel {
+        return spdy_over_websocket(shared, req, &pod, name);
+    }
     let chosen = if offered.is_empty() {
         Some(("", false))
     } else {

@@ -1,0 +1,186 @@
+//! The client half of the relay handshake, and [`RelayConnector`], which opens a tunnel to
+//! the namespace's relay pod and asks it for a destination.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use super::RelayPods;
+use super::protocol::{Request, Status, Transport, decode_response, encode_request};
+use crate::error::{Error, Result};
+use crate::tunnel::Tunnel;
+
+/// How long the relay may take to answer a handshake (it resolves and connects within it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Relay pods tried for one connection (a deleted pod is replaced in between).
+const ATTEMPTS: usize = 3;
+
+/// Sends the handshake on `stream` and reads the relay's answer, reading no byte past it.
+///
+/// `pod` only names the relay in errors.
+///
+/// # Errors
+///
+/// [`Error::RelayNameNotResolved`], [`Error::RelayConnect`] (refused or timed out),
+/// [`Error::RelayRejected`] (wrong token, bad request), [`Error::RelayHandshake`] (the
+/// stream failed or the answer was not understood).
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(mut t: kforward_core::Tunnel) -> kforward_core::Result<()> {
+/// use kforward_core::relay::{handshake, protocol::Transport};
+/// handshake(&mut t, "relay-pod", "token", Transport::Udp, "dns.demo.svc.cluster.local", 5353, "127.0.0.1:4000").await?;
+/// # Ok(()) }
+/// ```
+pub async fn handshake<S>(
+    stream: &mut S,
+    pod: &str,
+    token: &str,
+    transport: Transport,
+    host: &str,
+    port: u16,
+    client_addr: &str,
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let broken = |message: String| Error::RelayHandshake {
+        pod: pod.to_string(),
+        message,
+    };
+    let req = Request::new(token, transport, host, port).with_client_addr(client_addr);
+    let wire = encode_request(&req).map_err(|e| Error::RelayRejected {
+        pod: pod.to_string(),
+        message: e.to_string(),
+    })?;
+    let exchange = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await?;
+        // Status and message length, then exactly the message: bytes after it are the
+        // destination's and must stay in the stream.
+        let mut head = [0u8; 3];
+        stream.read_exact(&mut head).await?;
+        let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
+        let mut buf = vec![0u8; 3 + len];
+        buf[..3].copy_from_slice(&head);
+        stream.read_exact(&mut buf[3..]).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| broken(format!("no answer within {}s", HANDSHAKE_TIMEOUT.as_secs())))?
+        .map_err(|e| broken(e.to_string()))?;
+    let (resp, _) = decode_response(&buf)
+        .map_err(|e| broken(e.to_string()))?
+        .ok_or_else(|| broken("incomplete answer".into()))?;
+    let target = format!("{host}:{port}/{}", transport.as_str());
+    match resp.status {
+        Status::Ok => Ok(()),
+        Status::NameNotResolved => Err(Error::RelayNameNotResolved {
+            host: host.to_string(),
+            message: resp.message,
+        }),
+        Status::Refused | Status::TimedOut => Err(Error::RelayConnect {
+            target,
+            message: resp.message,
+            timed_out: resp.status == Status::TimedOut,
+        }),
+        Status::NotAllowed | Status::BadRequest => Err(Error::RelayRejected {
+            pod: pod.to_string(),
+            message: resp.message,
+        }),
+    }
+}
+
+/// Opens streams to destinations through the relay pod of one namespace, creating the pod
+/// when needed and replacing it when it is gone.
+#[derive(Clone)]
+pub struct RelayConnector {
+    pods: Arc<RelayPods>,
+    namespace: String,
+}
+
+impl std::fmt::Debug for RelayConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConnector")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl RelayConnector {
+    /// A connector through `pods`' relay in `namespace`.
+    pub fn new(pods: Arc<RelayPods>, namespace: &str) -> Self {
+        RelayConnector {
+            pods,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The relay pods used.
+    pub fn pods(&self) -> &Arc<RelayPods> {
+        &self.pods
+    }
+
+    /// Makes sure the namespace's relay pod exists and is ready.
+    ///
+    /// # Errors
+    ///
+    /// See [`RelayPods::pod_for`].
+    pub async fn ensure(&self) -> Result<String> {
+        self.pods.pod_for(&self.namespace).await
+    }
+
+    /// A stream to `host:port` over `transport`, handshake done.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`RelayPods::pod_for`], [`Tunnel::open`] and [`handshake`]; a relay
+    /// pod that went away is replaced and tried again first.
+    pub async fn connect(
+        &self,
+        transport: Transport,
+        host: &str,
+        port: u16,
+        client_addr: &str,
+    ) -> Result<Tunnel> {
+        let ctx = self.pods.context();
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let pod = self.pods.pod_for(&self.namespace).await?;
+            let opened = Tunnel::open(ctx, &self.namespace, &pod, self.pods.port()).await;
+            let err = match opened {
+                Ok(mut t) => {
+                    match handshake(
+                        &mut t,
+                        &pod,
+                        self.pods.token(),
+                        transport,
+                        host,
+                        port,
+                        client_addr,
+                    )
+                    .await
+                    {
+                        Ok(()) => return Ok(t),
+                        Err(e @ Error::RelayHandshake { .. }) => e,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if e.is_retryable() => e,
+                Err(e) => return Err(e),
+            };
+            debug!(%pod, error = %err, "relay unusable; checking the pod");
+            self.pods.check(&self.namespace, &pod).await;
+            last = Some(err);
+        }
+        Err(last.unwrap_or(Error::RelayPod {
+            namespace: self.namespace.clone(),
+            message: "no relay pod could be used".into(),
+            retryable: true,
+        }))
+    }
+}

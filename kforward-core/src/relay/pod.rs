@@ -1,0 +1,511 @@
+//! Relay pods: one per (session, namespace), created on first use, kept alive by a
+//! heartbeat annotation, replaced when deleted, deleted on stop, and garbage-collected when
+//! their session is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::KubeContext;
+use crate::error::{Error, Result};
+
+/// The port the relay listens on inside its pod.
+pub const DEFAULT_RELAY_PORT: u16 = 7311;
+/// `app.kubernetes.io/name` of every relay pod.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/managed-by` of every relay pod.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The label naming the session that owns a relay pod.
+pub const LABEL_SESSION: &str = "kforward.dev/session";
+const ANNOTATION_HEARTBEAT: &str = "kforward.dev/heartbeat";
+const ANNOTATION_CREATED_AT: &str = "kforward.dev/created-at";
+const ANNOTATION_CREATED_BY: &str = "kforward.dev/created-by";
+/// How often the owner refreshes its pods' heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// A relay pod whose heartbeat is older than this belongs to a dead session.
+const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
+/// How often a relay pod's readiness is checked while waiting.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+/// The relay image of this version: `ghcr.io/kforward/kforward-relay:<version>`.
+///
+/// # Example
+///
+/// ```
+/// assert!(kforward_core::relay::default_image().starts_with("ghcr.io/kforward/kforward-relay:"));
+/// ```
+pub fn default_image() -> String {
+    format!(
+        "ghcr.io/kforward/kforward-relay:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Settings of relay pods.
+///
+/// # Example
+///
+/// ```
+/// let o = kforward_core::relay::RelayOptions::default();
+/// assert_eq!(o.port, kforward_core::relay::DEFAULT_RELAY_PORT);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOptions {
+    /// The relay's container image (`--relay-image`).
+    pub image: String,
+    /// The port the relay listens on in its pod.
+    pub port: u16,
+    /// How long a new relay pod may take to become Ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            image: default_image(),
+            port: DEFAULT_RELAY_PORT,
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The relay pods of one session, at most one per namespace.
+pub struct RelayPods {
+    ctx: KubeContext,
+    opts: RelayOptions,
+    session: String,
+    token: String,
+    /// Namespace to pod name.
+    pods: tokio::sync::Mutex<HashMap<String, String>>,
+    /// A copy of `pods` the heartbeat and `Drop` read without awaiting.
+    known: std::sync::Mutex<HashMap<String, String>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RelayPods {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayPods")
+            .field("session", &self.session)
+            .field("image", &self.opts.image)
+            .finish()
+    }
+}
+
+/// Relay pods shared by several forwards; equal when they are the same pods.
+#[derive(Debug, Clone)]
+pub struct SharedRelayPods(pub Arc<RelayPods>);
+
+impl PartialEq for SharedRelayPods {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedRelayPods {}
+
+fn random_hex(len: usize) -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{user}@{host}")
+}
+
+impl RelayPods {
+    /// Relay pods for a new session (a random id); nothing is created until first use.
+    /// A heartbeat task keeps the session's pods marked alive until [`delete_all`](Self::delete_all)
+    /// or drop.
+    pub fn new(ctx: KubeContext, opts: RelayOptions) -> Arc<Self> {
+        let pods = Arc::new(RelayPods {
+            ctx,
+            opts,
+            session: random_hex(8),
+            token: random_hex(32),
+            pods: tokio::sync::Mutex::new(HashMap::new()),
+            known: std::sync::Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+        });
+        let weak = Arc::downgrade(&pods);
+        let stop = pods.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                }
+                let Some(p) = weak.upgrade() else { return };
+                p.heartbeat().await;
+            }
+        });
+        pods
+    }
+
+    /// The session id (the `kforward.dev/session` label).
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The secret the relay checks.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The relay's port in its pod.
+    pub fn port(&self) -> u16 {
+        self.opts.port
+    }
+
+    /// The connection to the cluster.
+    pub fn context(&self) -> &KubeContext {
+        &self.ctx
+    }
+
+    /// The relay pods in use now, as `(namespace, pod)`.
+    pub fn current(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = lock(&self.known).clone().into_iter().collect();
+        v.sort();
+        v
+    }
+
+    async fn heartbeat(&self) {
+        let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_HEARTBEAT: now_secs().to_string()}}});
+        for (ns, pod) in self.current() {
+            let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), &ns);
+            if let Err(e) = api
+                .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                debug!(%pod, error = %e, "relay heartbeat failed");
+            }
+        }
+    }
+
+    fn pod_object(&self, name: &str) -> Pod {
+        let labels = BTreeMap::from([
+            (LABEL_NAME.to_string(), "kforward-relay".to_string()),
+            (LABEL_MANAGED_BY.to_string(), "kforward".to_string()),
+            (LABEL_SESSION.to_string(), self.session.clone()),
+        ]);
+        let now = now_secs().to_string();
+        let annotations = BTreeMap::from([
+            (ANNOTATION_CREATED_AT.to_string(), now.clone()),
+            (ANNOTATION_CREATED_BY.to_string(), who()),
+            (ANNOTATION_HEARTBEAT.to_string(), now),
+        ]);
+        let port = self.opts.port;
+        let q = |s: &str| Quantity(s.to_string());
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                automount_service_account_token: Some(false),
+                restart_policy: Some("Never".into()),
+                termination_grace_period_seconds: Some(5),
+                security_context: Some(PodSecurityContext {
+                    run_as_non_root: Some(true),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                containers: vec![Container {
+                    name: "relay".into(),
+                    image: Some(self.opts.image.clone()),
+                    args: Some(vec!["--port".into(), port.to_string()]),
+                    env: Some(vec![
+                        EnvVar {
+                            name: "KFORWARD_RELAY_TOKEN".into(),
+                            value: Some(self.token.clone()),
+                            ..Default::default()
+                        },
+                        EnvVar {
+                            name: "KFORWARD_RELAY_PORT".into(),
+                            value: Some(port.to_string()),
+                            ..Default::default()
+                        },
+                    ]),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("relay".into()),
+                        container_port: i32::from(port),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                    security_context: Some(SecurityContext {
+                        run_as_non_root: Some(true),
+                        read_only_root_filesystem: Some(true),
+                        allow_privilege_escalation: Some(false),
+                        capabilities: Some(Capabilities {
+                            drop: Some(vec!["ALL".into()]),
+                            ..Default::default()
+                        }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    resources: Some(ResourceRequirements {
+                        requests: Some(BTreeMap::from([
+                            ("cpu".to_string(), q("10m")),
+                            ("memory".to_string(), q("16Mi")),
+                        ])),
+                        limits: Some(BTreeMap::from([("memory".to_string(), q("128Mi"))])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The ready relay pod of `namespace`, created (and waited for) when there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RelayPod`] when the pod cannot be pulled or is not Ready in time (the
+    /// message names the image and `--relay-image`), or the API errors of creating a pod
+    /// ([`Error::Forbidden`] without `create pods`).
+    pub async fn pod_for(&self, namespace: &str) -> Result<String> {
+        let mut pods = self.pods.lock().await;
+        if let Some(p) = pods.get(namespace) {
+            return Ok(p.clone());
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
+        let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
+        let server = self.ctx.server().to_string();
+        api.create(&PostParams::default(), &self.pod_object(&name))
+            .await
+            .map_err(|e| Error::from_kube(e, &server, "create", "pods", namespace, None))?;
+        info!(pod = %name, %namespace, "created relay pod");
+        if let Err(e) = self.wait_ready(&api, namespace, &name).await {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+            return Err(e);
+        }
+        pods.insert(namespace.to_string(), name.clone());
+        lock(&self.known).insert(namespace.to_string(), name.clone());
+        Ok(name)
+    }
+
+    async fn wait_ready(&self, api: &Api<Pod>, namespace: &str, name: &str) -> Result<()> {
+        let fail = |message: String, retryable: bool| Error::RelayPod {
+            namespace: namespace.to_string(),
+            message,
+            retryable,
+        };
+        let deadline = tokio::time::Instant::now() + self.opts.ready_timeout;
+        loop {
+            match api.get_opt(name).await {
+                Ok(Some(pod)) => {
+                    let status = pod.status.unwrap_or_default();
+                    let ready = status.phase.as_deref() == Some("Running")
+                        && status
+                            .conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                    if ready {
+                        return Ok(());
+                    }
+                    for cs in status.container_statuses.iter().flatten() {
+                        let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+                        let reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");
+                        if matches!(
+                            reason,
+                            "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName"
+                        ) {
+                            let detail =
+                                waiting.and_then(|w| w.message.clone()).unwrap_or_default();
+                            return Err(fail(
+                                format!(
+                                    "the cluster cannot pull the relay image {:?} ({reason}: {detail}); \
+                                     push it to a registry the cluster can reach and pass --relay-image",
+                                    self.opts.image
+                                ),
+                                false,
+                            ));
+                        }
+                    }
+                    if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
+                        return Err(fail(
+                            format!("relay pod {name:?} exited before it was ready"),
+                            true,
+                        ));
+                    }
+                }
+                Ok(None) => {
+                    return Err(fail(
+                        format!("relay pod {name:?} was deleted while starting"),
+                        true,
+                    ));
+                }
+                Err(e) => debug!(error = %e, "reading the relay pod failed"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    format!(
+                        "relay pod {name:?} (image {:?}) was not ready after {}s",
+                        self.opts.image,
+                        self.opts.ready_timeout.as_secs()
+                    ),
+                    true,
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// After a failure through `pod`: forgets it when it is gone or going, so the next
+    /// [`pod_for`](Self::pod_for) makes a new one.
+    pub async fn check(&self, namespace: &str, pod: &str) {
+        let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
+        let gone = match api.get_opt(pod).await {
+            Ok(None) => true,
+            Ok(Some(p)) => {
+                p.metadata.deletion_timestamp.is_some()
+                    || matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Failed" | "Succeeded")
+                    )
+            }
+            Err(_) => false,
+        };
+        if gone {
+            warn!(%pod, %namespace, "relay pod is gone; a new one will be made");
+            let mut pods = self.pods.lock().await;
+            if pods.get(namespace).map(String::as_str) == Some(pod) {
+                pods.remove(namespace);
+                lock(&self.known).remove(namespace);
+            }
+        }
+    }
+
+    /// Deletes every relay pod of this session and stops the heartbeat.
+    pub async fn delete_all(&self) {
+        self.stop.cancel();
+        let pods: Vec<(String, String)> = self.pods.lock().await.drain().collect();
+        lock(&self.known).clear();
+        for (ns, pod) in pods {
+            let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), &ns);
+            match api.delete(&pod, &DeleteParams::default()).await {
+                Ok(_) => info!(%pod, namespace = %ns, "deleted relay pod"),
+                Err(e) => warn!(%pod, namespace = %ns, error = %e, "cannot delete relay pod"),
+            }
+        }
+    }
+}
+
+impl Drop for RelayPods {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let pods: Vec<(String, String)> = lock(&self.known).drain().collect();
+        if pods.is_empty() {
+            return;
+        }
+        // Best effort: the relay also exits by itself when idle, and `gc` cleans up.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let client = self.ctx.client().clone();
+            rt.spawn(async move {
+                for (ns, pod) in pods {
+                    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                    let _ = api.delete(&pod, &DeleteParams::default()).await;
+                }
+            });
+        }
+    }
+}
+
+/// Deletes relay pods whose session is gone (heartbeat older than 2 minutes), in
+/// `namespace` or in every namespace; returns `namespace/name` of each pod deleted.
+///
+/// # Errors
+///
+/// The API errors of listing and deleting pods.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(ctx: kforward_core::KubeContext) -> kforward_core::Result<()> {
+/// let deleted = kforward_core::relay::gc(&ctx, Some("demo")).await?;
+/// println!("deleted {} relay pods", deleted.len());
+/// # Ok(()) }
+/// ```
+pub async fn gc(ctx: &KubeContext, namespace: Option<&str>) -> Result<Vec<String>> {
+    let api: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(ctx.client().clone(), ns),
+        None => Api::all(ctx.client().clone()),
+    };
+    let ns_label = namespace.unwrap_or("");
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_NAME}=kforward-relay,{LABEL_MANAGED_BY}=kforward"
+    ));
+    let list = api
+        .list(&lp)
+        .await
+        .map_err(|e| Error::from_kube(e, ctx.server(), "list", "pods", ns_label, None))?;
+    let now = now_secs();
+    let mut deleted = Vec::new();
+    for pod in list.items {
+        let (Some(name), Some(ns)) = (pod.metadata.name.clone(), pod.metadata.namespace.clone())
+        else {
+            continue;
+        };
+        let beat = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_HEARTBEAT))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if now.saturating_sub(beat) <= HEARTBEAT_STALE.as_secs() {
+            continue;
+        }
+        let api: Api<Pod> = Api::namespaced(ctx.client().clone(), &ns);
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|e| Error::from_kube(e, ctx.server(), "delete", "pods", &ns, Some(&name)))?;
+        deleted.push(format!("{ns}/{name}"));
+    }
+    Ok(deleted)
+}
