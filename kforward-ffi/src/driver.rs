@@ -229,7 +229,7 @@ impl Shared {
             })),
             Phase::Stopping | Phase::Stopped => Err(Fail::new(
                 kf_result::KF_ALREADY_STOPPED,
-                format!("{} was stopped before it was ready", self.label),
+                format!("{} has been stopped", self.label),
             )),
         }
     }

@@ -31,8 +31,8 @@ pub enum kf_result {
     /// The config asks for something this build cannot do yet: UDP, or `workload_type`
     /// `proxy` (both need the in-cluster relay).
     KF_UNSUPPORTED = 7,
-    /// `kf_forward_stop` was already called on this forward, or it is no longer starting
-    /// when `kf_forward_wait_ready` is waiting for it.
+    /// The forward was already stopped: by an earlier `kf_forward_stop`, or before
+    /// `kf_forward_wait_ready` saw it ready.
     KF_ALREADY_STOPPED = 8,
     /// The wait ended before the forward was ready or had failed.
     KF_TIMEOUT = 9,

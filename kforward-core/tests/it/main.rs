@@ -3,4 +3,5 @@
 mod common;
 mod errors;
 mod forward;
+mod relay;
 mod supervisor;

@@ -364,29 +364,166 @@ async fn kubectl_auth_can_i_follows_deny() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
 }
 
-#[tokio::test]
-async fn kubectl_port_forward_fails_cleanly_without_spdy() {
+/// A running `kubectl port-forward` (killed on drop) and the local port it chose.
+async fn port_forward(
+    k: &Kubectl,
+    target: &str,
+    remote: &str,
+    websockets: bool,
+) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(&k.bin);
+    cmd.arg("--kubeconfig")
+        .arg(&k.kubeconfig)
+        .arg("--cache-dir")
+        .arg(k.cache.path())
+        .args([
+            "port-forward",
+            "-n",
+            DEMO_NAMESPACE,
+            target,
+            &format!(":{remote}"),
+            "--address",
+            "127.0.0.1",
+        ])
+        .env(
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+            if websockets { "true" } else { "false" },
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl port-forward starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = bounded("kubectl port-forward to print its port", lines.next_line())
+        .await
+        .expect("a line")
+        .unwrap_or_else(|| {
+            panic!(
+                "kubectl port-forward {target} exited without forwarding (websockets {websockets})"
+            )
+        });
+    // "Forwarding from 127.0.0.1:PORT -> REMOTE"
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    // Keep draining stdout ("Handling connection for ...") so kubectl never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+async fn http_get_pod_name(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    let reply = bounded("an HTTP reply through kubectl", work).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_to_pod_service_and_deployment_over_both_transports() {
     let Some((cluster, k)) = setup().await else {
         return;
     };
-    let web = pod_names(&cluster, "app=web").remove(0);
-    let target = format!("pod/{web}");
-    for env in [&[][..], &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")][..]] {
-        let out = k
-            .run(
-                &["port-forward", "-n", DEMO_NAMESPACE, &target, "0:8080"],
-                env,
-            )
-            .await;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "port-forward must fail for now ({env:?})"
-        );
-        assert!(
-            stderr.contains("SPDY"),
-            "the error names SPDY ({env:?}): {stderr}"
-        );
+    let web = pod_names(&cluster, "app=web");
+    let pod = format!("pod/{}", web[0]);
+    for websockets in [true, false] {
+        for (target, remote) in [
+            (pod.as_str(), "8080"),
+            ("svc/web", "80"),
+            ("deploy/web", "8080"),
+        ] {
+            let (child, port) = port_forward(&k, target, remote, websockets).await;
+            let name = http_get_pod_name(port).await;
+            assert!(
+                web.contains(&name),
+                "{target} (websockets {websockets}) answered {name:?}"
+            );
+            drop(child);
+        }
     }
-    assert_eq!(cluster.stats().live_port_forwards, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_carries_64_mib_and_50_connections_over_both_transports() {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((_cluster, k)) = setup().await else {
+        return;
+    };
+    let mut data = vec![0u8; 64 << 20];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let want = Sha256::digest(&data);
+    let data = std::sync::Arc::new(data);
+    for websockets in [true, false] {
+        let (child, port) = port_forward(&k, "svc/echo", "7000", websockets).await;
+        // 64 MiB through the echo pod and back, checksummed.
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let (mut r, mut w) = s.into_split();
+        let d = data.clone();
+        let writer = tokio::spawn(async move { w.write_all(&d).await.expect("write") });
+        let mut got = Sha256::new();
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        bounded("64 MiB echoed through kubectl", async {
+            while n < 64 << 20 {
+                let k = r.read(&mut buf).await.expect("read");
+                assert!(k > 0, "EOF after {n} bytes");
+                got.update(&buf[..k]);
+                n += k;
+            }
+        })
+        .await;
+        writer.await.expect("writer");
+        assert_eq!(got.finalize(), want, "checksum (websockets {websockets})");
+        // 50 connections at once.
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            tasks.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                let msg = format!("connection {i} ").repeat(64);
+                s.write_all(msg.as_bytes()).await.expect("write");
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).await.expect("read");
+                assert_eq!(back, msg.as_bytes());
+            }));
+        }
+        bounded("50 concurrent connections", async {
+            for t in tasks {
+                t.await.expect("connection");
+            }
+        })
+        .await;
+        drop(child);
+    }
 }

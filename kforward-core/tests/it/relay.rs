@@ -1,0 +1,281 @@
+//! UDP and proxy forwards through the in-cluster relay (the testkit's relay pods run the real
+//! relay server).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use kforward_core::relay::protocol::Transport;
+use kforward_core::relay::{RelayConnector, RelayOptions, RelayPods};
+use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+use kforward_core::{Forwarder, ProxyForwarder, UdpForwarder};
+use kforward_testkit::Cluster;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::common::*;
+
+const RELAY_SELECTOR: &str = "app.kubernetes.io/name=kforward-relay";
+
+fn udp_spec(target: Target, remote: u16) -> ForwardSpec {
+    ForwardSpec::new(target, [PortMapping::new(0, remote)])
+        .with_namespace("demo")
+        .with_protocol(Protocol::Udp)
+}
+
+async fn start_udp(
+    ctx: &kforward_core::KubeContext,
+    spec: ForwardSpec,
+) -> (UdpForwarder, SocketAddr) {
+    let mut f = UdpForwarder::new(ctx.clone(), spec, quick());
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("start in time")
+        .expect("udp forward starts");
+    (f, bound[0].local_addr)
+}
+
+async fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("bind client")
+}
+
+/// Sends `msg` and waits for its echo, resending a few times (a new session may be opening).
+async fn ask(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..20 {
+        sock.send_to(msg, to).await.expect("send");
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf)).await {
+            return buf[..r.expect("recv")].to_vec();
+        }
+    }
+    panic!("no reply to {:?}", String::from_utf8_lossy(msg));
+}
+
+fn relay_pods(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .pods("demo", Some(RELAY_SELECTOR))
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+async fn wait_no_relay_pods(cluster: &Cluster) {
+    cluster
+        .wait_for("relay pods to be deleted", WAIT, |c| {
+            c.pods("demo", Some(RELAY_SELECTOR)).is_empty()
+        })
+        .await
+        .expect("relay pod deleted after stop");
+}
+
+#[tokio::test]
+async fn ten_thousand_udp_datagrams_through_svc_dns_none_lost() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let (mut f, addr) =
+        start_udp(&ctx, udp_spec(Target::Service { name: "dns".into() }, 5353)).await;
+    assert_eq!(relay_pods(&cluster).len(), 1, "one relay pod while running");
+    let sock = client().await;
+    // The first answer opens the session; after that, each datagram waits for its echo.
+    assert_eq!(ask(&sock, addr, b"warm-up").await, b"warm-up");
+    let mut buf = vec![0u8; 2048];
+    let work = async {
+        for i in 0..10_000u32 {
+            let msg = format!("datagram {i}");
+            sock.send_to(msg.as_bytes(), addr).await.expect("send");
+            let n = sock.recv(&mut buf).await.expect("recv");
+            assert_eq!(&buf[..n], msg.as_bytes(), "echo of datagram {i}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .expect("10,000 echoes in time");
+    tokio::time::timeout(WAIT, f.stop()).await.expect("stops");
+    wait_no_relay_pods(&cluster).await;
+}
+
+#[tokio::test]
+async fn udp_peers_each_get_only_their_replies_and_repeats_arrive() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let (mut f, addr) =
+        start_udp(&ctx, udp_spec(Target::Service { name: "dns".into() }, 5353)).await;
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        peers.push(client().await);
+    }
+    for (p, sock) in peers.iter().enumerate() {
+        let msg = format!("hello from peer {p}");
+        assert_eq!(ask(sock, addr, msg.as_bytes()).await, msg.as_bytes());
+    }
+    // Interleaved traffic: every peer sends, then every peer reads only its own.
+    for round in 0..20 {
+        for (p, sock) in peers.iter().enumerate() {
+            sock.send_to(format!("peer {p} round {round}").as_bytes(), addr)
+                .await
+                .expect("send");
+        }
+        for (p, sock) in peers.iter().enumerate() {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+                .await
+                .expect("reply in time")
+                .expect("recv");
+            assert_eq!(&buf[..n], format!("peer {p} round {round}").as_bytes());
+        }
+    }
+    // Several replies to one datagram.
+    let sock = &peers[0];
+    sock.send_to(b"repeat=3;many", addr).await.expect("send");
+    let mut buf = [0u8; 256];
+    for _ in 0..3 {
+        let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .expect("each of 3 replies in time")
+            .expect("recv");
+        assert_eq!(&buf[..n], b"repeat=3;many");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), peers[1].recv(&mut buf))
+            .await
+            .is_err(),
+        "other peers get nothing"
+    );
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}
+
+#[tokio::test]
+async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let real = cluster.external_host_addr(host).expect("external host");
+    // Directly, the host resets us.
+    let mut direct = TcpStream::connect(real).await.expect("connect");
+    let _ = direct.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+    let mut out = Vec::new();
+    assert!(
+        matches!(direct.read_to_end(&mut out).await, Err(_) | Ok(0)),
+        "a direct connection is refused"
+    );
+    let spec = ForwardSpec::new(
+        Target::Proxy { host: host.into() },
+        [PortMapping::new(0, real.port())],
+    )
+    .with_namespace("demo");
+    let mut f = ProxyForwarder::new(ctx, spec, quick());
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("proxy starts");
+    let relay_ip = cluster.pods("demo", Some(RELAY_SELECTOR))[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("relay pod ip");
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(bound[0].local_addr)
+            .await
+            .expect("connect");
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut reply = String::new();
+        tokio::time::timeout(WAIT, c.read_to_string(&mut reply))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            reply.contains(&format!("hello from {host} to {relay_ip}")),
+            "{reply}"
+        );
+    }
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}
+
+#[tokio::test]
+async fn udp_proxy_reaches_a_host_only_pods_can_reach() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let real = cluster.external_host_udp_addr(host).expect("external udp");
+    let spec = ForwardSpec::new(
+        Target::Proxy { host: host.into() },
+        [PortMapping::new(0, real.port())],
+    )
+    .with_namespace("demo")
+    .with_protocol(Protocol::Udp);
+    let mut f = kforward_core::forwarder_for(ctx, spec, quick()).expect("a forwarder");
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("starts");
+    let sock = client().await;
+    assert_eq!(
+        ask(&sock, bound[0].local_addr, b"private ping").await,
+        b"private ping"
+    );
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}
+
+#[tokio::test]
+async fn an_unresolvable_name_gives_a_clear_error() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let pods = RelayPods::new(ctx, RelayOptions::default());
+    let conn = RelayConnector::new(pods.clone(), "demo");
+    let err = tokio::time::timeout(
+        WAIT,
+        conn.connect(Transport::Tcp, "db.nowhere.internal", 5432, "test"),
+    )
+    .await
+    .expect("in time")
+    .expect_err("no such name");
+    assert!(
+        err.to_string()
+            .starts_with("could not resolve \"db.nowhere.internal\" from inside the cluster"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    pods.delete_all().await;
+    wait_no_relay_pods(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_relay_pod_deleted_mid_session_is_replaced() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let (mut f, addr) =
+        start_udp(&ctx, udp_spec(Target::Service { name: "dns".into() }, 5353)).await;
+    let sock = client().await;
+    assert_eq!(ask(&sock, addr, b"before").await, b"before");
+    let old = relay_pods(&cluster);
+    assert_eq!(old.len(), 1);
+    cluster
+        .delete_pod("demo", &old[0])
+        .expect("delete relay pod");
+    // The session breaks with the pod; the next datagrams get a new relay pod.
+    let work = async {
+        loop {
+            let reply = ask(&sock, addr, b"after").await;
+            if reply == b"after" {
+                let now = relay_pods(&cluster);
+                if now.len() == 1 && now[0] != old[0] {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), work)
+        .await
+        .expect("recovers with a new relay pod");
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}
