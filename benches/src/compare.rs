@@ -1,23 +1,31 @@
 //! The comparison harness: one testkit cluster, the same measurements through each path,
-//! interleaved (A B A B ...) so that a noisy shared machine affects every path alike, and
-//! medians over the rounds.
+//! interleaved (A B C D A B C D ...) so that a noisy shared machine affects every path
+//! alike, and medians over the rounds.
 //!
-//! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C]`
+//! Paths: `direct` (the pod's own address: the limit), `kforward`, `kubectl` (the real
+//! `kubectl port-forward`, from `$KUBECTL` or `../shared/tools/install-kubectl`) and
+//! `kube-pf` (kube's `Portforwarder` with `copy_bidirectional`, the way kftray forwards).
+//!
+//! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]`
+
+mod baseline;
+mod kubectl;
+mod measure;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
 use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
 use kforward_testkit::Cluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 struct Opts {
     bytes: u64,
     rounds: usize,
     conns: usize,
+    rtts: usize,
+    idle: Vec<usize>,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -25,6 +33,8 @@ fn parse() -> anyhow::Result<Opts> {
         bytes: 1 << 30,
         rounds: 3,
         conns: 1000,
+        rtts: 5000,
+        idle: vec![1, 50, 200],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -33,53 +43,15 @@ fn parse() -> anyhow::Result<Opts> {
             "--bytes" => o.bytes = v.parse()?,
             "--rounds" => o.rounds = v.parse()?,
             "--conns" => o.conns = v.parse()?,
+            "--rtts" => o.rtts = v.parse()?,
+            "--idle" => o.idle = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
             _ => bail!("unknown argument {a}"),
         }
     }
     Ok(o)
 }
 
-/// Downloads `bytes` from the HTTP pod's `/bytes/N`; returns MB/s (10^6 bytes).
-async fn bulk(addr: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    let start = Instant::now();
-    s.write_all(
-        format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    if total < bytes {
-        bail!("short read: {total} of {bytes}");
-    }
-    Ok(bytes as f64 / secs / 1e6)
-}
-
-/// Time from connect to the first byte of the reply to `GET /`, for one new connection.
-async fn first_byte(addr: SocketAddr) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).await?;
-    let t = start.elapsed();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await?;
-    Ok(t)
-}
-
-fn median(v: &mut [f64]) -> f64 {
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -90,64 +62,199 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[i]
 }
 
+struct Path {
+    name: &'static str,
+    http: SocketAddr,
+    echo: SocketAddr,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = parse()?;
     let cluster = Cluster::demo().await?;
     let ctx = KubeContext::load(&KubeconfigSource::default().with_path(cluster.kubeconfig_path()))
         .await?;
-    // One pod, so direct and forwarded traffic hit the same server.
-    let pod = cluster
+    // One web pod and the echo pod, so every path hits the same servers.
+    let web = cluster
         .pods("demo", Some("app=web"))
         .into_iter()
         .next()
         .context("a web pod")?;
-    let name = pod.metadata.name.clone().context("pod name")?;
-    let ip = pod.status.and_then(|s| s.pod_ip).context("pod ip")?;
-    let direct: SocketAddr = format!("{ip}:8080").parse()?;
-    let spec = ForwardSpec::new(Target::Pod { name }, [PortMapping::new(0, 8080)])
+    let echo = cluster
+        .pods("demo", Some("app=echo"))
+        .into_iter()
+        .next()
+        .context("an echo pod")?;
+    let (web_name, echo_name) = (
+        web.metadata.name.clone().context("name")?,
+        echo.metadata.name.clone().context("name")?,
+    );
+    let ip = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .context("pod ip")
+    };
+    let direct = Path {
+        name: "direct",
+        http: format!("{}:8080", ip(&web)?).parse()?,
+        echo: format!("{}:7000", ip(&echo)?).parse()?,
+    };
+    let mut fwds = Vec::new();
+    let via = |pod: &str, port: u16| {
+        let spec = ForwardSpec::new(
+            Target::Pod {
+                name: pod.to_string(),
+            },
+            [PortMapping::new(0, port)],
+        )
         .with_namespace("demo")
-        .with_addresses(["127.0.0.1".parse()?]);
-    let mut fwd = TcpForwarder::new(ctx, spec, Default::default());
-    let via = fwd.start().await?[0].local_addr;
-    let paths = [("direct", direct), ("kforward", via)];
+        .with_addresses(["127.0.0.1".parse().expect("ip")]);
+        TcpForwarder::new(ctx.clone(), spec, Default::default())
+    };
+    let mut fw_http = via(&web_name, 8080);
+    let mut fw_echo = via(&echo_name, 7000);
+    let kf = Path {
+        name: "kforward",
+        http: fw_http.start().await?[0].local_addr,
+        echo: fw_echo.start().await?[0].local_addr,
+    };
+    fwds.push(fw_http);
+    fwds.push(fw_echo);
+    let kube_client = ctx.client().clone();
+    let b_http = baseline::start(kube_client.clone(), &web_name, 8080).await?;
+    let b_echo = baseline::start(kube_client, &echo_name, 7000).await?;
+    let kube_pf = Path {
+        name: "kube-pf",
+        http: b_http.addr,
+        echo: b_echo.addr,
+    };
+    let mut paths = vec![direct, kf, kube_pf];
+    let kubectl_bin = kubectl::find();
+    let mut kubectl_children = Vec::new();
+    match &kubectl_bin {
+        Ok(bin) => {
+            let (c1, http) = kubectl::port_forward(
+                bin,
+                cluster.kubeconfig_path(),
+                &format!("pod/{web_name}"),
+                8080,
+            )
+            .await?;
+            let (c2, echo) = kubectl::port_forward(
+                bin,
+                cluster.kubeconfig_path(),
+                &format!("pod/{echo_name}"),
+                7000,
+            )
+            .await?;
+            kubectl_children.push(c1);
+            kubectl_children.push(c2);
+            paths.push(Path {
+                name: "kubectl",
+                http,
+                echo,
+            });
+        }
+        Err(e) => eprintln!("note: no kubectl ({e}); its column is left out"),
+    }
 
-    let mut mbps = vec![Vec::new(); paths.len()];
+    eprintln!("bulk, 1 connection ...");
+    let mut bulk1 = vec![Vec::new(); paths.len()];
     for _ in 0..o.rounds {
-        for (i, (_, addr)) in paths.iter().enumerate() {
-            mbps[i].push(bulk(*addr, o.bytes).await?);
+        for (i, p) in paths.iter().enumerate() {
+            bulk1[i].push(measure::bulk(p.http, o.bytes, 1).await?);
         }
     }
+    eprintln!("bulk, 8 connections ...");
+    let mut bulk8 = vec![Vec::new(); paths.len()];
+    for _ in 0..o.rounds {
+        for (i, p) in paths.iter().enumerate() {
+            bulk8[i].push(measure::bulk(p.http, o.bytes, 8).await?);
+        }
+    }
+    eprintln!("first byte ...");
     let mut ttfb = vec![Vec::new(); paths.len()];
     for _ in 0..o.conns {
-        for (i, (_, addr)) in paths.iter().enumerate() {
-            ttfb[i].push(first_byte(*addr).await?);
+        for (i, p) in paths.iter().enumerate() {
+            ttfb[i].push(measure::first_byte(p.http).await?);
+        }
+    }
+    eprintln!("round trips ...");
+    let mut rtt = vec![Vec::new(); paths.len()];
+    for _ in 0..o.rounds {
+        for (i, p) in paths.iter().enumerate() {
+            rtt[i].push(measure::round_trips(p.echo, o.rtts).await?);
+        }
+    }
+
+    let rows: Vec<(f64, f64, Duration, Duration, f64)> = (0..paths.len())
+        .map(|i| {
+            (
+                median(bulk1[i].clone()),
+                median(bulk8[i].clone()),
+                pct(&mut ttfb[i], 0.5),
+                pct(&mut ttfb[i], 0.99),
+                median(rtt[i].clone()),
+            )
+        })
+        .collect();
+    println!(
+        "| path | bulk MB/s, 1 conn ({} MiB) | bulk MB/s, 8 conns | first byte p50 | first byte p99 | round trips/s (64 B) |",
+        o.bytes >> 20
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (p, r) in paths.iter().zip(&rows) {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} ms | {:.3} ms | {:.0} |",
+            p.name,
+            r.0,
+            r.1,
+            r.2.as_secs_f64() * 1e3,
+            r.3.as_secs_f64() * 1e3,
+            r.4
+        );
+    }
+    let idx = |n: &str| paths.iter().position(|p| p.name == n);
+    let kf_i = idx("kforward").context("kforward row")?;
+    println!();
+    println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
+    println!("|---|---:|---:|---:|---:|");
+    for other in ["kubectl", "kube-pf", "direct"] {
+        if let Some(j) = idx(other) {
+            let (a, b) = (&rows[kf_i], &rows[j]);
+            println!(
+                "| kforward / {other} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+                a.0 / b.0,
+                a.1 / b.1,
+                a.2.as_secs_f64() / b.2.as_secs_f64(),
+                a.4 / b.4
+            );
         }
     }
     println!(
-        "| path | bulk MB/s ({} MiB, median of {}) | first byte p50 | first byte p99 |",
-        o.bytes >> 20,
-        o.rounds
+        "\n({} rounds, medians; first byte over {} new connections per path; {} round trips per round)",
+        o.rounds, o.conns, o.rtts
     );
-    println!("|---|---|---|---|");
-    let mut summary = Vec::new();
-    for (i, (label, _)) in paths.iter().enumerate() {
-        let m = median(&mut mbps[i]);
-        let p50 = pct(&mut ttfb[i], 0.5);
-        let p99 = pct(&mut ttfb[i], 0.99);
-        summary.push((m, p50));
-        println!(
-            "| {label} | {m:.0} | {:.3} ms | {:.3} ms |",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+
+    // Memory of one kforward process holding N idle forwards.
+    let cli = std::env::current_exe()?.with_file_name("kforward");
+    if cli.exists() {
+        println!("\n| idle forwards in one `kforward run` | resident memory |");
+        println!("|---:|---:|");
+        for n in &o.idle {
+            let rss = measure::idle_rss(&cli, cluster.kubeconfig_path(), *n).await?;
+            println!("| {n} | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
+        }
+    } else {
+        eprintln!(
+            "note: {} not built; build kforward-cli in the same profile for the memory rows",
+            cli.display()
         );
     }
-    println!(
-        "\nkforward / direct: throughput {:.2}x, first-byte p50 {:.2}x ({} connections each)",
-        summary[1].0 / summary[0].0,
-        summary[1].1.as_secs_f64() / summary[0].1.as_secs_f64(),
-        o.conns
-    );
-    fwd.stop().await;
+    for mut f in fwds {
+        f.stop().await;
+    }
+    drop(kubectl_children);
     Ok(())
 }

@@ -27,6 +27,11 @@ pub enum Command {
     /// Start a simulated cluster in this process and forward its demo services (no
     /// cluster or setup needed).
     Demo(DemoArgs),
+    /// Forward a local port to any host the cluster can reach (a service DNS name, a
+    /// database outside the cluster, an IP), through a relay pod in the namespace.
+    Proxy(ProxyArgs),
+    /// Delete relay pods left behind by sessions that are gone.
+    Gc(GcArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -79,6 +84,47 @@ pub struct ForwardArgs {
     /// How long to wait for a ready pod (e.g. `60s`, `2m`, `500ms`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
+    /// Forward UDP (through a relay pod in the namespace).
+    #[arg(long)]
+    pub udp: bool,
+    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long)]
+    pub relay_image: Option<String>,
+}
+
+/// `kforward proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// `HOST:PORT` as the cluster sees it, e.g. `db.internal:5432` or `10.0.0.5:53`.
+    pub destination: String,
+    /// The local port (default: the destination's port; 0 picks a free one).
+    pub local_port: Option<u16>,
+    /// Where to find the cluster (the relay pod runs in the namespace).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Forward UDP instead of TCP.
+    #[arg(long)]
+    pub udp: bool,
+    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long)]
+    pub relay_image: Option<String>,
+    /// Local addresses to listen on, comma separated; `localhost` means 127.0.0.1 and ::1.
+    #[arg(long, default_value = "localhost")]
+    pub address: String,
+    /// How events are printed.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// `kforward gc`.
+#[derive(Debug, Clone, Args)]
+pub struct GcArgs {
+    /// Where to find the cluster; `-n` limits the clean-up to one namespace.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Clean up every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
 }
 
 /// `kforward run`.

@@ -2,9 +2,7 @@
 
 use anyhow::Context;
 use kforward_core::spec::{ForwardSpec, PortMapping, Target, parse_addresses};
-use kforward_core::{
-    Event, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
-};
+use kforward_core::{Event, ForwardOptions, KubeContext, KubeconfigSource};
 use tokio::sync::broadcast;
 
 use crate::args::{ClusterArgs, ForwardArgs, Output};
@@ -23,6 +21,9 @@ pub fn spec_from_args(a: &ForwardArgs) -> anyhow::Result<ForwardSpec> {
         .map(|p| PortMapping::parse_kubectl(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mut spec = ForwardSpec::new(target, ports).with_addresses(parse_addresses(&a.address)?);
+    if a.udp {
+        spec = spec.with_protocol(kforward_core::spec::Protocol::Udp);
+    }
     if let Some(ns) = &a.cluster.namespace {
         spec = spec.with_namespace(ns);
     }
@@ -57,11 +58,15 @@ pub(crate) async fn print_events(mut rx: broadcast::Receiver<Event>, output: Out
 pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
     let ctx = connect(&a.cluster).await?;
-    let opts = ForwardOptions {
+    let mut opts = ForwardOptions {
         pod_running_timeout: a.pod_running_timeout,
         ..Default::default()
     };
-    let mut fwd = TcpForwarder::new(ctx, spec, opts);
+    if let Some(image) = &a.relay_image {
+        opts.relay.image = image.clone();
+    }
+    // UDP goes through a relay pod, which the forwarder deletes when it stops.
+    let mut fwd = kforward_core::forwarder_for(ctx, spec, opts)?;
     let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
     let started = fwd.start().await;
     if let Err(e) = started {

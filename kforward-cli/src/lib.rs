@@ -4,6 +4,7 @@ mod args;
 mod demo;
 mod forward;
 mod output;
+mod proxy;
 mod run;
 mod signal;
 mod table;
@@ -67,6 +68,8 @@ async fn run(cli: Cli, bin_name: &str) -> anyhow::Result<()> {
         Command::Forward(a) => forward::run(a).await,
         Command::Run(a) => run::run(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Proxy(a) => proxy::run(a).await,
+        Command::Gc(a) => proxy::gc(a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let name = bin_name.replace(' ', "-");

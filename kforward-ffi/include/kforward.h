@@ -58,8 +58,8 @@ typedef enum kf_result {
      */
     KF_UNSUPPORTED = 7,
     /**
-     * `kf_forward_stop` was already called on this forward, or it is no longer starting
-     * when `kf_forward_wait_ready` is waiting for it.
+     * The forward was already stopped: by an earlier `kf_forward_stop`, or before
+     * `kf_forward_wait_ready` saw it ready.
      */
     KF_ALREADY_STOPPED = 8,
     /**
@@ -151,15 +151,15 @@ typedef struct kf_runtime kf_runtime;
  * `stopped`; a forward that fails to start ends with `error`. It is borrowed for the call
  * only: copy what you keep, and do not free it.
  *
- * The callback runs on one of the runtime's worker threads, never on the thread that
- * called `kf_forward_start`. The calls for one forward come one at a time, in order; calls
+ * The callback runs on one of the runtime's worker threads, never on a thread of the
+ * caller's. The calls for one forward come one at a time, in order; calls
  * for different forwards can run at the same time on different threads, so anything
  * `userdata` points to that several forwards share needs a lock. A slow callback delays
  * only the events of its own forward (the worker hands its other work to another thread
  * while the callback runs); if it falls more than 1024 events behind, it gets a `lagged`
- * event. A callback may call `kf_forward_status` and `kf_forward_start`, but not
- * `kf_forward_stop` (it returns `KF_WRONG_THREAD`). It must not unwind (no C++ exceptions
- * or `longjmp` out of it).
+ * event. A callback may call `kf_forward_status` and `kf_forward_start`, and
+ * `kf_forward_free` (which then does not wait), but not `kf_forward_stop` (it returns
+ * `KF_WRONG_THREAD`). It must not unwind (no C++ exceptions or `longjmp` out of it).
  */
 typedef void (*kf_event_callback)(void *userdata, const char *event_json);
 

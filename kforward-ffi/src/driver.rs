@@ -31,15 +31,15 @@ use crate::runtime::CallbackScope;
 /// `stopped`; a forward that fails to start ends with `error`. It is borrowed for the call
 /// only: copy what you keep, and do not free it.
 ///
-/// The callback runs on one of the runtime's worker threads, never on the thread that
-/// called `kf_forward_start`. The calls for one forward come one at a time, in order; calls
+/// The callback runs on one of the runtime's worker threads, never on a thread of the
+/// caller's. The calls for one forward come one at a time, in order; calls
 /// for different forwards can run at the same time on different threads, so anything
 /// `userdata` points to that several forwards share needs a lock. A slow callback delays
 /// only the events of its own forward (the worker hands its other work to another thread
 /// while the callback runs); if it falls more than 1024 events behind, it gets a `lagged`
-/// event. A callback may call `kf_forward_status` and `kf_forward_start`, but not
-/// `kf_forward_stop` (it returns `KF_WRONG_THREAD`). It must not unwind (no C++ exceptions
-/// or `longjmp` out of it).
+/// event. A callback may call `kf_forward_status` and `kf_forward_start`, and
+/// `kf_forward_free` (which then does not wait), but not `kf_forward_stop` (it returns
+/// `KF_WRONG_THREAD`). It must not unwind (no C++ exceptions or `longjmp` out of it).
 pub type kf_event_callback =
     Option<unsafe extern "C" fn(userdata: *mut c_void, event_json: *const c_char)>;
 

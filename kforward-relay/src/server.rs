@@ -11,7 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -19,6 +18,9 @@ use crate::protocol::{
     MAX_DATAGRAM, ProtocolError, Request, Response, Status, Transport, decode_datagram,
     decode_request, encode_datagram, encode_response,
 };
+
+/// The shutdown signal [`RelayServer::run`] takes (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
 
 /// How long a client has to send its whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

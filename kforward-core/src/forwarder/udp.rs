@@ -37,6 +37,8 @@ const SESSION_QUEUE: usize = 1024;
 const READ_BUF: usize = 128 * 1024;
 
 /// Where a forward's datagrams go, as the relay sees it.
+// One per port mapping, so the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Destination {
     /// A host name or IP and a port (services, proxy hosts).
     Fixed { host: String, port: u16 },
@@ -227,6 +229,9 @@ pub struct UdpForwarder {
     pods: Option<(Arc<RelayPods>, bool)>,
 }
 
+/// Live sessions by local peer: an id (so an ended session removes only itself) and its queue.
+type Sessions = Arc<Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>>>;
+
 struct SessionCtx {
     socket: Arc<UdpSocket>,
     dest: Arc<Destination>,
@@ -235,7 +240,7 @@ struct SessionCtx {
     stats: Arc<Stats>,
     events: broadcast::Sender<Event>,
     label: String,
-    sessions: Arc<Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>>>,
+    sessions: Sessions,
 }
 
 impl UdpForwarder {

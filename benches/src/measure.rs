@@ -1,0 +1,130 @@
+//! The measurements, each over real sockets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn download(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(
+        format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total < bytes {
+        bail!("short read from {addr}: {total} of {bytes}");
+    }
+    Ok(total)
+}
+
+/// Downloads `bytes` in all from the HTTP pod over `conns` connections at once; MB/s.
+pub async fn bulk(addr: SocketAddr, bytes: u64, conns: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let each = bytes / conns;
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(download(addr, each)));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((each * conns) as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Time from connect to the first byte of the reply to `GET /`, for one new connection.
+pub async fn first_byte(addr: SocketAddr) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    let t = start.elapsed();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
+    Ok(t)
+}
+
+/// Small request/response round trips per second over one connection to the echo pod.
+pub async fn round_trips(addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    // Warm up: the tunnel is open and the first exchange done.
+    s.write_all(&msg).await?;
+    s.read_exact(&mut back).await?;
+    let start = Instant::now();
+    for _ in 0..n {
+        s.write_all(&msg).await?;
+        s.read_exact(&mut back).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Resident memory of `kforward run` holding `n` idle forwards (all ready).
+pub async fn idle_rss(cli: &Path, kubeconfig: &Path, n: usize) -> anyhow::Result<u64> {
+    let entries: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "alias": format!("f{i}"), "service": "web", "namespace": "demo",
+                "local_port": 0, "remote_port": 80, "local_address": "127.0.0.1",
+                "kubeconfig": kubeconfig.display().to_string(),
+            })
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("kforward-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("idle-{n}.json"));
+    std::fs::write(&file, serde_json::to_string(&entries)?)?;
+    let mut child = tokio::process::Command::new(cli)
+        .args(["run", "-o", "json", "-f"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("pid")?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut ready = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while ready < n {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.contains("\"event\":\"ready\"") => ready += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+    })
+    .await
+    .context("forwards ready in time")?;
+    if ready < n {
+        bail!("only {ready} of {n} forwards became ready");
+    }
+    // Let start-up allocations settle, then read VmRSS.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    let _ = child.kill().await;
+    let _ = std::fs::remove_file(&file);
+    Ok(kb * 1024)
+}

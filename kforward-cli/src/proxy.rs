@@ -1,0 +1,113 @@
+//! `kforward proxy` (any host the cluster can reach, through a relay pod) and `kforward gc`
+//! (relay pods of sessions that are gone).
+
+use anyhow::Context;
+use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target, parse_addresses};
+use kforward_core::{ForwardOptions, Forwarder, ProxyForwarder};
+
+use crate::args::{GcArgs, ProxyArgs};
+use crate::forward::{connect, print_events};
+use crate::signal;
+
+/// Splits `HOST:PORT` (IPv6 as `[::1]:53`).
+///
+/// # Errors
+///
+/// When there is no port, or it is not 1-65535.
+pub fn split_destination(dest: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = dest.rsplit_once(':').with_context(|| {
+        format!("destination {dest:?} needs a port: HOST:PORT, e.g. db.internal:5432")
+    })?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("destination {dest:?}: {port:?} is not a port (1-65535)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    anyhow::ensure!(!host.is_empty(), "destination {dest:?} has no host");
+    Ok((host.to_string(), port))
+}
+
+/// Runs `kforward proxy` until Ctrl-C or SIGTERM, then deletes the relay pod.
+///
+/// # Errors
+///
+/// A bad destination or address, the kubeconfig, or a forward that cannot start.
+pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
+    let (host, port) = split_destination(&a.destination)?;
+    let target = Target::parse_kubectl(&format!("proxy/{host}"))?;
+    let mut spec = ForwardSpec::new(
+        target,
+        [PortMapping::new(a.local_port.unwrap_or(port), port)],
+    )
+    .with_addresses(parse_addresses(&a.address)?);
+    if a.udp {
+        spec = spec.with_protocol(Protocol::Udp);
+    }
+    if let Some(ns) = &a.cluster.namespace {
+        spec = spec.with_namespace(ns);
+    }
+    let ctx = connect(&a.cluster).await?;
+    let mut opts = ForwardOptions::default();
+    if let Some(image) = &a.relay_image {
+        opts.relay.image = image.clone();
+    }
+    let mut fwd = ProxyForwarder::new(ctx, spec, opts);
+    let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
+    if let Err(e) = fwd.start().await {
+        printer.abort();
+        return Err(e).context(format!("cannot proxy to {}", a.destination));
+    }
+    signal::shutdown().await;
+    // Stopping deletes the relay pod.
+    fwd.stop().await;
+    drop(fwd);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), printer).await;
+    Ok(())
+}
+
+/// Runs `kforward gc`: deletes relay pods whose session stopped sending heartbeats.
+///
+/// # Errors
+///
+/// The kubeconfig, or the API server refusing to list or delete pods.
+pub async fn gc(a: GcArgs) -> anyhow::Result<()> {
+    let ctx = connect(&a.cluster).await?;
+    let ns = if a.all_namespaces {
+        None
+    } else {
+        Some(
+            a.cluster
+                .namespace
+                .clone()
+                .unwrap_or_else(|| ctx.default_namespace().to_string()),
+        )
+    };
+    let deleted = kforward_core::relay::gc(&ctx, ns.as_deref()).await?;
+    for pod in &deleted {
+        println!("pod/{pod} deleted");
+    }
+    if deleted.is_empty() {
+        eprintln!("no stale relay pods");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_destination;
+
+    #[test]
+    fn destinations_split_into_host_and_port() {
+        assert_eq!(
+            split_destination("db.internal:5432").expect("valid"),
+            ("db.internal".to_string(), 5432)
+        );
+        assert_eq!(
+            split_destination("[fd00::1]:53").expect("valid").0,
+            "fd00::1"
+        );
+        assert!(split_destination("db.internal").is_err());
+        assert!(split_destination("db.internal:0").is_err());
+    }
+}
