@@ -90,16 +90,12 @@ impl ForwardTask {
 
     /// Waits `delay`, or less when told to recheck; `false` when told to stop.
     async fn pause(&mut self, delay: Duration) -> bool {
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => return true,
-                cmd = self.commands.recv() => match cmd {
-                    None | Some(Command::Stop) => return false,
-                    Some(Command::Recheck | Command::KubeconfigChanged) => return true,
-                },
-            }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            cmd = self.commands.recv() => match cmd {
+                None | Some(Command::Stop) => false,
+                Some(Command::Recheck | Command::KubeconfigChanged) => true,
+            },
         }
     }
 
