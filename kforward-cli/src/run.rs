@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kforward_core::config::load_config_file;
+use kforward_core::relay::{RelayOptions, RelayPods, SharedRelayPods};
 use kforward_core::spec::ForwardSpec;
+use kforward_core::spec::Protocol;
 use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
-use kforward_core::{Event, ForwardOptions, ForwardState};
+use kforward_core::{Event, ForwardOptions, ForwardState, KubeContext, KubeconfigSource};
 use tokio::sync::broadcast;
 
 use crate::args::{Output, RunArgs};
@@ -53,6 +55,9 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
     Ok(specs)
 }
 
+/// The kubeconfig file and context a relay pod set belongs to.
+type RelayKey = (Option<std::path::PathBuf>, Option<String>);
+
 fn line(e: &SupervisorEvent) -> Option<String> {
     let f = |forward: &str| forward.to_string();
     Some(match &e.event {
@@ -97,10 +102,42 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
+    let base = opts.forward.clone();
     let sup = Supervisor::new(opts);
     let mut rx = sup.subscribe();
+    // UDP and proxy entries of one cluster share one relay pod per namespace.
+    let mut relays: Vec<(RelayKey, SharedRelayPods)> = Vec::new();
     for s in specs {
-        sup.add(s);
+        let relayed = s.protocol == Protocol::Udp || s.target.is_proxy();
+        if !relayed {
+            sup.add(s);
+            continue;
+        }
+        let key = (s.kubeconfig.clone(), s.context.clone());
+        let shared = match relays.iter().find(|(k, _)| *k == key) {
+            Some((_, r)) => Some(r.clone()),
+            None => match KubeContext::load(&KubeconfigSource {
+                path: key.0.clone(),
+                context: key.1.clone(),
+            })
+            .await
+            {
+                Ok(ctx) => {
+                    let r = SharedRelayPods(RelayPods::new(ctx, RelayOptions::default()));
+                    relays.push((key, r.clone()));
+                    Some(r)
+                }
+                // The forward reports the problem itself when it starts.
+                Err(_) => None,
+            },
+        };
+        sup.add_with(
+            s,
+            ForwardOptions {
+                relay_pods: shared,
+                ..base.clone()
+            },
+        );
     }
     let tty = a.output == Output::Text && std::io::stdout().is_terminal();
     let mut redraw = tokio::time::interval(Duration::from_millis(500));
@@ -135,6 +172,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     sup.shutdown().await;
+    for (_, r) in &relays {
+        r.0.delete_all().await;
+    }
     // Print what the shutdown produced.
     while let Ok(e) = rx.try_recv() {
         match a.output {

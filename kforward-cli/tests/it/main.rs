@@ -417,3 +417,73 @@ async fn run_on_a_terminal_draws_a_live_table() {
     let redraw = tokio::task::block_in_place(|| r.line_with("\u{1b}["));
     assert!(redraw.contains('A'), "{redraw:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_mixes_tcp_udp_and_proxy_entries_on_one_relay_pod() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let kc = cluster.kubeconfig_path().display().to_string();
+    let ext_port = cluster
+        .external_host_addr(kforward_testkit::DEMO_EXTERNAL_HOST)
+        .expect("external host")
+        .port();
+    let file_text = serde_json::json!([
+        {"alias": "web", "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80,
+         "local_address": "127.0.0.1", "kubeconfig": kc},
+        {"alias": "dns", "service": "dns", "namespace": "demo", "local_port": 0, "remote_port": 5353,
+         "protocol": "udp", "local_address": "127.0.0.1", "kubeconfig": kc},
+        {"alias": "private", "workload_type": "proxy", "remote_address": "private.example.internal",
+         "namespace": "demo", "local_port": 0, "remote_port": ext_port, "local_address": "127.0.0.1",
+         "kubeconfig": kc},
+    ])
+    .to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("mixed.json");
+    std::fs::write(&file, file_text).expect("write");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["run", "-o", "json", "-f"]).arg(&file);
+        c
+    });
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 3 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
+    let reply = http_get(&ready["private"]).await;
+    assert!(
+        reply.contains("hello from private.example.internal"),
+        "{reply}"
+    );
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    udp.connect(&ready["dns"]).await.expect("connect");
+    udp.send(b"ping").await.expect("send");
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, udp.recv(&mut b))
+        .await
+        .expect("in time")
+        .expect("recv");
+    assert_eq!(&b[..n], b"ping");
+    let relays = |c: &Cluster| {
+        c.pods("demo", Some("app.kubernetes.io/name=kforward-relay"))
+            .len()
+    };
+    assert_eq!(
+        relays(&cluster),
+        1,
+        "the UDP and proxy entries share one relay pod"
+    );
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+    cluster
+        .wait_for("the relay pod to be deleted", WAIT, |c| relays(c) == 0)
+        .await
+        .expect("relay pod deleted after SIGINT");
+}

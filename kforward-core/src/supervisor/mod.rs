@@ -192,6 +192,13 @@ impl Supervisor {
     /// Adds a forward and starts it; returns its id. It never fails here: a forward that
     /// cannot start shows as `reconnecting` or `failed` in its events and status.
     pub fn add(&self, spec: ForwardSpec) -> usize {
+        let forward = self.inner.opts.forward.clone();
+        self.add_with(spec, forward)
+    }
+
+    /// Adds a forward with its own settings (for instance relay pods shared by several
+    /// forwards: [`ForwardOptions::relay_pods`]); see [`Supervisor::add`].
+    pub fn add_with(&self, spec: ForwardSpec, forward: ForwardOptions) -> usize {
         let id = {
             let mut n = lock(&self.inner.next_id);
             *n += 1;
@@ -220,6 +227,7 @@ impl Supervisor {
             id,
             spec,
             opts: self.inner.opts.clone(),
+            forward,
             events: self.inner.events.clone(),
             status: status.clone(),
             commands: rx,

@@ -44,6 +44,8 @@ pub(crate) struct ForwardTask {
     pub(crate) id: usize,
     pub(crate) spec: ForwardSpec,
     pub(crate) opts: SupervisorOptions,
+    /// This forward's own settings (the relay pods it shares, for one).
+    pub(crate) forward: crate::forwarder::ForwardOptions,
     pub(crate) events: broadcast::Sender<SupervisorEvent>,
     pub(crate) status: Arc<Mutex<ForwardStatus>>,
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
@@ -101,7 +103,7 @@ impl ForwardTask {
 
     async fn try_start(&self) -> Result<TcpForwarder, Error> {
         let ctx = KubeContext::load(&self.source()).await?;
-        let mut fwd = TcpForwarder::new(ctx, self.spec.clone(), self.opts.forward.clone());
+        let mut fwd = TcpForwarder::new(ctx, self.spec.clone(), self.forward.clone());
         // Relay the forwarder's own events under this forward's id.
         let mut rx = fwd.subscribe();
         let events = self.events.clone();
@@ -193,7 +195,85 @@ impl ForwardTask {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    /// UDP and proxy forwards: started with backoff like any other; their tunnels go to a
+    /// relay pod that the relay connector replaces by itself when it goes away.
+    async fn run_relayed(mut self) {
+        let mut backoff = ExponentialBackoff::default();
+        let mut attempt = 0u32;
+        let mut fwd = loop {
+            self.set_state(ForwardState::Starting);
+            let started = async {
+                let ctx = KubeContext::load(&self.source()).await?;
+                let mut f =
+                    crate::forwarder::forwarder_for(ctx, self.spec.clone(), self.forward.clone())?;
+                let mut rx = f.subscribe();
+                let (events, id) = (self.events.clone(), self.id);
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(event) => {
+                                let _ = events.send(SupervisorEvent { id, event });
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                });
+                let bound = f.start().await?;
+                lock(&self.status).local_addrs = bound.iter().map(|b| b.local_addr).collect();
+                Ok::<_, Error>(f)
+            }
+            .await;
+            match started {
+                Ok(f) => break f,
+                Err(e) if is_fatal(&e) => {
+                    self.set_state(ForwardState::Failed {
+                        error: e.to_string(),
+                    });
+                    while let Some(c) = self.commands.recv().await {
+                        if matches!(c, Command::Stop) {
+                            break;
+                        }
+                    }
+                    self.set_state(ForwardState::Stopped);
+                    return;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    self.set_state(ForwardState::Reconnecting {
+                        attempt,
+                        next_delay_ms: delay.as_millis() as u64,
+                        error: e.to_string(),
+                    });
+                    if !self.pause(delay).await {
+                        self.set_state(ForwardState::Stopped);
+                        return;
+                    }
+                }
+            }
+        };
+        self.set_state(ForwardState::Ready);
+        while let Some(c) = self.commands.recv().await {
+            if matches!(c, Command::Stop) {
+                break;
+            }
+        }
+        fwd.stop().await;
+        self.set_state(ForwardState::Stopped);
+    }
+
+    pub(crate) async fn run(self) {
+        let relayed = self.spec.protocol == crate::spec::Protocol::Udp
+            || matches!(self.spec.target, crate::spec::Target::Proxy { .. });
+        if relayed {
+            self.run_relayed().await;
+        } else {
+            self.run_tcp().await;
+        }
+    }
+
+    async fn run_tcp(mut self) {
         let mut backoff = ExponentialBackoff::default();
         let Some(mut fwd) = self.start(&mut backoff).await else {
             self.set_state(ForwardState::Stopped);
