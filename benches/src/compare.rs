@@ -129,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         http: b_http.addr,
         echo: b_echo.addr,
     };
+    let direct_http = direct.http;
     let mut paths = vec![direct, kf, kube_pf];
     let kubectl_bin = kubectl::find();
     let mut kubectl_children = Vec::new();
@@ -236,6 +237,56 @@ async fn main() -> anyhow::Result<()> {
         "\n({} rounds, medians; first byte over {} new connections per path; {} round trips per round)",
         o.rounds, o.conns, o.rtts
     );
+
+    // Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+    let dns = cluster
+        .pods("demo", Some("app=dns"))
+        .into_iter()
+        .next()
+        .context("a dns pod")?;
+    let dns_direct: SocketAddr = format!("{}:5353", ip(&dns)?).parse()?;
+    let udp_spec = ForwardSpec::new(
+        Target::Service { name: "dns".into() },
+        [PortMapping::new(0, 5353)],
+    )
+    .with_namespace("demo")
+    .with_protocol(kforward_core::spec::Protocol::Udp)
+    .with_addresses(["127.0.0.1".parse()?]);
+    let mut udp_fwd = kforward_core::forwarder_for(ctx.clone(), udp_spec, Default::default())?;
+    let udp_via = udp_fwd.start().await?[0].local_addr;
+    let proxy_spec = ForwardSpec::new(
+        Target::Proxy { host: ip(&web)? },
+        [PortMapping::new(0, 8080)],
+    )
+    .with_namespace("demo")
+    .with_addresses(["127.0.0.1".parse()?]);
+    let mut proxy_fwd = kforward_core::forwarder_for(ctx.clone(), proxy_spec, Default::default())?;
+    let proxy_via = proxy_fwd.start().await?[0].local_addr;
+    let mut udp_rate = [Vec::new(), Vec::new()];
+    let mut udp_p50 = [Vec::new(), Vec::new()];
+    let mut tcp_hop = [Vec::new(), Vec::new()];
+    for _ in 0..o.rounds {
+        for (i, a) in [dns_direct, udp_via].into_iter().enumerate() {
+            let (rate, p50) = measure::udp_ping_pong(a, o.rtts).await?;
+            udp_rate[i].push(rate);
+            udp_p50[i].push(p50.as_secs_f64() * 1e3);
+        }
+        for (i, a) in [direct_http, proxy_via].into_iter().enumerate() {
+            tcp_hop[i].push(measure::bulk(a, o.bytes, 1).await?);
+        }
+    }
+    println!("\n| relay path | UDP datagrams/s (ping-pong) | UDP round trip p50 | TCP bulk MB/s |");
+    println!("|---|---:|---:|---:|");
+    for (i, name) in ["direct", "kforward relay"].into_iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.3} ms | {:.0} |",
+            median(udp_rate[i].clone()),
+            median(udp_p50[i].clone()),
+            median(tcp_hop[i].clone())
+        );
+    }
+    udp_fwd.stop().await;
+    proxy_fwd.stop().await;
 
     // Memory of one kforward process holding N idle forwards.
     let cli = std::env::current_exe()?.with_file_name("kforward");

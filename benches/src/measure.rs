@@ -128,3 +128,28 @@ pub async fn idle_rss(cli: &Path, kubeconfig: &Path, n: usize) -> anyhow::Result
     let _ = std::fs::remove_file(&file);
     Ok(kb * 1024)
 }
+
+/// UDP ping-pong with the echo: one datagram out, its echo back, `n` times; returns
+/// datagrams per second (both ways counted once) and the median round trip.
+pub async fn udp_ping_pong(addr: SocketAddr, n: usize) -> anyhow::Result<(f64, Duration)> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    sock.connect(addr).await?;
+    let msg = [9u8; 64];
+    let mut buf = [0u8; 128];
+    let mut rtts = Vec::with_capacity(n);
+    // Warm up (the relay session opens on the first datagram).
+    sock.send(&msg).await?;
+    tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await??;
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        sock.send(&msg).await?;
+        tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+            .await
+            .context("a UDP echo lost")??;
+        rtts.push(t.elapsed());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    rtts.sort();
+    Ok((rate, rtts[rtts.len() / 2]))
+}
