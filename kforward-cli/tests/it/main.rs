@@ -487,3 +487,82 @@ async fn run_mixes_tcp_udp_and_proxy_entries_on_one_relay_pod() {
         .await
         .expect("relay pod deleted after SIGINT");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_and_udp_forward_commands_go_through_a_relay_pod_removed_on_exit() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let ext = cluster
+        .external_host_addr(kforward_testkit::DEMO_EXTERNAL_HOST)
+        .expect("external host");
+    let relays = |c: &Cluster| {
+        c.pods("demo", Some("app.kubernetes.io/name=kforward-relay"))
+            .len()
+    };
+    // TCP to an address only the cluster can reach.
+    let proxy = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "proxy",
+            &format!("private.example.internal:{}", ext.port()),
+            "0",
+            "-n",
+            "demo",
+        ])
+        .args(["--address", "127.0.0.1", "-o", "json", "--kubeconfig"])
+        .arg(cluster.kubeconfig_path());
+        c
+    });
+    let line = tokio::task::block_in_place(|| proxy.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let reply = http_get(v["local_addr"].as_str().expect("addr")).await;
+    assert!(
+        reply.contains("hello from private.example.internal to 127."),
+        "{reply}"
+    );
+    // UDP to a service.
+    let udp = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "forward",
+            "svc/dns",
+            ":5353",
+            "--udp",
+            "-n",
+            "demo",
+            "--address",
+            "127.0.0.1",
+            "-o",
+            "json",
+        ])
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path());
+        c
+    });
+    let line = tokio::task::block_in_place(|| udp.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    sock.connect(v["local_addr"].as_str().expect("addr"))
+        .await
+        .expect("connect");
+    sock.send(b"repeat=2;hi").await.expect("send");
+    let mut b = [0u8; 64];
+    for _ in 0..2 {
+        let n = tokio::time::timeout(WAIT, sock.recv(&mut b))
+            .await
+            .expect("in time")
+            .expect("recv");
+        assert_eq!(&b[..n], b"repeat=2;hi");
+    }
+    assert!(relays(&cluster) >= 1, "relay pods are in use");
+    proxy.signal("-INT");
+    udp.signal("-TERM");
+    let (s1, _) = tokio::task::block_in_place(|| proxy.wait());
+    let (s2, _) = tokio::task::block_in_place(|| udp.wait());
+    assert!(s1.success() && s2.success(), "{s1:?} {s2:?}");
+    cluster
+        .wait_for("relay pods to be deleted", WAIT, |c| relays(c) == 0)
+        .await
+        .expect("relay pods deleted on exit");
+}
