@@ -57,6 +57,32 @@ fn running_pod(pod: &serde_json::Value, name: &str) -> Result<(Ipv4Addr, String)
     ))
 }
 
+/// The 101 answer to a WebSocket upgrade, with the subprotocol chosen ("" for none).
+fn websocket_101(key: &[u8], protocol: &'static str) -> Response<Body> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let mut resp = Response::new(crate::server::full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if !protocol.is_empty() {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(protocol),
+        );
+    }
+    resp
+}
+
 /// SPDY/3.1 over a raw HTTP upgrade (kubectl's fallback): 101 with the same `Upgrade` and
 /// `X-Stream-Protocol-Version`, then SPDY frames on the connection.
 fn spdy_upgrade(
@@ -104,25 +130,7 @@ fn spdy_over_websocket(
         .map(|k| k.as_bytes().to_vec())
         .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     let (ip, uid) = running_pod(pod, name)?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let mut resp = Response::new(crate::server::full(""));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        header::HeaderValue::from_static(SPDY_TUNNEL),
-    );
+    let resp = websocket_101(&key, SPDY_TUNNEL);
     let name = name.to_string();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -218,39 +226,8 @@ pub(crate) async fn handle(
         .map(|k| k.as_bytes().to_vec())
         .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
     let ports = parse_ports(req.uri().query())?;
-    if pod["status"]["phase"] != "Running" {
-        return Err(ApiError::bad_request(format!(
-            "unable to upgrade connection: pod {name} is not running (phase {})",
-            pod["status"]["phase"].as_str().unwrap_or("Unknown")
-        )));
-    }
-    let ip: Ipv4Addr = pod["status"]["podIP"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ApiError::internal(format!("pod {name} has no IP")))?;
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
-
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let mut resp = Response::new(crate::server::full(""));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    if !protocol.is_empty() {
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            header::HeaderValue::from_static(protocol),
-        );
-    }
+    let (ip, uid) = running_pod(&pod, name)?;
+    let resp = websocket_101(&key, protocol);
     let session = websocket::Session {
         shared,
         pod: name.to_string(),
