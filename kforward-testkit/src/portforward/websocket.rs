@@ -168,7 +168,12 @@ impl Session {
         }
         drop(out_tx);
 
-        let writer = async move {
+        // The writer runs as its own task: the read loop below may wait on a full queue
+        // toward a pod (backpressure), and the pod may in turn wait for its replies to be
+        // written out. Polling the writer only from the read loop would deadlock there (an
+        // echo server under full-duplex bulk does exactly this).
+        let mut writer = JoinSet::new();
+        writer.spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 if sink.feed(m).await.is_err() {
                     return;
@@ -184,14 +189,13 @@ impl Session {
             }
             // Every port is done: close as the kubelet does.
             let _ = sink.close().await;
-        };
-        tokio::pin!(writer);
+        });
         let paused = self.shared.faults.paused.clone();
         loop {
             tokio::select! {
                 _ = dropped.cancelled() => return,
                 _ = shutdown.cancelled() => return,
-                _ = &mut writer => {
+                _ = writer.join_next() => {
                     pumps.abort_all();
                     return;
                 }
