@@ -576,7 +576,38 @@ impl Cluster {
             self.wait_deployment_ready(DEMO_NAMESPACE, name, Duration::from_secs(30))
                 .await?;
         }
-        Ok(())
+        // A deployment turns Ready in the same pass that kube-proxy learns of its pods,
+        // but before kube-proxy's step of that pass has run: wait for the pass to end, so
+        // a ClusterIP connection made right after `demo()` has a backend.
+        self.settle(Duration::from_secs(30)).await
+    }
+
+    /// Waits until the control plane has caught up with every write made so far: pods
+    /// started or stopped, EndpointSlices updated and ClusterIP forwarders following them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the control plane does not catch up within `timeout`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// let cluster = kforward_testkit::Cluster::demo().await.unwrap();
+    /// cluster.set_pod_ready("demo", &cluster.ready_pods("demo", "app=echo")[0]
+    ///     .metadata.name.clone().unwrap(), false).unwrap();
+    /// cluster.settle(Duration::from_secs(10)).await.unwrap();
+    /// # });
+    /// ```
+    pub async fn settle(&self, timeout: Duration) -> Result<(), Error> {
+        let want = self.shared.store.resource_version();
+        let mut seen = self.shared.reconciled.subscribe();
+        tokio::time::timeout(timeout, seen.wait_for(|v| *v >= want))
+            .await
+            .map_err(|_| Error::Timeout(timeout, "the control plane to catch up".into()))?
+            .map(|_| ())
+            .map_err(|_| Error::Timeout(timeout, "the control plane (it stopped)".into()))
     }
 
     /// The address an external host really listens on.

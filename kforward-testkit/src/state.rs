@@ -125,6 +125,9 @@ pub(crate) struct Shared {
     pub(crate) default_namespace: Mutex<Option<String>>,
     /// The cluster DNS server, once started (pods get it as their resolver).
     pub(crate) dns_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The store's resourceVersion as the last finished reconcile pass saw it when it
+    /// began: everything written up to it is reflected in pods, slices and kube-proxy.
+    pub(crate) reconciled: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -166,6 +169,7 @@ impl Shared {
             ca_pem,
             kubeconfig_path,
             default_namespace: Mutex::new(None),
+            reconciled: watch::Sender::new(0),
         }
     }
 

@@ -39,9 +39,15 @@ pub(crate) fn spawn(shared: Arc<Shared>) {
             while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) =
                 events.try_recv()
             {}
+            let seen = shared.store.resource_version();
             if let Err(e) = reconcile(&shared, &mut kubelet, &mut net).await {
                 warn!(error = %e, "reconcile failed");
             }
+            shared.reconciled.send_if_modified(|v| {
+                let newer = seen > *v;
+                *v = (*v).max(seen);
+                newer
+            });
         }
         kubelet.stop_all().await;
         drop(net);
