@@ -30,6 +30,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The relay exits when no client has been connected for this long.
 pub const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(600);
+/// The environment variable a relay pod reads its idle exit from (see [`parse_idle_exit`]).
+pub const IDLE_EXIT_ENV: &str = "KFORWARD_RELAY_IDLE_EXIT";
+
+/// Parses an idle exit given in seconds, whole or decimal (`"600"`, `"0.5"`); `None` for
+/// anything else, including negative, zero and non-finite values.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use kforward_relay::server::parse_idle_exit;
+///
+/// assert_eq!(parse_idle_exit("600"), Some(Duration::from_secs(600)));
+/// assert_eq!(parse_idle_exit("0.5"), Some(Duration::from_millis(500)));
+/// assert_eq!(parse_idle_exit("ten"), None);
+/// ```
+pub fn parse_idle_exit(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().parse().ok()?;
+    // NaN, zero and negative values are refused (`try_from_secs_f64` takes zero).
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 /// How long open connections get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Buffer per direction of a TCP relay: large enough for bulk rates without many syscalls.
@@ -516,6 +541,15 @@ mod tests {
             .await
             .expect("stops")
             .expect("joins");
+    }
+
+    #[test]
+    fn idle_exit_values() {
+        assert_eq!(parse_idle_exit(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_idle_exit("1.25"), Some(Duration::from_millis(1250)));
+        for bad in ["", "0", "-1", "NaN", "inf", "1e400", "10m"] {
+            assert_eq!(parse_idle_exit(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

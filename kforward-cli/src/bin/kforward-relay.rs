@@ -2,22 +2,21 @@
 //! (`127.0.0.1:PORT`), checks each client's token (`KFORWARD_RELAY_TOKEN`), and exits on
 //! SIGTERM or when no client has been connected for 10 minutes.
 
-use std::time::Duration;
-
 use kforward_core::relay::server::{
-    CancellationToken, DEFAULT_IDLE_EXIT, RelayServer, SystemResolver,
+    CancellationToken, DEFAULT_IDLE_EXIT, IDLE_EXIT_ENV, RelayServer, SystemResolver,
+    parse_idle_exit,
 };
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kforward-relay [--port PORT] [--idle-exit SECONDS]   (env: KFORWARD_RELAY_PORT, KFORWARD_RELAY_TOKEN, KFORWARD_RELAY_IDLE_EXIT)"
+        "usage: kforward-relay [--port PORT] [--idle-exit SECONDS (decimals allowed)]   (env: KFORWARD_RELAY_PORT, KFORWARD_RELAY_TOKEN, KFORWARD_RELAY_IDLE_EXIT)"
     );
     std::process::exit(2)
 }
 
 fn main() {
     let mut port = std::env::var("KFORWARD_RELAY_PORT").ok();
-    let mut idle = std::env::var("KFORWARD_RELAY_IDLE_EXIT").ok();
+    let mut idle = std::env::var(IDLE_EXIT_ENV).ok();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -31,10 +30,10 @@ fn main() {
         None => kforward_core::relay::DEFAULT_RELAY_PORT,
         Some(Err(_)) => usage(),
     };
-    let idle_exit = match idle.as_deref().map(str::parse::<u64>) {
-        Some(Ok(s)) => Duration::from_secs(s),
+    let idle_exit = match idle.as_deref().map(parse_idle_exit) {
+        Some(Some(d)) => d,
         None => DEFAULT_IDLE_EXIT,
-        Some(Err(_)) => usage(),
+        Some(None) => usage(),
     };
     let Ok(token) = std::env::var("KFORWARD_RELAY_TOKEN") else {
         eprintln!("error: KFORWARD_RELAY_TOKEN is not set");

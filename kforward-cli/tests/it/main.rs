@@ -566,3 +566,122 @@ async fn proxy_and_udp_forward_commands_go_through_a_relay_pod_removed_on_exit()
         .await
         .expect("relay pods deleted on exit");
 }
+
+/// A relay pod as a session would have left it, with its heartbeat `age_secs` old.
+fn relay_pod(
+    name: &str,
+    session: &str,
+    age_secs: u64,
+    image: &str,
+) -> k8s_openapi::api::core::v1::Pod {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/name": "kforward-relay",
+                "app.kubernetes.io/managed-by": "kforward",
+                "kforward.dev/session": session,
+            },
+            "annotations": {"kforward.dev/heartbeat": (now - age_secs).to_string()},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "relay",
+                "image": image,
+                "env": [
+                    {"name": "KFORWARD_RELAY_TOKEN", "value": "t"},
+                    {"name": "KFORWARD_RELAY_PORT", "value": "7311"},
+                    {"name": "KFORWARD_RELAY_IDLE_EXIT", "value": "0.2"},
+                ],
+            }],
+        },
+    }))
+    .expect("pod")
+}
+
+fn names(cluster: &Cluster, ns: &str) -> Vec<String> {
+    let mut v: Vec<String> = cluster
+        .pods(ns, None)
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_removes_relay_pods_of_dead_sessions_and_exited_relays_only() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    cluster.create_namespace("other").expect("namespace");
+    let sleep = "kforward/sleep:1";
+    let relay = "ghcr.io/kforward/kforward-relay:test";
+    for (ns, pod) in [
+        ("demo", relay_pod("relay-stale", "dead1", 3600, sleep)),
+        ("demo", relay_pod("relay-live", "live1", 5, sleep)),
+        // A live session's relay that exited when idle: its pod completes.
+        ("demo", relay_pod("relay-exited", "live2", 5, relay)),
+        ("other", relay_pod("relay-stale", "dead2", 3600, sleep)),
+    ] {
+        cluster.create_pod(ns, &pod).expect("create pod");
+    }
+    cluster
+        .wait_for("the idle relay to exit", WAIT, |c| {
+            c.pods("demo", None).iter().any(|p| {
+                p.metadata.name.as_deref() == Some("relay-exited")
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+            })
+        })
+        .await
+        .expect("relay pod completed");
+    let before_demo = names(&cluster, "demo");
+    let gc = |args: &[&str]| {
+        let mut c = kforward();
+        c.arg("gc")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig_path());
+        tokio::task::block_in_place(|| run_to_end(c))
+    };
+
+    let (code, out, err) = gc(&["-n", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "pod/demo/relay-exited deleted",
+            "pod/demo/relay-stale deleted"
+        ],
+        "{err}"
+    );
+    let after: Vec<String> = before_demo
+        .into_iter()
+        .filter(|n| n != "relay-exited" && n != "relay-stale")
+        .collect();
+    assert_eq!(
+        names(&cluster, "demo"),
+        after,
+        "the demo's own pods and the live relay stay"
+    );
+    assert_eq!(
+        names(&cluster, "other"),
+        ["relay-stale"],
+        "-n demo leaves other namespaces alone"
+    );
+
+    let (code, out, err) = gc(&["--all-namespaces"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "pod/other/relay-stale deleted", "{err}");
+    assert!(names(&cluster, "other").is_empty());
+    assert!(names(&cluster, "demo").contains(&"relay-live".to_string()));
+
+    let (code, out, err) = gc(&["--all-namespaces"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no stale relay pods"), "{err}");
+}

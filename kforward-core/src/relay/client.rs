@@ -171,6 +171,16 @@ impl RelayConnector {
                     }
                 }
                 Err(e) if e.is_retryable() => e,
+                // A relay that exited when idle leaves a completed pod, and a port-forward
+                // to a pod that is not running is refused (400 from the API server, or 500
+                // from the kubelet's runtime): worth another pod, when that is the cause.
+                Err(e @ Error::Api { .. }) => {
+                    if self.pods.check(&self.namespace, &pod).await {
+                        last = Some(e);
+                        continue;
+                    }
+                    return Err(e);
+                }
                 Err(e) => return Err(e),
             };
             debug!(%pod, error = %err, "relay unusable; checking the pod");

@@ -68,6 +68,10 @@ pub struct RelayOptions {
     pub port: u16,
     /// How long a new relay pod may take to become Ready.
     pub ready_timeout: Duration,
+    /// How long the relay waits without any client before it exits (its pod completes and
+    /// the next use makes a new one). A safety net for sessions that die without cleaning
+    /// up; [`gc`] is the other.
+    pub idle_exit: Duration,
 }
 
 impl Default for RelayOptions {
@@ -76,6 +80,7 @@ impl Default for RelayOptions {
             image: default_image(),
             port: DEFAULT_RELAY_PORT,
             ready_timeout: Duration::from_secs(60),
+            idle_exit: super::server::DEFAULT_IDLE_EXIT,
         }
     }
 }
@@ -263,6 +268,11 @@ impl RelayPods {
                             value: Some(port.to_string()),
                             ..Default::default()
                         },
+                        EnvVar {
+                            name: super::server::IDLE_EXIT_ENV.into(),
+                            value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
+                            ..Default::default()
+                        },
                     ]),
                     ports: Some(vec![ContainerPort {
                         name: Some("relay".into()),
@@ -397,8 +407,8 @@ impl RelayPods {
     }
 
     /// After a failure through `pod`: forgets it when it is gone or going, so the next
-    /// [`pod_for`](Self::pod_for) makes a new one.
-    pub async fn check(&self, namespace: &str, pod: &str) {
+    /// [`pod_for`](Self::pod_for) makes a new one. Returns whether it was gone.
+    pub async fn check(&self, namespace: &str, pod: &str) -> bool {
         let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
         let gone = match api.get_opt(pod).await {
             Ok(None) => true,
@@ -413,12 +423,15 @@ impl RelayPods {
         };
         if gone {
             warn!(%pod, %namespace, "relay pod is gone; a new one will be made");
+            // A relay that exited (idle) leaves a completed pod behind: ours to remove.
+            let _ = api.delete(pod, &DeleteParams::default()).await;
             let mut pods = self.pods.lock().await;
             if pods.get(namespace).map(String::as_str) == Some(pod) {
                 pods.remove(namespace);
                 lock(&self.known).remove(namespace);
             }
         }
+        gone
     }
 
     /// Deletes every relay pod of this session and stops the heartbeat.
@@ -456,8 +469,9 @@ impl Drop for RelayPods {
     }
 }
 
-/// Deletes relay pods whose session is gone (heartbeat older than 2 minutes), in
-/// `namespace` or in every namespace; returns `namespace/name` of each pod deleted.
+/// Deletes relay pods whose session is gone (heartbeat older than 2 minutes) or whose relay
+/// has exited (phase `Succeeded` or `Failed`), in `namespace` or in every namespace; returns
+/// `namespace/name` of each pod deleted, sorted.
 ///
 /// # Errors
 ///
@@ -498,14 +512,34 @@ pub async fn gc(ctx: &KubeContext, namespace: Option<&str>) -> Result<Vec<String
             .and_then(|a| a.get(ANNOTATION_HEARTBEAT))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        if now.saturating_sub(beat) <= HEARTBEAT_STALE.as_secs() {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let exited = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if !exited && now.saturating_sub(beat) <= HEARTBEAT_STALE.as_secs() {
             continue;
         }
         let api: Api<Pod> = Api::namespaced(ctx.client().clone(), &ns);
-        api.delete(&name, &DeleteParams::default())
-            .await
-            .map_err(|e| Error::from_kube(e, ctx.server(), "delete", "pods", &ns, Some(&name)))?;
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            // Deleted meanwhile (by its session, or another gc): nothing left to do.
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => {
+                return Err(Error::from_kube(
+                    e,
+                    ctx.server(),
+                    "delete",
+                    "pods",
+                    &ns,
+                    Some(&name),
+                ));
+            }
+        }
         deleted.push(format!("{ns}/{name}"));
     }
+    deleted.sort();
     Ok(deleted)
 }

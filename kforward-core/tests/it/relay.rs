@@ -279,3 +279,75 @@ async fn a_relay_pod_deleted_mid_session_is_replaced() {
     f.stop().await;
     wait_no_relay_pods(&cluster).await;
 }
+
+fn phase(cluster: &Cluster, name: &str) -> Option<String> {
+    cluster
+        .pods("demo", Some(RELAY_SELECTOR))
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .and_then(|p| p.status.and_then(|s| s.phase))
+}
+
+#[tokio::test]
+async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let opts = kforward_core::ForwardOptions {
+        relay: RelayOptions {
+            idle_exit: Duration::from_millis(500),
+            ..RelayOptions::default()
+        },
+        ..quick()
+    };
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let real = cluster.external_host_addr(host).expect("external host");
+    let spec = ForwardSpec::new(
+        Target::Proxy { host: host.into() },
+        [PortMapping::new(0, real.port())],
+    )
+    .with_namespace("demo");
+    let mut f = ProxyForwarder::new(ctx, spec, opts);
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("proxy starts");
+    let get = || async {
+        let mut c = TcpStream::connect(bound[0].local_addr)
+            .await
+            .expect("connect");
+        c.write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut reply = String::new();
+        tokio::time::timeout(WAIT, c.read_to_string(&mut reply))
+            .await
+            .expect("in time")
+            .expect("read");
+        reply
+    };
+    assert!(get().await.starts_with("HTTP/1.1 200"));
+    let first = relay_pods(&cluster);
+    assert_eq!(first.len(), 1);
+    // No client for half a second: the relay exits and the kubelet reports its pod
+    // completed (restartPolicy Never).
+    cluster
+        .wait_for("the idle relay's pod to complete", WAIT, |c| {
+            phase(c, &first[0]).as_deref() == Some("Succeeded")
+        })
+        .await
+        .expect("relay exited when idle");
+    // The next connection is carried by a new relay pod; the completed one is removed.
+    assert!(get().await.starts_with("HTTP/1.1 200"));
+    let now = relay_pods(&cluster);
+    assert!(!now.contains(&first[0]), "{now:?}");
+    cluster
+        .wait_for("the completed relay pod to be deleted", WAIT, |c| {
+            phase(c, &first[0]).is_none()
+        })
+        .await
+        .expect("completed pod deleted");
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}

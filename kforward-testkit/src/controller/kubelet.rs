@@ -130,6 +130,44 @@ pub(crate) fn set_ready(shared: &Shared, ns: &str, name: &str, uid: &str, ready:
     }
 }
 
+/// What `start_workload` needs to run `pod` on `ip`.
+fn workload_spec(shared: &Shared, ns: &str, name: &str, pod: &Value, ip: Ipv4Addr) -> WorkloadSpec {
+    let mut env = env(pod);
+    // The pod's resolv.conf: the cluster DNS server.
+    if let Some(dns) = *lock(&shared.dns_addr) {
+        env.insert(crate::network::POD_DNS_ENV.to_string(), dns.to_string());
+    }
+    WorkloadSpec {
+        image: pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+        pod_name: name.to_string(),
+        namespace: ns.to_string(),
+        pod_ip: ip,
+        ports: container_ports(pod),
+        env,
+    }
+}
+
+/// Marks the pod Ready after the cluster's readiness delay, unless a fault holds it back.
+fn ready_after_delay(shared: &Arc<Shared>, ns: &str, name: &str, uid: &str) {
+    let delay = *lock(&shared.ready_delay);
+    let (shared, ns, name, uid) = (
+        shared.clone(),
+        ns.to_string(),
+        name.to_string(),
+        uid.to_string(),
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let forced = lock(&shared.not_ready).contains(&format!("{ns}/{name}"));
+        if !forced {
+            set_ready(&shared, &ns, &name, &uid, true);
+        }
+    });
+}
+
 impl Kubelet {
     pub(crate) async fn reconcile(&mut self, shared: &Arc<Shared>) {
         let (pods, _) = shared.store.list(Kind::Pod, None);
@@ -144,6 +182,17 @@ impl Kubelet {
             alive.insert(uid.clone());
             if !pod["metadata"]["deletionTimestamp"].is_null() {
                 self.terminate(shared, &ns, &name, &uid, pod);
+                continue;
+            }
+            if self
+                .running
+                .get(&uid)
+                .is_some_and(WorkloadHandle::has_exited)
+            {
+                if let Some(h) = self.running.remove(&uid) {
+                    h.stop().await;
+                }
+                self.exited(shared, &ns, &name, &uid, pod).await;
                 continue;
             }
             if pod["status"]["phase"] == "Pending" && !self.running.contains_key(&uid) {
@@ -191,6 +240,76 @@ impl Kubelet {
         });
     }
 
+    /// The container's process ended by itself with status 0 (the relay's idle exit). As
+    /// the kubelet does: with `restartPolicy` `Never` or `OnFailure` the pod completes
+    /// (phase `Succeeded`, container terminated with reason `Completed`); with `Always`
+    /// the container restarts in the same pod, keeping its IP, with `restartCount` raised
+    /// (without the kubelet's crash-loop back-off).
+    async fn exited(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
+        let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
+        let finished = now_rfc3339();
+        let terminated = |c: &Value| {
+            json!({"terminated": {
+                "exitCode": 0,
+                "reason": "Completed",
+                "startedAt": c["state"]["running"]["startedAt"],
+                "finishedAt": finished,
+            }})
+        };
+        if policy != "Always" {
+            let _ = shared.store.update(Kind::Pod, ns, name, |p| {
+                if p["metadata"]["uid"] != uid {
+                    return Ok(());
+                }
+                p["status"]["phase"] = json!("Succeeded");
+                if let Some(conds) = p["status"]["conditions"].as_array_mut() {
+                    for c in conds.iter_mut() {
+                        if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                            let ty = c["type"].as_str().unwrap_or("Ready").to_string();
+                            *c = condition(&ty, false);
+                            c["reason"] = json!("PodCompleted");
+                        }
+                    }
+                }
+                if let Some(cs) = p["status"]["containerStatuses"].as_array_mut() {
+                    for c in cs {
+                        c["state"] = terminated(c);
+                        c["ready"] = json!(false);
+                        c["started"] = json!(false);
+                    }
+                }
+                Ok(())
+            });
+            debug!(pod = name, "container exited; pod completed");
+            return;
+        }
+        let Some(ip) = pod["status"]["podIP"]
+            .as_str()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        else {
+            return;
+        };
+        set_ready(shared, ns, name, uid, false);
+        match start_workload(workload_spec(shared, ns, name, pod, ip)).await {
+            Ok(handle) => {
+                self.running.insert(uid.to_string(), handle);
+                let _ = shared.store.update(Kind::Pod, ns, name, |p| {
+                    if let Some(cs) = p["status"]["containerStatuses"].as_array_mut() {
+                        for c in cs {
+                            c["lastState"] = terminated(c);
+                            c["state"] = json!({"running": {"startedAt": now_rfc3339()}});
+                            c["restartCount"] = json!(c["restartCount"].as_u64().unwrap_or(0) + 1);
+                        }
+                    }
+                    Ok(())
+                });
+                ready_after_delay(shared, ns, name, uid);
+                debug!(pod = name, "container exited; restarted");
+            }
+            Err(e) => warn!(pod = name, error = %e, "cannot restart container"),
+        }
+    }
+
     async fn start(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
         let image = pod["spec"]["containers"][0]["image"]
             .as_str()
@@ -211,22 +330,9 @@ impl Kubelet {
         }
         let mut last_err = None;
         let mut started: Option<(Ipv4Addr, WorkloadHandle)> = None;
-        let mut env = env(pod);
-        // The pod's resolv.conf: the cluster DNS server.
-        if let Some(dns) = *lock(&shared.dns_addr) {
-            env.insert(crate::network::POD_DNS_ENV.to_string(), dns.to_string());
-        }
         for _ in 0..8 {
             let ip = shared.pool.next_pod_ip();
-            let spec = WorkloadSpec {
-                image: image.clone(),
-                pod_name: name.to_string(),
-                namespace: ns.to_string(),
-                pod_ip: ip,
-                ports: container_ports(pod),
-                env: env.clone(),
-            };
-            match start_workload(spec).await {
+            match start_workload(workload_spec(shared, ns, name, pod, ip)).await {
                 Ok(h) => {
                     started = Some((ip, h));
                     break;
@@ -264,20 +370,7 @@ impl Kubelet {
         if r.is_err() {
             return;
         }
-        let delay = *lock(&shared.ready_delay);
-        let (shared, ns, name, uid) = (
-            shared.clone(),
-            ns.to_string(),
-            name.to_string(),
-            uid.to_string(),
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let forced = lock(&shared.not_ready).contains(&format!("{ns}/{name}"));
-            if !forced {
-                set_ready(&shared, &ns, &name, &uid, true);
-            }
-        });
+        ready_after_delay(shared, ns, name, uid);
     }
 
     pub(crate) async fn stop_all(&mut self) {

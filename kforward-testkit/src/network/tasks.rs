@@ -20,6 +20,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug, Default)]
 pub(crate) struct TaskGroup {
     token: CancellationToken,
+    /// Cancelled by a workload whose main process ended by itself.
+    exited: CancellationToken,
     tasks: JoinSet<()>,
 }
 
@@ -32,6 +34,16 @@ impl TaskGroup {
     /// The token the group cancels on shutdown.
     pub(crate) fn token(&self) -> CancellationToken {
         self.token.clone()
+    }
+
+    /// The token a workload cancels when its process ends by itself.
+    pub(crate) fn exited(&self) -> CancellationToken {
+        self.exited.clone()
+    }
+
+    /// Whether the workload's process ended by itself.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exited.is_cancelled()
     }
 
     /// Runs `task`, which must end soon after [`token`](Self::token) is cancelled.

@@ -18,8 +18,9 @@ pub const PASSTHROUGH_TARGET: &str = "PASSTHROUGH_TARGET";
 /// Environment variable the kubelet sets to the cluster DNS server (`ip:port`), standing in
 /// for the pod's `/etc/resolv.conf`.
 pub const POD_DNS_ENV: &str = "KFORWARD_TESTKIT_DNS";
-/// Environment variable a relay pod may set to its idle exit, in milliseconds.
-pub const RELAY_IDLE_EXIT_ENV: &str = "KFORWARD_RELAY_IDLE_EXIT_MS";
+/// Environment variable a relay pod may set to its idle exit, in seconds (decimals allowed),
+/// read as the real relay reads it.
+pub const RELAY_IDLE_EXIT_ENV: &str = kforward_relay::server::IDLE_EXIT_ENV;
 /// A UDP passthrough session with no traffic for this long ends.
 const PASSTHROUGH_UDP_IDLE: Duration = Duration::from_secs(60);
 /// Largest body `GET /bytes/N` serves.
@@ -169,6 +170,12 @@ impl WorkloadHandle {
     /// The addresses servers listen on (empty for `sleep`).
     pub fn listening(&self) -> &[(Protocol, SocketAddr)] {
         &self.listening
+    }
+
+    /// Whether the workload's process ended by itself (the relay's idle exit), rather than
+    /// being stopped; the kubelet then reports the container terminated.
+    pub fn has_exited(&self) -> bool {
+        self.tasks.has_exited()
     }
 
     /// Stops every server and waits until all listeners and connections are closed.
@@ -344,11 +351,8 @@ async fn start_relay(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     let idle_exit = spec
         .env
         .get(RELAY_IDLE_EXIT_ENV)
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(
-            kforward_relay::server::DEFAULT_IDLE_EXIT,
-            Duration::from_millis,
-        );
+        .and_then(|v| kforward_relay::server::parse_idle_exit(v))
+        .unwrap_or(kforward_relay::server::DEFAULT_IDLE_EXIT);
     let resolver = spec
         .env
         .get(POD_DNS_ENV)
@@ -358,14 +362,23 @@ async fn start_relay(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     let mut tasks = TaskGroup::new();
     let token_stop = tasks.token();
     let source = Some(std::net::IpAddr::V4(spec.pod_ip));
-    tasks.spawn(kforward_relay::server::RelayServer::run(
-        listener,
-        token,
-        RelayResolver(resolver),
-        source,
-        idle_exit,
-        token_stop,
-    ));
+    let exited = tasks.exited();
+    tasks.spawn(async move {
+        let stopped = token_stop.clone();
+        kforward_relay::server::RelayServer::run(
+            listener,
+            token,
+            RelayResolver(resolver),
+            source,
+            idle_exit,
+            token_stop,
+        )
+        .await;
+        // Returning without being asked to is the container's process exiting (idle exit).
+        if !stopped.is_cancelled() {
+            exited.cancel();
+        }
+    });
     tracing::debug!(pod = %spec.pod_name, ip = %spec.pod_ip, "relay started");
     Ok(WorkloadHandle {
         kind: WorkloadKind::Relay,
