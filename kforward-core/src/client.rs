@@ -4,12 +4,15 @@
 //! this module picks the context, reports a missing one with the list of those there are,
 //! and keeps what a forward needs: the client, the default namespace and the server URL.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Error, Result, error_chain};
+use crate::resolve::WatchRegistry;
 
 /// How long connecting to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,13 +76,28 @@ impl KubeconfigSource {
 /// println!("{} (namespace {})", ctx.server(), ctx.default_namespace());
 /// # Ok(()) }
 /// ```
+///
+/// Loading the same kubeconfig entries again (equal [`fingerprint`](Self::fingerprint))
+/// returns the same connection while it is in use, so a hundred forwards to one cluster
+/// share one client, one connection pool and one watch per watched resource.
 #[derive(Clone)]
 pub struct KubeContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client: kube::Client,
     namespace: String,
     server: String,
     context: String,
     fingerprint: u64,
+    watches: WatchRegistry,
+}
+
+/// Contexts in use, by fingerprint; an entry lives as long as a forward holds its context.
+fn cache() -> &'static Mutex<HashMap<u64, Weak<Inner>>> {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Weak<Inner>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
 }
 
 /// A hash of what the kubeconfig says about one context: its cluster, its user and the
@@ -101,9 +119,9 @@ fn fingerprint(kc: &Kubeconfig, context: &str) -> u64 {
 impl std::fmt::Debug for KubeContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeContext")
-            .field("server", &self.server)
-            .field("context", &self.context)
-            .field("namespace", &self.namespace)
+            .field("server", &self.inner.server)
+            .field("context", &self.inner.context)
+            .field("namespace", &self.inner.namespace)
             .finish()
     }
 }
@@ -116,6 +134,21 @@ impl KubeContext {
     /// [`Error::Kubeconfig`] when it cannot be read or used, [`Error::UnknownContext`]
     /// when the context does not exist (with the list of those that do).
     pub async fn load(src: &KubeconfigSource) -> Result<KubeContext> {
+        Self::load_inner(src, true).await
+    }
+
+    /// Loads the kubeconfig and builds a new client even when one for the same entries is
+    /// in use: after a 401, so that credentials (token files, exec plugins) are read again.
+    /// Later [`load`](Self::load)s share the new client.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load).
+    pub async fn load_fresh(src: &KubeconfigSource) -> Result<KubeContext> {
+        Self::load_inner(src, false).await
+    }
+
+    async fn load_inner(src: &KubeconfigSource, reuse: bool) -> Result<KubeContext> {
         let kc = src.read()?;
         let context = match src.context.clone().or_else(|| kc.current_context.clone()) {
             Some(c) => c,
@@ -132,6 +165,15 @@ impl KubeContext {
             });
         }
         let fingerprint = fingerprint(&kc, &context);
+        if reuse
+            && let Some(inner) = cache()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&fingerprint)
+                .and_then(Weak::upgrade)
+        {
+            return Ok(KubeContext { inner });
+        }
         let opts = KubeConfigOptions {
             context: Some(context.clone()),
             ..Default::default()
@@ -155,49 +197,62 @@ impl KubeContext {
         let client = kube::Client::try_from(config).map_err(|e| Error::Kubeconfig {
             message: error_chain(&e),
         })?;
-        Ok(KubeContext {
+        let inner = Arc::new(Inner {
             client,
             namespace,
             server,
             context,
             fingerprint,
-        })
+            watches: WatchRegistry::default(),
+        });
+        let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, w| w.strong_count() > 0);
+        cache.insert(fingerprint, Arc::downgrade(&inner));
+        Ok(KubeContext { inner })
     }
 
     /// Wraps an existing client.
     pub fn from_client(client: kube::Client, namespace: &str, server: &str, context: &str) -> Self {
         KubeContext {
-            client,
-            namespace: namespace.to_string(),
-            server: server.to_string(),
-            context: context.to_string(),
-            fingerprint: 0,
+            inner: Arc::new(Inner {
+                client,
+                namespace: namespace.to_string(),
+                server: server.to_string(),
+                context: context.to_string(),
+                fingerprint: 0,
+                watches: WatchRegistry::default(),
+            }),
         }
     }
 
     /// A hash of the context's kubeconfig entries (cluster, user, context): equal
     /// fingerprints mean the same server and credentials.
     pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
+        self.inner.fingerprint
     }
 
     /// The kube client.
     pub fn client(&self) -> &kube::Client {
-        &self.client
+        &self.inner.client
+    }
+
+    /// The watches shared by every user of this context.
+    pub(crate) fn watches(&self) -> &WatchRegistry {
+        &self.inner.watches
     }
 
     /// The context's namespace (`default` when it names none).
     pub fn default_namespace(&self) -> &str {
-        &self.namespace
+        &self.inner.namespace
     }
 
     /// The API server URL.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.inner.server
     }
 
     /// The context's name.
     pub fn context(&self) -> &str {
-        &self.context
+        &self.inner.context
     }
 }

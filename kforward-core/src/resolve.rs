@@ -3,10 +3,11 @@
 //! service, pods for a pod, a selector or a deployment), so the next connection goes to a
 //! live pod without a lookup on its path.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -276,7 +277,8 @@ impl Endpoints {
             }
         };
         let (tx, rx) = watch::channel(Vec::new());
-        // The first list happens here, so the caller starts with the current endpoints.
+        // The first list happens before this returns (or was done by whoever started the
+        // shared watch), so the caller starts with the current endpoints.
         let task = match &source {
             Source::Pods {
                 labels,
@@ -294,7 +296,6 @@ impl Endpoints {
                 }
                 let (port, ready) = (port.clone(), *require_ready);
                 let compute = move |m: &BTreeMap<String, Pod>| pod_endpoints(m, &port, ready);
-                let first = list(ctx, &api, &lp, ns, "pods").await?;
                 let w = Watched {
                     ctx: ctx.clone(),
                     api,
@@ -302,7 +303,7 @@ impl Endpoints {
                     resource: "pods",
                     lp,
                 };
-                spawn_watch(w, first, compute, tx)
+                follow(ctx.watches().get_or_start(w).await?, compute, tx)
             }
             Source::Slices {
                 service,
@@ -316,7 +317,6 @@ impl Endpoints {
                 let compute = move |m: &BTreeMap<String, EndpointSlice>| {
                     slice_endpoints(m, port_name.as_deref(), fixed)
                 };
-                let first = list(ctx, &api, &lp, ns, "endpointslices").await?;
                 let w = Watched {
                     ctx: ctx.clone(),
                     api,
@@ -324,7 +324,7 @@ impl Endpoints {
                     resource: "endpointslices",
                     lp,
                 };
-                spawn_watch(w, first, compute, tx)
+                follow(ctx.watches().get_or_start(w).await?, compute, tx)
             }
         };
         Ok(Endpoints {
@@ -475,30 +475,97 @@ struct Watched<K> {
     lp: ListParams,
 }
 
-fn spawn_watch<K, F>(
-    w: Watched<K>,
-    first: Listed<K>,
+/// Watches shared by every user of one [`KubeContext`]: one list and one watch per resource,
+/// namespace and selector, however many forwards follow it (a `kforward run` with 200
+/// forwards to one service holds one watch, not 200 connections).
+#[derive(Default)]
+pub(crate) struct WatchRegistry {
+    watches: Mutex<HashMap<WatchKey, Weak<dyn Any + Send + Sync>>>,
+}
+
+/// Resource, namespace, label selector, field selector.
+type WatchKey = (&'static str, String, Option<String>, Option<String>);
+
+/// The objects one watch keeps current; the watch stops when the last user drops this.
+struct SharedWatch<K> {
+    objects: watch::Receiver<BTreeMap<String, K>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for SharedWatch<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WatchRegistry {
+    /// The running watch of `w`'s resource and selectors, or a new one (listed first, so it
+    /// starts with the current objects).
+    async fn get_or_start<K>(&self, w: Watched<K>) -> Result<Arc<SharedWatch<K>>>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let key: WatchKey = (
+            w.resource,
+            w.ns.clone(),
+            w.lp.label_selector.clone(),
+            w.lp.field_selector.clone(),
+        );
+        let running = self
+            .watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .and_then(Weak::upgrade);
+        if let Some(shared) = running.and_then(|a| a.downcast::<SharedWatch<K>>().ok()) {
+            return Ok(shared);
+        }
+        let first = list(&w.ctx, &w.api, &w.lp, &w.ns, w.resource).await?;
+        let shared = Arc::new(spawn_watch(w, first));
+        let erased: Arc<dyn Any + Send + Sync> = shared.clone();
+        let mut map = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, v| v.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&erased));
+        Ok(shared)
+    }
+}
+
+/// Keeps `tx` at `compute` of the shared watch's objects, until the receivers are gone.
+fn follow<K, F>(
+    shared: Arc<SharedWatch<K>>,
     compute: F,
     tx: watch::Sender<Vec<Endpoint>>,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Send + Sync + 'static,
     F: Fn(&BTreeMap<String, K>) -> Vec<Endpoint> + Send + Sync + 'static,
 {
-    let publish = Arc::new(
-        move |tx: &watch::Sender<Vec<Endpoint>>, m: &BTreeMap<String, K>| {
-            let next = compute(m);
-            tx.send_if_modified(|cur| {
-                if *cur == next {
-                    false
-                } else {
-                    *cur = next;
-                    true
-                }
-            });
-        },
-    );
-    publish(&tx, &first.objects);
+    let mut objects = shared.objects.clone();
+    let publish = move |objects: &mut watch::Receiver<BTreeMap<String, K>>| {
+        let next = compute(&objects.borrow_and_update());
+        tx.send_if_modified(|cur| {
+            if *cur == next {
+                false
+            } else {
+                *cur = next;
+                true
+            }
+        });
+    };
+    publish(&mut objects);
+    tokio::spawn(async move {
+        // Holding the shared watch keeps it running for as long as this follows it.
+        let _shared = shared;
+        while objects.changed().await.is_ok() {
+            publish(&mut objects);
+        }
+    })
+}
+
+fn spawn_watch<K>(w: Watched<K>, first: Listed<K>) -> SharedWatch<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let Watched {
         ctx,
         api,
@@ -506,11 +573,9 @@ where
         resource,
         lp,
     } = w;
-    tokio::spawn(async move {
-        let Listed {
-            mut objects,
-            mut rv,
-        } = first;
+    let Listed { objects, mut rv } = first;
+    let (tx, rx) = watch::channel(objects);
+    let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
             let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
@@ -539,13 +604,15 @@ where
                             WatchEvent::Added(o) | WatchEvent::Modified(o) => {
                                 rv = o.meta().resource_version.clone().unwrap_or(rv);
                                 if let Some(n) = o.meta().name.clone() {
-                                    objects.insert(n, o);
+                                    tx.send_modify(|m| {
+                                        m.insert(n, o);
+                                    });
                                 }
                             }
                             WatchEvent::Deleted(o) => {
                                 rv = o.meta().resource_version.clone().unwrap_or(rv);
                                 if let Some(n) = &o.meta().name {
-                                    objects.remove(n);
+                                    tx.send_if_modified(|m| m.remove(n).is_some());
                                 }
                             }
                             WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
@@ -555,7 +622,6 @@ where
                                 break;
                             }
                         }
-                        publish(&tx, &objects);
                     }
                     relist
                 }
@@ -573,15 +639,15 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 match list(&ctx, &api, &lp, &ns, resource).await {
                     Ok(l) => {
-                        objects = l.objects;
                         rv = l.rv;
-                        publish(&tx, &objects);
+                        tx.send_replace(l.objects);
                     }
                     Err(e) => warn!(error = %e, "relisting failed; retrying"),
                 }
             }
         }
-    })
+    });
+    SharedWatch { objects: rx, task }
 }
 
 #[cfg(test)]

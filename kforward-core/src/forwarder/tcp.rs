@@ -172,7 +172,7 @@ impl TcpForwarder {
     pub async fn reconnect(&mut self, ctx: Option<KubeContext>) -> Result<()> {
         let ctx = match ctx {
             Some(c) => c,
-            None => KubeContext::load(&self.source()).await?,
+            None => KubeContext::load_fresh(&self.source()).await?,
         };
         let fresh = Arc::new(self.resolve_all(&ctx).await?);
         if let Some(b) = &self.backend {
