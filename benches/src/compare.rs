@@ -6,7 +6,10 @@
 //! `kubectl port-forward`, from `$KUBECTL` or `../shared/tools/install-kubectl`) and
 //! `kube-pf` (kube's `Portforwarder` with `copy_bidirectional`, the way kftray forwards).
 //!
-//! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]`
+//! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
+//! [--idle 1,50,200] [--paths direct,kforward,kube-pf,kubectl] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
+//!
+//! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
 mod baseline;
 mod kubectl;
@@ -26,6 +29,20 @@ struct Opts {
     conns: usize,
     rtts: usize,
     idle: Vec<usize>,
+    /// Paths to measure (all when empty).
+    paths: Vec<String>,
+    /// Sections to run (all when empty).
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn path(&self, name: &str) -> bool {
+        self.paths.is_empty() || self.paths.iter().any(|p| p == name)
+    }
+
+    fn section(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == name)
+    }
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -35,6 +52,8 @@ fn parse() -> anyhow::Result<Opts> {
         conns: 1000,
         rtts: 5000,
         idle: vec![1, 50, 200],
+        paths: Vec::new(),
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -45,6 +64,8 @@ fn parse() -> anyhow::Result<Opts> {
             "--conns" => o.conns = v.parse()?,
             "--rtts" => o.rtts = v.parse()?,
             "--idle" => o.idle = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--paths" => o.paths = v.split(',').map(String::from).collect(),
+            "--only" => o.only = v.split(',').map(String::from).collect(),
             _ => bail!("unknown argument {a}"),
         }
     }
@@ -52,11 +73,17 @@ fn parse() -> anyhow::Result<Opts> {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
     v.sort();
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
@@ -131,7 +158,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let direct_http = direct.http;
     let mut paths = vec![direct, kf, kube_pf];
-    let kubectl_bin = kubectl::find();
+    let kubectl_bin = if o.path("kubectl") {
+        kubectl::find()
+    } else {
+        Err(anyhow::anyhow!("left out by --paths"))
+    };
     let mut kubectl_children = Vec::new();
     match &kubectl_bin {
         Ok(bin) => {
@@ -160,32 +191,42 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => eprintln!("note: no kubectl ({e}); its column is left out"),
     }
 
-    eprintln!("bulk, 1 connection ...");
+    paths.retain(|p| o.path(p.name));
+
     let mut bulk1 = vec![Vec::new(); paths.len()];
-    for _ in 0..o.rounds {
-        for (i, p) in paths.iter().enumerate() {
-            bulk1[i].push(measure::bulk(p.http, o.bytes, 1).await?);
+    if o.section("bulk1") {
+        eprintln!("bulk, 1 connection ...");
+        for _ in 0..o.rounds {
+            for (i, p) in paths.iter().enumerate() {
+                bulk1[i].push(measure::bulk(p.http, o.bytes, 1).await?);
+            }
         }
     }
-    eprintln!("bulk, 8 connections ...");
     let mut bulk8 = vec![Vec::new(); paths.len()];
-    for _ in 0..o.rounds {
-        for (i, p) in paths.iter().enumerate() {
-            bulk8[i].push(measure::bulk(p.http, o.bytes, 8).await?);
+    if o.section("bulk8") {
+        eprintln!("bulk, 8 connections ...");
+        for _ in 0..o.rounds {
+            for (i, p) in paths.iter().enumerate() {
+                bulk8[i].push(measure::bulk(p.http, o.bytes, 8).await?);
+            }
         }
     }
-    eprintln!("first byte ...");
     let mut ttfb = vec![Vec::new(); paths.len()];
-    for _ in 0..o.conns {
-        for (i, p) in paths.iter().enumerate() {
-            ttfb[i].push(measure::first_byte(p.http).await?);
+    if o.section("ttfb") {
+        eprintln!("first byte ...");
+        for _ in 0..o.conns {
+            for (i, p) in paths.iter().enumerate() {
+                ttfb[i].push(measure::first_byte(p.http).await?);
+            }
         }
     }
-    eprintln!("round trips ...");
     let mut rtt = vec![Vec::new(); paths.len()];
-    for _ in 0..o.rounds {
-        for (i, p) in paths.iter().enumerate() {
-            rtt[i].push(measure::round_trips(p.echo, o.rtts).await?);
+    if o.section("rtt") {
+        eprintln!("round trips ...");
+        for _ in 0..o.rounds {
+            for (i, p) in paths.iter().enumerate() {
+                rtt[i].push(measure::round_trips(p.echo, o.rtts).await?);
+            }
         }
     }
 
@@ -217,20 +258,21 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let idx = |n: &str| paths.iter().position(|p| p.name == n);
-    let kf_i = idx("kforward").context("kforward row")?;
-    println!();
-    println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
-    println!("|---|---:|---:|---:|---:|");
-    for other in ["kubectl", "kube-pf", "direct"] {
-        if let Some(j) = idx(other) {
-            let (a, b) = (&rows[kf_i], &rows[j]);
-            println!(
-                "| kforward / {other} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-                a.0 / b.0,
-                a.1 / b.1,
-                a.2.as_secs_f64() / b.2.as_secs_f64(),
-                a.4 / b.4
-            );
+    if let Some(kf_i) = idx("kforward") {
+        println!();
+        println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
+        println!("|---|---:|---:|---:|---:|");
+        for other in ["kubectl", "kube-pf", "direct"] {
+            if let Some(j) = idx(other) {
+                let (a, b) = (&rows[kf_i], &rows[j]);
+                println!(
+                    "| kforward / {other} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+                    a.0 / b.0,
+                    a.1 / b.1,
+                    a.2.as_secs_f64() / b.2.as_secs_f64(),
+                    a.4 / b.4
+                );
+            }
         }
     }
     println!(
@@ -238,7 +280,36 @@ async fn main() -> anyhow::Result<()> {
         o.rounds, o.conns, o.rtts
     );
 
-    // Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+    if o.section("relay") {
+        relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;
+    }
+    if o.section("hop") {
+        hop_rows(&o, direct_http).await?;
+    }
+    if o.section("idle") {
+        idle_rows(&cluster, &o).await?;
+    }
+    for mut f in fwds {
+        f.stop().await;
+    }
+    drop(kubectl_children);
+    Ok(())
+}
+
+/// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+async fn relay_rows(
+    cluster: &Cluster,
+    ctx: &KubeContext,
+    o: &Opts,
+    web_ip: &str,
+    direct_http: SocketAddr,
+) -> anyhow::Result<()> {
+    let ip = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .context("pod ip")
+    };
     let dns = cluster
         .pods("demo", Some("app=dns"))
         .into_iter()
@@ -255,7 +326,9 @@ async fn main() -> anyhow::Result<()> {
     let mut udp_fwd = kforward_core::forwarder_for(ctx.clone(), udp_spec, Default::default())?;
     let udp_via = udp_fwd.start().await?[0].local_addr;
     let proxy_spec = ForwardSpec::new(
-        Target::Proxy { host: ip(&web)? },
+        Target::Proxy {
+            host: web_ip.to_string(),
+        },
         [PortMapping::new(0, 8080)],
     )
     .with_namespace("demo")
@@ -287,8 +360,11 @@ async fn main() -> anyhow::Result<()> {
     }
     udp_fwd.stop().await;
     proxy_fwd.stop().await;
+    Ok(())
+}
 
-    // Memory of one kforward process holding N idle forwards.
+/// Memory of one kforward process holding N idle forwards.
+async fn idle_rows(cluster: &Cluster, o: &Opts) -> anyhow::Result<()> {
     let cli = std::env::current_exe()?.with_file_name("kforward");
     if cli.exists() {
         println!("\n| idle forwards in one `kforward run` | resident memory |");
@@ -303,9 +379,119 @@ async fn main() -> anyhow::Result<()> {
             cli.display()
         );
     }
-    for mut f in fwds {
-        f.stop().await;
-    }
-    drop(kubectl_children);
     Ok(())
+}
+
+/// A port free right now (for tools that cannot report the port they bound).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on `addr`.
+async fn listening(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listens on {addr}")
+}
+
+/// The relay's TCP hop (client, relay, pod, all on loopback, no tunnel in front) against
+/// socat and haproxy doing the same hop, when they are installed.
+async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
+    use kforward_core::relay::server::{
+        CancellationToken, DEFAULT_IDLE_EXIT, RelayServer, SystemResolver,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    tokio::spawn(RelayServer::run(
+        listener,
+        "bench".into(),
+        SystemResolver,
+        None,
+        DEFAULT_IDLE_EXIT,
+        stop.clone(),
+    ));
+    let hello = measure::RelayHello {
+        token: "bench".into(),
+        target,
+    };
+    let mut hops: Vec<(&str, SocketAddr, Option<measure::RelayHello>)> = vec![
+        ("direct", target, None),
+        ("kforward-relay", relay_addr, Some(hello)),
+    ];
+    let mut children = Vec::new();
+    let dir = std::env::temp_dir().join(format!("kforward-bench-hop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    if which("socat") {
+        let port = free_port()?;
+        children.push(
+            tokio::process::Command::new("socat")
+                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+                .arg(format!("TCP:{target}"))
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        listening(addr).await?;
+        hops.push(("socat", addr, None));
+    } else {
+        eprintln!("note: no socat; its row is left out");
+    }
+    if which("haproxy") {
+        let port = free_port()?;
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s {target}\n"
+            ),
+        )?;
+        children.push(
+            tokio::process::Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        listening(addr).await?;
+        hops.push(("haproxy", addr, None));
+    } else {
+        eprintln!("note: no haproxy; its row is left out");
+    }
+    let mut mbs = vec![Vec::new(); hops.len()];
+    let mut mbs8 = vec![Vec::new(); hops.len()];
+    for _ in 0..o.rounds {
+        for (i, (_, addr, hello)) in hops.iter().enumerate() {
+            mbs[i].push(measure::bulk_via(*addr, o.bytes, 1, hello.clone()).await?);
+            mbs8[i].push(measure::bulk_via(*addr, o.bytes, 8, hello.clone()).await?);
+        }
+    }
+    println!("\n| TCP hop on loopback | bulk MB/s, 1 conn | bulk MB/s, 8 conns |");
+    println!("|---|---:|---:|");
+    for (i, (name, _, _)) in hops.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.0} |",
+            median(mbs[i].clone()),
+            median(mbs8[i].clone())
+        );
+    }
+    stop.cancel();
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }

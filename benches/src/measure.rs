@@ -8,9 +8,46 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn download(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
+/// The relay's handshake, done before the request: to measure the relay's own TCP hop
+/// (client to relay to pod) without a tunnel in front of it.
+#[derive(Debug, Clone)]
+pub struct RelayHello {
+    /// The relay's token.
+    pub token: String,
+    /// Where the relay connects.
+    pub target: SocketAddr,
+}
+
+async fn open(addr: SocketAddr, hello: Option<&RelayHello>) -> anyhow::Result<TcpStream> {
+    use kforward_relay::protocol::{Request, Status, Transport, decode_response, encode_request};
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
+    let Some(h) = hello else { return Ok(s) };
+    let req = Request::new(
+        &h.token,
+        Transport::Tcp,
+        &h.target.ip().to_string(),
+        h.target.port(),
+    );
+    s.write_all(&encode_request(&req)?).await?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((resp, used)) = decode_response(&buf)? {
+            if resp.status != Status::Ok || used != buf.len() {
+                bail!("relay refused: {resp:?}");
+            }
+            return Ok(s);
+        }
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            bail!("relay closed during the handshake");
+        }
+        buf.push(b[0]);
+    }
+}
+
+async fn download(addr: SocketAddr, bytes: u64, hello: Option<RelayHello>) -> anyhow::Result<u64> {
+    let mut s = open(addr, hello.as_ref()).await?;
     s.write_all(
         format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -32,11 +69,21 @@ async fn download(addr: SocketAddr, bytes: u64) -> anyhow::Result<u64> {
 
 /// Downloads `bytes` in all from the HTTP pod over `conns` connections at once; MB/s.
 pub async fn bulk(addr: SocketAddr, bytes: u64, conns: u64) -> anyhow::Result<f64> {
+    bulk_via(addr, bytes, conns, None).await
+}
+
+/// [`bulk`], with the relay's handshake first on every connection when `hello` is given.
+pub async fn bulk_via(
+    addr: SocketAddr,
+    bytes: u64,
+    conns: u64,
+    hello: Option<RelayHello>,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let each = bytes / conns;
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        tasks.push(tokio::spawn(download(addr, each)));
+        tasks.push(tokio::spawn(download(addr, each, hello.clone())));
     }
     for t in tasks {
         t.await??;
