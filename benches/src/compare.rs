@@ -5,9 +5,12 @@
 //! Paths: `direct` (the pod's own address: the limit), `kforward`, `kubectl` (the real
 //! `kubectl port-forward`, from `$KUBECTL` or `../shared/tools/install-kubectl`) and
 //! `kube-pf` (kube's `Portforwarder` with `copy_bidirectional`, the way kftray forwards).
+//! `kforward-cli` is `kforward forward` as a process of its own, started like kubectl, so
+//! that the CPU time of both clients per GiB can be read apart from everything else that
+//! shares the machine (the testkit's API server and pods run in this process).
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--paths direct,kforward,kube-pf,kubectl] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
+//! [--idle 1,50,200] [--paths direct,kforward,kube-pf,kubectl,kforward-cli] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
@@ -93,6 +96,10 @@ struct Path {
     name: &'static str,
     http: SocketAddr,
     echo: SocketAddr,
+    /// The forwarding process, for paths that run as one (kubectl, kforward-cli): its CPU
+    /// time per GiB is the client's own cost, apart from the API server and the pods that
+    /// share the machine.
+    pid: Option<u32>,
 }
 
 #[tokio::main]
@@ -124,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let direct = Path {
         name: "direct",
+        pid: None,
         http: format!("{}:8080", ip(&web)?).parse()?,
         echo: format!("{}:7000", ip(&echo)?).parse()?,
     };
@@ -143,6 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let mut fw_echo = via(&echo_name, 7000);
     let kf = Path {
         name: "kforward",
+        pid: None,
         http: fw_http.start().await?[0].local_addr,
         echo: fw_echo.start().await?[0].local_addr,
     };
@@ -153,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let b_echo = baseline::start(kube_client, &echo_name, 7000).await?;
     let kube_pf = Path {
         name: "kube-pf",
+        pid: None,
         http: b_http.addr,
         echo: b_echo.addr,
     };
@@ -180,25 +190,57 @@ async fn main() -> anyhow::Result<()> {
                 7000,
             )
             .await?;
+            let pid = c1.id();
             kubectl_children.push(c1);
             kubectl_children.push(c2);
             paths.push(Path {
                 name: "kubectl",
                 http,
                 echo,
+                pid,
             });
         }
         Err(e) => eprintln!("note: no kubectl ({e}); its column is left out"),
+    }
+    // kforward as a process of its own, started like kubectl: its CPU is counted apart.
+    let cli = std::env::current_exe()?.with_file_name("kforward");
+    if o.path("kforward-cli") && cli.exists() {
+        let kc = cluster.kubeconfig_path();
+        let (c1, http) =
+            kubectl::kforward_forward(&cli, kc, &format!("pod/{web_name}"), 8080).await?;
+        let (c2, echo) =
+            kubectl::kforward_forward(&cli, kc, &format!("pod/{echo_name}"), 7000).await?;
+        let pid = c1.id();
+        kubectl_children.push(c1);
+        kubectl_children.push(c2);
+        paths.push(Path {
+            name: "kforward-cli",
+            http,
+            echo,
+            pid,
+        });
+    } else if o.path("kforward-cli") {
+        eprintln!(
+            "note: no {} (build kforward-cli in the same profile); its column is left out",
+            cli.display()
+        );
     }
 
     paths.retain(|p| o.path(p.name));
 
     let mut bulk1 = vec![Vec::new(); paths.len()];
+    // CPU milliseconds per GiB of the forwarding process, for paths that are one.
+    let mut cpu1 = vec![Vec::new(); paths.len()];
     if o.section("bulk1") {
         eprintln!("bulk, 1 connection ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
+                let before = p.pid.map(measure::cpu_time).transpose()?;
                 bulk1[i].push(measure::bulk(p.http, o.bytes, 1).await?);
+                if let (Some(pid), Some(before)) = (p.pid, before) {
+                    let used = measure::cpu_time(pid)?.saturating_sub(before);
+                    cpu1[i].push(used.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / o.bytes as f64);
+                }
             }
         }
     }
@@ -274,11 +316,43 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        // Both as processes of their own, started the same way.
+        if let (Some(i), Some(j)) = (idx("kforward-cli"), idx("kubectl")) {
+            let (a, b) = (&rows[i], &rows[j]);
+            println!(
+                "| kforward-cli / kubectl | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
+                a.0 / b.0,
+                a.1 / b.1,
+                a.2.as_secs_f64() / b.2.as_secs_f64(),
+                a.4 / b.4
+            );
+        }
     }
     println!(
         "\n({} rounds, medians; first byte over {} new connections per path; {} round trips per round)",
         o.rounds, o.conns, o.rtts
     );
+    let cpu: Vec<(usize, f64)> = cpu1
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(i, v)| (i, median(v.clone())))
+        .collect();
+    if !cpu.is_empty() {
+        println!("\n| forwarding process | CPU ms per GiB (bulk, 1 conn) | MB/s per CPU core |");
+        println!("|---|---:|---:|");
+        for (i, ms) in &cpu {
+            println!(
+                "| {} | {ms:.0} | {:.0} |",
+                paths[*i].name,
+                (1u64 << 30) as f64 / 1e6 / (ms / 1e3)
+            );
+        }
+        let get = |n: &str| cpu.iter().find(|(i, _)| paths[*i].name == n).map(|c| c.1);
+        if let (Some(k), Some(c)) = (get("kforward-cli"), get("kubectl")) {
+            println!("\nkubectl / kforward-cli, CPU per GiB: {:.2}x", c / k);
+        }
+    }
 
     if o.section("relay") {
         relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;

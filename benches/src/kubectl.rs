@@ -1,4 +1,5 @@
-//! The real `kubectl port-forward` as a path to measure.
+//! Forwarders that run as processes of their own: the real `kubectl port-forward`, and
+//! `kforward forward` started the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,18 +30,47 @@ pub async fn port_forward(
     target: &str,
     port: u16,
 ) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
-    let mut child = tokio::process::Command::new(bin)
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("--kubeconfig").arg(kubeconfig).args([
+        "port-forward",
+        "-n",
+        "demo",
+        target,
+        &format!(":{port}"),
+        "--address",
+        "127.0.0.1",
+    ]);
+    spawn_forward(cmd).await
+}
+
+/// Starts `kforward forward TARGET :PORT` (kubectl's arguments and output, as a process of
+/// its own like kubectl's); returns the child and the local address it printed.
+pub async fn kforward_forward(
+    bin: &Path,
+    kubeconfig: &Path,
+    target: &str,
+    port: u16,
+) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("forward")
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args([
-            "port-forward",
             "-n",
             "demo",
             target,
             &format!(":{port}"),
             "--address",
             "127.0.0.1",
-        ])
+        ]);
+    spawn_forward(cmd).await
+}
+
+/// Runs a forwarding command that prints `Forwarding from ADDR -> PORT` once listening.
+async fn spawn_forward(
+    mut cmd: tokio::process::Command,
+) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -50,13 +80,13 @@ pub async fn port_forward(
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
         .await
-        .context("kubectl did not start in time")??
-        .context("kubectl exited")?;
+        .context("the forward did not start in time")??
+        .context("the forward exited")?;
     let addr = line
         .split("from ")
         .nth(1)
         .and_then(|r| r.split(' ').next())
-        .context("unexpected kubectl output")?
+        .with_context(|| format!("unexpected output {line:?}"))?
         .parse()?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, addr))

@@ -200,3 +200,25 @@ pub async fn udp_ping_pong(addr: SocketAddr, n: usize) -> anyhow::Result<(f64, D
     rtts.sort();
     Ok((rate, rtts[rtts.len() / 2]))
 }
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+///
+/// The counters are in clock ticks of `USER_HZ`, which is 100 on every Linux architecture
+/// we run on (`getconf CLK_TCK`); 10 ms resolution is fine against seconds of transfer.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after its closing ')' are plain.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')'.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("stat fields")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
