@@ -53,8 +53,8 @@ typedef enum kf_result {
      */
     KF_BUFFER_TOO_SMALL = 6,
     /**
-     * The config asks for something this build cannot do yet: UDP, or `workload_type`
-     * `proxy` (both need the in-cluster relay).
+     * The cluster cannot do what was asked: the API server answered 501 Not Implemented.
+     * (Builds before the relay also gave it for UDP and `proxy` configs, which now run.)
      */
     KF_UNSUPPORTED = 7,
     /**
@@ -111,6 +111,12 @@ typedef enum kf_result {
      * The port-forward stream to the pod failed.
      */
     KF_TUNNEL = 29,
+    /**
+     * The in-cluster relay of a UDP or proxy forward failed: its pod could not be made
+     * ready (an image the cluster cannot pull, say), the destination's name did not
+     * resolve inside the cluster, or the destination refused or timed out.
+     */
+    KF_RELAY = 30,
     /**
      * kforward panicked; the panic was caught at the boundary. Please report it.
      */
@@ -247,8 +253,9 @@ void kf_runtime_free(struct kf_runtime *rt);
  * `{"service":"web","namespace":"demo","local_port":0,"remote_port":80,
  * "kubeconfig":"/path/to/kubeconfig","context":"dev"}`; `local_port` 0 picks a free port,
  * `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
- * current context. `workload_type` may be `service` or `pod`; `proxy` and UDP are not
- * supported yet.
+ * current context. `workload_type` may be `service`, `pod` or `proxy` (with
+ * `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
+ * relay pod that the forward creates in the namespace and deletes when it stops.
  *
  * This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
  * on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
@@ -261,7 +268,7 @@ void kf_runtime_free(struct kf_runtime *rt);
  *
  * Returns `KF_OK`; `KF_NULL_ARGUMENT` when `rt`, `config_json` or `out` is NULL;
  * `KF_INVALID_UTF8`, `KF_INVALID_JSON` or `KF_INVALID_CONFIG` for a bad config;
- * `KF_UNSUPPORTED` for UDP and proxy configs. `*out` is written only on `KF_OK`.
+ * `*out` is written only on `KF_OK`.
  *
  * # Safety
  *

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kforward_core::spec::ForwardSpec;
 use kforward_core::{
     BoundPort, Error, Event, ForwardOptions, Forwarder, KubeContext, KubeconfigSource,
-    StatsSnapshot, TcpForwarder,
+    StatsSnapshot, forwarder_for,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -110,8 +110,8 @@ struct State {
     ports: Vec<BoundPort>,
     /// The counters when the forwarder is not live (before the start, after the stop).
     stats: StatsSnapshot,
-    /// The forwarder while it is ready.
-    live: Option<TcpForwarder>,
+    /// The forwarder while it is ready (TCP, UDP or proxy).
+    live: Option<Box<dyn Forwarder>>,
 }
 
 /// A forward's state, shared by its handle and its tasks.
@@ -363,7 +363,19 @@ pub(crate) async fn drive(
         }
         Some(Ok(ctx)) => ctx,
     };
-    let mut fwd = TcpForwarder::new(ctx, spec, opts);
+    // UDP and proxy forwards get their relay pod from the forwarder, which deletes it when
+    // stopped (or dropped).
+    let mut fwd = match forwarder_for(ctx, spec, opts) {
+        Ok(f) => f,
+        Err(e) => {
+            shared.fail(&e);
+            shared.emit(&Event::Error {
+                forward: shared.label.clone(),
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
     let finish = CancellationToken::new();
     let events = tokio::spawn(pump(shared.clone(), fwd.subscribe(), finish.clone()));
     let started = tokio::select! {

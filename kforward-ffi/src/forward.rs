@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kforward_core::config::ForwardConfig;
-use kforward_core::spec::{ForwardSpec, Protocol, Target};
+use kforward_core::spec::ForwardSpec;
 use kforward_core::{Error, ForwardOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ impl kf_forward {
     }
 }
 
-/// Parses one entry of a kftray config and checks that this build can run it.
+/// Parses one entry of a kftray config.
 fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         Fail::new(
@@ -77,22 +77,6 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
         )
     })?;
     let spec = ForwardSpec::try_from(&config).map_err(|e| Fail::from(&Error::from(e)))?;
-    let unsupported = if spec.protocol == Protocol::Udp {
-        Some("UDP forwards")
-    } else if matches!(spec.target, Target::Proxy { .. }) {
-        Some("workload_type \"proxy\"")
-    } else {
-        None
-    };
-    if let Some(what) = unsupported {
-        return Err(Fail::new(
-            kf_result::KF_UNSUPPORTED,
-            format!(
-                "{}: {what} need the in-cluster relay, which this build does not have yet",
-                config.label()
-            ),
-        ));
-    }
     Ok(spec)
 }
 
@@ -103,8 +87,9 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
 /// `{"service":"web","namespace":"demo","local_port":0,"remote_port":80,
 /// "kubeconfig":"/path/to/kubeconfig","context":"dev"}`; `local_port` 0 picks a free port,
 /// `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
-/// current context. `workload_type` may be `service` or `pod`; `proxy` and UDP are not
-/// supported yet.
+/// current context. `workload_type` may be `service`, `pod` or `proxy` (with
+/// `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
+/// relay pod that the forward creates in the namespace and deletes when it stops.
 ///
 /// This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
 /// on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
@@ -117,7 +102,7 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
 ///
 /// Returns `KF_OK`; `KF_NULL_ARGUMENT` when `rt`, `config_json` or `out` is NULL;
 /// `KF_INVALID_UTF8`, `KF_INVALID_JSON` or `KF_INVALID_CONFIG` for a bad config;
-/// `KF_UNSUPPORTED` for UDP and proxy configs. `*out` is written only on `KF_OK`.
+/// `*out` is written only on `KF_OK`.
 ///
 /// # Safety
 ///

@@ -28,8 +28,8 @@ pub enum kf_result {
     KF_INVALID_ARGUMENT = 5,
     /// The caller's buffer is too small for the text; nothing was written.
     KF_BUFFER_TOO_SMALL = 6,
-    /// The config asks for something this build cannot do yet: UDP, or `workload_type`
-    /// `proxy` (both need the in-cluster relay).
+    /// The cluster cannot do what was asked: the API server answered 501 Not Implemented.
+    /// (Builds before the relay also gave it for UDP and `proxy` configs, which now run.)
     KF_UNSUPPORTED = 7,
     /// The forward was already stopped: by an earlier `kf_forward_stop`, or before
     /// `kf_forward_wait_ready` saw it ready.
@@ -59,6 +59,10 @@ pub enum kf_result {
     KF_API = 28,
     /// The port-forward stream to the pod failed.
     KF_TUNNEL = 29,
+    /// The in-cluster relay of a UDP or proxy forward failed: its pod could not be made
+    /// ready (an image the cluster cannot pull, say), the destination's name did not
+    /// resolve inside the cluster, or the destination refused or timed out.
+    KF_RELAY = 30,
     /// kforward panicked; the panic was caught at the boundary. Please report it.
     KF_PANIC = 90,
     /// Any other failure inside kforward. Please report it.
@@ -66,7 +70,7 @@ pub enum kf_result {
 }
 
 /// Every code, for tests and for `kf_result_name`.
-pub(crate) const ALL: [kf_result; 23] = {
+pub(crate) const ALL: [kf_result; 24] = {
     use kf_result::*;
     [
         KF_OK,
@@ -90,6 +94,7 @@ pub(crate) const ALL: [kf_result; 23] = {
         KF_UNREACHABLE,
         KF_API,
         KF_TUNNEL,
+        KF_RELAY,
         KF_PANIC,
         KF_INTERNAL,
     ]
@@ -121,6 +126,7 @@ impl kf_result {
             KF_UNREACHABLE => c"KF_UNREACHABLE",
             KF_API => c"KF_API",
             KF_TUNNEL => c"KF_TUNNEL",
+            KF_RELAY => c"KF_RELAY",
             KF_PANIC => c"KF_PANIC",
             KF_INTERNAL => c"KF_INTERNAL",
         }
@@ -152,10 +158,14 @@ pub(crate) fn code_of(e: &Error) -> kf_result {
         Error::Forbidden { .. } => KF_FORBIDDEN,
         Error::Unauthorized { .. } => KF_UNAUTHORIZED,
         Error::Unreachable { .. } => KF_UNREACHABLE,
-        // `forwarder_for` answers 501 for forwards that need the relay.
         Error::Api { code: 501, .. } => KF_UNSUPPORTED,
         Error::Api { .. } => KF_API,
         Error::Tunnel { .. } => KF_TUNNEL,
+        Error::RelayNameNotResolved { .. }
+        | Error::RelayConnect { .. }
+        | Error::RelayRejected { .. }
+        | Error::RelayHandshake { .. }
+        | Error::RelayPod { .. } => KF_RELAY,
         // Every forward is started once here, so this is a bug.
         Error::AlreadyStarted => KF_INTERNAL,
         _ => KF_INTERNAL,
@@ -300,7 +310,7 @@ mod tests {
                 Error::Api {
                     action: "x".into(),
                     code: 501,
-                    message: "relay".into(),
+                    message: "not implemented".into(),
                 },
                 KF_UNSUPPORTED,
             ),
@@ -319,6 +329,14 @@ mod tests {
                     message: "refused".into(),
                 },
                 KF_TUNNEL,
+            ),
+            (
+                Error::RelayPod {
+                    namespace: "demo".into(),
+                    message: "the cluster cannot pull the relay image".into(),
+                    retryable: false,
+                },
+                KF_RELAY,
             ),
             (Error::AlreadyStarted, KF_INTERNAL),
         ];

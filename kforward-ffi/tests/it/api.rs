@@ -49,6 +49,7 @@ fn result_numbers_never_change() {
         (KF_UNREACHABLE, 27, "KF_UNREACHABLE"),
         (KF_API, 28, "KF_API"),
         (KF_TUNNEL, 29, "KF_TUNNEL"),
+        (KF_RELAY, 30, "KF_RELAY"),
         (KF_PANIC, 90, "KF_PANIC"),
         (KF_INTERNAL, 99, "KF_INTERNAL"),
     ];
@@ -109,19 +110,34 @@ fn null_arguments_are_refused_and_free_null_is_fine() {
 #[test]
 fn bad_configs_get_their_own_codes_and_leave_out_alone() {
     let rt = Runtime::new(1);
-    let cases: [(&[u8], kf_result, &str); 9] = [
-        (b"{\"service\":\"w\xffb\"}\0", KF_INVALID_UTF8, "not valid UTF-8"),
+    let cases: [(&[u8], kf_result, &str); 8] = [
+        (
+            b"{\"service\":\"w\xffb\"}\0",
+            KF_INVALID_UTF8,
+            "not valid UTF-8",
+        ),
         (b"{\"service\":\0", KF_INVALID_JSON, "not JSON"),
         (b"not json at all\0", KF_INVALID_JSON, "not JSON"),
         (b"[1, 2]\0", KF_INVALID_CONFIG, "not a valid forward config"),
-        (b"{\"service\":\"web\",\"remote_port\":\"http\"}\0", KF_INVALID_CONFIG, "remote_port"),
-        (b"{\"service\":\"Web!\",\"remote_port\":0}\0", KF_INVALID_CONFIG, "remote_port"),
-        (b"{\"protocol\":\"sctp\",\"service\":\"web\",\"remote_port\":80}\0", KF_INVALID_CONFIG, "protocol"),
-        (b"{\"protocol\":\"udp\",\"service\":\"dns\",\"remote_port\":53}\0", KF_UNSUPPORTED, "UDP"),
         (
-            b"{\"workload_type\":\"proxy\",\"remote_address\":\"db.internal\",\"remote_port\":5432}\0",
-            KF_UNSUPPORTED,
-            "proxy",
+            b"{\"service\":\"web\",\"remote_port\":\"http\"}\0",
+            KF_INVALID_CONFIG,
+            "remote_port",
+        ),
+        (
+            b"{\"service\":\"Web!\",\"remote_port\":0}\0",
+            KF_INVALID_CONFIG,
+            "remote_port",
+        ),
+        (
+            b"{\"protocol\":\"sctp\",\"service\":\"web\",\"remote_port\":80}\0",
+            KF_INVALID_CONFIG,
+            "protocol",
+        ),
+        (
+            b"{\"workload_type\":\"proxy\",\"remote_port\":5432}\0",
+            KF_INVALID_CONFIG,
+            "remote_address",
         ),
     ];
     for (json, code, says) in cases {

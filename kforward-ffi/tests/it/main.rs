@@ -6,3 +6,4 @@ mod c_example;
 mod common;
 mod header;
 mod python_example;
+mod relay;

@@ -1,0 +1,77 @@
+//! UDP and proxy configs through the C ABI: each forward makes its relay pod in the
+//! cluster, carries traffic through it, and deletes it when stopped.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use kforward_ffi::kf_result::*;
+use kforward_testkit::DEMO_EXTERNAL_HOST;
+
+use crate::common::{Runtime, TestCluster, WAIT, WAIT_MS, Watchdog, eventually, last_error};
+
+const RELAY_SELECTOR: &str = "app.kubernetes.io/name=kforward-relay";
+
+fn relay_pods(tc: &TestCluster) -> usize {
+    tc.cluster.pods("demo", Some(RELAY_SELECTOR)).len()
+}
+
+#[test]
+fn udp_and_proxy_configs_run_through_relay_pods_deleted_on_stop() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let tc = TestCluster::demo();
+    let rt = Runtime::new(2);
+    let udp = rt
+        .start(
+            &serde_json::json!({
+                "service": "dns", "namespace": "demo", "protocol": "udp",
+                "local_port": 0, "remote_port": 5353, "kubeconfig": tc.kubeconfig(),
+            })
+            .to_string(),
+        )
+        .expect("the UDP config starts");
+    let proxy = rt
+        .start(
+            &serde_json::json!({
+                "workload_type": "proxy", "remote_address": DEMO_EXTERNAL_HOST,
+                "namespace": "demo", "local_port": 0, "remote_port": 80,
+                "kubeconfig": tc.kubeconfig(),
+            })
+            .to_string(),
+        )
+        .expect("the proxy config starts");
+    assert_eq!(udp.wait_ready(WAIT_MS), KF_OK, "{}", last_error());
+    assert_eq!(proxy.wait_ready(WAIT_MS), KF_OK, "{}", last_error());
+    assert_eq!(udp.status()["state"], "ready", "{}", udp.status());
+
+    // A datagram to the local port comes back from the dns pod's UDP echo.
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(WAIT)).expect("timeout");
+    sock.connect(udp.local_addr()).expect("connect");
+    sock.send(b"hello through the relay").expect("send");
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("the echo comes back");
+    assert_eq!(&buf[..n], b"hello through the relay");
+
+    // The external host answers pod addresses only: this reply came through the relay pod.
+    let mut s = std::net::TcpStream::connect_timeout(&proxy.local_addr(), WAIT).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET / HTTP/1.1\r\nHost: {DEMO_EXTERNAL_HOST}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    let mut reply = String::new();
+    std::io::Read::read_to_string(&mut s, &mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    assert!(
+        tc.cluster.external_host_addr(DEMO_EXTERNAL_HOST).is_some(),
+        "the demo's external host exists"
+    );
+
+    // Each forward owns its relay pod; stopping them deletes both.
+    assert_eq!(relay_pods(&tc), 2);
+    assert_eq!(udp.stop(), KF_OK, "{}", last_error());
+    assert_eq!(proxy.stop(), KF_OK, "{}", last_error());
+    eventually("the relay pods to be deleted", || relay_pods(&tc) == 0);
+}
