@@ -24,6 +24,7 @@ use futures::{Sink, Stream};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::client::KubeContext;
@@ -33,6 +34,8 @@ use crate::error::{Error, Result};
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message written at once: large messages keep framing cheap at GiB rates.
 const MAX_WRITE: usize = 256 * 1024;
+/// Most bytes read from the connection at once: two TLS records' worth of plaintext.
+const READ_BUFFER: usize = 32 * 1024;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -121,8 +124,16 @@ impl Tunnel {
                     Some(pod),
                 )
             })?;
+        // kube wraps the upgraded connection with tungstenite's default configuration, whose
+        // 128 KiB read buffer is zero-filled before every read from TLS although one read
+        // brings about one TLS record (16 KiB): that memset was 5% of the client's CPU in a
+        // bulk profile. The stream has not been read yet, so nothing is buffered in it and
+        // it can be wrapped again with a read buffer sized for TLS records.
+        let io = conn.into_stream().into_inner();
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
         Ok(Tunnel {
-            ws: conn.into_stream(),
+            ws,
             pod: pod.to_string(),
             port,
             pending: Bytes::new(),
