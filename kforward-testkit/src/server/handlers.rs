@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::labels::FieldSelector;
 use super::route::{self, Route};
 use super::watch::{self, WatchRequest};
-use super::{Body, Selector, discovery, error_response, json_response, patch, read_body, table};
+use super::{
+    Body, Selector, discovery, error_response, json_response, patch, protobuf, read_body, table,
+};
 use crate::state::{Shared, USER, lock};
 use crate::store::now_rfc3339;
 use crate::{ApiError, Kind};
@@ -102,9 +104,25 @@ async fn access_review(
     if req.method() != Method::POST {
         return Err(ApiError::method_not_allowed());
     }
+    let header_has = |name: header::HeaderName, what: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains(what))
+    };
+    // kubectl sends this review as protobuf; other clients as JSON.
+    let proto_in = header_has(header::CONTENT_TYPE, protobuf::MEDIA_TYPE);
+    // Answer in protobuf only to a client that takes nothing else.
+    let proto_out = header_has(header::ACCEPT, protobuf::MEDIA_TYPE)
+        && !header_has(header::ACCEPT, "json")
+        && !header_has(header::ACCEPT, "*/*");
     let body = read_body(req).await?;
-    let mut review: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid SelfSubjectAccessReview: {e}")))?;
+    let mut review: Value = if proto_in {
+        protobuf::decode_access_review(&body)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid SelfSubjectAccessReview: {e}")))?
+    };
     let attrs = &review["spec"]["resourceAttributes"];
     let verb = attrs["verb"].as_str().unwrap_or("");
     let resource = attrs["resource"].as_str().unwrap_or("");
@@ -124,6 +142,15 @@ async fn access_review(
     } else {
         json!({"allowed": false, "denied": true, "reason": "denied by a testkit fault"})
     };
+    if proto_out {
+        let mut r = Response::new(super::full(protobuf::encode_access_review(&review)));
+        *r.status_mut() = StatusCode::CREATED;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(protobuf::MEDIA_TYPE),
+        );
+        return Ok(r);
+    }
     Ok(json_response(StatusCode::CREATED, &review))
 }
 

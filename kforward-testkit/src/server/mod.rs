@@ -5,6 +5,7 @@ mod discovery;
 mod handlers;
 mod labels;
 mod patch;
+mod protobuf;
 mod route;
 mod table;
 mod watch;
