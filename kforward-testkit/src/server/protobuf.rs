@@ -26,6 +26,18 @@ use crate::ApiError;
 pub(crate) const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 /// The four bytes every protobuf body starts with.
 const MAGIC: &[u8; 4] = b"k8s\0";
+/// `ResourceAttributes`' string fields, by number.
+const RESOURCE_ATTRIBUTES: [(u64, &str); 7] = [
+    (1, "namespace"),
+    (2, "verb"),
+    (3, "group"),
+    (4, "version"),
+    (5, "resource"),
+    (6, "subresource"),
+    (7, "name"),
+];
+/// `NonResourceAttributes`' string fields, by number.
+const NON_RESOURCE_ATTRIBUTES: [(u64, &str); 2] = [(1, "path"), (2, "verb")];
 
 fn bad(what: &str) -> ApiError {
     ApiError::bad_request(format!("invalid protobuf SelfSubjectAccessReview: {what}"))
@@ -115,20 +127,16 @@ pub(crate) fn decode_access_review(body: &[u8]) -> Result<Value, ApiError> {
     let mut spec = Map::new();
     if let Some(s) = message(raw, 2)? {
         if let Some(ra) = message(s, 1)? {
-            let names = [
-                (1, "namespace"),
-                (2, "verb"),
-                (3, "group"),
-                (4, "version"),
-                (5, "resource"),
-                (6, "subresource"),
-                (7, "name"),
-            ];
-            spec.insert("resourceAttributes".into(), strings(ra, &names)?);
+            spec.insert(
+                "resourceAttributes".into(),
+                strings(ra, &RESOURCE_ATTRIBUTES)?,
+            );
         }
         if let Some(nra) = message(s, 2)? {
-            let names = [(1, "path"), (2, "verb")];
-            spec.insert("nonResourceAttributes".into(), strings(nra, &names)?);
+            spec.insert(
+                "nonResourceAttributes".into(),
+                strings(nra, &NON_RESOURCE_ATTRIBUTES)?,
+            );
         }
     }
     Ok(json!({
@@ -171,27 +179,20 @@ pub(crate) fn encode_access_review(review: &Value) -> Vec<u8> {
     let spec_json = &review["spec"];
     let mut spec = Vec::new();
     if spec_json["resourceAttributes"].is_object() {
-        let names = [
-            (1, "namespace"),
-            (2, "verb"),
-            (3, "group"),
-            (4, "version"),
-            (5, "resource"),
-            (6, "subresource"),
-            (7, "name"),
-        ];
         put_bytes(
             &mut spec,
             1,
-            &str_fields(&spec_json["resourceAttributes"], &names),
+            &str_fields(&spec_json["resourceAttributes"], &RESOURCE_ATTRIBUTES),
         );
     }
     if spec_json["nonResourceAttributes"].is_object() {
-        let names = [(1, "path"), (2, "verb")];
         put_bytes(
             &mut spec,
             2,
-            &str_fields(&spec_json["nonResourceAttributes"], &names),
+            &str_fields(
+                &spec_json["nonResourceAttributes"],
+                &NON_RESOURCE_ATTRIBUTES,
+            ),
         );
     }
     let st = &review["status"];
