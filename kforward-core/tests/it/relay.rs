@@ -175,19 +175,7 @@ async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
         .and_then(|s| s.pod_ip.clone())
         .expect("relay pod ip");
     for _ in 0..3 {
-        let mut c = TcpStream::connect(bound[0].local_addr)
-            .await
-            .expect("connect");
-        c.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-        let mut reply = String::new();
-        tokio::time::timeout(WAIT, c.read_to_string(&mut reply))
-            .await
-            .expect("in time")
-            .expect("read");
+        let reply = http_get(bound[0].local_addr, host).await;
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(
             reply.contains(&format!("hello from {host} to {relay_ip}")),
@@ -280,6 +268,20 @@ async fn a_relay_pod_deleted_mid_session_is_replaced() {
     wait_no_relay_pods(&cluster).await;
 }
 
+/// One `GET /` with `Host: host` through `addr`; the whole reply.
+async fn http_get(addr: std::net::SocketAddr, host: &str) -> String {
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, c.read_to_string(&mut reply))
+        .await
+        .expect("in time")
+        .expect("read");
+    reply
+}
+
 fn phase(cluster: &Cluster, name: &str) -> Option<String> {
     cluster
         .pods("demo", Some(RELAY_SELECTOR))
@@ -311,22 +313,7 @@ async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
         .await
         .expect("in time")
         .expect("proxy starts");
-    let get = || async {
-        let mut c = TcpStream::connect(bound[0].local_addr)
-            .await
-            .expect("connect");
-        c.write_all(
-            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .expect("write");
-        let mut reply = String::new();
-        tokio::time::timeout(WAIT, c.read_to_string(&mut reply))
-            .await
-            .expect("in time")
-            .expect("read");
-        reply
-    };
+    let get = || http_get(bound[0].local_addr, host);
     assert!(get().await.starts_with("HTTP/1.1 200"));
     let first = relay_pods(&cluster);
     assert_eq!(first.len(), 1);
