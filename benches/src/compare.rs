@@ -8,9 +8,11 @@
 //! `kforward-cli` is `kforward forward` as a process of its own, started like kubectl, so
 //! that the CPU time of both clients per GiB can be read apart from everything else that
 //! shares the machine (the testkit's API server and pods run in this process).
+//! `kforward-tunnel` is the library's `Tunnel` used in this process, as a tool that embeds
+//! kforward reaches a pod: kforward's client path without the local socket.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--paths direct,kforward,kube-pf,kubectl,kforward-cli] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
+//! [--idle 1,50,200] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
@@ -25,6 +27,7 @@ use anyhow::{Context, bail};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
 use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
 use kforward_testkit::Cluster;
+use measure::Dial;
 
 struct Opts {
     bytes: u64,
@@ -83,19 +86,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
+/// A table cell: "-" for what was not measured.
+fn cell(v: f64, decimals: usize, unit: &str) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}{unit}")
+    } else {
+        "-".to_string()
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Option<Duration> {
     if v.is_empty() {
-        return Duration::ZERO;
+        return None;
     }
     v.sort();
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i]
+    Some(v[i])
 }
 
 struct Path {
     name: &'static str,
-    http: SocketAddr,
-    echo: SocketAddr,
+    http: Dial,
+    echo: Dial,
     /// The forwarding process, for paths that run as one (kubectl, kforward-cli): its CPU
     /// time per GiB is the client's own cost, apart from the API server and the pods that
     /// share the machine.
@@ -132,8 +144,8 @@ async fn main() -> anyhow::Result<()> {
     let direct = Path {
         name: "direct",
         pid: None,
-        http: format!("{}:8080", ip(&web)?).parse()?,
-        echo: format!("{}:7000", ip(&echo)?).parse()?,
+        http: Dial::Tcp(format!("{}:8080", ip(&web)?).parse()?),
+        echo: Dial::Tcp(format!("{}:7000", ip(&echo)?).parse()?),
     };
     let mut fwds = Vec::new();
     let via = |pod: &str, port: u16| {
@@ -152,8 +164,23 @@ async fn main() -> anyhow::Result<()> {
     let kf = Path {
         name: "kforward",
         pid: None,
-        http: fw_http.start().await?[0].local_addr,
-        echo: fw_echo.start().await?[0].local_addr,
+        http: Dial::Tcp(fw_http.start().await?[0].local_addr),
+        echo: Dial::Tcp(fw_echo.start().await?[0].local_addr),
+    };
+    // The library's tunnel used in this process, as a tool that embeds kforward reaches a
+    // pod: the same client path without the local socket, so what it adds over `kforward`
+    // is the cost of that socket hop.
+    let tunnel = |pod: &str, port: u16| Dial::Tunnel {
+        ctx: ctx.clone(),
+        namespace: "demo".to_string(),
+        pod: pod.to_string(),
+        port,
+    };
+    let kf_tunnel = Path {
+        name: "kforward-tunnel",
+        pid: None,
+        http: tunnel(&web_name, 8080),
+        echo: tunnel(&echo_name, 7000),
     };
     fwds.push(fw_http);
     fwds.push(fw_echo);
@@ -163,11 +190,14 @@ async fn main() -> anyhow::Result<()> {
     let kube_pf = Path {
         name: "kube-pf",
         pid: None,
-        http: b_http.addr,
-        echo: b_echo.addr,
+        http: Dial::Tcp(b_http.addr),
+        echo: Dial::Tcp(b_echo.addr),
     };
-    let direct_http = direct.http;
-    let mut paths = vec![direct, kf, kube_pf];
+    let direct_http = match &direct.http {
+        Dial::Tcp(a) => *a,
+        Dial::Tunnel { .. } => bail!("the direct path is a TCP address"),
+    };
+    let mut paths = vec![direct, kf, kf_tunnel, kube_pf];
     let kubectl_bin = if o.path("kubectl") {
         kubectl::find()
     } else {
@@ -195,8 +225,8 @@ async fn main() -> anyhow::Result<()> {
             kubectl_children.push(c2);
             paths.push(Path {
                 name: "kubectl",
-                http,
-                echo,
+                http: Dial::Tcp(http),
+                echo: Dial::Tcp(echo),
                 pid,
             });
         }
@@ -215,8 +245,8 @@ async fn main() -> anyhow::Result<()> {
         kubectl_children.push(c2);
         paths.push(Path {
             name: "kforward-cli",
-            http,
-            echo,
+            http: Dial::Tcp(http),
+            echo: Dial::Tcp(echo),
             pid,
         });
     } else if o.path("kforward-cli") {
@@ -236,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
                 let before = p.pid.map(measure::cpu_time).transpose()?;
-                bulk1[i].push(measure::bulk(p.http, o.bytes, 1).await?);
+                bulk1[i].push(measure::bulk(&p.http, o.bytes, 1).await?);
                 if let (Some(pid), Some(before)) = (p.pid, before) {
                     let used = measure::cpu_time(pid)?.saturating_sub(before);
                     cpu1[i].push(used.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / o.bytes as f64);
@@ -249,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bulk, 8 connections ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
-                bulk8[i].push(measure::bulk(p.http, o.bytes, 8).await?);
+                bulk8[i].push(measure::bulk(&p.http, o.bytes, 8).await?);
             }
         }
     }
@@ -258,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("first byte ...");
         for _ in 0..o.conns {
             for (i, p) in paths.iter().enumerate() {
-                ttfb[i].push(measure::first_byte(p.http).await?);
+                ttfb[i].push(measure::first_byte(&p.http).await?);
             }
         }
     }
@@ -267,20 +297,22 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("round trips ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
-                rtt[i].push(measure::round_trips(p.echo, o.rtts).await?);
+                rtt[i].push(measure::round_trips(&p.echo, o.rtts).await?);
             }
         }
     }
 
-    let rows: Vec<(f64, f64, Duration, Duration, f64)> = (0..paths.len())
+    // Milliseconds for first byte; NaN where a section was not run (printed as "-").
+    let rows: Vec<[f64; 5]> = (0..paths.len())
         .map(|i| {
-            (
+            let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+            [
                 median(bulk1[i].clone()),
                 median(bulk8[i].clone()),
-                pct(&mut ttfb[i], 0.5),
-                pct(&mut ttfb[i], 0.99),
+                ms(pct(&mut ttfb[i], 0.5)),
+                ms(pct(&mut ttfb[i], 0.99)),
                 median(rtt[i].clone()),
-            )
+            ]
         })
         .collect();
     println!(
@@ -290,42 +322,44 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|");
     for (p, r) in paths.iter().zip(&rows) {
         println!(
-            "| {} | {:.0} | {:.0} | {:.3} ms | {:.3} ms | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} |",
             p.name,
-            r.0,
-            r.1,
-            r.2.as_secs_f64() * 1e3,
-            r.3.as_secs_f64() * 1e3,
-            r.4
+            cell(r[0], 0, ""),
+            cell(r[1], 0, ""),
+            cell(r[2], 3, " ms"),
+            cell(r[3], 3, " ms"),
+            cell(r[4], 0, "")
         );
     }
     let idx = |n: &str| paths.iter().position(|p| p.name == n);
-    if let Some(kf_i) = idx("kforward") {
+    let pairs = [
+        ("kforward", "kubectl"),
+        ("kforward", "kube-pf"),
+        ("kforward", "direct"),
+        ("kforward-cli", "kubectl"),
+        ("kforward-tunnel", "kubectl"),
+        ("kforward-tunnel", "kube-pf"),
+    ];
+    let ratios: Vec<String> = pairs
+        .iter()
+        .filter_map(|(a, b)| Some((*a, *b, idx(a)?, idx(b)?)))
+        .map(|(a, b, i, j)| {
+            let (x, y) = (&rows[i], &rows[j]);
+            format!(
+                "| {a} / {b} | {} | {} | {} | {} |",
+                cell(x[0] / y[0], 2, "x"),
+                cell(x[1] / y[1], 2, "x"),
+                cell(x[2] / y[2], 2, "x"),
+                cell(x[4] / y[4], 2, "x")
+            )
+        })
+        .collect();
+    if !ratios.is_empty() {
         println!();
         println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
         println!("|---|---:|---:|---:|---:|");
-        for other in ["kubectl", "kube-pf", "direct"] {
-            if let Some(j) = idx(other) {
-                let (a, b) = (&rows[kf_i], &rows[j]);
-                println!(
-                    "| kforward / {other} | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-                    a.0 / b.0,
-                    a.1 / b.1,
-                    a.2.as_secs_f64() / b.2.as_secs_f64(),
-                    a.4 / b.4
-                );
-            }
-        }
-        // Both as processes of their own, started the same way.
-        if let (Some(i), Some(j)) = (idx("kforward-cli"), idx("kubectl")) {
-            let (a, b) = (&rows[i], &rows[j]);
-            println!(
-                "| kforward-cli / kubectl | {:.2}x | {:.2}x | {:.2}x | {:.2}x |",
-                a.0 / b.0,
-                a.1 / b.1,
-                a.2.as_secs_f64() / b.2.as_secs_f64(),
-                a.4 / b.4
-            );
+        for r in ratios {
+            println!("{r}");
         }
     }
     println!(
@@ -419,7 +453,7 @@ async fn relay_rows(
             udp_p50[i].push(p50.as_secs_f64() * 1e3);
         }
         for (i, a) in [direct_http, proxy_via].into_iter().enumerate() {
-            tcp_hop[i].push(measure::bulk(a, o.bytes, 1).await?);
+            tcp_hop[i].push(measure::bulk(&Dial::Tcp(a), o.bytes, 1).await?);
         }
     }
     println!("\n| relay path | UDP datagrams/s (ping-pong) | UDP round trip p50 | TCP bulk MB/s |");
@@ -546,8 +580,8 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
     let mut mbs8 = vec![Vec::new(); hops.len()];
     for _ in 0..o.rounds {
         for (i, (_, addr, hello)) in hops.iter().enumerate() {
-            mbs[i].push(measure::bulk_via(*addr, o.bytes, 1, hello.clone()).await?);
-            mbs8[i].push(measure::bulk_via(*addr, o.bytes, 8, hello.clone()).await?);
+            mbs[i].push(measure::bulk_via(&Dial::Tcp(*addr), o.bytes, 1, hello.clone()).await?);
+            mbs8[i].push(measure::bulk_via(&Dial::Tcp(*addr), o.bytes, 8, hello.clone()).await?);
         }
     }
     println!("\n| TCP hop on loopback | bulk MB/s, 1 conn | bulk MB/s, 8 conns |");

@@ -5,8 +5,46 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use kforward_core::{KubeContext, Tunnel};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// How a measurement reaches a pod's port.
+#[derive(Debug, Clone)]
+pub enum Dial {
+    /// A TCP connection: to the pod itself, or to a forward's local port.
+    Tcp(SocketAddr),
+    /// kforward's [`Tunnel`] opened in this process, the way a tool that embeds the
+    /// library reaches a pod without a local port: no local socket hop.
+    Tunnel {
+        ctx: KubeContext,
+        namespace: String,
+        pod: String,
+        port: u16,
+    },
+}
+
+/// A connection of either kind.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Dial {
+    async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
+        Ok(match self {
+            Dial::Tcp(addr) => {
+                let s = TcpStream::connect(addr).await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Dial::Tunnel {
+                ctx,
+                namespace,
+                pod,
+                port,
+            } => Box::new(Tunnel::open(ctx, namespace, pod, *port).await?),
+        })
+    }
+}
 
 /// The relay's handshake, done before the request: to measure the relay's own TCP hop
 /// (client to relay to pod) without a tunnel in front of it.
@@ -18,10 +56,9 @@ pub struct RelayHello {
     pub target: SocketAddr,
 }
 
-async fn open(addr: SocketAddr, hello: Option<&RelayHello>) -> anyhow::Result<TcpStream> {
+async fn open(dial: &Dial, hello: Option<&RelayHello>) -> anyhow::Result<Box<dyn Io>> {
     use kforward_relay::protocol::{Request, Status, Transport, decode_response, encode_request};
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+    let mut s = dial.connect().await?;
     let Some(h) = hello else { return Ok(s) };
     let req = Request::new(
         &h.token,
@@ -46,8 +83,8 @@ async fn open(addr: SocketAddr, hello: Option<&RelayHello>) -> anyhow::Result<Tc
     }
 }
 
-async fn download(addr: SocketAddr, bytes: u64, hello: Option<RelayHello>) -> anyhow::Result<u64> {
-    let mut s = open(addr, hello.as_ref()).await?;
+async fn download(dial: Dial, bytes: u64, hello: Option<RelayHello>) -> anyhow::Result<u64> {
+    let mut s = open(&dial, hello.as_ref()).await?;
     s.write_all(
         format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -62,19 +99,19 @@ async fn download(addr: SocketAddr, bytes: u64, hello: Option<RelayHello>) -> an
         total += n as u64;
     }
     if total < bytes {
-        bail!("short read from {addr}: {total} of {bytes}");
+        bail!("short read from {dial:?}: {total} of {bytes}");
     }
     Ok(total)
 }
 
 /// Downloads `bytes` in all from the HTTP pod over `conns` connections at once; MB/s.
-pub async fn bulk(addr: SocketAddr, bytes: u64, conns: u64) -> anyhow::Result<f64> {
-    bulk_via(addr, bytes, conns, None).await
+pub async fn bulk(dial: &Dial, bytes: u64, conns: u64) -> anyhow::Result<f64> {
+    bulk_via(dial, bytes, conns, None).await
 }
 
 /// [`bulk`], with the relay's handshake first on every connection when `hello` is given.
 pub async fn bulk_via(
-    addr: SocketAddr,
+    dial: &Dial,
     bytes: u64,
     conns: u64,
     hello: Option<RelayHello>,
@@ -83,7 +120,7 @@ pub async fn bulk_via(
     let each = bytes / conns;
     let mut tasks = Vec::new();
     for _ in 0..conns {
-        tasks.push(tokio::spawn(download(addr, each, hello.clone())));
+        tasks.push(tokio::spawn(download(dial.clone(), each, hello.clone())));
     }
     for t in tasks {
         t.await??;
@@ -92,10 +129,9 @@ pub async fn bulk_via(
 }
 
 /// Time from connect to the first byte of the reply to `GET /`, for one new connection.
-pub async fn first_byte(addr: SocketAddr) -> anyhow::Result<Duration> {
+pub async fn first_byte(dial: &Dial) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+    let mut s = dial.connect().await?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
         .await?;
     let mut b = [0u8; 1];
@@ -107,9 +143,8 @@ pub async fn first_byte(addr: SocketAddr) -> anyhow::Result<Duration> {
 }
 
 /// Small request/response round trips per second over one connection to the echo pod.
-pub async fn round_trips(addr: SocketAddr, n: usize) -> anyhow::Result<f64> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+pub async fn round_trips(dial: &Dial, n: usize) -> anyhow::Result<f64> {
+    let mut s = dial.connect().await?;
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
     // Warm up: the tunnel is open and the first exchange done.

@@ -58,4 +58,4 @@ pub use forwarder::{
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};
-pub use tunnel::Tunnel;
+pub use tunnel::{Tunnel, TunnelReader, TunnelWriter};

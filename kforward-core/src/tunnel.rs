@@ -20,7 +20,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::{Sink, Stream};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
@@ -37,6 +38,10 @@ const MAX_WRITE: usize = 256 * 1024;
 /// Most bytes read from the connection at once: two TLS records' worth of plaintext.
 const READ_BUFFER: usize = 32 * 1024;
 
+/// The channel of port 0's data and of its errors (the only port a tunnel opens).
+pub(crate) const DATA_CHANNEL: u8 = 0;
+const ERROR_CHANNEL: u8 = 1;
+
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// One port of one pod, through the API server's port-forward.
@@ -52,10 +57,28 @@ type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// t.read_to_end(&mut reply).await?;
 /// # Ok(()) }
 /// ```
-#[pin_project::pin_project]
+#[derive(Debug)]
 pub struct Tunnel {
-    #[pin]
-    ws: Ws,
+    read: TunnelReader,
+    write: TunnelWriter,
+}
+
+/// The receiving half of a [`Tunnel`], from [`Tunnel::into_split`]: `AsyncRead`, and
+/// [`TunnelReader::read_chunk`], which hands over each received message's bytes without
+/// copying them.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(t: kforward_core::Tunnel) -> Result<(), Box<dyn std::error::Error>> {
+/// let (mut rx, _tx) = t.into_split();
+/// while let Some(chunk) = rx.read_chunk().await? {
+///     println!("{} bytes from {}", chunk.len(), rx.pod());
+/// }
+/// # Ok(()) }
+/// ```
+pub struct TunnelReader {
+    ws: SplitStream<Ws>,
     pod: String,
     port: u16,
     /// Data received and not yet read.
@@ -65,15 +88,39 @@ pub struct Tunnel {
     error_prefix: usize,
     /// The stream has ended (close frame or end of the connection).
     eof: bool,
+}
+
+/// The sending half of a [`Tunnel`], from [`Tunnel::into_split`]: `AsyncWrite`.
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(t: kforward_core::Tunnel) -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::AsyncWriteExt;
+/// let (_rx, mut tx) = t.into_split();
+/// tx.write_all(b"PING\r\n").await?;
+/// # Ok(()) }
+/// ```
+pub struct TunnelWriter {
+    ws: SplitSink<Ws, Message>,
     /// The local side shut its writes down.
     write_shut: bool,
 }
 
-impl std::fmt::Debug for Tunnel {
+impl std::fmt::Debug for TunnelReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel")
+        f.debug_struct("TunnelReader")
             .field("pod", &self.pod)
             .field("port", &self.port)
+            .field("eof", &self.eof)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TunnelWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelWriter")
+            .field("write_shut", &self.write_shut)
             .finish()
     }
 }
@@ -130,28 +177,39 @@ impl Tunnel {
         // bulk profile. The stream has not been read yet, so nothing is buffered in it and
         // it can be wrapped again with a read buffer sized for TLS records.
         let io = conn.into_stream().into_inner();
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        // No write buffer: each message goes to TLS as it is sent, so a write reaches the
+        // pod without a flush, as on a TCP socket (messages are already large at bulk
+        // rates: see `MAX_WRITE`).
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0);
         let ws = WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
+        let (sink, stream) = ws.split();
         Ok(Tunnel {
-            ws,
-            pod: pod.to_string(),
-            port,
-            pending: Bytes::new(),
-            data_prefix: 2,
-            error_prefix: 2,
-            eof: false,
-            write_shut: false,
+            read: TunnelReader {
+                ws: stream,
+                pod: pod.to_string(),
+                port,
+                pending: Bytes::new(),
+                data_prefix: 2,
+                error_prefix: 2,
+                eof: false,
+            },
+            write: TunnelWriter {
+                ws: sink,
+                write_shut: false,
+            },
         })
     }
 
     /// The pod this tunnel reaches.
     pub fn pod(&self) -> &str {
-        &self.pod
+        &self.read.pod
     }
 
     /// The pod's port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.read.port
     }
 
     /// Waits for the port prefix on the data channel, which proves the stream is up, or
@@ -161,33 +219,72 @@ impl Tunnel {
     ///
     /// [`Error::Tunnel`] with the error channel's message or the transport's error.
     pub async fn ready(&mut self) -> Result<()> {
-        futures::future::poll_fn(|cx| Pin::new(&mut *self).poll_prefix(cx))
+        let r = &mut self.read;
+        futures::future::poll_fn(|cx| r.poll_prefix(cx))
             .await
             .map_err(|e| Error::Tunnel {
-                pod: self.pod.clone(),
-                port: self.port,
+                pod: r.pod.clone(),
+                port: r.port,
                 message: e.to_string(),
             })
     }
 
-    fn poll_prefix(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut this = self;
-        while this.data_prefix > 0 && !this.eof && this.pending.is_empty() {
-            ready!(this.as_mut().poll_frame(cx))?;
+    /// Splits the tunnel into halves that can be used at the same time, from two tasks.
+    pub fn into_split(self) -> (TunnelReader, TunnelWriter) {
+        (self.read, self.write)
+    }
+}
+
+impl TunnelReader {
+    /// The pod this tunnel reaches.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    /// The next bytes the pod sent, as received (one WebSocket message's data, without
+    /// copying it); `None` once the stream has ended.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error, or [`io::ErrorKind::ConnectionRefused`] with the error
+    /// channel's message when the pod's port answered with an error.
+    pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        futures::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// The polling form of [`TunnelReader::read_chunk`].
+    ///
+    /// # Errors
+    ///
+    /// As [`TunnelReader::read_chunk`].
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            if !self.pending.is_empty() {
+                return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(None));
+            }
+            ready!(self.poll_frame(cx))?;
+        }
+    }
+
+    fn poll_prefix(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.data_prefix > 0 && !self.eof && self.pending.is_empty() {
+            ready!(self.poll_frame(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
     /// Reads the next frame into `pending`; `Ok` may leave `pending` empty.
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut this = self.project();
-        let msg = match ready!(this.ws.as_mut().poll_next(cx)) {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let msg = match ready!(self.ws.poll_next_unpin(cx)) {
             None => {
-                *this.eof = true;
+                self.eof = true;
                 return Poll::Ready(Ok(()));
             }
             Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
-                *this.eof = true;
+                self.eof = true;
                 return Poll::Ready(Ok(()));
             }
             Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
@@ -197,18 +294,18 @@ impl Tunnel {
             Message::Binary(b) if !b.is_empty() => {
                 let mut data = b.slice(1..);
                 match b[0] {
-                    0 => {
-                        let skip = (*this.data_prefix).min(data.len());
-                        *this.data_prefix -= skip;
+                    DATA_CHANNEL => {
+                        let skip = self.data_prefix.min(data.len());
+                        self.data_prefix -= skip;
                         data = data.slice(skip..);
-                        *this.pending = data;
+                        self.pending = data;
                     }
-                    1 => {
-                        let skip = (*this.error_prefix).min(data.len());
-                        *this.error_prefix -= skip;
+                    ERROR_CHANNEL => {
+                        let skip = self.error_prefix.min(data.len());
+                        self.error_prefix -= skip;
                         let text = &data[skip..];
                         if !text.is_empty() {
-                            *this.eof = true;
+                            self.eof = true;
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::ConnectionRefused,
                                 error_channel_message(text),
@@ -218,14 +315,30 @@ impl Tunnel {
                     _ => {}
                 }
             }
-            Message::Close(_) => *this.eof = true,
+            Message::Close(_) => self.eof = true,
             _ => {}
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncRead for Tunnel {
+impl TunnelWriter {
+    /// Sends `frame`, a data message whose first byte is the data channel's number
+    /// ([`DATA_CHANNEL`]) and the rest the bytes for the pod, as it is: callers that read
+    /// into a buffer behind that byte save the copy `AsyncWrite` makes.
+    pub(crate) async fn send_frame(&mut self, frame: Bytes) -> io::Result<()> {
+        debug_assert_eq!(frame.first(), Some(&DATA_CHANNEL));
+        if self.write_shut {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.ws
+            .send(Message::Binary(frame))
+            .await
+            .map_err(io::Error::other)
+    }
+}
+
+impl AsyncRead for TunnelReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -241,43 +354,71 @@ impl AsyncRead for Tunnel {
             if self.eof {
                 return Poll::Ready(Ok(()));
             }
-            ready!(self.as_mut().poll_frame(cx))?;
+            ready!(self.poll_frame(cx))?;
         }
+    }
+}
+
+impl AsyncWrite for TunnelWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.write_shut {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+        let n = data.len().min(MAX_WRITE);
+        let mut frame = BytesMut::with_capacity(n + 1);
+        frame.put_u8(DATA_CHANNEL);
+        frame.put_slice(&data[..n]);
+        self.ws
+            .start_send_unpin(Message::Binary(frame.freeze()))
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // No half-close in this protocol (see the module docs): flush, then keep reading.
+        ready!(self.ws.poll_flush_unpin(cx)).map_err(io::Error::other)?;
+        self.write_shut = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // Whatever a write left behind (a full socket) goes out before waiting for a reply,
+        // so write-then-read works without a flush; a write error shows on the next write.
+        let _ = self.write.ws.poll_flush_unpin(cx);
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Tunnel {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut this = self.project();
-        if *this.write_shut {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        ready!(this.ws.as_mut().poll_ready(cx)).map_err(io::Error::other)?;
-        let n = data.len().min(MAX_WRITE);
-        let mut frame = BytesMut::with_capacity(n + 1);
-        frame.put_u8(0);
-        frame.put_slice(&data[..n]);
-        this.ws
-            .as_mut()
-            .start_send(Message::Binary(frame.freeze()))
-            .map_err(io::Error::other)?;
-        Poll::Ready(Ok(n))
+        Pin::new(&mut self.write).poll_write(cx, data)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().ws.poll_flush(cx).map_err(io::Error::other)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // No half-close in this protocol (see the module docs): flush, then keep reading.
-        let mut this = self.project();
-        ready!(this.ws.as_mut().poll_flush(cx)).map_err(io::Error::other)?;
-        *this.write_shut = true;
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.write).poll_shutdown(cx)
     }
 }
 

@@ -57,7 +57,9 @@ impl Tls {
             CertificateDer::from(ca_cert.der().to_vec()),
         ];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-        let provider = Arc::new(go_cipher_preference(rustls::crypto::ring::default_provider()));
+        let provider = Arc::new(go_cipher_preference(
+            rustls::crypto::ring::default_provider(),
+        ));
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls(&e))?

@@ -5,13 +5,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::Stats;
+use crate::tunnel::{DATA_CHANNEL, Tunnel, TunnelReader, TunnelWriter};
 
-/// Most bytes read at once in each direction: one WebSocket message per read, so bigger
-/// reads mean fewer frames at bulk rates.
+/// Most bytes read from the local client at once: one WebSocket message per read, so
+/// bigger reads mean fewer frames at bulk rates. (The other way, each message the pod's
+/// side sent is written to the local client as it came.)
 const BUF: usize = 128 * 1024;
 /// The buffer a connection starts with. It doubles (up to [`BUF`]) each time a read fills
 /// it, so bulk transfers reach big reads after a few reads, while a short connection (an
@@ -30,60 +34,88 @@ pub(crate) struct Carried {
     pub(crate) error: Option<io::Error>,
 }
 
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
+/// What both directions of one connection count into.
+struct Counters<'a> {
+    activity: &'a AtomicU64,
+    epoch: Instant,
+}
+
+impl Counters<'_> {
+    fn add(&self, counter: &AtomicU64, total: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        self.activity
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Local client to pod: each read lands behind the data channel's byte in a buffer whose
+/// space is reused once the message sent from it is written, so the bytes are not copied
+/// into a message of their own.
+async fn pump_up(
+    mut from: OwnedReadHalf,
+    mut to: TunnelWriter,
     counter: &AtomicU64,
     total: &AtomicU64,
-    activity: &AtomicU64,
-    epoch: Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Spare capacity is read into without zeroing it first (`read_buf`).
-    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_BUF);
+    counters: &Counters<'_>,
+) -> io::Result<()> {
+    let mut buf = BytesMut::new();
+    let mut want = FIRST_BUF;
     loop {
-        buf.clear();
-        let n = from.read_buf(&mut buf).await?;
+        buf.reserve(want + 1);
+        buf.put_u8(DATA_CHANNEL);
+        let n = from.read_buf(&mut (&mut buf).limit(want)).await?;
         if n == 0 {
             // Pass the EOF on (for the tunnel this only stops writes: see `Tunnel`).
             let _ = to.shutdown().await;
             return Ok(());
         }
-        to.write_all(&buf[..n]).await?;
-        to.flush().await?;
-        if n == buf.capacity() && n < BUF {
-            buf.reserve_exact((2 * n).min(BUF) - buf.len());
+        to.send_frame(buf.split_to(n + 1).freeze()).await?;
+        if n == want && want < BUF {
+            want = (2 * want).min(BUF);
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        total.fetch_add(n as u64, Ordering::Relaxed);
-        activity.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        counters.add(counter, total, n);
     }
+}
+
+/// Pod to local client: each received message's bytes go to the socket as they are.
+async fn pump_down(
+    mut from: TunnelReader,
+    mut to: OwnedWriteHalf,
+    counter: &AtomicU64,
+    total: &AtomicU64,
+    counters: &Counters<'_>,
+) -> io::Result<()> {
+    while let Some(chunk) = from.read_chunk().await? {
+        to.write_all(&chunk).await?;
+        counters.add(counter, total, chunk.len());
+    }
+    let _ = to.shutdown().await;
+    Ok(())
 }
 
 /// Relays `local` and `remote` until the remote side ends. When the local client ends its
 /// writes first, replies keep flowing until the remote ends too, or until nothing has
 /// come back for `linger` (the port-forward protocol cannot pass a half-close on, so a
 /// server that waits for one would otherwise never answer).
-pub(crate) async fn relay<T>(
+pub(crate) async fn relay(
     local: TcpStream,
-    remote: T,
+    remote: Tunnel,
     stats: &Arc<Stats>,
     linger: Duration,
-) -> Carried
-where
-    T: AsyncRead + AsyncWrite + Send,
-{
+) -> Carried {
     let (lr, lw) = local.into_split();
-    let (rr, rw) = tokio::io::split(remote);
+    let (rr, rw) = remote.into_split();
     let out = AtomicU64::new(0);
     let inn = AtomicU64::new(0);
     let activity = AtomicU64::new(0);
     let epoch = Instant::now();
-    let up = pump(lr, rw, &out, &stats.bytes_out, &activity, epoch);
-    let down = pump(rr, lw, &inn, &stats.bytes_in, &activity, epoch);
+    let counters = Counters {
+        activity: &activity,
+        epoch,
+    };
+    let up = pump_up(lr, rw, &out, &stats.bytes_out, &counters);
+    let down = pump_down(rr, lw, &inn, &stats.bytes_in, &counters);
     tokio::pin!(up, down);
     let error = tokio::select! {
         r = &mut down => r.err(),

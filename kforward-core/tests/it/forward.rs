@@ -196,3 +196,68 @@ async fn two_forwards_in_one_process() {
     web.stop().await;
     echo.stop().await;
 }
+
+/// The library's tunnel used directly, as a tool that embeds kforward would: a write goes
+/// out without a flush (write, then read the reply), and the halves from `into_split` carry
+/// a checksummed MiB through the echo pod from two tasks, read with `read_chunk`.
+#[tokio::test]
+async fn tunnel_used_directly_writes_without_flush_and_splits() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let pod = |app: &str| {
+        cluster.pods("demo", Some(&format!("app={app}")))[0]
+            .metadata
+            .name
+            .clone()
+            .expect("name")
+    };
+    let mut t = kforward_core::Tunnel::open(&ctx, "demo", &pod("web"), 8080)
+        .await
+        .expect("tunnel to web");
+    t.write_all(b"GET / HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request written");
+    let mut reply = Vec::new();
+    tokio::time::timeout(WAIT, t.read_to_end(&mut reply))
+        .await
+        .expect("reply in time, with no flush")
+        .expect("reply");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let t = kforward_core::Tunnel::open(&ctx, "demo", &pod("echo"), 7000)
+        .await
+        .expect("tunnel to echo");
+    let (mut rx, mut tx) = t.into_split();
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let len = data.len();
+    let writer = tokio::spawn(async move {
+        tx.write_all(&data).await?;
+        tx.flush().await?;
+        std::io::Result::Ok(tx)
+    });
+    let read = async {
+        let mut got = Sha256::new();
+        let mut n = 0;
+        while n < len {
+            let chunk = rx
+                .read_chunk()
+                .await?
+                .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+            n += chunk.len();
+            got.update(&chunk);
+        }
+        std::io::Result::Ok((n, got.finalize()))
+    };
+    let (n, got) = tokio::time::timeout(WAIT, read)
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!((n, got), (len, sent));
+    let _tx = tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("writer in time")
+        .expect("writer task")
+        .expect("writes");
+}

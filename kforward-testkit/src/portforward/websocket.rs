@@ -142,16 +142,28 @@ impl Session {
             let shared = self.shared.clone();
             // Pod -> client.
             pumps.spawn(async move {
-                let mut buf = vec![0u8; CHUNK];
+                // Binary frames are read straight behind their channel byte, and the
+                // buffer's space is reused once the frames sent from it are written: no
+                // copy and no allocation per frame, so the testkit's side of a bulk
+                // transfer stays cheaper than any client's.
+                let mut buf = BytesMut::new();
                 loop {
-                    let n = match rd.read(&mut buf).await {
+                    buf.reserve(CHUNK + 1);
+                    buf.put_u8(data_ch);
+                    let n = match rd.read_buf(&mut (&mut buf).limit(CHUNK)).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
                     if *shared.faults.paused.borrow() {
                         shared.faults.wait_unpaused().await;
                     }
-                    if out.send(frame(b64, data_ch, &buf[..n])).await.is_err() {
+                    let chunk = buf.split_to(n + 1);
+                    let msg = if b64 {
+                        frame(true, data_ch, &chunk[1..])
+                    } else {
+                        Message::Binary(chunk.freeze())
+                    };
+                    if out.send(msg).await.is_err() {
                         break;
                     }
                 }
