@@ -531,11 +531,39 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
     };
     let mut hops: Vec<(&str, SocketAddr, Option<measure::RelayHello>)> = vec![
         ("direct", target, None),
-        ("kforward-relay", relay_addr, Some(hello)),
+        (
+            "kforward-relay (in this process)",
+            relay_addr,
+            Some(hello.clone()),
+        ),
     ];
     let mut children = Vec::new();
     let dir = std::env::temp_dir().join(format!("kforward-bench-hop-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // The relay as it is deployed, a process of its own (the `kforward-relay` binary), as
+    // socat and haproxy are here: the in-process row shares this harness's runtime with the
+    // downloads it measures.
+    let relay_bin = std::env::current_exe()?.with_file_name("kforward-relay");
+    if relay_bin.exists() {
+        let port = free_port()?;
+        children.push(
+            tokio::process::Command::new(&relay_bin)
+                .args(["--port", &port.to_string()])
+                .env("KFORWARD_RELAY_TOKEN", &hello.token)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        listening(addr).await?;
+        hops.push(("kforward-relay (process)", addr, Some(hello)));
+    } else {
+        eprintln!(
+            "note: no {} (build kforward-cli in the same profile); its row is left out",
+            relay_bin.display()
+        );
+    }
     if which("socat") {
         let port = free_port()?;
         children.push(

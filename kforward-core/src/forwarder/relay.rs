@@ -34,17 +34,19 @@ pub(crate) struct Carried {
     pub(crate) error: Option<io::Error>,
 }
 
-/// What both directions of one connection count into.
-struct Counters<'a> {
-    activity: &'a AtomicU64,
+/// When either direction of one connection last carried bytes (milliseconds since
+/// `epoch`), for the linger after a local EOF.
+struct Activity<'a> {
+    last: &'a AtomicU64,
     epoch: Instant,
 }
 
-impl Counters<'_> {
-    fn add(&self, counter: &AtomicU64, total: &AtomicU64, n: usize) {
+impl Activity<'_> {
+    /// Counts `n` bytes into the connection's and the forward's counter, and notes the time.
+    fn carried(&self, counter: &AtomicU64, total: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
         total.fetch_add(n as u64, Ordering::Relaxed);
-        self.activity
+        self.last
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
@@ -57,7 +59,7 @@ async fn pump_up(
     mut to: TunnelWriter,
     counter: &AtomicU64,
     total: &AtomicU64,
-    counters: &Counters<'_>,
+    activity: &Activity<'_>,
 ) -> io::Result<()> {
     let mut buf = BytesMut::new();
     let mut want = FIRST_BUF;
@@ -74,7 +76,7 @@ async fn pump_up(
         if n == want && want < BUF {
             want = (2 * want).min(BUF);
         }
-        counters.add(counter, total, n);
+        activity.carried(counter, total, n);
     }
 }
 
@@ -84,11 +86,11 @@ async fn pump_down(
     mut to: OwnedWriteHalf,
     counter: &AtomicU64,
     total: &AtomicU64,
-    counters: &Counters<'_>,
+    activity: &Activity<'_>,
 ) -> io::Result<()> {
     while let Some(chunk) = from.read_chunk().await? {
         to.write_all(&chunk).await?;
-        counters.add(counter, total, chunk.len());
+        activity.carried(counter, total, chunk.len());
     }
     let _ = to.shutdown().await;
     Ok(())
@@ -110,12 +112,12 @@ pub(crate) async fn relay(
     let inn = AtomicU64::new(0);
     let activity = AtomicU64::new(0);
     let epoch = Instant::now();
-    let counters = Counters {
-        activity: &activity,
+    let last = Activity {
+        last: &activity,
         epoch,
     };
-    let up = pump_up(lr, rw, &out, &stats.bytes_out, &counters);
-    let down = pump_down(rr, lw, &inn, &stats.bytes_in, &counters);
+    let up = pump_up(lr, rw, &out, &stats.bytes_out, &last);
+    let down = pump_down(rr, lw, &inn, &stats.bytes_in, &last);
     tokio::pin!(up, down);
     let error = tokio::select! {
         r = &mut down => r.err(),
