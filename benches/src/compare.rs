@@ -497,6 +497,22 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Starts a forwarding process that will listen on `127.0.0.1:port`, killed when dropped,
+/// and waits until it accepts connections.
+async fn spawn_hop(
+    mut cmd: tokio::process::Command,
+    port: u16,
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    listening(addr).await?;
+    Ok((child, addr))
+}
+
 /// Waits until something accepts connections on `addr`.
 async fn listening(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..100 {
@@ -546,17 +562,11 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
     let relay_bin = std::env::current_exe()?.with_file_name("kforward-relay");
     if relay_bin.exists() {
         let port = free_port()?;
-        children.push(
-            tokio::process::Command::new(&relay_bin)
-                .args(["--port", &port.to_string()])
-                .env("KFORWARD_RELAY_TOKEN", &hello.token)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        listening(addr).await?;
+        let mut cmd = tokio::process::Command::new(&relay_bin);
+        cmd.args(["--port", &port.to_string()])
+            .env("KFORWARD_RELAY_TOKEN", &hello.token);
+        let (child, addr) = spawn_hop(cmd, port).await?;
+        children.push(child);
         hops.push(("kforward-relay (process)", addr, Some(hello)));
     } else {
         eprintln!(
@@ -566,15 +576,11 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
     }
     if which("socat") {
         let port = free_port()?;
-        children.push(
-            tokio::process::Command::new("socat")
-                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
-                .arg(format!("TCP:{target}"))
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        listening(addr).await?;
+        let mut cmd = tokio::process::Command::new("socat");
+        cmd.arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr"))
+            .arg(format!("TCP:{target}"));
+        let (child, addr) = spawn_hop(cmd, port).await?;
+        children.push(child);
         hops.push(("socat", addr, None));
     } else {
         eprintln!("note: no socat; its row is left out");
@@ -589,17 +595,10 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
                  frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  server s {target}\n"
             ),
         )?;
-        children.push(
-            tokio::process::Command::new("haproxy")
-                .args(["-db", "-f"])
-                .arg(&cfg)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?,
-        );
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        listening(addr).await?;
+        let mut cmd = tokio::process::Command::new("haproxy");
+        cmd.args(["-db", "-f"]).arg(&cfg);
+        let (child, addr) = spawn_hop(cmd, port).await?;
+        children.push(child);
         hops.push(("haproxy", addr, None));
     } else {
         eprintln!("note: no haproxy; its row is left out");
