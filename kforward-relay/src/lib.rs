@@ -21,5 +21,6 @@
 //! # Ok::<(), kforward_relay::protocol::ProtocolError>(())
 //! ```
 
+mod copy;
 pub mod protocol;
 pub mod server;

@@ -57,8 +57,6 @@ pub fn parse_idle_exit(s: &str) -> Option<Duration> {
 
 /// How long open connections get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Buffer per direction of a TCP relay: large enough for bulk rates without many syscalls.
-const TCP_BUFFER: usize = 64 * 1024;
 
 /// Resolves a destination host name to addresses, as the relay's pod would.
 ///
@@ -372,14 +370,7 @@ async fn serve_tcp(
     if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
         return;
     }
-    match tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut upstream,
-        TCP_BUFFER,
-        TCP_BUFFER,
-    )
-    .await
-    {
+    match crate::copy::both_ways(&mut stream, &mut upstream).await {
         Ok((up, down)) => debug!(up, down, "tcp relay finished"),
         Err(e) => debug!(error = %e, "tcp relay ended with an error"),
     }
