@@ -141,10 +141,11 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|s| s.pod_ip.clone())
             .context("pod ip")
     };
+    let direct_http: SocketAddr = format!("{}:8080", ip(&web)?).parse()?;
     let direct = Path {
         name: "direct",
         pid: None,
-        http: Dial::Tcp(format!("{}:8080", ip(&web)?).parse()?),
+        http: Dial::Tcp(direct_http),
         echo: Dial::Tcp(format!("{}:7000", ip(&echo)?).parse()?),
     };
     let mut fwds = Vec::new();
@@ -192,10 +193,6 @@ async fn main() -> anyhow::Result<()> {
         pid: None,
         http: Dial::Tcp(b_http.addr),
         echo: Dial::Tcp(b_echo.addr),
-    };
-    let direct_http = match &direct.http {
-        Dial::Tcp(a) => *a,
-        Dial::Tunnel { .. } => bail!("the direct path is a TCP address"),
     };
     let mut paths = vec![direct, kf, kf_tunnel, kube_pf];
     let kubectl_bin = if o.path("kubectl") {
