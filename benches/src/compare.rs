@@ -8,15 +8,19 @@
 //! `kforward-cli` is `kforward forward` as a process of its own, started like kubectl, so
 //! that the CPU time of both clients per GiB can be read apart from everything else that
 //! shares the machine (the testkit's API server and pods run in this process).
+//! `kforward-cli-stock` is the same process on kube's stock client stack
+//! (`KFORWARD_KUBE_CLIENT=stock`), to show what kforward's own stack (buffered reads under
+//! TLS, `kforward-core/src/connector.rs`) saves.
 //! `kforward-tunnel` is the library's `Tunnel` used in this process, as a tool that embeds
 //! kforward reaches a pod: kforward's client path without the local socket.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli] [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
 mod baseline;
+mod delay;
 mod kubectl;
 mod measure;
 
@@ -35,6 +39,10 @@ struct Opts {
     conns: usize,
     rtts: usize,
     idle: Vec<usize>,
+    /// Round trip of the simulated network in the `wan` section, in milliseconds.
+    wan_rtt_ms: f64,
+    /// New connections per path in the `wan` section.
+    wan_conns: usize,
     /// Paths to measure (all when empty).
     paths: Vec<String>,
     /// Sections to run (all when empty).
@@ -51,6 +59,14 @@ impl Opts {
     }
 }
 
+const USAGE: &str =
+    "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
+  [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
+  [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]
+defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
+KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
+COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
+
 fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
         bytes: 1 << 30,
@@ -58,22 +74,43 @@ fn parse() -> anyhow::Result<Opts> {
         conns: 1000,
         rtts: 5000,
         idle: vec![1, 50, 200],
+        wan_rtt_ms: 10.0,
+        wan_conns: 100,
         paths: Vec::new(),
         only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--help" || a == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let v = args.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
             "--bytes" => o.bytes = v.parse()?,
             "--rounds" => o.rounds = v.parse()?,
             "--conns" => o.conns = v.parse()?,
             "--rtts" => o.rtts = v.parse()?,
+            "--wan-rtt-ms" => o.wan_rtt_ms = v.parse()?,
+            "--wan-conns" => o.wan_conns = v.parse()?,
             "--idle" => o.idle = v.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--paths" => o.paths = v.split(',').map(String::from).collect(),
             "--only" => o.only = v.split(',').map(String::from).collect(),
-            _ => bail!("unknown argument {a}"),
+            _ => bail!("unknown argument {a}\n{USAGE}"),
         }
+    }
+    let max = kforward_testkit::network::MAX_PATTERN_BYTES;
+    if o.bytes == 0 || o.bytes > max {
+        bail!(
+            "--bytes {}: the pods serve 1..={max} bytes per request",
+            o.bytes
+        );
+    }
+    if !(o.wan_rtt_ms >= 0.0 && o.wan_rtt_ms <= 1000.0) {
+        bail!("--wan-rtt-ms {}: give 0 to 1000", o.wan_rtt_ms);
+    }
+    if o.rounds == 0 {
+        bail!("--rounds 0: at least one round is needed for a median");
     }
     Ok(o)
 }
@@ -185,7 +222,13 @@ async fn main() -> anyhow::Result<()> {
     };
     fwds.push(fw_http);
     fwds.push(fw_echo);
-    let kube_client = ctx.client().clone();
+    // kube's own client stack, as kftray and other kube users have it (kforward's
+    // `KubeContext` builds its own, with buffered reads under TLS).
+    let kube_client = {
+        let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        kube::Client::try_from(config)?
+    };
     let b_http = baseline::start(kube_client.clone(), &web_name, 8080).await?;
     let b_echo = baseline::start(kube_client, &echo_name, 7000).await?;
     let kube_pf = Path {
@@ -231,26 +274,32 @@ async fn main() -> anyhow::Result<()> {
     }
     // kforward as a process of its own, started like kubectl: its CPU is counted apart.
     let cli = std::env::current_exe()?.with_file_name("kforward");
-    if o.path("kforward-cli") && cli.exists() {
+    // `kforward-cli-stock` is the same process on kube's stock client stack
+    // (`KFORWARD_KUBE_CLIENT=stock`): what kforward's own stack saves, side by side.
+    for (name, stock) in [("kforward-cli", false), ("kforward-cli-stock", true)] {
+        if !o.path(name) {
+            continue;
+        }
+        if !cli.exists() {
+            eprintln!(
+                "note: no {} (build kforward-cli in the same profile); {name} is left out",
+                cli.display()
+            );
+            continue;
+        }
         let kc = cluster.kubeconfig_path();
-        let (c1, http) =
-            kubectl::kforward_forward(&cli, kc, &format!("pod/{web_name}"), 8080).await?;
-        let (c2, echo) =
-            kubectl::kforward_forward(&cli, kc, &format!("pod/{echo_name}"), 7000).await?;
+        let fwd = |target: String, port| kubectl::kforward_forward(&cli, kc, target, port, stock);
+        let (c1, http) = fwd(format!("pod/{web_name}"), 8080).await?;
+        let (c2, echo) = fwd(format!("pod/{echo_name}"), 7000).await?;
         let pid = c1.id();
         kubectl_children.push(c1);
         kubectl_children.push(c2);
         paths.push(Path {
-            name: "kforward-cli",
+            name,
             http: Dial::Tcp(http),
             echo: Dial::Tcp(echo),
             pid,
         });
-    } else if o.path("kforward-cli") {
-        eprintln!(
-            "note: no {} (build kforward-cli in the same profile); its column is left out",
-            cli.display()
-        );
     }
 
     paths.retain(|p| o.path(p.name));
@@ -312,57 +361,61 @@ async fn main() -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
-        "| path | bulk MB/s, 1 conn ({} MiB) | bulk MB/s, 8 conns | first byte p50 | first byte p99 | round trips/s (64 B) |",
-        o.bytes >> 20
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (p, r) in paths.iter().zip(&rows) {
+    let timed = ["bulk1", "bulk8", "ttfb", "rtt"];
+    if timed.iter().any(|t| o.section(t)) {
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
-            p.name,
-            cell(r[0], 0, ""),
-            cell(r[1], 0, ""),
-            cell(r[2], 3, " ms"),
-            cell(r[3], 3, " ms"),
-            cell(r[4], 0, "")
+            "| path | bulk MB/s, 1 conn ({} MiB) | bulk MB/s, 8 conns | first byte p50 | first byte p99 | round trips/s (64 B) |",
+            o.bytes >> 20
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (p, r) in paths.iter().zip(&rows) {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                p.name,
+                cell(r[0], 0, ""),
+                cell(r[1], 0, ""),
+                cell(r[2], 3, " ms"),
+                cell(r[3], 3, " ms"),
+                cell(r[4], 0, "")
+            );
+        }
+        let idx = |n: &str| paths.iter().position(|p| p.name == n);
+        let pairs = [
+            ("kforward", "kubectl"),
+            ("kforward", "kube-pf"),
+            ("kforward", "direct"),
+            ("kforward-cli", "kubectl"),
+            ("kforward-cli", "kforward-cli-stock"),
+            ("kforward-tunnel", "kubectl"),
+            ("kforward-tunnel", "kube-pf"),
+        ];
+        let ratios: Vec<String> = pairs
+            .iter()
+            .filter_map(|(a, b)| Some((*a, *b, idx(a)?, idx(b)?)))
+            .map(|(a, b, i, j)| {
+                let (x, y) = (&rows[i], &rows[j]);
+                format!(
+                    "| {a} / {b} | {} | {} | {} | {} |",
+                    cell(x[0] / y[0], 2, "x"),
+                    cell(x[1] / y[1], 2, "x"),
+                    cell(x[2] / y[2], 2, "x"),
+                    cell(x[4] / y[4], 2, "x")
+                )
+            })
+            .collect();
+        if !ratios.is_empty() {
+            println!();
+            println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
+            println!("|---|---:|---:|---:|---:|");
+            for r in ratios {
+                println!("{r}");
+            }
+        }
+        println!(
+            "\n({} rounds, medians; first byte over {} new connections per path; {} round trips per round)",
+            o.rounds, o.conns, o.rtts
         );
     }
-    let idx = |n: &str| paths.iter().position(|p| p.name == n);
-    let pairs = [
-        ("kforward", "kubectl"),
-        ("kforward", "kube-pf"),
-        ("kforward", "direct"),
-        ("kforward-cli", "kubectl"),
-        ("kforward-tunnel", "kubectl"),
-        ("kforward-tunnel", "kube-pf"),
-    ];
-    let ratios: Vec<String> = pairs
-        .iter()
-        .filter_map(|(a, b)| Some((*a, *b, idx(a)?, idx(b)?)))
-        .map(|(a, b, i, j)| {
-            let (x, y) = (&rows[i], &rows[j]);
-            format!(
-                "| {a} / {b} | {} | {} | {} | {} |",
-                cell(x[0] / y[0], 2, "x"),
-                cell(x[1] / y[1], 2, "x"),
-                cell(x[2] / y[2], 2, "x"),
-                cell(x[4] / y[4], 2, "x")
-            )
-        })
-        .collect();
-    if !ratios.is_empty() {
-        println!();
-        println!("| ratio | bulk, 1 conn | bulk, 8 conns | first byte p50 | round trips/s |");
-        println!("|---|---:|---:|---:|---:|");
-        for r in ratios {
-            println!("{r}");
-        }
-    }
-    println!(
-        "\n({} rounds, medians; first byte over {} new connections per path; {} round trips per round)",
-        o.rounds, o.conns, o.rtts
-    );
     let cpu: Vec<(usize, f64)> = cpu1
         .iter()
         .enumerate()
@@ -380,11 +433,21 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         let get = |n: &str| cpu.iter().find(|(i, _)| paths[*i].name == n).map(|c| c.1);
-        if let (Some(k), Some(c)) = (get("kforward-cli"), get("kubectl")) {
-            println!("\nkubectl / kforward-cli, CPU per GiB: {:.2}x", c / k);
+        println!();
+        for (a, b) in [
+            ("kubectl", "kforward-cli"),
+            ("kforward-cli-stock", "kforward-cli"),
+        ] {
+            if let (Some(x), Some(y)) = (get(a), get(b)) {
+                println!("{a} / {b}, CPU per GiB: {:.2}x", x / y);
+            }
         }
     }
 
+    if o.section("wan") {
+        let bin = kubectl_bin.as_ref().ok();
+        wan_rows(&cluster, &o, &web_name, bin, &cli).await?;
+    }
     if o.section("relay") {
         relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;
     }
@@ -402,6 +465,105 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+/// First byte of new connections when the API server is `--wan-rtt-ms` away: every
+/// client's API traffic goes through a [`delay::DelayProxy`], so what each one does per
+/// connection before the pod answers counts in round trips, as against a real cluster.
+async fn wan_rows(
+    cluster: &Cluster,
+    o: &Opts,
+    web: &str,
+    kubectl_bin: Option<&std::path::PathBuf>,
+    cli: &std::path::Path,
+) -> anyhow::Result<()> {
+    eprintln!("first byte, API server {} ms away ...", o.wan_rtt_ms);
+    let rtt = Duration::from_secs_f64(o.wan_rtt_ms / 1e3);
+    let proxy = delay::start(cluster.api_addr(), rtt / 2).await?;
+    let mut kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
+    for c in &mut kc.clusters {
+        if let Some(c) = c.cluster.as_mut() {
+            c.server = Some(format!("https://{}", proxy.addr));
+        }
+    }
+    // JSON is YAML: kubectl and kube read it as a kubeconfig.
+    let kubeconfig = cluster.kubeconfig_path().with_file_name("kubeconfig-wan");
+    std::fs::write(&kubeconfig, serde_json::to_vec(&kc)?)?;
+
+    let mut paths: Vec<(&str, SocketAddr)> = Vec::new();
+    let mut keep = Vec::new();
+    let ctx = KubeContext::load(&KubeconfigSource::default().with_path(&kubeconfig)).await?;
+    let spec = ForwardSpec::new(
+        Target::Pod {
+            name: web.to_string(),
+        },
+        [PortMapping::new(0, 8080)],
+    )
+    .with_namespace("demo")
+    .with_addresses(["127.0.0.1".parse()?]);
+    let mut fwd = TcpForwarder::new(ctx, spec, Default::default());
+    if o.path("kforward") {
+        paths.push(("kforward", fwd.start().await?[0].local_addr));
+    }
+    let stock = {
+        let config = kube::Config::from_custom_kubeconfig(kc.clone(), &Default::default()).await?;
+        kube::Client::try_from(config)?
+    };
+    let baseline = baseline::start(stock, web, 8080).await?;
+    if o.path("kube-pf") {
+        paths.push(("kube-pf", baseline.addr));
+    }
+    if let (Some(bin), true) = (kubectl_bin, o.path("kubectl")) {
+        let (child, addr) =
+            kubectl::port_forward(bin, &kubeconfig, &format!("pod/{web}"), 8080).await?;
+        keep.push(child);
+        paths.push(("kubectl", addr));
+    }
+    if o.path("kforward-cli") && cli.exists() {
+        let (child, addr) =
+            kubectl::kforward_forward(cli, &kubeconfig, format!("pod/{web}"), 8080, false).await?;
+        keep.push(child);
+        paths.push(("kforward-cli", addr));
+    }
+    let mut times = vec![Vec::new(); paths.len()];
+    // One connection each first, so that every path has done its one-time setup (kubectl
+    // opens its tunnel on the first connection).
+    for (_, addr) in &paths {
+        measure::first_byte(&Dial::Tcp(*addr)).await?;
+    }
+    for _ in 0..o.wan_conns {
+        for (i, (_, addr)) in paths.iter().enumerate() {
+            times[i].push(measure::first_byte(&Dial::Tcp(*addr)).await?);
+        }
+    }
+    let p50: Vec<Option<Duration>> = times.iter_mut().map(|t| pct(t, 0.5)).collect();
+    let kubectl_p50 = paths
+        .iter()
+        .position(|(n, _)| *n == "kubectl")
+        .and_then(|i| p50[i]);
+    println!(
+        "\n| API server {} ms away | first byte p50 | p99 | p50 in round trips | / kubectl |",
+        o.wan_rtt_ms
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, (name, _)) in paths.iter().enumerate() {
+        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        let ratio = match (p50[i], kubectl_p50) {
+            (Some(a), Some(k)) => a.as_secs_f64() / k.as_secs_f64(),
+            _ => f64::NAN,
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            cell(ms(p50[i]), 1, " ms"),
+            cell(ms(pct(&mut times[i], 0.99)), 1, " ms"),
+            cell(ms(p50[i]) / o.wan_rtt_ms, 1, ""),
+            cell(ratio, 2, "x")
+        );
+    }
+    println!("({} new connections per path, one at a time)", o.wan_conns);
+    fwd.stop().await;
+    drop(keep);
+    Ok(())
+}
+
 async fn relay_rows(
     cluster: &Cluster,
     ctx: &KubeContext,

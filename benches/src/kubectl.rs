@@ -48,17 +48,23 @@ pub async fn port_forward(
 pub async fn kforward_forward(
     bin: &Path,
     kubeconfig: &Path,
-    target: &str,
+    target: String,
     port: u16,
+    stock_client: bool,
 ) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
     let mut cmd = tokio::process::Command::new(bin);
+    if stock_client {
+        cmd.env(kforward_core::client::CLIENT_STACK_ENV, "stock");
+    } else {
+        cmd.env_remove(kforward_core::client::CLIENT_STACK_ENV);
+    }
     cmd.arg("forward")
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args([
             "-n",
             "demo",
-            target,
+            &target,
             &format!(":{port}"),
             "--address",
             "127.0.0.1",
@@ -73,7 +79,13 @@ async fn spawn_forward(
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // For finding out where time goes: the processes' own logs (with RUST_LOG for
+        // kforward, -v for kubectl).
+        .stderr(if std::env::var_os("COMPARE_CHILD_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;

@@ -94,6 +94,17 @@ struct Inner {
     watches: WatchRegistry,
 }
 
+/// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
+/// own client stack (`kube::Client::try_from`) instead of kforward's, whose connections read
+/// the API server through a larger buffer (fewer system calls per byte; see the README's
+/// Performance section). For comparing the two, and as a way out should a server or
+/// middlebox disagree with kforward's stack.
+pub const CLIENT_STACK_ENV: &str = "KFORWARD_KUBE_CLIENT";
+
+fn stock_client_wanted() -> bool {
+    std::env::var(CLIENT_STACK_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("stock"))
+}
+
 /// Contexts in use, by fingerprint; an entry lives as long as a forward holds its context.
 fn cache() -> &'static Mutex<HashMap<u64, Weak<Inner>>> {
     static CACHE: OnceLock<Mutex<HashMap<u64, Weak<Inner>>>> = OnceLock::new();
@@ -194,7 +205,12 @@ impl KubeContext {
             .trim_end_matches('/')
             .to_string();
         let namespace = config.default_namespace.clone();
-        let client = kube::Client::try_from(config).map_err(|e| Error::Kubeconfig {
+        let client = if stock_client_wanted() {
+            kube::Client::try_from(config)
+        } else {
+            crate::connector::client(&config)
+        }
+        .map_err(|e| Error::Kubeconfig {
             message: error_chain(&e),
         })?;
         let inner = Arc::new(Inner {

@@ -40,6 +40,7 @@
 
 pub mod client;
 pub mod config;
+mod connector;
 pub mod error;
 pub mod event;
 pub mod forwarder;
