@@ -6,9 +6,24 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The environment variables kforward reads, shown under every `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
+  RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
+  KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
+                        through a larger buffer, sets TCP_NODELAY and keeps a spare
+                        connection to the API server ready for the next tunnel)";
+
 /// Forward local ports to pods, services and deployments; forwards that stay up.
 #[derive(Debug, Parser)]
-#[command(name = "kforward", version, about, propagate_version = true)]
+#[command(
+    name = "kforward",
+    version,
+    about,
+    propagate_version = true,
+    after_help = ENVIRONMENT
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -13,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Error, Result, error_chain};
 use crate::resolve::WatchRegistry;
+use crate::single_flight::SingleFlight;
 
 /// How long connecting to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,6 +93,7 @@ struct Inner {
     context: String,
     fingerprint: u64,
     watches: WatchRegistry,
+    probes: SingleFlight,
 }
 
 /// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
@@ -99,6 +101,14 @@ struct Inner {
 /// the API server through a larger buffer (fewer system calls per byte; see the README's
 /// Performance section). For comparing the two, and as a way out should a server or
 /// middlebox disagree with kforward's stack.
+///
+/// # Example
+///
+/// ```
+/// // Run a kforward process on kube's own client stack.
+/// let mut cmd = std::process::Command::new("kforward");
+/// cmd.env(kforward_core::client::CLIENT_STACK_ENV, "stock");
+/// ```
 pub const CLIENT_STACK_ENV: &str = "KFORWARD_KUBE_CLIENT";
 
 fn stock_client_wanted() -> bool {
@@ -205,7 +215,13 @@ impl KubeContext {
             .trim_end_matches('/')
             .to_string();
         let namespace = config.default_namespace.clone();
-        let client = if stock_client_wanted() {
+        let stock = stock_client_wanted();
+        tracing::debug!(
+            context,
+            stack = if stock { "kube's stock" } else { "kforward's" },
+            "client for {server}"
+        );
+        let client = if stock {
             kube::Client::try_from(config)
         } else {
             crate::connector::client(&config)
@@ -220,6 +236,7 @@ impl KubeContext {
             context,
             fingerprint,
             watches: WatchRegistry::default(),
+            probes: SingleFlight::default(),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, w| w.strong_count() > 0);
@@ -237,6 +254,7 @@ impl KubeContext {
                 context: context.to_string(),
                 fingerprint: 0,
                 watches: WatchRegistry::default(),
+                probes: SingleFlight::default(),
             }),
         }
     }
@@ -255,6 +273,11 @@ impl KubeContext {
     /// The watches shared by every user of this context.
     pub(crate) fn watches(&self) -> &WatchRegistry {
         &self.inner.watches
+    }
+
+    /// The probe checks shared by every forward of this context.
+    pub(crate) fn probes(&self) -> &SingleFlight {
+        &self.inner.probes
     }
 
     /// The context's namespace (`default` when it names none).

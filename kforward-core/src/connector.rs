@@ -36,6 +36,13 @@ pub(crate) const FIRST_READ: usize = 16 * 1024;
 /// The most a connection's read buffer grows to, on a stream that keeps it full.
 pub(crate) const MAX_READ: usize = 256 * 1024;
 
+/// Idle connections kept in hyper's pool. HTTP/1.1 takes one connection per request in
+/// flight, so a `kforward run` of 200 forwards opens about 200 at start-up; hyper would
+/// keep them all for 90 s (its default has no cap), some 50-100 KiB each with their TLS
+/// and HTTP buffers. After the burst a few serve the steady trickle of requests; a new
+/// tunnel takes the spare connection ([`Warm`]), not a pooled one.
+const POOL_MAX_IDLE: usize = 8;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Builds a kube client like `kube::Client::try_from(config)`, whose connections read
@@ -54,6 +61,7 @@ pub(crate) fn client(config: &kube::Config) -> Result<kube::Client, kube::Error>
         after: config.connect_timeout,
     });
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build::<_, kube::client::Body>(connector);
     // kube's auth and retry layers take the boxed error kube's own stack hands them.
     let http = tower::ServiceExt::map_err(http, BoxError::from);

@@ -46,6 +46,7 @@ pub mod event;
 pub mod forwarder;
 pub mod relay;
 pub mod resolve;
+mod single_flight;
 pub mod spec;
 pub mod supervisor;
 pub mod tunnel;

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
+use crate::single_flight::SingleFlight;
 use crate::spec::{RemotePort, Target};
 
 /// How long one API call made while resolving may take.
@@ -467,7 +468,8 @@ where
 }
 
 /// What one watch lists and watches.
-struct Watched<K> {
+#[derive(Clone)]
+struct Watched<K: Clone> {
     ctx: KubeContext,
     api: Api<K>,
     ns: String,
@@ -481,6 +483,8 @@ struct Watched<K> {
 #[derive(Default)]
 pub(crate) struct WatchRegistry {
     watches: Mutex<HashMap<WatchKey, Weak<dyn Any + Send + Sync>>>,
+    /// Starts in progress, one per key.
+    starting: SingleFlight,
 }
 
 /// Resource, namespace, label selector, field selector.
@@ -511,15 +515,44 @@ impl WatchRegistry {
             w.lp.label_selector.clone(),
             w.lp.field_selector.clone(),
         );
-        let running = self
-            .watches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .and_then(Weak::upgrade);
-        if let Some(shared) = running.and_then(|a| a.downcast::<SharedWatch<K>>().ok()) {
+        if let Some(shared) = self.running::<K>(&key) {
             return Ok(shared);
         }
+        // Forwards started together all miss at first: one of them lists and starts the
+        // watch while the others wait for it (`SingleFlight`), instead of each starting
+        // its own (seen: 69 watches and 138 lists for 200 forwards of one service).
+        let mut mine = None;
+        {
+            let (mine, w, key) = (&mut mine, w.clone(), key.clone());
+            self.starting
+                .run(format!("{key:?}"), move || async move {
+                    *mine = Some(self.start(w, key).await?);
+                    Ok::<(), Error>(())
+                })
+                .await?;
+        }
+        match mine.or_else(|| self.running::<K>(&key)) {
+            Some(shared) => Ok(shared),
+            // Whoever started it has already let it go.
+            None => self.start(w, key).await,
+        }
+    }
+
+    /// The running watch of `key`, if any.
+    fn running<K: Send + Sync + 'static>(&self, key: &WatchKey) -> Option<Arc<SharedWatch<K>>> {
+        self.watches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .and_then(Weak::upgrade)
+            .and_then(|a| a.downcast::<SharedWatch<K>>().ok())
+    }
+
+    /// Lists, starts the watch and registers it under `key`.
+    async fn start<K>(&self, w: Watched<K>, key: WatchKey) -> Result<Arc<SharedWatch<K>>>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
         let first = list(&w.ctx, &w.api, &w.lp, &w.ns, w.resource).await?;
         let shared = Arc::new(spawn_watch(w, first));
         let erased: Arc<dyn Any + Send + Sync> = shared.clone();

@@ -184,6 +184,48 @@ async fn forward_json_reports_the_chosen_port_and_carries_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn both_client_stacks_carry_traffic_and_the_environment_picks_one() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    for (env, stack) in [(None, "kforward's"), (Some("stock"), "kube's stock")] {
+        let mut c = kforward();
+        c.args([
+            "forward",
+            "svc/web",
+            ":80",
+            "-n",
+            "demo",
+            "--address",
+            "127.0.0.1",
+            "-o",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig_path())
+        .env("RUST_LOG", "kforward_core::client=debug");
+        match env {
+            Some(v) => c.env("KFORWARD_KUBE_CLIENT", v),
+            None => c.env_remove("KFORWARD_KUBE_CLIENT"),
+        };
+        let r = Running::spawn(c);
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        let addr = v["local_addr"].as_str().expect("local_addr").to_string();
+        // Several connections one after another: with kforward's stack the later ones
+        // take the spare connection made while the earlier ones ran.
+        for _ in 0..5 {
+            assert!(http_get(&addr).await.contains("\r\n\r\nweb-"), "{stack}");
+        }
+        r.signal("-TERM");
+        let (status, err) = tokio::task::block_in_place(|| r.wait());
+        assert!(status.success(), "{status:?}");
+        assert!(
+            err.contains(&format!("stack=\"{stack}\"")),
+            "{stack}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn forward_text_prints_kubectl_lines_for_both_loopbacks() {
     let cluster = Cluster::demo().await.expect("cluster");
     let r = Running::spawn({

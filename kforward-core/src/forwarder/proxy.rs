@@ -25,9 +25,6 @@ use crate::relay::protocol::Transport;
 use crate::relay::{RelayConnector, RelayPods};
 use crate::spec::{ForwardSpec, Protocol};
 
-/// Events buffered for slow subscribers before they start missing some.
-const EVENT_BUFFER: usize = 1024;
-
 /// Forwards to `proxy/HOST`: each local TCP connection becomes a tunnel to the relay pod and
 /// a TCP connection from there to `HOST:PORT`; UDP specs run a [`UdpForwarder`] to the host.
 ///
@@ -66,7 +63,7 @@ struct ConnCtx {
 impl ProxyForwarder {
     /// A forwarder for `spec`, not started.
     pub fn new(ctx: KubeContext, spec: ForwardSpec, opts: ForwardOptions) -> Self {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(super::EVENT_BUFFER);
         let (state, _) = watch::channel(ForwardState::Idle);
         let udp = (spec.protocol == Protocol::Udp)
             .then(|| UdpForwarder::new(ctx.clone(), spec.clone(), opts.clone()));

@@ -25,8 +25,6 @@ use crate::resolve::Endpoints;
 use crate::spec::{ForwardSpec, PortMapping};
 use crate::tunnel::Tunnel;
 
-/// Events buffered for slow subscribers before they start missing some.
-const EVENT_BUFFER: usize = 1024;
 /// Tunnels tried for one connection before it is given up.
 const ATTEMPTS: usize = 4;
 /// After a tunnel to a pod failed, how long to wait for the watch to drop that pod.
@@ -109,7 +107,7 @@ struct ConnCtx {
 impl TcpForwarder {
     /// A forwarder for `spec`, not started.
     pub fn new(ctx: KubeContext, spec: ForwardSpec, opts: ForwardOptions) -> Self {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(super::EVENT_BUFFER);
         let (state, _) = watch::channel(ForwardState::Idle);
         TcpForwarder {
             ctx,
@@ -213,16 +211,21 @@ impl TcpForwarder {
             server: server.clone(),
             message,
         };
-        match tokio::time::timeout(timeout, b.ctx.client().apiserver_version()).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no answer within {}s",
-                    timeout.as_secs_f32()
-                )));
-            }
-            Ok(Err(e)) => return Err(Error::from_kube(e, &server, "get", "version", &ns, None)),
-            Ok(Ok(_)) => {}
-        }
+        // Checks are shared with the context's other forwards (`single_flight`): 200
+        // forwards of one service make one `/version` call and one tunnel per round.
+        let probes = b.ctx.probes();
+        probes
+            .run(format!("version {server}"), || async {
+                match tokio::time::timeout(timeout, b.ctx.client().apiserver_version()).await {
+                    Err(_) => Err(unreachable(format!(
+                        "no answer within {}s",
+                        timeout.as_secs_f32()
+                    ))),
+                    Ok(Err(e)) => Err(Error::from_kube(e, &server, "get", "version", &ns, None)),
+                    Ok(Ok(_)) => Ok(()),
+                }
+            })
+            .await?;
         for eps in &b.endpoints {
             // No ready pod right now (a restart in progress) is the endpoint watch's
             // business, not a failure of the forward: connections wait for the next pod.
@@ -248,12 +251,17 @@ impl TcpForwarder {
                     _ => Ok(()),
                 }
             };
-            tokio::time::timeout(timeout, work).await.map_err(|_| {
-                unreachable(format!(
-                    "port-forward probe took longer than {}s",
-                    timeout.as_secs_f32()
-                ))
-            })??;
+            let key = format!("tunnel {ns}/{}:{}", ep.pod, ep.port);
+            probes
+                .run(key, || async {
+                    tokio::time::timeout(timeout, work).await.map_err(|_| {
+                        unreachable(format!(
+                            "port-forward probe took longer than {}s",
+                            timeout.as_secs_f32()
+                        ))
+                    })?
+                })
+                .await?;
         }
         Ok(())
     }

@@ -28,8 +28,6 @@ use crate::relay::{RelayConnector, RelayPods};
 use crate::resolve::Endpoints;
 use crate::spec::{ForwardSpec, PortMapping, RemotePort, Target};
 
-/// Events buffered for slow subscribers before they start missing some.
-const EVENT_BUFFER: usize = 1024;
 /// Datagrams queued per session (while its tunnel opens, or a slow tunnel) before new ones
 /// are dropped, as a full socket buffer would.
 const SESSION_QUEUE: usize = 1024;
@@ -246,7 +244,7 @@ struct SessionCtx {
 impl UdpForwarder {
     /// A forwarder for `spec` (its protocol is taken as UDP), not started.
     pub fn new(ctx: KubeContext, spec: ForwardSpec, opts: ForwardOptions) -> Self {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, _) = broadcast::channel(super::EVENT_BUFFER);
         let (state, _) = watch::channel(ForwardState::Idle);
         UdpForwarder {
             ctx,
