@@ -25,6 +25,7 @@ pub struct Stats {
     pub(crate) requests: AtomicU64,
     pub(crate) live_port_forwards: AtomicU64,
     pub(crate) port_forwards_total: AtomicU64,
+    pub(crate) watches_total: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -36,6 +37,8 @@ pub struct StatsSnapshot {
     pub live_port_forwards: u64,
     /// Port-forward streams opened since the cluster started.
     pub port_forwards_total: u64,
+    /// Watch requests served since the cluster started.
+    pub watches_total: u64,
 }
 
 /// Counts one live port-forward stream for as long as it is held.
@@ -178,6 +181,7 @@ impl Shared {
             requests: self.stats.requests.load(Ordering::SeqCst),
             live_port_forwards: self.stats.live_port_forwards.load(Ordering::SeqCst),
             port_forwards_total: self.stats.port_forwards_total.load(Ordering::SeqCst),
+            watches_total: self.stats.watches_total.load(Ordering::SeqCst),
         }
     }
 

@@ -411,3 +411,38 @@ async fn a_taken_port_fails_one_entry_and_the_others_keep_working() {
     ping(echo_addr).await.expect("echo works");
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_of_one_service_share_one_watch_and_their_probes() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let before = cluster.stats();
+    // Added together, as `kforward run` adds a config's entries.
+    let ids: Vec<usize> = (0..40)
+        .map(|_| sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path())))
+        .collect();
+    let mut addrs = Vec::new();
+    for id in &ids {
+        addrs.push(ready(&sup, *id).await);
+    }
+    let started = cluster.stats();
+    let watches = started.watches_total - before.watches_total;
+    assert!(
+        watches <= 2,
+        "{watches} watches for 40 forwards of one service"
+    );
+    // Every forward probes every 200 ms here; unshared, one second of that is at least
+    // 40 probe tunnels (one round of all 40), shared it is one per `FRESH_FOR` (2 s).
+    // A window of time to count in, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tunnels = cluster.stats().port_forwards_total - started.port_forwards_total;
+    assert!(tunnels < 20, "{tunnels} probe tunnels in one second");
+    // And they all still carry traffic.
+    for a in addrs {
+        tokio::time::timeout(WAIT, ping(a))
+            .await
+            .expect("in time")
+            .expect("echo");
+    }
+    sup.shutdown().await;
+}

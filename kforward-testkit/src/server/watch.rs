@@ -39,6 +39,10 @@ fn line(ty: &str, object: &Value) -> Bytes {
 
 /// Answers a watch request.
 pub(crate) fn serve(shared: Arc<Shared>, w: WatchRequest) -> Response<Body> {
+    shared
+        .stats
+        .watches_total
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     // `resourceVersion=0` and no version both mean "from the current state", which a watch
     // starts with a synthetic ADDED event per object.
     let since = w.since.filter(|rv| *rv != 0);
