@@ -13,9 +13,10 @@
 //! `client/builder.rs`), from kube's public parts: its rustls connector (CA, client
 //! certificates, `tls-server-name`, `insecure-skip-tls-verify`), the base URI, the retry
 //! policy for 429/503/504, authentication (tokens, exec plugins, refresh) and the
-//! impersonation headers; the connect timeout covers the TLS handshake as kube's does. Not
-//! carried over: kube's tracing spans, and the expiry date kube records for client
-//! certificates from exec plugins (`Client::valid_until`, which kforward does not read).
+//! impersonation headers; the connect timeout covers the TLS handshake as kube's does; each
+//! request is logged at DEBUG (`RUST_LOG=tower_http=debug`). Not carried over: the expiry
+//! date kube records for client certificates from exec plugins (`Client::valid_until`,
+//! which kforward does not read).
 
 use std::future::Future;
 use std::io;
@@ -63,6 +64,9 @@ pub(crate) fn client(config: &kube::Config) -> Result<kube::Client, kube::Error>
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build::<_, kube::client::Body>(connector);
+    // Each request as a DEBUG span of `tower_http::trace` (method, URI, status, latency),
+    // as kube's stack logs them under `kube_client`.
+    let http = tower::Layer::layer(&tower_http::trace::TraceLayer::new_for_http(), http);
     // kube's auth and retry layers take the boxed error kube's own stack hands them.
     let http = tower::ServiceExt::map_err(http, BoxError::from);
     // Innermost first: the request passes base URI, retry, auth, headers, then the wire,
