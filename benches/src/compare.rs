@@ -307,15 +307,22 @@ async fn main() -> anyhow::Result<()> {
     let mut bulk1 = vec![Vec::new(); paths.len()];
     // CPU milliseconds per GiB of the forwarding process, for paths that are one.
     let mut cpu1 = vec![Vec::new(); paths.len()];
+    // CPU milliseconds per GiB of the whole machine, for every path.
+    let mut machine1 = vec![Vec::new(); paths.len()];
     if o.section("bulk1") {
         eprintln!("bulk, 1 connection ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
                 let before = p.pid.map(measure::cpu_time).transpose()?;
+                let machine = measure::machine_cpu_time()?;
                 bulk1[i].push(measure::bulk(&p.http, o.bytes, 1).await?);
+                let per_gib =
+                    |d: Duration| d.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / o.bytes as f64;
+                machine1[i].push(per_gib(
+                    measure::machine_cpu_time()?.saturating_sub(machine),
+                ));
                 if let (Some(pid), Some(before)) = (p.pid, before) {
-                    let used = measure::cpu_time(pid)?.saturating_sub(before);
-                    cpu1[i].push(used.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / o.bytes as f64);
+                    cpu1[i].push(per_gib(measure::cpu_time(pid)?.saturating_sub(before)));
                 }
             }
         }
@@ -422,6 +429,22 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(_, v)| !v.is_empty())
         .map(|(i, v)| (i, median(v.clone())))
         .collect();
+    if machine1.iter().any(|v| !v.is_empty()) {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        println!(
+            "\n| path | machine CPU ms per GiB (bulk, 1 conn; all processes) | most MB/s its {cores} cores allow |"
+        );
+        println!("|---|---:|---:|");
+        for (p, v) in paths.iter().zip(&machine1) {
+            let ms = median(v.clone());
+            println!(
+                "| {} | {} | {} |",
+                p.name,
+                cell(ms, 0, ""),
+                cell(cores as f64 * (1u64 << 30) as f64 / 1e6 / (ms / 1e3), 0, "")
+            );
+        }
+    }
     if !cpu.is_empty() {
         println!("\n| forwarding process | CPU ms per GiB (bulk, 1 conn) | MB/s per CPU core |");
         println!("|---|---:|---:|");
