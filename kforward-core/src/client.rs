@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use crate::connector::Reachability;
 use crate::error::{Error, Result, error_chain};
 use crate::resolve::WatchRegistry;
 use crate::single_flight::SingleFlight;
@@ -94,6 +95,7 @@ struct Inner {
     fingerprint: u64,
     watches: WatchRegistry,
     probes: SingleFlight,
+    reach: Arc<Reachability>,
 }
 
 /// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
@@ -221,10 +223,11 @@ impl KubeContext {
             stack = if stock { "kube's stock" } else { "kforward's" },
             "client for {server}"
         );
+        let reach = Arc::new(Reachability::default());
         let client = if stock {
             kube::Client::try_from(config)
         } else {
-            crate::connector::client(&config)
+            crate::connector::client(&config, reach.clone())
         }
         .map_err(|e| Error::Kubeconfig {
             message: error_chain(&e),
@@ -237,6 +240,7 @@ impl KubeContext {
             fingerprint,
             watches: WatchRegistry::default(),
             probes: SingleFlight::default(),
+            reach,
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, w| w.strong_count() > 0);
@@ -255,6 +259,7 @@ impl KubeContext {
                 fingerprint: 0,
                 watches: WatchRegistry::default(),
                 probes: SingleFlight::default(),
+                reach: Default::default(),
             }),
         }
     }
@@ -273,6 +278,12 @@ impl KubeContext {
     /// The watches shared by every user of this context.
     pub(crate) fn watches(&self) -> &WatchRegistry {
         &self.inner.watches
+    }
+
+    /// Notified when the API server can be reached again after connections to it failed
+    /// (kforward's client stack only; never with kube's stock one).
+    pub(crate) fn api_back(&self) -> &tokio::sync::Notify {
+        self.inner.reach.back()
     }
 
     /// The probe checks shared by every forward of this context.

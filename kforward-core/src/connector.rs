@@ -51,7 +51,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// A proxy (`proxy-url`) is left to kube, which reports that this build does not support
 /// one.
-pub(crate) fn client(config: &kube::Config) -> Result<kube::Client, kube::Error> {
+pub(crate) fn client(
+    config: &kube::Config,
+    reach: Arc<Reachability>,
+) -> Result<kube::Client, kube::Error> {
     use kube::client::ConfigExt;
     if config.proxy_url.is_some() {
         return kube::Client::try_from(config.clone());
@@ -60,6 +63,7 @@ pub(crate) fn client(config: &kube::Config) -> Result<kube::Client, kube::Error>
     let connector = Warm::new(Deadline {
         inner: https,
         after: config.connect_timeout,
+        reach,
     });
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(POOL_MAX_IDLE)
@@ -470,11 +474,40 @@ where
     }
 }
 
-/// A connector that gives up when connecting (TCP and TLS) takes longer than `after`.
+/// Whether the API server could be reached, as connecting to it last found.
+///
+/// Watches back off after failures (up to seconds); when the server comes back (a restart,
+/// a VPN reconnecting, a laptop waking) the first connection that succeeds after failures
+/// wakes them through [`back`](Self::back), so they list again at once instead of serving
+/// stale pods until their backoff ends.
+#[derive(Default)]
+pub(crate) struct Reachability {
+    failing: AtomicBool,
+    back: tokio::sync::Notify,
+}
+
+impl Reachability {
+    /// Notified when a connection succeeds after one or more failed.
+    pub(crate) fn back(&self) -> &tokio::sync::Notify {
+        &self.back
+    }
+
+    fn record(&self, ok: bool) {
+        if !ok {
+            self.failing.store(true, Ordering::Release);
+        } else if self.failing.swap(false, Ordering::AcqRel) {
+            self.back.notify_waiters();
+        }
+    }
+}
+
+/// A connector that gives up when connecting (TCP and TLS) takes longer than `after`, and
+/// keeps [`Reachability`] up to date.
 #[derive(Clone)]
 struct Deadline<S> {
     inner: S,
     after: Option<Duration>,
+    reach: Arc<Reachability>,
 }
 
 impl<S> tower_service::Service<Uri> for Deadline<S>
@@ -494,18 +527,21 @@ where
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let after = self.after;
+        let reach = self.reach.clone();
         Box::pin(async move {
-            let Some(after) = after else {
-                return connecting.await.map_err(Into::into);
+            let done = match after {
+                None => connecting.await.map_err(Into::into),
+                Some(after) => match tokio::time::timeout(after, connecting).await {
+                    Ok(done) => done.map_err(Into::into),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to the API server took longer than {after:?}"),
+                    )
+                    .into()),
+                },
             };
-            match tokio::time::timeout(after, connecting).await {
-                Ok(done) => done.map_err(Into::into),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to the API server took longer than {after:?}"),
-                )
-                .into()),
-            }
+            reach.record(done.is_ok());
+            done
         })
     }
 }
@@ -687,7 +723,7 @@ mod tests {
         let mut config = kube::Config::new(format!("http://{addr}/base").parse().expect("URL"));
         config.auth_info.token = Some("s3cret".to_string().into());
         config.auth_info.impersonate = Some("alice".to_string());
-        let client = client(&config).expect("client");
+        let client = client(&config, Default::default()).expect("client");
         let pods: kube::Api<Pod> = kube::Api::namespaced(client, "demo");
         let got = tokio::time::timeout(WAIT, pods.list(&Default::default()))
             .await
@@ -790,6 +826,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_success_after_failures_wakes_the_waiters_once() {
+        let reach = Arc::new(Reachability::default());
+        let woken = reach.back().notified();
+        reach.record(true);
+        // A success with no failure before it is no news.
+        let quiet = tokio::time::timeout(Duration::from_millis(50), woken).await;
+        assert!(quiet.is_err(), "no wake-up without an outage");
+        reach.record(false);
+        reach.record(false);
+        let woken = reach.back().notified();
+        reach.record(true);
+        tokio::time::timeout(WAIT, woken)
+            .await
+            .expect("woken when the server is back");
+        let again = reach.back().notified();
+        reach.record(true);
+        let quiet = tokio::time::timeout(Duration::from_millis(50), again).await;
+        assert!(
+            quiet.is_err(),
+            "only the first success after failures wakes"
+        );
+    }
+
+    #[tokio::test]
     async fn connecting_to_a_server_that_never_answers_the_tls_handshake_times_out() {
         use kube::client::ConfigExt;
         use tower_service::Service;
@@ -809,9 +869,11 @@ mod tests {
         let https = config
             .rustls_https_connector_with_connector(BufferedConnector::new())
             .expect("connector");
+        let reach = Arc::new(Reachability::default());
         let mut connector = Deadline {
             inner: https,
             after: Some(Duration::from_millis(300)),
+            reach: reach.clone(),
         };
         let err = tokio::time::timeout(WAIT, async {
             std::future::poll_fn(|cx| connector.poll_ready(cx))
@@ -824,6 +886,10 @@ mod tests {
         })
         .await
         .expect("in time");
+        assert!(
+            reach.failing.load(Ordering::Acquire),
+            "the failure is recorded"
+        );
         let err = err.downcast::<io::Error>().expect("an io::Error");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         assert!(err.to_string().contains("300ms"), "{err}");

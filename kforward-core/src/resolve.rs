@@ -668,7 +668,12 @@ where
                 return;
             }
             if relist {
-                tokio::time::sleep(backoff).await;
+                // Cut short when the API server is reachable again after an outage.
+                let back = ctx.api_back().notified();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = back => debug!("API server reachable again; relisting now"),
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 match list(&ctx, &api, &lp, &ns, resource).await {
                     Ok(l) => {

@@ -221,6 +221,7 @@ async fn dropped_streams_end_those_connections_and_new_ones_work() {
 async fn an_api_server_restart_is_survived_and_watches_resume() {
     let cluster = demo().await;
     let sup = Supervisor::new(fast());
+    let mut events = sup.subscribe();
     let id = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(cluster.kubeconfig_path()));
     let addr = ready(&sup, id).await;
     cluster.restart_api().await.expect("restart");
@@ -228,21 +229,34 @@ async fn an_api_server_restart_is_survived_and_watches_resume() {
         .await
         .expect("in time")
         .expect("works after restart");
-    // The endpoint watch came back too: a replaced pod is followed.
+    // The endpoint watch came back too: a replaced pod is followed. The cluster shows the
+    // replacement before the forward's watch brings it (a few milliseconds, more on a busy
+    // machine), so wait for the forward's own view, as published in its events.
     let old = cluster.pods("demo", Some("app=echo"))[0]
         .metadata
         .name
         .clone()
         .expect("name");
     cluster.delete_pod("demo", &old).expect("delete");
-    cluster
-        .wait_for("a replacement echo pod", WAIT, |c| {
-            c.ready_pods("demo", "app=echo")
-                .iter()
-                .any(|p| p.metadata.name.as_deref() != Some(old.as_str()))
-        })
+    let followed = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Event::Endpoints { pods, .. } = &e.event
+                        && !pods.is_empty()
+                        && pods.iter().all(|p| !p.starts_with(&format!("{old}:")))
+                    {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, followed)
         .await
-        .expect("replacement");
+        .expect("the forward follows the replacement pod");
     tokio::time::timeout(WAIT, ping(addr))
         .await
         .expect("in time")
