@@ -150,26 +150,29 @@ async fn demo_serves_and_stops_on_ctrl_c() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `kforward forward svc/web :80 -n demo --address 127.0.0.1 -o json` on `cluster`.
+fn forward_web_json(cluster: &Cluster) -> Command {
+    let mut c = kforward();
+    c.args([
+        "forward",
+        "svc/web",
+        ":80",
+        "-n",
+        "demo",
+        "--address",
+        "127.0.0.1",
+        "-o",
+        "json",
+        "--kubeconfig",
+    ])
+    .arg(cluster.kubeconfig_path());
+    c
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_json_reports_the_chosen_port_and_carries_traffic() {
     let cluster = Cluster::demo().await.expect("cluster");
-    let r = Running::spawn({
-        let mut c = kforward();
-        c.args([
-            "forward",
-            "svc/web",
-            ":80",
-            "-n",
-            "demo",
-            "--address",
-            "127.0.0.1",
-            "-o",
-            "json",
-            "--kubeconfig",
-        ])
-        .arg(cluster.kubeconfig_path());
-        c
-    });
+    let r = Running::spawn(forward_web_json(&cluster));
     let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
     let v: serde_json::Value = serde_json::from_str(&line).expect("json");
     assert_eq!(v["target"], "svc/web");
@@ -187,21 +190,8 @@ async fn forward_json_reports_the_chosen_port_and_carries_traffic() {
 async fn both_client_stacks_carry_traffic_and_the_environment_picks_one() {
     let cluster = Cluster::demo().await.expect("cluster");
     for (env, stack) in [(None, "kforward's"), (Some("stock"), "kube's stock")] {
-        let mut c = kforward();
-        c.args([
-            "forward",
-            "svc/web",
-            ":80",
-            "-n",
-            "demo",
-            "--address",
-            "127.0.0.1",
-            "-o",
-            "json",
-            "--kubeconfig",
-        ])
-        .arg(cluster.kubeconfig_path())
-        .env("RUST_LOG", "kforward_core::client=debug");
+        let mut c = forward_web_json(&cluster);
+        c.env("RUST_LOG", "kforward_core::client=debug");
         match env {
             Some(v) => c.env("KFORWARD_KUBE_CLIENT", v),
             None => c.env_remove("KFORWARD_KUBE_CLIENT"),
