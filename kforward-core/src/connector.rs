@@ -274,12 +274,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
     }
 }
 
-/// A spare connection is handed out only while younger than this. Below the idle timeouts
-/// of the API server (Go's `http.Server` in k8s.io/apiserver: 90 s), of hyper's own pool
-/// (90 s) and of common load balancers (AWS ALB: 60 s).
-const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
-/// A spare this old is replaced by a new one in the background.
-const SPARE_RENEW_AGE: Duration = Duration::from_secs(25);
+/// A spare connection is handed out only while younger than this: well below the idle
+/// timeouts of hyper's own pool (90 s), of load balancers in front of API servers (AWS ALB:
+/// 60 s by default) and the 30 s that HAProxy setups commonly use, so that a spare is not
+/// closed by the far end just as a tunnel takes it. One closed earlier is seen (a peek
+/// finds the end of the stream) and not handed out.
+const SPARE_MAX_AGE: Duration = Duration::from_secs(20);
+/// A spare this old is replaced by a new one in the background: one TCP and TLS handshake
+/// per cluster every 15 s while the client lives.
+const SPARE_RENEW_AGE: Duration = Duration::from_secs(15);
 /// How often the background task looks at the spare's age.
 const SPARE_CHECK: Duration = Duration::from_secs(5);
 
