@@ -186,17 +186,7 @@ async fn main() -> anyhow::Result<()> {
         echo: Dial::Tcp(format!("{}:7000", ip(&echo)?).parse()?),
     };
     let mut fwds = Vec::new();
-    let via = |pod: &str, port: u16| {
-        let spec = ForwardSpec::new(
-            Target::Pod {
-                name: pod.to_string(),
-            },
-            [PortMapping::new(0, port)],
-        )
-        .with_namespace("demo")
-        .with_addresses(["127.0.0.1".parse().expect("ip")]);
-        TcpForwarder::new(ctx.clone(), spec, Default::default())
-    };
+    let via = |pod: &str, port: u16| pod_forward(&ctx, pod, port);
     let mut fw_http = via(&web_name, 8080);
     let mut fw_echo = via(&echo_name, 7000);
     let kf = Path {
@@ -224,11 +214,10 @@ async fn main() -> anyhow::Result<()> {
     fwds.push(fw_echo);
     // kube's own client stack, as kftray and other kube users have it (kforward's
     // `KubeContext` builds its own, with buffered reads under TLS).
-    let kube_client = {
-        let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        kube::Client::try_from(config)?
-    };
+    let kube_client = stock_client(kube::config::Kubeconfig::read_from(
+        cluster.kubeconfig_path(),
+    )?)
+    .await?;
     let b_http = baseline::start(kube_client.clone(), &web_name, 8080).await?;
     let b_echo = baseline::start(kube_client, &echo_name, 7000).await?;
     let kube_pf = Path {
@@ -488,6 +477,25 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+/// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
+fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> TcpForwarder {
+    let spec = ForwardSpec::new(
+        Target::Pod {
+            name: pod.to_string(),
+        },
+        [PortMapping::new(0, port)],
+    )
+    .with_namespace("demo")
+    .with_addresses([std::net::Ipv4Addr::LOCALHOST.into()]);
+    TcpForwarder::new(ctx.clone(), spec, Default::default())
+}
+
+/// kube's own client for the kubeconfig's current context, as kube-based tools build it.
+async fn stock_client(kc: kube::config::Kubeconfig) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// First byte of new connections when the API server is `--wan-rtt-ms` away: every
 /// client's API traffic goes through a [`delay::DelayProxy`], so what each one does per
 /// connection before the pod answers counts in round trips, as against a real cluster.
@@ -514,22 +522,11 @@ async fn wan_rows(
     let mut paths: Vec<(&str, SocketAddr)> = Vec::new();
     let mut keep = Vec::new();
     let ctx = KubeContext::load(&KubeconfigSource::default().with_path(&kubeconfig)).await?;
-    let spec = ForwardSpec::new(
-        Target::Pod {
-            name: web.to_string(),
-        },
-        [PortMapping::new(0, 8080)],
-    )
-    .with_namespace("demo")
-    .with_addresses(["127.0.0.1".parse()?]);
-    let mut fwd = TcpForwarder::new(ctx, spec, Default::default());
+    let mut fwd = pod_forward(&ctx, web, 8080);
     if o.path("kforward") {
         paths.push(("kforward", fwd.start().await?[0].local_addr));
     }
-    let stock = {
-        let config = kube::Config::from_custom_kubeconfig(kc.clone(), &Default::default()).await?;
-        kube::Client::try_from(config)?
-    };
+    let stock = stock_client(kc).await?;
     let baseline = baseline::start(stock, web, 8080).await?;
     if o.path("kube-pf") {
         paths.push(("kube-pf", baseline.addr));
