@@ -6,8 +6,9 @@
 //! fast link one TCP window update, per 16 KiB. Here each connection reads through a
 //! [`ReadAhead`] buffer that starts at [`FIRST_READ`] and doubles on every read that fills
 //! it, up to [`MAX_READ`]: one `recv` then takes whatever the socket holds and rustls is
-//! served from memory. Measured with `compare --only bulk1 --paths kforward-cli`: client CPU
-//! per GiB 620-650 ms with kube's stock stack, 470-520 ms with this one.
+//! served from memory. Measured with `compare --only bulk1` (`kforward-cli-stock` against
+//! `kforward-cli`): client CPU per GiB 610-690 ms with kube's stock stack, 470-550 ms with
+//! this one.
 //!
 //! [`client`] builds the same stack as `kube::Client::try_from(config)` (kube-client 5,
 //! `client/builder.rs`), from kube's public parts: its rustls connector (CA, client
@@ -28,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -115,9 +115,9 @@ impl BufferedConnector {
 }
 
 impl tower_service::Service<Uri> for BufferedConnector {
-    type Response = BufferedStream;
+    type Response = ReadAhead<TcpStream>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<BufferedStream, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<ReadAhead<TcpStream>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.http.poll_ready(cx).map_err(Into::into)
@@ -125,63 +125,7 @@ impl tower_service::Service<Uri> for BufferedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.http.call(uri);
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            Ok(BufferedStream {
-                io: TokioIo::new(ReadAhead::new(tcp)),
-            })
-        })
-    }
-}
-
-/// A connection to the API server as hyper and rustls see it.
-struct BufferedStream {
-    io: TokioIo<ReadAhead<TcpStream>>,
-}
-
-impl Connection for BufferedStream {
-    fn connected(&self) -> Connected {
-        self.io.inner().inner.connected()
-    }
-}
-
-impl hyper::rt::Read for BufferedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for BufferedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        Box::pin(async move { Ok(ReadAhead::new(connecting.await?.into_inner())) })
     }
 }
 
@@ -210,11 +154,18 @@ impl<T> ReadAhead<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
+impl Connection for ReadAhead<TcpStream> {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
+/// hyper's read trait (what rustls under hyper reads from), filled from the buffer.
+impl<T: AsyncRead + Unpin> hyper::rt::Read for ReadAhead<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
+        mut out: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if out.remaining() == 0 {
@@ -244,7 +195,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
+/// Writes go straight to the socket.
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for ReadAhead<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -331,21 +283,21 @@ trait Alive {
     fn alive(&self) -> bool;
 }
 
-impl Alive for BufferedStream {
+impl Alive for ReadAhead<TcpStream> {
     fn alive(&self) -> bool {
         // A peek that finds the end of the stream means the server closed it. Nobody
         // waits on this connection's reads yet, so the no-op waker replaces no one's.
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.inner().inner.poll_peek(&mut cx, &mut buf) {
+        match self.inner.poll_peek(&mut cx, &mut buf) {
             Poll::Ready(Ok(0) | Err(_)) => false,
             Poll::Ready(Ok(_)) | Poll::Pending => true,
         }
     }
 }
 
-impl Alive for hyper_rustls::MaybeHttpsStream<BufferedStream> {
+impl Alive for hyper_rustls::MaybeHttpsStream<ReadAhead<TcpStream>> {
     fn alive(&self) -> bool {
         match self {
             hyper_rustls::MaybeHttpsStream::Http(s) => s.alive(),
@@ -391,8 +343,8 @@ where
             .then_some(spare.conn)
     }
 
-    /// Starts making a spare for `uri`, unless one is being made.
-    fn refill(&self, uri: Uri) {
+    /// Starts making a spare for `uri` (whose [`key_of`] is `key`), unless one is being made.
+    fn refill(&self, uri: Uri, key: String) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -401,7 +353,6 @@ where
         }
         let inner = self.inner.clone();
         let spares = Arc::downgrade(&self.spares);
-        let key = key_of(&uri);
         let target = uri.clone();
         rt.spawn(async move {
             let made = tower::ServiceExt::oneshot(inner, target).await;
@@ -426,6 +377,7 @@ where
         if !self.spares.renewing.swap(true, Ordering::AcqRel) {
             let warm = Arc::downgrade(&self.spares);
             let inner = self.inner.clone();
+            let key = key_of(&uri);
             rt.spawn(async move {
                 loop {
                     tokio::time::sleep(SPARE_CHECK).await;
@@ -441,7 +393,7 @@ where
                             inner: inner.clone(),
                             spares,
                         }
-                        .refill(uri.clone());
+                        .refill(uri.clone(), key.clone());
                     }
                 }
             });
@@ -465,8 +417,9 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let spare = self.take(&key_of(&uri));
-        self.refill(uri.clone());
+        let key = key_of(&uri);
+        let spare = self.take(&key);
+        self.refill(uri.clone(), key);
         match spare {
             Some(conn) => Box::pin(std::future::ready(Ok(conn))),
             None => {
@@ -552,6 +505,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper_util::rt::TokioIo;
     use std::net::SocketAddr;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -591,11 +545,12 @@ mod tests {
             s.write_all(&sent).await.expect("write");
         });
         let tcp = TcpStream::connect(addr).await.expect("connect");
-        let mut r = ReadAhead::new(Counted {
+        // Read through tokio's traits, as the tests' helpers do; hyper's are what it serves.
+        let mut r = TokioIo::new(ReadAhead::new(Counted {
             inner: tcp,
             reads: 0,
-        });
-        assert_eq!(r.size, FIRST_READ);
+        }));
+        assert_eq!(r.inner().size, FIRST_READ);
         // Read the way rustls does: at most a TLS record's worth per call.
         let mut got = Vec::new();
         let mut calls = 0;
@@ -614,13 +569,14 @@ mod tests {
         .expect("in time");
         writer.await.expect("task");
         assert!(got == data, "the bytes came through in order");
-        let reads = r.inner.reads;
+        let reads = r.inner().inner.reads;
         assert!(
             reads * 3 < calls,
             "{reads} reads of the socket for {calls} reads of the caller"
         );
         assert_eq!(
-            r.size, MAX_READ,
+            r.inner().size,
+            MAX_READ,
             "a stream that keeps it full grows the buffer"
         );
     }
@@ -642,7 +598,9 @@ mod tests {
                 s.write_all(&b[..n]).await.expect("write");
             }
         });
-        let mut r = ReadAhead::new(TcpStream::connect(addr).await.expect("connect"));
+        let mut r = TokioIo::new(ReadAhead::new(
+            TcpStream::connect(addr).await.expect("connect"),
+        ));
         tokio::time::timeout(WAIT, async {
             for i in 0..100u8 {
                 r.write_all(&[i; 10]).await.expect("write");
@@ -658,8 +616,12 @@ mod tests {
         .await
         .expect("in time");
         echo.await.expect("task");
-        assert_eq!(r.size, FIRST_READ, "small answers never fill the buffer");
-        assert!(r.buf.len() <= FIRST_READ);
+        assert_eq!(
+            r.inner().size,
+            FIRST_READ,
+            "small answers never fill the buffer"
+        );
+        assert!(r.inner().buf.len() <= FIRST_READ);
     }
 
     /// Serves `answers` in turn, one per request, on every connection; keeps each request's
@@ -746,11 +708,11 @@ mod tests {
         }
     }
 
-    fn local(conn: &BufferedStream) -> SocketAddr {
-        conn.io.inner().inner.local_addr().expect("local address")
+    fn local(conn: &ReadAhead<TcpStream>) -> SocketAddr {
+        conn.inner.local_addr().expect("local address")
     }
 
-    async fn connect(warm: &mut Warm<BufferedConnector>, uri: &Uri) -> BufferedStream {
+    async fn connect(warm: &mut Warm<BufferedConnector>, uri: &Uri) -> ReadAhead<TcpStream> {
         use tower_service::Service;
         tokio::time::timeout(WAIT, async {
             std::future::poll_fn(|cx| warm.poll_ready(cx))
