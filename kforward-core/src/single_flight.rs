@@ -36,6 +36,12 @@ struct Check {
     running: Option<watch::Receiver<Option<bool>>>,
 }
 
+impl Check {
+    fn fresh(&self) -> bool {
+        self.ok_at.is_some_and(|t| t.elapsed() < FRESH_FOR)
+    }
+}
+
 enum Plan {
     Fresh,
     Wait(watch::Receiver<Option<bool>>),
@@ -52,8 +58,11 @@ impl SingleFlight {
     {
         let plan = {
             let mut checks = self.lock();
+            // Forget what is neither running nor fresh: keys name pods, which come and go
+            // over a long-running forward's life.
+            checks.retain(|_, c| c.running.is_some() || c.fresh());
             let c = checks.entry(key.clone()).or_default();
-            if c.ok_at.is_some_and(|t| t.elapsed() < FRESH_FOR) {
+            if c.fresh() {
                 Plan::Fresh
             } else if let Some(rx) = c.running.clone() {
                 Plan::Wait(rx)
@@ -249,5 +258,14 @@ mod tests {
             .await
             .expect("not left waiting on the dropped run");
         assert!(r.is_ok());
+        // What is neither running nor fresh is forgotten: pods come and go.
+        let gone = share
+            .run("gone-pod".into(), || async { Err("refused") })
+            .await;
+        assert_eq!(gone, Err("refused"));
+        let _ = share
+            .run::<(), _, _>("next".into(), || async { Ok(()) })
+            .await;
+        assert!(!share.lock().contains_key("gone-pod"));
     }
 }
