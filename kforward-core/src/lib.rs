@@ -44,6 +44,7 @@ mod connector;
 pub mod error;
 pub mod event;
 pub mod forwarder;
+pub mod no_proxy;
 pub mod relay;
 pub mod resolve;
 mod single_flight;
