@@ -96,6 +96,7 @@ struct Inner {
     watches: WatchRegistry,
     probes: SingleFlight,
     reach: Arc<Reachability>,
+    transports: crate::transport::TransportMemo,
 }
 
 /// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
@@ -241,6 +242,7 @@ impl KubeContext {
             watches: WatchRegistry::default(),
             probes: SingleFlight::default(),
             reach,
+            transports: Default::default(),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, w| w.strong_count() > 0);
@@ -260,6 +262,7 @@ impl KubeContext {
                 watches: WatchRegistry::default(),
                 probes: SingleFlight::default(),
                 reach: Default::default(),
+                transports: Default::default(),
             }),
         }
     }
@@ -284,6 +287,12 @@ impl KubeContext {
     /// (kforward's client stack only; never with kube's stock one).
     pub(crate) fn api_back(&self) -> &tokio::sync::Notify {
         self.inner.reach.back()
+    }
+
+    /// The port-forward transport `auto` found for this cluster (see
+    /// [`Transport`](crate::transport::Transport)).
+    pub fn transport_memo(&self) -> &crate::transport::TransportMemo {
+        &self.inner.transports
     }
 
     /// The probe checks shared by every forward of this context.

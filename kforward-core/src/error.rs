@@ -119,6 +119,19 @@ pub enum Error {
         /// The message from the error channel or the transport.
         message: String,
     },
+    /// The API server, or a proxy in front of it, does not offer the port-forward
+    /// transport that was asked for.
+    #[error(
+        "the API server at {server} does not offer port-forward over {transport}: {message} (try the transport auto, which picks what the server offers)"
+    )]
+    TransportRefused {
+        /// The API server URL.
+        server: String,
+        /// The transport asked for, like `websocket-spdy`.
+        transport: String,
+        /// What the server answered.
+        message: String,
+    },
     /// The forward was already started.
     #[error("the forward is already running")]
     AlreadyStarted,

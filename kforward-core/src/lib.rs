@@ -50,6 +50,7 @@ pub mod resolve;
 mod single_flight;
 pub mod spec;
 pub mod supervisor;
+pub mod transport;
 pub mod tunnel;
 
 pub use client::{KubeContext, KubeconfigSource};

@@ -654,6 +654,26 @@ impl Cluster {
         faults::restart_api(&self.shared).await
     }
 
+    /// Makes the API server answer `transport` as a server or proxy that does not offer it
+    /// would (see [`PortForwardTransport`](crate::portforward::PortForwardTransport)), until
+    /// [`Cluster::offer_port_forward`].
+    pub fn refuse_port_forward(&self, transport: crate::portforward::PortForwardTransport) {
+        faults::refuse_port_forward(&self.shared, transport, true);
+    }
+
+    /// Offers `transport` again after [`Cluster::refuse_port_forward`].
+    pub fn offer_port_forward(&self, transport: crate::portforward::PortForwardTransport) {
+        faults::refuse_port_forward(&self.shared, transport, false);
+    }
+
+    /// Sets the kubelet's streaming idle timeout (`--streaming-connection-idle-timeout`)
+    /// for SPDY port-forward sessions opened from now on: a session with no frame read or
+    /// written for that long has its streams reset, gets GOAWAY and is closed. `None` is
+    /// the kubelet's default (4 hours).
+    pub fn set_streaming_idle_timeout(&self, timeout: Option<Duration>) {
+        faults::set_streaming_idle_timeout(&self.shared, timeout);
+    }
+
     /// Adds latency before every API answer.
     pub fn set_latency(&self, latency: Duration) {
         faults::set_latency(&self.shared, latency);

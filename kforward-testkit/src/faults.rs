@@ -99,6 +99,9 @@ async fn restart_api_inner(shared: &Arc<Shared>) -> Result<(), Error> {
     if let Some(old) = api.take() {
         old.stop();
     }
+    // Upgraded connections (port-forward sessions and tunnels) run outside the server's
+    // connection tasks; a restarted API server loses them too.
+    shared.drop_port_forwards();
     let mut last = None;
     for _ in 0..50 {
         match ApiServer::start(shared.clone(), addr, shared.tls.clone()).await {
@@ -113,4 +116,23 @@ async fn restart_api_inner(shared: &Arc<Shared>) -> Result<(), Error> {
         }
     }
     Err(last.unwrap_or_else(|| Error::Timeout(Duration::from_secs(1), "API restart".into())))
+}
+
+/// Sets the kubelet's streaming idle timeout for SPDY sessions opened from now on.
+pub(crate) fn set_streaming_idle_timeout(shared: &Shared, timeout: Option<Duration>) {
+    *lock(&shared.faults.streaming_idle_timeout) = timeout;
+}
+
+/// Makes the API server refuse (`refuse`) or offer again a port-forward transport.
+pub(crate) fn refuse_port_forward(
+    shared: &Shared,
+    transport: crate::portforward::PortForwardTransport,
+    refuse: bool,
+) {
+    let mut set = lock(&shared.faults.refused_transports);
+    if refuse {
+        set.insert(transport);
+    } else {
+        set.remove(&transport);
+    }
 }

@@ -82,6 +82,11 @@ pub(crate) struct Faults {
     pub(crate) latency: Mutex<Duration>,
     /// Cancelled to drop every live port-forward stream; replaced after each use.
     pub(crate) drop_streams: Mutex<CancellationToken>,
+    /// The kubelet's streaming idle timeout for SPDY sessions opened from now on (`None`:
+    /// the kubelet's default of 4 hours, never reached by a test).
+    pub(crate) streaming_idle_timeout: Mutex<Option<Duration>>,
+    /// Port-forward transports the API server answers as if it did not offer them.
+    pub(crate) refused_transports: Mutex<BTreeSet<crate::portforward::PortForwardTransport>>,
 }
 
 impl Faults {
@@ -157,6 +162,8 @@ impl Shared {
                 paused,
                 latency: Mutex::new(Duration::ZERO),
                 drop_streams: Mutex::new(CancellationToken::new()),
+                streaming_idle_timeout: Mutex::new(None),
+                refused_transports: Mutex::new(BTreeSet::new()),
             },
             stats: Stats::default(),
             pool: AddressPool::new(),

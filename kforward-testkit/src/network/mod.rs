@@ -1,6 +1,7 @@
 //! Real loopback networking for the fake cluster: addresses, pod workloads, services, DNS and external hosts.
 
 mod addr;
+mod checksum;
 mod dns;
 mod echo;
 mod error;
@@ -12,6 +13,7 @@ mod tasks;
 mod workload;
 
 pub use addr::AddressPool;
+pub use checksum::checksum_line;
 pub use dns::{
     ANSWER_TTL, CLASS_IN, DnsRecords, DnsResponse, DnsServer, MAX_UDP_MESSAGE, PodResolver, Query,
     Rcode, TYPE_A, TYPE_AAAA, encode_error, encode_query, encode_response, normalize_name,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 
+use super::checksum::checksum_tcp;
 use super::echo::{echo_tcp, echo_udp};
 use super::error::{NetworkError, Result};
 use super::http::{Body, RequestHead, Response, serve_http};
@@ -80,6 +81,9 @@ pub enum WorkloadKind {
     UdpEcho,
     /// `.../passthrough`: forwards every port to `PASSTHROUGH_TARGET[_<port>]`.
     Passthrough,
+    /// `.../checksum`: on every TCP port, reads to EOF, then answers
+    /// `<bytes> <sha256 hex>\n` (see [`checksum_line`](super::checksum_line)) and closes.
+    Checksum,
     /// Any image whose name contains `kforward-relay`: the real relay server
     /// (`kforward_relay::server`) on the first TCP port (or `KFORWARD_RELAY_PORT`), token
     /// from `KFORWARD_RELAY_TOKEN`, names resolved with the pod's resolver, outbound sockets
@@ -91,7 +95,7 @@ pub enum WorkloadKind {
 
 impl WorkloadKind {
     /// Picks the kind from an image reference: the last path segment, without tag or
-    /// digest, must end with `http`, `echo`, `udp-echo`, `passthrough` or `sleep` (after a
+    /// digest, must end with `http`, `echo`, `udp-echo`, `passthrough`, `checksum` or `sleep` (after a
     /// `-`, `_`, `.` or at the start), e.g. `kforward/http:1` or `ghcr.io/x/kforward-http`.
     ///
     /// # Example
@@ -116,6 +120,7 @@ impl WorkloadKind {
         [
             ("udp-echo", Self::UdpEcho),
             ("passthrough", Self::Passthrough),
+            ("checksum", Self::Checksum),
             ("http", Self::Http),
             ("echo", Self::Echo),
         ]
@@ -238,7 +243,9 @@ pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
         }
     }
     let serves = |protocol: Protocol| match kind {
-        WorkloadKind::Http | WorkloadKind::Echo => protocol == Protocol::Tcp,
+        WorkloadKind::Http | WorkloadKind::Echo | WorkloadKind::Checksum => {
+            protocol == Protocol::Tcp
+        }
         WorkloadKind::UdpEcho | WorkloadKind::Passthrough => true,
         WorkloadKind::Sleep | WorkloadKind::Relay => false,
     };
@@ -290,6 +297,9 @@ pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
                         }
                     },
                 ));
+            }
+            (Bound::Tcp(listener, _), WorkloadKind::Checksum) => {
+                tasks.spawn(accept_loop(listener, token, "checksum", checksum_tcp));
             }
             (Bound::Tcp(listener, _), _) => {
                 tasks.spawn(accept_loop(listener, token, "echo", echo_tcp));

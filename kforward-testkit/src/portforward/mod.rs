@@ -40,6 +40,34 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Vec<&str> {
 /// The WebSocket subprotocol of SPDY tunnelled in WebSocket (kubectl >= 1.31).
 const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
+/// A way the API server offers port-forward, for
+/// [`Cluster::refuse_port_forward`](crate::Cluster::refuse_port_forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortForwardTransport {
+    /// SPDY/3.1 tunnelled in WebSocket. Refused as an API server without
+    /// `PortForwardWebsockets` (before Kubernetes 1.31) refuses it: the request reaches the
+    /// kubelet, whose WebSocket handler knows only the channel protocols, and
+    /// `golang.org/x/net/websocket` answers a failed handshake with a bare `403 Forbidden`.
+    SpdyTunnel,
+    /// The plain `Upgrade: SPDY/3.1`. Refused as when a proxy strips the upgrade: the API
+    /// server answers 400 "Upgrade request required".
+    Spdy,
+    /// `v4.channel.k8s.io`. Refused the same way.
+    Websocket,
+}
+
+fn refused(shared: &Shared, t: PortForwardTransport) -> bool {
+    crate::state::lock(&shared.faults.refused_transports).contains(&t)
+}
+
+/// The answer of a kubelet whose WebSocket handshake failed (`x/net/websocket`'s server:
+/// status line, blank line, nothing else).
+fn bare_forbidden() -> Response<Body> {
+    let mut resp = Response::new(crate::server::full(""));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    resp
+}
+
 fn running_pod(pod: &serde_json::Value, name: &str) -> Result<(Ipv4Addr, String), ApiError> {
     if pod["status"]["phase"] != "Running" {
         return Err(ApiError::bad_request(format!(
@@ -190,6 +218,9 @@ pub(crate) async fn handle(
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
+        if refused(&shared, PortForwardTransport::Spdy) {
+            return Err(ApiError::bad_request("Upgrade request required"));
+        }
         return spdy_upgrade(shared, req, &pod, name);
     }
     if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("websocket")) {
@@ -205,7 +236,13 @@ pub(crate) async fn handle(
                 .iter()
                 .any(|o| WS_PROTOCOLS.iter().any(|(p, _)| p == o)));
     if spdy_tunnel {
+        if refused(&shared, PortForwardTransport::SpdyTunnel) {
+            return Ok(bare_forbidden());
+        }
         return spdy_over_websocket(shared, req, &pod, name);
+    }
+    if refused(&shared, PortForwardTransport::Websocket) {
+        return Err(ApiError::bad_request("Upgrade request required"));
     }
     let chosen = if offered.is_empty() {
         Some(("", false))

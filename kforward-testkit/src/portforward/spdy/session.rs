@@ -1,28 +1,44 @@
 //! Serving one SPDY/3.1 port-forward session, with the kubelet's duties
 //! (`staging/src/k8s.io/kubelet/pkg/cri/streaming/portforward/httpstream.go`,
-//! `apimachinery/pkg/util/httpstream/spdy/connection.go`): SYN_REPLY to every SYN_STREAM,
-//! streams paired by `requestid` (an error stream and a data stream per connection), a
-//! connection to the pod's port per pair, the client's FIN passed on as a half-close, DATA+FIN
-//! on the data stream and FIN on the error stream when the pod is done, PINGs echoed, GOAWAY
-//! ends the session.
+//! `apimachinery/pkg/util/httpstream/spdy/connection.go`, `moby/spdystream`): SYN_REPLY to
+//! every SYN_STREAM, streams paired by `requestid` (an error stream and a data stream per
+//! connection), a connection to the pod's port per pair carried as the container runtime
+//! carries it (see [`forward`]), DATA+FIN on the data stream and FIN on the error stream
+//! when that is done, PINGs echoed.
+//!
+//! GOAWAY from the client works as spdystream's `handleGoAwayFrame`: SYN_STREAMs after it
+//! are dropped unanswered (`checkStreamFrame`), the streams in flight go on, and the
+//! connection closes once they are done. The streaming idle timeout (a fault here, the
+//! kubelet's `--streaming-connection-idle-timeout` there) works as spdystream's
+//! `idleAwareFramer`: when no frame was read or written for that long, every open stream
+//! is reset (RST_STREAM CANCEL), GOAWAY is sent and the connection closes.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::frame::{self, Frame};
 use super::headers::HeaderCodec;
-use crate::state::{LiveStream, Shared};
+use crate::state::{LiveStream, Shared, lock};
 
 /// Bytes read from the pod per DATA frame.
 const CHUNK: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the container runtime lets one direction of a connection go on after the
+/// other ended, before it closes the pod's connection: one second in containerd
+/// (`copyPortForward`, `internal/cri/server/sandbox_portforward.go`) and CRI-O
+/// (`PortForwardContainer`, `internal/oci/runtime_oci_linux.go`).
+pub(crate) const RUNTIME_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// RST_STREAM status CANCEL, as spdystream's idle timeout resets streams.
+const RST_CANCEL: u32 = 5;
 
 enum Out {
     Frame(Frame),
@@ -37,8 +53,26 @@ struct Pair {
     port: Option<u16>,
 }
 
-/// Serves a session until the client goes away, sends GOAWAY, or the stream is dropped by a
-/// fault.
+/// Milliseconds since `start` of the last frame read or written.
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Serves a session until the client goes away, its GOAWAY drained the streams, the
+/// idle timeout fires, or a fault drops it.
 pub(crate) async fn serve<S>(io: S, shared: Arc<Shared>, pod: String, uid: String, ip: Ipv4Addr)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -46,8 +80,13 @@ where
     let _live = LiveStream::new(shared.clone());
     let dropped = shared.faults.stream_token();
     let shutdown = shared.shutdown.clone();
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last: AtomicU64::new(0),
+    });
     let (mut rd, mut wr) = tokio::io::split(io);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
+    let written = activity.clone();
     let writer = tokio::spawn(async move {
         let mut codec = HeaderCodec::new();
         let mut buf = BytesMut::with_capacity(CHUNK + 64);
@@ -71,6 +110,7 @@ where
             if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
+            written.touch();
             buf.clear();
         }
         let _ = wr.shutdown().await;
@@ -80,7 +120,13 @@ where
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data stream id -> the channel to its pod connection (None in the channel = FIN).
     let mut to_pod: HashMap<u32, mpsc::Sender<Option<Bytes>>> = HashMap::new();
+    // Stream ids of the connections being forwarded, by data stream: (error, data).
+    let mut forwards: JoinSet<(u32, u32)> = JoinSet::new();
+    let mut open_streams: HashMap<u32, u32> = HashMap::new();
+    let mut going_away = false;
+    let mut last_received: u32 = 0;
     let mut inbuf = BytesMut::with_capacity(CHUNK * 2);
+    let idle_timeout = *lock(&shared.faults.streaming_idle_timeout);
     let session = async {
         loop {
             // Take every complete frame in the buffer.
@@ -93,6 +139,7 @@ where
                         return;
                     }
                 };
+                activity.touch();
                 let _ = inbuf.split_to(used);
                 match f {
                     Frame::SynStream {
@@ -107,6 +154,11 @@ where
                                 return;
                             }
                         };
+                        if going_away {
+                            // spdystream drops streams after GOAWAY without an answer.
+                            continue;
+                        }
+                        last_received = last_received.max(stream_id);
                         let _ = out_tx.send(Out::Reply(stream_id)).await;
                         let get =
                             |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -123,7 +175,8 @@ where
                             pairs.remove(&id);
                             let (tx, rx) = mpsc::channel(32);
                             to_pod.insert(d, tx);
-                            tokio::spawn(forward(
+                            open_streams.insert(d, e);
+                            forwards.spawn(forward(
                                 shared.clone(),
                                 out_tx.clone(),
                                 rx,
@@ -152,34 +205,85 @@ where
                             }
                         }
                     }
+                    // A reset data stream reads as ended, as spdystream's reads do after
+                    // `handleResetFrame`, and later writes to it fail.
                     Frame::RstStream { stream_id, .. } => {
                         to_pod.remove(&stream_id);
                     }
                     Frame::Ping { id } => {
                         let _ = out_tx.send(Out::Frame(Frame::Ping { id })).await;
                     }
-                    Frame::GoAway { .. } => return,
+                    Frame::GoAway { .. } => going_away = true,
                     _ => {}
                 }
             }
+            if going_away && forwards.is_empty() {
+                return;
+            }
             inbuf.reserve(CHUNK);
-            match rd.read_buf(&mut inbuf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            let idle_check = async {
+                match idle_timeout {
+                    Some(t) => {
+                        let left = t.saturating_sub(activity.idle());
+                        tokio::time::sleep(left.max(Duration::from_millis(10))).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = rd.read_buf(&mut inbuf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                Some(done) = forwards.join_next(), if !forwards.is_empty() => {
+                    if let Ok((_, d)) = done {
+                        open_streams.remove(&d);
+                    }
+                }
+                () = idle_check => {
+                    if idle_timeout.is_some_and(|t| activity.idle() >= t) {
+                        // spdystream's idle timeout: reset every stream, GOAWAY, close.
+                        for (d, e) in open_streams.drain() {
+                            for stream_id in [e, d] {
+                                let _ = out_tx
+                                    .send(Out::Frame(Frame::RstStream { stream_id, status: RST_CANCEL }))
+                                    .await;
+                            }
+                        }
+                        let _ = out_tx
+                            .send(Out::Frame(Frame::GoAway {
+                                last_good_stream_id: last_received,
+                                status: 0,
+                            }))
+                            .await;
+                        return;
+                    }
+                }
             }
         }
     };
-    tokio::select! {
-        _ = session => {}
-        _ = dropped.cancelled() => {}
-        _ = shutdown.cancelled() => {}
-    }
+    let idle_fired = tokio::select! {
+        _ = session => true,
+        _ = dropped.cancelled() => false,
+        _ = shutdown.cancelled() => false,
+    };
     drop(to_pod);
+    forwards.abort_all();
     drop(out_tx);
-    writer.abort();
+    if idle_fired {
+        // Let the writer send what is queued (the GOAWAY, a last reply), then close.
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    } else {
+        writer.abort();
+    }
 }
 
-/// Carries one pair of streams to the pod's port.
+/// Carries one pair of streams to the pod's port as the container runtime does
+/// (containerd's `copyPortForward`, CRI-O's `PortForwardContainer`): a copy each way; when
+/// either ends (the client's FIN or reset, or the pod's EOF) the other gets
+/// [`RUNTIME_CLOSE_GRACE`] more, then the pod's connection is closed outright (not
+/// half-closed: the runtime never calls `CloseWrite`), and the data stream gets its FIN,
+/// then the error stream.
 async fn forward(
     shared: Arc<Shared>,
     out: mpsc::Sender<Out>,
@@ -188,8 +292,13 @@ async fn forward(
     error_stream: u32,
     data_stream: u32,
     context: String,
-) {
+) -> (u32, u32) {
     let send = |f: Frame| out.send(Out::Frame(f));
+    let fin = |stream_id| Frame::Data {
+        stream_id,
+        fin: true,
+        data: Bytes::new(),
+    };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         other => {
@@ -211,74 +320,64 @@ async fn forward(
                 data: Bytes::from(msg),
             })
             .await;
-            let _ = send(Frame::Data {
-                stream_id: error_stream,
-                fin: true,
-                data: Bytes::new(),
-            })
-            .await;
-            let _ = send(Frame::Data {
-                stream_id: data_stream,
-                fin: true,
-                data: Bytes::new(),
-            })
-            .await;
-            return;
+            let _ = send(fin(error_stream)).await;
+            let _ = send(fin(data_stream)).await;
+            return (error_stream, data_stream);
         }
     };
     let _ = tcp.set_nodelay(true);
     let (mut rd, mut wr) = tcp.into_split();
-    let upstream = tokio::spawn(async move {
-        while let Some(m) = from_client.recv().await {
-            match m {
-                Some(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        return;
-                    }
-                }
-                // The client's FIN: a half-close toward the pod.
-                None => {
-                    let _ = wr.shutdown().await;
+    {
+        // Client -> pod, until the client's FIN (or reset): nothing is passed on then.
+        let upstream = async {
+            while let Some(Some(b)) = from_client.recv().await {
+                if wr.write_all(&b).await.is_err() {
                     return;
                 }
             }
-        }
-    });
-    // Read into one buffer whose space is reused once the frames sent from it are
-    // written, as the WebSocket path does: no copy and no allocation per chunk.
-    let mut buf = BytesMut::new();
-    loop {
-        buf.reserve(CHUNK);
-        let n = match rd.read_buf(&mut (&mut buf).limit(CHUNK)).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
         };
-        if *shared.faults.paused.borrow() {
-            shared.faults.wait_unpaused().await;
-        }
-        let data = buf.split_to(n).freeze();
-        if send(Frame::Data {
-            stream_id: data_stream,
-            fin: false,
-            data,
-        })
-        .await
-        .is_err()
-        {
-            break;
+        // Pod -> client. One buffer whose space is reused once the frames sent from it
+        // are written: no copy and no allocation per chunk.
+        let downstream = async {
+            let mut buf = BytesMut::new();
+            loop {
+                buf.reserve(CHUNK);
+                let n = match rd.read_buf(&mut (&mut buf).limit(CHUNK)).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if *shared.faults.paused.borrow() {
+                    shared.faults.wait_unpaused().await;
+                }
+                let data = buf.split_to(n).freeze();
+                if send(Frame::Data {
+                    stream_id: data_stream,
+                    fin: false,
+                    data,
+                })
+                .await
+                .is_err()
+                {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(upstream, downstream);
+        tokio::select! {
+            () = &mut upstream => {
+                let _ = tokio::time::timeout(RUNTIME_CLOSE_GRACE, downstream).await;
+            }
+            () = &mut downstream => {
+                let _ = tokio::time::timeout(RUNTIME_CLOSE_GRACE, upstream).await;
+            }
         }
     }
-    let _ = send(Frame::Data {
-        stream_id: data_stream,
-        fin: true,
-        data: Bytes::new(),
-    })
-    .await;
-    let _ = send(Frame::Data {
-        stream_id: error_stream,
-        fin: true,
-        data: Bytes::new(),
-    })
-    .await;
-    upstream.abort();
+    // Closed as Go's `conn.Close()` closes it: one close, no shutdown first.
+    match rd.reunite(wr) {
+        Ok(tcp) => drop(tcp),
+        Err(e) => drop(e),
+    }
+    let _ = send(fin(data_stream)).await;
+    let _ = send(fin(error_stream)).await;
+    (error_stream, data_stream)
 }

@@ -1,0 +1,52 @@
+//! Port-forward over SPDY/3.1 (`portforward.k8s.io`), the client side: what kubectl speaks,
+//! with half-close, and many connections multiplexed on sessions kept ready.
+//!
+//! - [`frame`] and [`headers`]: the sans-I/O codecs (frames; header blocks compressed with
+//!   zlib and the SPDY/3 dictionary).
+//! - [`Session`]: one session over any byte stream, opened through the API server by
+//!   [`Session::open`] (the WebSocket tunnel or the plain upgrade, [`SpdyTransport`]).
+//! - [`SpdyStream`]: one connection, `AsyncRead + AsyncWrite`.
+//! - [`SessionPool`]: a forward's sessions, kept ready per pod, choosing the transport
+//!   (`auto` tries the tunnel, the plain upgrade, then `v4.channel.k8s.io`).
+//!
+//! # Example
+//!
+//! This runs for real, against the testkit's simulated cluster:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use kforward_core::transport::{Transport, spdy::SessionPool};
+//! use kforward_core::{KubeContext, KubeconfigSource};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let cluster = kforward_testkit::Cluster::demo().await.unwrap();
+//! let src = KubeconfigSource::default().with_path(cluster.kubeconfig_path());
+//! let ctx = KubeContext::load(&src).await?;
+//! let pod = cluster.pods("demo", Some("app=echo"))[0].metadata.name.clone().unwrap();
+//!
+//! let pool = SessionPool::new(ctx, "demo", Transport::Auto);
+//! let mut conn = pool.connect(&pod, 7000).await?;
+//! assert_eq!(conn.transport(), Transport::WebsocketSpdy);
+//! conn.write_all(b"hello").await?;
+//! conn.shutdown().await?; // DATA+FIN
+//! let mut back = vec![0; 5];
+//! conn.read_exact(&mut back).await?;
+//! assert_eq!(back, b"hello");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+pub mod frame;
+pub mod headers;
+mod open;
+mod pool;
+mod session;
+mod stream;
+mod wsio;
+
+pub use error::{SessionEnd, SpdyError};
+pub use open::{OPEN_TIMEOUT, STREAM_PROTOCOL, SpdyTransport, TUNNEL_PROTOCOL};
+pub use pool::{PodSessions, PodStream, PoolConfig, SessionPool};
+pub use session::{Session, SessionConfig, SessionLoad};
+pub use stream::SpdyStream;
