@@ -4,4 +4,5 @@ mod common;
 mod errors;
 mod forward;
 mod relay;
+mod spdy;
 mod supervisor;

@@ -136,9 +136,15 @@ fn spdy_upgrade(
         header::HeaderValue::from_static("portforward.k8s.io"),
     );
     let name = name.to_string();
+    // Taken now: a fault that drops port-forwards once the 101 is on its way cuts this
+    // session too, however late the upgrade completes.
+    let dropped = shared.faults.stream_token();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(up) => spdy::serve(hyper_util::rt::TokioIo::new(up), shared, name, uid, ip).await,
+            Ok(up) => {
+                let io = hyper_util::rt::TokioIo::new(up);
+                spdy::serve(io, shared, dropped, name, uid, ip).await;
+            }
             Err(e) => tracing::debug!(error = %e, "SPDY upgrade failed"),
         }
     });
@@ -160,6 +166,7 @@ fn spdy_over_websocket(
     let (ip, uid) = running_pod(pod, name)?;
     let resp = websocket_101(&key, SPDY_TUNNEL);
     let name = name.to_string();
+    let dropped = shared.faults.stream_token();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
@@ -172,7 +179,7 @@ fn spdy_over_websocket(
                     Some(config),
                 )
                 .await;
-                spdy::serve(spdy::WsByteStream::new(ws), shared, name, uid, ip).await;
+                spdy::serve(spdy::WsByteStream::new(ws), shared, dropped, name, uid, ip).await;
             }
             Err(e) => tracing::debug!(error = %e, "SPDY tunnel upgrade failed"),
         }
@@ -266,6 +273,7 @@ pub(crate) async fn handle(
     let (ip, uid) = running_pod(&pod, name)?;
     let resp = websocket_101(&key, protocol);
     let session = websocket::Session {
+        dropped: shared.faults.stream_token(),
         shared,
         pod: name.to_string(),
         uid,

@@ -33,6 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
+    /// Cancelled when port-forwards are dropped (taken when the upgrade was answered).
+    pub(crate) dropped: tokio_util::sync::CancellationToken,
     pub(crate) pod: String,
     pub(crate) uid: String,
     pub(crate) ip: Ipv4Addr,
@@ -92,7 +94,7 @@ impl Session {
 
     pub(crate) async fn run(self, upgraded: Upgraded) {
         let _live = LiveStream::new(self.shared.clone());
-        let dropped = self.shared.faults.stream_token();
+        let dropped = self.dropped.clone();
         let shutdown = self.shared.shutdown.clone();
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))

@@ -76,6 +76,10 @@ impl Default for PoolConfig {
 
 /// One connection to a pod's port, over whichever transport the pool uses.
 ///
+/// A SPDY connection whose session goes away (GOAWAY) before the server processed it is
+/// opened again on another session, with what was written on it: the caller never sees
+/// that session's end.
+///
 /// # Example
 ///
 /// ```no_run
@@ -88,23 +92,120 @@ impl Default for PoolConfig {
 /// conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
-pub enum PodStream {
-    /// A stream pair on a SPDY session (tunnelled or plain).
+pub struct PodStream {
+    conn: Conn,
+    /// Where to open a SPDY connection again, and the reopening in progress.
+    origin: Option<(SessionPool, String, u16)>,
+    reopening: Option<Reopen>,
+    reopened: u32,
+}
+
+type Reopen = Pin<Box<dyn Future<Output = io::Result<SpdyStream>> + Send>>;
+
+enum Conn {
     Spdy(SpdyStream, Transport),
-    /// A `v4.channel.k8s.io` WebSocket of its own.
     Websocket(Tunnel),
+}
+
+/// How many times one connection is opened again after a GOAWAY.
+const MAX_REOPEN: u32 = 3;
+
+impl std::fmt::Debug for PodStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.conn {
+            Conn::Spdy(s, t) => f.debug_tuple("PodStream").field(t).field(s).finish(),
+            Conn::Websocket(tun) => f.debug_tuple("PodStream").field(tun).finish(),
+        }
+    }
 }
 
 impl PodStream {
     /// The transport carrying this connection (never [`Transport::Auto`]).
     pub fn transport(&self) -> Transport {
-        match self {
-            PodStream::Spdy(_, t) => *t,
-            PodStream::Websocket(_) => Transport::Websocket,
+        match &self.conn {
+            Conn::Spdy(_, t) => *t,
+            Conn::Websocket(_) => Transport::Websocket,
+        }
+    }
+
+    /// The SPDY stream, for a SPDY connection.
+    pub fn spdy(&self) -> Option<&SpdyStream> {
+        match &self.conn {
+            Conn::Spdy(s, _) => Some(s),
+            Conn::Websocket(_) => None,
+        }
+    }
+
+    /// After an error from the SPDY stream: starts opening it again when the server never
+    /// processed it. True when the caller should poll again.
+    fn start_reopen(&mut self) -> bool {
+        let (Conn::Spdy(s, _), Some((pool, pod, port))) = (&self.conn, &self.origin) else {
+            return false;
+        };
+        if self.reopened >= MAX_REOPEN {
+            return false;
+        }
+        let Some((sent, shut)) = s.replay() else {
+            return false;
+        };
+        self.reopened += 1;
+        let (pool, pod, port) = (pool.clone(), pod.clone(), *port);
+        tracing::debug!(
+            pod,
+            port,
+            "the session went away before the server took the connection; opening it again"
+        );
+        self.reopening = Some(Box::pin(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = pool
+                .connect_spdy(&pod, port)
+                .await
+                .map_err(io::Error::other)?;
+            s.write_all(&sent).await?;
+            if shut {
+                s.shutdown().await?;
+            }
+            Ok(s)
+        }));
+        true
+    }
+
+    /// Drives a reopening to its end; `Ready(Ok)` when the connection can be used.
+    fn poll_reopen(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(fut) = self.reopening.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = std::task::ready!(fut.as_mut().poll(cx));
+        self.reopening = None;
+        let s = r?;
+        if let Conn::Spdy(old, _) = &mut self.conn {
+            *old = s;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Runs `op` on the connection, opening it again (once per failure) when its session
+    /// went away before the server processed it.
+    fn poll_op<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            std::task::ready!(self.poll_reopen(cx))?;
+            match op(&mut self.conn, cx) {
+                Poll::Ready(Err(e)) => {
+                    if !self.start_reopen() {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                other => return other,
+            }
         }
     }
 }
+
+use std::future::Future;
 
 impl AsyncRead for PodStream {
     fn poll_read(
@@ -112,10 +213,10 @@ impl AsyncRead for PodStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PodStream::Spdy(s, _) => Pin::new(s).poll_read(cx, buf),
-            PodStream::Websocket(t) => Pin::new(t).poll_read(cx, buf),
-        }
+        self.get_mut().poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => Pin::new(s).poll_read(cx, buf),
+            Conn::Websocket(t) => Pin::new(t).poll_read(cx, buf),
+        })
     }
 }
 
@@ -125,24 +226,24 @@ impl AsyncWrite for PodStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PodStream::Spdy(s, _) => Pin::new(s).poll_write(cx, data),
-            PodStream::Websocket(t) => Pin::new(t).poll_write(cx, data),
-        }
+        self.get_mut().poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => Pin::new(s).poll_write(cx, data),
+            Conn::Websocket(t) => Pin::new(t).poll_write(cx, data),
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PodStream::Spdy(s, _) => Pin::new(s).poll_flush(cx),
-            PodStream::Websocket(t) => Pin::new(t).poll_flush(cx),
-        }
+        self.get_mut().poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => Pin::new(s).poll_flush(cx),
+            Conn::Websocket(t) => Pin::new(t).poll_flush(cx),
+        })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PodStream::Spdy(s, _) => Pin::new(s).poll_shutdown(cx),
-            PodStream::Websocket(t) => Pin::new(t).poll_shutdown(cx),
-        }
+        self.get_mut().poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => Pin::new(s).poll_shutdown(cx),
+            Conn::Websocket(t) => Pin::new(t).poll_shutdown(cx),
+        })
     }
 }
 
@@ -265,20 +366,48 @@ impl SessionPool {
     /// [`Error::NotFound`], [`Error::Unreachable`] after [`OPEN_RETRY_FOR`],
     /// [`Error::TransportRefused`], ...).
     pub async fn connect(&self, pod: &str, port: u16) -> Result<PodStream> {
+        if self.transport() == Transport::Websocket {
+            return self.tunnel(pod, port).await;
+        }
+        match self.connect_spdy_or_v4(pod, port).await? {
+            Some((s, t)) => Ok(PodStream {
+                conn: Conn::Spdy(s, t),
+                origin: Some((self.clone(), pod.to_string(), port)),
+                reopening: None,
+                reopened: 0,
+            }),
+            None => self.tunnel(pod, port).await,
+        }
+    }
+
+    /// A SPDY stream to `port` of `pod`, for a connection opened again.
+    async fn connect_spdy(&self, pod: &str, port: u16) -> Result<SpdyStream> {
+        match self.connect_spdy_or_v4(pod, port).await? {
+            Some((s, _)) => Ok(s),
+            None => Err(Error::Tunnel {
+                pod: pod.to_string(),
+                port,
+                message: "the API server no longer offers port-forward over SPDY".into(),
+            }),
+        }
+    }
+
+    /// A SPDY stream, or `None` when the server offers only `v4.channel.k8s.io`.
+    async fn connect_spdy_or_v4(
+        &self,
+        pod: &str,
+        port: u16,
+    ) -> Result<Option<(SpdyStream, Transport)>> {
         // A session that ends between the pick and the SYN_STREAM sent nothing: try again.
         for _ in 0..4 {
-            if self.transport() == Transport::Websocket {
-                return self.tunnel(pod, port).await;
-            }
-            let picked = self.pick(pod);
-            match picked {
+            match self.pick(pod) {
                 Some((session, transport)) => match session.open_stream(port) {
-                    Ok(s) => return Ok(PodStream::Spdy(s, transport)),
+                    Ok(s) => return Ok(Some((s, transport))),
                     Err(e) => tracing::debug!(pod, error = %e, "session gone; picking another"),
                 },
                 None => {
                     if let Opened::V4 = self.open_session(pod, true).await? {
-                        return self.tunnel(pod, port).await;
+                        return Ok(None);
                     }
                 }
             }
@@ -348,7 +477,12 @@ impl SessionPool {
         if self.inner.transport == Transport::Auto {
             self.inner.ctx.transport_memo().set(Transport::Websocket);
         }
-        Ok(PodStream::Websocket(t))
+        Ok(PodStream {
+            conn: Conn::Websocket(t),
+            origin: None,
+            reopening: None,
+            reopened: 0,
+        })
     }
 
     /// The least loaded usable session to `pod`; starts another in the background when

@@ -18,16 +18,24 @@
 //! DATA handled before the reply, so the SYN_STREAMs carry priority 0, the priority of the
 //! DATA frames behind them in spdystream's per-worker priority queue.
 //!
-//! **One slow reader never stalls the others.** The kubelet's SPDY has no flow control
+//! **One stalled reader never stalls the others.** The kubelet's SPDY has no flow control
 //! (spdystream ignores WINDOW_UPDATE), so a session that stopped reading its connection
-//! for one stream would stop every stream on it. The reader task therefore never waits for
-//! a stream: each stream buffers what it was sent, up to [`SessionConfig::stream_buffer`].
-//! At that bound, a stream that shares its session is reset (RST_STREAM CANCEL to the
-//! server, its buffer freed, [`SpdyError::Overflow`] for its reader) and the others keep
-//! flowing; a stream alone on its session instead makes the session stop reading until
-//! its reader has taken half of its buffer (TCP backpressure, as a plain connection would
-//! give), since nobody else waits on it; a stream opened on such a held session ends the
-//! hold by resetting the slow stream.
+//! for one stream would stop every stream on it. The reader task therefore buffers what
+//! each stream is sent, and decides at [`SessionConfig::stream_buffer`] (the soft bound):
+//!
+//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] is
+//!   stalled: when it shares its session it is reset (RST_STREAM CANCEL to the server, its
+//!   buffer freed, [`SpdyError::Overflow`] for its reader) and the others never wait;
+//! - a stream whose reader still takes data buffers on, up to four times the soft bound
+//!   (the hard bound); past that the session stops reading until the reader has taken
+//!   half of its buffer, as TCP would slow one connection for a slow reader (the pool
+//!   gives held sessions no new streams). A held reader that then takes nothing for the
+//!   stall timeout is reset like a stalled one;
+//! - a stream alone on its session is never reset: the session waits for its reader.
+//!
+//! **GOAWAY.** Streams the server's GOAWAY says it never processed (ids above its last good
+//! id) end at once, and may be opened again elsewhere with what was written on them
+//! (`PodStream` does it): spdystream drops SYN_STREAMs that arrive after its GOAWAY.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -41,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{SessionEnd, SpdyError};
 use super::frame::{self, Frame, RST_CANCEL};
 use super::headers::{HeaderDecoder, HeaderEncoder};
-use super::stream::{Pair, SpdyStream};
+use super::stream::{Bounds, Pair, Push, SpdyStream};
 
 /// The most bytes the reader asks the connection for at first; the buffer doubles while
 /// reads fill it, up to [`MAX_READ`], and goes back to this when the session is idle, so
@@ -81,10 +89,24 @@ pub struct SessionConfig {
     pub ping_interval: Duration,
     /// A session from which nothing arrived for this long after a PING is dead.
     pub ping_timeout: Duration,
-    /// The most bytes a stream buffers for a reader that does not keep up; what happens
-    /// at the bound is in the [module docs](self). 8 MiB: more than a local socket's
-    /// buffers hold, so a reader that is only slow, not stopped, is never cut.
+    /// The soft bound of what a stream buffers for a reader that does not keep up (the
+    /// hard bound is four times this); what happens at the bounds is in the
+    /// [module docs](self). 8 MiB: more than a local socket's buffers hold.
     pub stream_buffer: usize,
+    /// A reader that took nothing for this long, with more than the soft bound waiting for
+    /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
+    /// a reader unscheduled; a stalled reader holds the others at most this long, once.
+    pub stall_timeout: Duration,
+}
+
+impl SessionConfig {
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            soft: self.stream_buffer,
+            hard: self.stream_buffer.saturating_mul(4),
+            stall: self.stall_timeout,
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -93,6 +115,7 @@ impl Default for SessionConfig {
             ping_interval: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(10),
             stream_buffer: 8 * 1024 * 1024,
+            stall_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -506,11 +529,35 @@ impl Inner {
                     self.send_ctrl(&Frame::Ping { id });
                 }
             }
-            Frame::GoAway { status, .. } => {
+            Frame::GoAway {
+                last_good_stream_id,
+                status,
+            } => {
                 let mut st = lock(&self.state);
                 st.going_away = Some(status);
+                // Pairs past the last stream the server took will never be served.
+                let unserved: Vec<Arc<Pair>> = st
+                    .pairs
+                    .values()
+                    .filter(|p| p.error_id > last_good_stream_id)
+                    .cloned()
+                    .collect();
+                let mut gone = 0;
+                for p in &unserved {
+                    if st.pairs.remove(&p.data_id).is_some() {
+                        st.pairs.remove(&p.error_id);
+                        gone += 1;
+                    }
+                }
+                st.live -= gone;
+                if st.held.is_some_and(|id| !st.pairs.contains_key(&id)) {
+                    st.held = None;
+                }
                 let idle = st.live == 0;
                 drop(st);
+                for p in unserved {
+                    p.fail_unprocessed(self.lost(SessionEnd::GoAway(status)));
+                }
                 self.changed.notify_waiters();
                 if idle {
                     self.finish(SessionEnd::GoAway(status));
@@ -531,56 +578,41 @@ impl Inner {
             pair.error_data(&data, fin);
             return;
         }
-        let limit = self.config.stream_buffer;
-        match pair.push(data, fin, limit) {
-            Ok(()) => {}
-            Err(data) if st.live == 1 => {
-                // Alone on the session: wait for this reader instead of resetting it.
+        let bounds = self.config.bounds();
+        match pair.push(data, fin, bounds) {
+            Push::Queued => {}
+            // A reader that still reads, past the hard bound; or a stalled one alone on
+            // the session: wait for it.
+            Push::Full(data) => {
                 pair.push_over(data, fin);
                 st.held = Some(stream_id);
             }
-            Err(_) => {
-                let others = st.live - 1;
-                st.pairs.remove(&pair.data_id);
-                st.pairs.remove(&pair.error_id);
-                st.live -= 1;
+            Push::Stalled(data) if st.live == 1 => {
+                pair.push_over(data, fin);
+                st.held = Some(stream_id);
+            }
+            Push::Stalled(_) => {
                 drop(st);
-                tracing::debug!(pod = %self.pod, port = pair.port, limit, others, "stream reset: its reader fell behind");
-                self.send_ctrl(&Frame::RstStream {
-                    stream_id: pair.data_id,
-                    status: RST_CANCEL,
-                });
-                pair.fail(SpdyError::Overflow {
-                    pod: self.pod.clone(),
-                    port: pair.port,
-                    limit,
-                    others,
-                });
+                self.reset_stalled(&pair);
             }
         }
     }
 
-    /// A held reader woke up: if its stream is no longer alone, it is reset.
-    fn recheck_hold(&self) {
+    /// Resets a stalled stream that shares the session (see the module docs).
+    fn reset_stalled(&self, pair: &Arc<Pair>) {
         let mut st = lock(&self.state);
-        let Some(id) = st.held else { return };
-        if st.live <= 1 {
+        if st.pairs.remove(&pair.data_id).is_none() {
             return;
         }
-        let Some(pair) = st.pairs.get(&id).cloned() else {
-            st.held = None;
-            return;
-        };
-        if pair.buffered() <= self.config.stream_buffer {
-            st.held = None;
-            return;
-        }
-        st.held = None;
-        st.pairs.remove(&pair.data_id);
         st.pairs.remove(&pair.error_id);
         st.live -= 1;
+        if st.held == Some(pair.data_id) {
+            st.held = None;
+        }
         let others = st.live;
         drop(st);
+        let limit = self.config.stream_buffer;
+        tracing::debug!(pod = %self.pod, port = pair.port, limit, others, "stream reset: its reader stopped");
         self.send_ctrl(&Frame::RstStream {
             stream_id: pair.data_id,
             status: RST_CANCEL,
@@ -588,9 +620,26 @@ impl Inner {
         pair.fail(SpdyError::Overflow {
             pod: self.pod.clone(),
             port: pair.port,
-            limit: self.config.stream_buffer,
+            limit,
             others,
         });
+    }
+
+    /// A held reader woke up (its stream drained, a stream was opened, or time passed):
+    /// a held stream that shares the session and whose reader has stopped is reset.
+    fn recheck_hold(&self) {
+        let st = lock(&self.state);
+        let Some(id) = st.held else { return };
+        let Some(pair) = st.pairs.get(&id).cloned() else {
+            drop(st);
+            lock(&self.state).held = None;
+            return;
+        };
+        let shared = st.live > 1;
+        drop(st);
+        if shared && pair.reader_idle(Instant::now()) >= self.config.stall_timeout {
+            self.reset_stalled(&pair);
+        }
     }
 
     fn held(&self) -> bool {
@@ -648,6 +697,7 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
         while inner.held() {
             tokio::select! {
                 _ = inner.drained.notified() => inner.recheck_hold(),
+                _ = tokio::time::sleep(inner.config.stall_timeout / 2) => inner.recheck_hold(),
                 _ = inner.ended.cancelled() => break 'session SessionEnd::Local,
             }
         }

@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,6 +24,9 @@ const MAX_WRITE: usize = 64 * 1024;
 /// the error: `internal/oci/runtime_oci_linux.go` closes the stream on return, then
 /// `httpstream.go` writes the message).
 const ERROR_WAIT: Duration = Duration::from_secs(2);
+/// The most bytes kept for sending again on another session (see [`SpdyStream::replay`]):
+/// a request's worth.
+const REPLAY_MAX: usize = 64 * 1024;
 
 /// What the server sent on a pair, waiting for its reader.
 #[derive(Default)]
@@ -38,6 +41,12 @@ struct Inbound {
     /// The session stopped reading until this reader takes half of its buffer.
     holds_session: bool,
     reader: Option<Waker>,
+    /// When the reader last took data (or the pair was opened).
+    last_read: Option<Instant>,
+    /// Something (a reply, data) came from the server for this pair.
+    received: bool,
+    /// The server said (GOAWAY) it never processed this pair: it may be opened again.
+    unprocessed: bool,
 }
 
 impl Inbound {
@@ -48,12 +57,32 @@ impl Inbound {
     }
 }
 
+/// What [`Pair::push`] did with data for a reader.
+pub(crate) enum Push {
+    /// Queued for the reader.
+    Queued,
+    /// Past the soft bound, and the reader has taken nothing for the stall timeout: given
+    /// back.
+    Stalled(Bytes),
+    /// Past the hard bound with a reader that still reads: given back.
+    Full(Bytes),
+}
+
+/// The bounds of a stream's buffer (see the session's module docs).
+#[derive(Clone, Copy)]
+pub(crate) struct Bounds {
+    pub(crate) soft: usize,
+    pub(crate) hard: usize,
+    pub(crate) stall: Duration,
+}
+
 /// The error and data streams of one connection, shared by the session's reader and the
 /// connection's [`SpdyStream`].
 pub(crate) struct Pair {
     pub(crate) error_id: u32,
     pub(crate) data_id: u32,
     pub(crate) port: u16,
+    opened: Instant,
     inbound: Mutex<Inbound>,
 }
 
@@ -63,8 +92,15 @@ impl Pair {
             error_id,
             data_id,
             port,
+            opened: Instant::now(),
             inbound: Mutex::new(Inbound::default()),
         }
+    }
+
+    /// How long the reader has taken nothing.
+    pub(crate) fn reader_idle(&self, now: Instant) -> Duration {
+        let last = self.lock().last_read.unwrap_or(self.opened);
+        now.saturating_duration_since(last)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inbound> {
@@ -73,22 +109,34 @@ impl Pair {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues data for the reader unless that would pass `limit`; `Err` gives it back.
-    pub(crate) fn push(&self, data: Bytes, fin: bool, limit: usize) -> Result<(), Bytes> {
+    /// Queues data for the reader within `bounds`, or gives it back (see [`Push`]).
+    pub(crate) fn push(&self, data: Bytes, fin: bool, bounds: Bounds) -> Push {
         let mut ib = self.lock();
+        ib.received = true;
         if ib.failed.is_some() {
-            return Ok(());
+            return Push::Queued;
+        }
+        if ib.reader.is_some() {
+            // The reader is parked waiting for data: it keeps up, whenever it last read.
+            ib.last_read = Some(Instant::now());
         }
         if !data.is_empty() {
-            if ib.buffered + data.len() > limit {
-                return Err(data);
+            let after = ib.buffered + data.len();
+            if after > bounds.soft {
+                let last = ib.last_read.unwrap_or(self.opened);
+                if last.elapsed() >= bounds.stall {
+                    return Push::Stalled(data);
+                }
+                if after > bounds.hard {
+                    return Push::Full(data);
+                }
             }
-            ib.buffered += data.len();
+            ib.buffered = after;
             ib.chunks.push_back(data);
         }
         ib.data_fin |= fin;
         ib.wake();
-        Ok(())
+        Push::Queued
     }
 
     /// Queues data past the limit, and marks the session as held by this reader.
@@ -101,12 +149,9 @@ impl Pair {
         ib.wake();
     }
 
-    pub(crate) fn buffered(&self) -> usize {
-        self.lock().buffered
-    }
-
     pub(crate) fn error_data(&self, data: &[u8], fin: bool) {
         let mut ib = self.lock();
+        ib.received = true;
         let room = MAX_ERROR_TEXT.saturating_sub(ib.error_text.len());
         ib.error_text
             .extend_from_slice(&data[..data.len().min(room)]);
@@ -115,7 +160,17 @@ impl Pair {
     }
 
     pub(crate) fn replied(&self) {
-        self.lock().replied = true;
+        let mut ib = self.lock();
+        ib.replied = true;
+        ib.received = true;
+    }
+
+    /// Ends a pair the server never processed (its GOAWAY named an earlier stream).
+    pub(crate) fn fail_unprocessed(&self, e: SpdyError) {
+        let mut ib = self.lock();
+        ib.unprocessed = !ib.received;
+        drop(ib);
+        self.fail(e);
     }
 
     /// Ends the pair with `e`: buffered data is dropped (a reset stream's data is void,
@@ -166,6 +221,10 @@ pub struct SpdyStream {
     pending: Bytes,
     write_shut: bool,
     error_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// What was written before the server answered, to send again on another session
+    /// should this one go away without having processed the stream; `None` once the
+    /// server answered or more than [`REPLAY_MAX`] was written.
+    replay: Option<BytesMut>,
 }
 
 impl std::fmt::Debug for SpdyStream {
@@ -190,6 +249,28 @@ impl SpdyStream {
             pending: Bytes::new(),
             write_shut: false,
             error_wait: None,
+            replay: Some(BytesMut::new()),
+        }
+    }
+
+    /// What to send again on a new stream when the server went away without processing
+    /// this one: the bytes written so far and whether the write side was shut down.
+    pub(crate) fn replay(&self) -> Option<(Bytes, bool)> {
+        let ib = self.pair.lock();
+        if !ib.unprocessed || ib.received {
+            return None;
+        }
+        let r = self.replay.as_ref()?;
+        Some((Bytes::copy_from_slice(r), self.write_shut))
+    }
+
+    fn record(&mut self, data: &[u8]) {
+        if let Some(r) = &mut self.replay {
+            if r.len() + data.len() > REPLAY_MAX || self.pair.lock().received {
+                self.replay = None;
+            } else {
+                r.extend_from_slice(data);
+            }
         }
     }
 
@@ -229,6 +310,7 @@ impl SpdyStream {
         let mut ib = self.pair.lock();
         if let Some(chunk) = ib.chunks.pop_front() {
             ib.buffered -= chunk.len();
+            ib.last_read = Some(Instant::now());
             if ib.holds_session && ib.buffered <= self.session.config.stream_buffer / 2 {
                 ib.holds_session = false;
                 drop(ib);
@@ -247,6 +329,8 @@ impl SpdyStream {
         if ib.error_fin && !ib.error_text.is_empty() {
             return Poll::Ready(Err(refused(&ib).into()));
         }
+        // A reader waiting for more is not a stalled one.
+        ib.last_read = Some(Instant::now());
         if ib.data_fin {
             let waited = ib.error_fin || {
                 let sleep = self
@@ -329,6 +413,7 @@ impl AsyncWrite for SpdyStream {
         if self.tx.send_item(frame.freeze()).is_err() {
             return Poll::Ready(Err(self.closed_error()));
         }
+        self.record(&data[..n]);
         Poll::Ready(Ok(n))
     }
 

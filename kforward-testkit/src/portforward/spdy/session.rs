@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Frame};
 use super::headers::HeaderCodec;
@@ -73,12 +74,17 @@ impl Activity {
 
 /// Serves a session until the client goes away, its GOAWAY drained the streams, the
 /// idle timeout fires, or a fault drops it.
-pub(crate) async fn serve<S>(io: S, shared: Arc<Shared>, pod: String, uid: String, ip: Ipv4Addr)
-where
+pub(crate) async fn serve<S>(
+    io: S,
+    shared: Arc<Shared>,
+    dropped: CancellationToken,
+    pod: String,
+    uid: String,
+    ip: Ipv4Addr,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let _live = LiveStream::new(shared.clone());
-    let dropped = shared.faults.stream_token();
     let shutdown = shared.shutdown.clone();
     let activity = Arc::new(Activity {
         start: Instant::now(),
