@@ -111,6 +111,20 @@ async fn get(conn: &mut Box<dyn Io>, path: &str) -> anyhow::Result<(Instant, u64
     }
 }
 
+/// Three downloads of `bytes` each at once.
+async fn three_downloads(c: &Client, bytes: u64) -> anyhow::Result<()> {
+    let futs = (0..3).map(|_| async move {
+        let mut conn = c.connect(8080).await?;
+        let (_, got) = get(&mut conn, &format!("/bytes/{bytes}")).await?;
+        if got < bytes {
+            bail!("short read: {got} of {bytes}");
+        }
+        anyhow::Ok(())
+    });
+    futures::future::try_join_all(futs).await?;
+    Ok(())
+}
+
 /// Runs one case in this (child) process; prints one JSON object.
 async fn case(name: &str, transport: &str, kubeconfig: &Path, pod: &str, arg: u64) -> anyhow::Result<()> {
     let c = Client::new(kubeconfig, pod, transport).await?;
@@ -148,24 +162,15 @@ async fn case(name: &str, transport: &str, kubeconfig: &Path, pod: &str, arg: u6
         // fourth on the same session that never reads a large reply.
         "stall" => {
             c.prepare().await?;
-            let run = |c: &Client| {
-                let futs: Vec<_> = (0..3)
-                    .map(|_| async {
-                        let mut conn = c.connect(8080).await?;
-                        get(&mut conn, &format!("/bytes/{}", arg << 20)).await
-                    })
-                    .collect();
-                futures::future::try_join_all(futs)
-            };
             let start = Instant::now();
-            run(&c).await?;
+            three_downloads(&c, arg << 20).await?;
             let alone = (3 * (arg << 20)) as f64 / start.elapsed().as_secs_f64() / 1e6;
             let mut stalled = c.connect(8080).await?;
             stalled
                 .write_all(b"GET /bytes/4000000000 HTTP/1.1\r\nHost: b\r\n\r\n")
                 .await?;
             let start = Instant::now();
-            run(&c).await?;
+            three_downloads(&c, arg << 20).await?;
             let with = (3 * (arg << 20)) as f64 / start.elapsed().as_secs_f64() / 1e6;
             let mut b = [0u8; 1];
             let stalled_end = match stalled.read(&mut b).await {
