@@ -3,8 +3,9 @@
 //!
 //! The parent starts a demo cluster; every measurement runs in a child process of its own
 //! (the same binary, `spdy-bench case ...`), so that the child's CPU time is the client's
-//! alone: the process that would forward. Cases run interleaved, round after round, and
-//! the table shows medians.
+//! alone: the process that would forward; the parent's own CPU is the testkit's (API
+//! server, kubelet, pods). Cases run interleaved, round after round, and the table shows
+//! medians.
 //!
 //! ```text
 //! cargo build --release -p kforward-benches && target/release/spdy-bench [--rounds 3] [--bulk-mib 1024]
@@ -36,7 +37,11 @@ impl Client {
         let ctx = KubeContext::load(&KubeconfigSource::default().with_path(kubeconfig)).await?;
         let pool = match transport {
             "v4" => None,
-            t => Some(SessionPool::new(ctx.clone(), "demo", t.parse::<Transport>()?)),
+            t => Some(SessionPool::new(
+                ctx.clone(),
+                "demo",
+                t.parse::<Transport>()?,
+            )),
         };
         Ok(Client {
             ctx,
@@ -95,8 +100,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// `GET path` on `conn`: when its first byte came, and the bytes in all.
 async fn get(conn: &mut Box<dyn Io>, path: &str) -> anyhow::Result<(Instant, u64)> {
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut b = [0u8; 1];
     conn.read_exact(&mut b).await?;
     let first = Instant::now();
@@ -126,7 +133,13 @@ async fn three_downloads(c: &Client, bytes: u64) -> anyhow::Result<()> {
 }
 
 /// Runs one case in this (child) process; prints one JSON object.
-async fn case(name: &str, transport: &str, kubeconfig: &Path, pod: &str, arg: u64) -> anyhow::Result<()> {
+async fn case(
+    name: &str,
+    transport: &str,
+    kubeconfig: &Path,
+    pod: &str,
+    arg: u64,
+) -> anyhow::Result<()> {
     let c = Client::new(kubeconfig, pod, transport).await?;
     let out = match name {
         // Time from asking for a connection to the first byte of `GET /`, 100 times.
@@ -287,7 +300,13 @@ async fn main() -> anyhow::Result<()> {
                     pod.clone(),
                     arg.to_string(),
                 ];
-                let v = child(&exe, &a).await?;
+                let cpu0 = cpu_ms()?;
+                let mut v = child(&exe, &a).await?;
+                // The testkit (API server, kubelet, pods) runs in this process.
+                let server = cpu_ms()? - cpu0;
+                if *name == "bulk" {
+                    v["server_cpu_ms_per_gib"] = serde_json::json!(server * 1024.0 / *arg as f64);
+                }
                 eprintln!("  {name} {t}: {v}");
                 results
                     .entry((name.to_string(), t.to_string()))

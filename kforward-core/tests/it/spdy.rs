@@ -565,7 +565,7 @@ async fn a_stalled_reader_is_reset_at_its_bound_and_the_others_on_its_session_fl
     let cluster = demo().await;
     let ctx = context(&cluster).await;
     let web = pod_of(&cluster, "web");
-    let limit = 1 << 20;
+    let limit = 4 << 20;
     for t in BOTH {
         let config = PoolConfig {
             session: SessionConfig {

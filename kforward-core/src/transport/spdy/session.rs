@@ -20,18 +20,21 @@
 //!
 //! **One stalled reader never stalls the others.** The kubelet's SPDY has no flow control
 //! (spdystream ignores WINDOW_UPDATE), so a session that stopped reading its connection
-//! for one stream would stop every stream on it. The reader task therefore buffers what
-//! each stream is sent, and decides at [`SessionConfig::stream_buffer`] (the soft bound):
+//! for one stream would stop every stream on it. So the reader task never waits for a
+//! stream that shares its session: it buffers what each stream is sent, and past
+//! [`SessionConfig::stream_buffer`] (the soft bound):
 //!
-//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] is
-//!   stalled: when it shares its session it is reset (RST_STREAM CANCEL to the server, its
-//!   buffer freed, [`SpdyError::Overflow`] for its reader) and the others never wait;
-//! - a stream whose reader still takes data buffers on, up to four times the soft bound
-//!   (the hard bound); past that the session stops reading until the reader has taken
-//!   half of its buffer, as TCP would slow one connection for a slow reader (the pool
-//!   gives held sessions no new streams). A held reader that then takes nothing for the
-//!   stall timeout is reset like a stalled one;
-//! - a stream alone on its session is never reset: the session waits for its reader.
+//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] has
+//!   stopped: it is reset (RST_STREAM CANCEL to the server, its buffer freed,
+//!   [`SpdyError::Overflow`] for its reader) and the others go on as before;
+//! - a stream whose reader still reads buffers on, up to four times the soft bound (the
+//!   hard bound), and is reset there: a reader that far behind while other connections
+//!   share its session would otherwise cost them their throughput;
+//! - a stream alone on its session is never reset: past the soft bound the session stops
+//!   reading until the reader has taken half of its buffer, as TCP would slow a plain
+//!   connection for a slow reader (and the pool gives a held session no new streams). A
+//!   stream opened on a held session lets it read again; the held stream then follows
+//!   the rules above.
 //!
 //! **GOAWAY.** Streams the server's GOAWAY says it never processed (ids above its last good
 //! id) end at once, and may be opened again elsewhere with what was written on them
@@ -51,12 +54,9 @@ use super::frame::{self, Frame, RST_CANCEL};
 use super::headers::{HeaderDecoder, HeaderEncoder};
 use super::stream::{Bounds, Pair, Push, SpdyStream};
 
-/// The most bytes the reader asks the connection for at first; the buffer doubles while
-/// reads fill it, up to [`MAX_READ`], and goes back to this when the session is idle, so
-/// that idle sessions stay small.
-const FIRST_READ: usize = 8 * 1024;
-/// The largest read buffer.
-const MAX_READ: usize = 256 * 1024;
+/// The most bytes the reader asks for when no frame is in progress: one TLS record's worth,
+/// which holds many small frames, and is all an idle session keeps.
+const SMALL_READ: usize = 16 * 1024;
 /// DATA frames queued toward the server before writers wait (backpressure), shared by the
 /// session's streams in arrival order.
 const DATA_QUEUE: usize = 64;
@@ -95,7 +95,7 @@ pub struct SessionConfig {
     pub stream_buffer: usize,
     /// A reader that took nothing for this long, with more than the soft bound waiting for
     /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
-    /// a reader unscheduled; a stalled reader holds the others at most this long, once.
+    /// a reader unscheduled.
     pub stall_timeout: Duration,
 }
 
@@ -581,17 +581,12 @@ impl Inner {
         let bounds = self.config.bounds();
         match pair.push(data, fin, bounds) {
             Push::Queued => {}
-            // A reader that still reads, past the hard bound; or a stalled one alone on
-            // the session: wait for it.
-            Push::Full(data) => {
+            // Alone on the session: wait for its reader instead.
+            Push::Full(data) | Push::Stalled(data) if st.live == 1 => {
                 pair.push_over(data, fin);
                 st.held = Some(stream_id);
             }
-            Push::Stalled(data) if st.live == 1 => {
-                pair.push_over(data, fin);
-                st.held = Some(stream_id);
-            }
-            Push::Stalled(_) => {
+            Push::Full(_) | Push::Stalled(_) => {
                 drop(st);
                 self.reset_stalled(&pair);
             }
@@ -625,19 +620,23 @@ impl Inner {
         });
     }
 
-    /// A held reader woke up (its stream drained, a stream was opened, or time passed):
-    /// a held stream that shares the session and whose reader has stopped is reset.
+    /// A held reader woke up (its stream drained, or a stream was opened): a held stream
+    /// that now shares the session is reset when its reader stopped or is past the hard
+    /// bound, and otherwise no longer holds the session.
     fn recheck_hold(&self) {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         let Some(id) = st.held else { return };
         let Some(pair) = st.pairs.get(&id).cloned() else {
-            drop(st);
-            lock(&self.state).held = None;
+            st.held = None;
             return;
         };
-        let shared = st.live > 1;
+        if st.live <= 1 {
+            return;
+        }
+        st.held = None;
         drop(st);
-        if shared && pair.reader_idle(Instant::now()) >= self.config.stall_timeout {
+        let bounds = self.config.bounds();
+        if pair.buffered() > bounds.hard || pair.reader_idle(Instant::now()) >= bounds.stall {
             self.reset_stalled(&pair);
         }
     }
@@ -674,16 +673,33 @@ impl Inner {
     }
 }
 
+/// Takes frames off the connection and dispatches them.
+///
+/// A frame in progress gets a read of exactly its remaining bytes, into a buffer grown to
+/// hold it: a large DATA payload then lands in one allocation and is split off for its
+/// stream without a copy, and no read runs into the next frame (whose start would have to
+/// be copied into a new buffer). A profile of a bulk download showed a quarter of the
+/// client's CPU in those copies and in page faults of large short-lived read buffers
+/// before this.
 async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
+    use bytes::BufMut;
     let mut buf = BytesMut::new();
-    let mut size = FIRST_READ;
     let mut headers = HeaderDecoder::new();
     let mut ping = tokio::time::interval(inner.config.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    let mut busy = false;
+    // The size of the last frame larger than a small read: while frames that large come
+    // (a bulk transfer), the buffer for the next header already has room for the whole
+    // frame, so the start read with the header is not copied when the buffer grows.
+    let mut large = 0usize;
+    let mut quiet = true;
     let end = 'session: loop {
         loop {
+            if let Some(total) = frame::frame_len(&buf)
+                && buf.len() >= total
+            {
+                large = if total > SMALL_READ { total } else { 0 };
+            }
             match frame::decode(&mut buf) {
                 Ok(Some(f)) => {
                     if let Err(end) = inner.dispatch(f, &mut headers) {
@@ -697,25 +713,24 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
         while inner.held() {
             tokio::select! {
                 _ = inner.drained.notified() => inner.recheck_hold(),
-                _ = tokio::time::sleep(inner.config.stall_timeout / 2) => inner.recheck_hold(),
                 _ = inner.ended.cancelled() => break 'session SessionEnd::Local,
             }
         }
-        // Room for the next read: the frame in progress, at least `size` more.
-        let want = frame::frame_len(&buf).unwrap_or(0).max(buf.len() + size);
-        if buf.capacity() < want {
-            buf.reserve(want - buf.len());
-        }
-        let room = buf.capacity() - buf.len();
+        let need = match frame::frame_len(&buf) {
+            Some(total) if total > buf.len() => total - buf.len(),
+            _ => {
+                buf.reserve(large);
+                SMALL_READ
+            }
+        };
+        buf.reserve(need);
+        let mut room = (&mut buf).limit(need);
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = rd.read_buf(&mut room) => match r {
                 Ok(0) => break SessionEnd::Closed,
-                Ok(n) => {
+                Ok(_) => {
                     lock(&inner.state).last_seen = Instant::now();
-                    busy = true;
-                    if n == room && size < MAX_READ {
-                        size *= 2;
-                    }
+                    quiet = false;
                 }
                 Err(e) => break SessionEnd::Io(e.to_string()),
             },
@@ -723,12 +738,12 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
                 if let Some(end) = inner.ping_tick() {
                     break end;
                 }
-                // A quiet interval: give an idle session its small buffer back.
-                if !busy && buf.is_empty() {
-                    size = FIRST_READ;
+                // A quiet interval: an idle session keeps no large buffer.
+                if quiet && buf.is_empty() {
                     buf = BytesMut::new();
+                    large = 0;
                 }
-                busy = false;
+                quiet = true;
             }
             _ = inner.ended.cancelled() => break SessionEnd::Local,
         }

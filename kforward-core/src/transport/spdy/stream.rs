@@ -64,7 +64,7 @@ pub(crate) enum Push {
     /// Past the soft bound, and the reader has taken nothing for the stall timeout: given
     /// back.
     Stalled(Bytes),
-    /// Past the hard bound with a reader that still reads: given back.
+    /// Past the hard bound: given back.
     Full(Bytes),
 }
 
@@ -147,6 +147,10 @@ impl Pair {
         ib.data_fin |= fin;
         ib.holds_session = true;
         ib.wake();
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.lock().buffered
     }
 
     pub(crate) fn error_data(&self, data: &[u8], fin: bool) {

@@ -213,6 +213,13 @@ fn control(out: &mut BytesMut, kind: u16, flags: u8, payload: &[u8]) {
     out.put_slice(&payload[..len]);
 }
 
+/// Appends the 8 bytes before a DATA frame's payload of `len` bytes to `out`.
+pub fn encode_data_header(stream_id: u32, fin: bool, len: usize, out: &mut BytesMut) {
+    out.put_u32(stream_id & 0x7fff_ffff);
+    out.put_u8(if fin { FLAG_FIN } else { 0 });
+    out.put_uint(len.min(MAX_PAYLOAD) as u64, 3);
+}
+
 /// Appends the bytes of `frame` to `out`. Data longer than [`MAX_PAYLOAD`] must be split
 /// by the caller.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -32,6 +32,8 @@ use crate::state::{LiveStream, Shared, lock};
 
 /// Bytes read from the pod per DATA frame.
 const CHUNK: usize = 64 * 1024;
+/// DATA payloads at least this large are written behind their header, not copied.
+const DIRECT: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the container runtime lets one direction of a connection go on after the
 /// other ended, before it closes the pod's connection: one second in containerd
@@ -107,13 +109,28 @@ pub(crate) async fn serve<S>(
                         header_block: Bytes::from(codec.encode(&[])),
                     },
                 };
-                frame::encode(&f, &mut buf);
+                match f {
+                    // A large payload goes out behind its header without being copied.
+                    Frame::Data {
+                        stream_id,
+                        fin,
+                        data,
+                    } if data.len() >= DIRECT => {
+                        frame::encode_data_header(stream_id, fin, data.len(), &mut buf);
+                        let mut out = Buf::chain(&buf[..], data);
+                        if wr.write_all_buf(&mut out).await.is_err() {
+                            return;
+                        }
+                        buf.clear();
+                    }
+                    f => frame::encode(&f, &mut buf),
+                }
                 if buf.len() >= CHUNK {
                     break;
                 }
                 next = out_rx.try_recv().ok();
             }
-            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            if (!buf.is_empty() && wr.write_all(&buf).await.is_err()) || wr.flush().await.is_err() {
                 return;
             }
             written.touch();
