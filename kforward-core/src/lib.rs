@@ -51,6 +51,7 @@ mod single_flight;
 pub mod spec;
 pub mod supervisor;
 pub mod tunnel;
+mod watches;
 
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
