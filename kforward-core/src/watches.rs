@@ -110,7 +110,9 @@ pub(crate) struct WatchRegistry {
     starting: SingleFlight,
     /// The API server URL, for errors.
     server: String,
-    /// Says when the API server can be reached again after connections to it failed.
+    /// Says when the API server can be reached again after connections to it failed
+    /// (kforward's client stack only; with kube's stock one nobody reports to it, and the
+    /// pauses run their course).
     reach: Arc<Reachability>,
 }
 

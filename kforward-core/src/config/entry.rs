@@ -18,7 +18,8 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// case-insensitive, and unknown fields (`id`, `domain_enabled`, `http_logs_enabled`, ...)
 /// are kept in [`extra`](Self::extra). Deserializing fails only on a wrong JSON type or an
 /// unknown protocol or workload type; call [`validate`](Self::validate) for the rest, or use
-/// [`load_configs`], which does both. Writing leaves out unset optional fields.
+/// [`load_configs`](super::load_configs), which does both. Writing leaves out unset optional
+/// fields.
 ///
 /// # Example
 ///

@@ -41,6 +41,11 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// assert_eq!(spec.namespace.as_deref(), Some("default"));
 /// # Ok::<(), kforward_core::config::ConfigError>(())
 /// ```
+///
+/// [`Target::Service`]: crate::spec::Target::Service
+/// [`Target::PodSelector`]: crate::spec::Target::PodSelector
+/// [`Target::Pod`]: crate::spec::Target::Pod
+/// [`Target::Proxy`]: crate::spec::Target::Proxy
 impl TryFrom<&ForwardConfig> for ForwardSpec {
     type Error = ConfigError;
 
