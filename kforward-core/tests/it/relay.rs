@@ -7,7 +7,7 @@ use std::time::Duration;
 use kforward_core::relay::protocol::Transport;
 use kforward_core::relay::{RelayConnector, RelayOptions, RelayPods};
 use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
-use kforward_core::{Forwarder, ProxyForwarder, UdpForwarder};
+use kforward_core::{Forward, Forwarder};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -22,11 +22,8 @@ fn udp_spec(target: Target, remote: u16) -> ForwardSpec {
         .with_protocol(Protocol::Udp)
 }
 
-async fn start_udp(
-    ctx: &kforward_core::KubeContext,
-    spec: ForwardSpec,
-) -> (UdpForwarder, SocketAddr) {
-    let mut f = UdpForwarder::new(ctx.clone(), spec, quick());
+async fn start_udp(ctx: &kforward_core::KubeContext, spec: ForwardSpec) -> (Forward, SocketAddr) {
+    let mut f = Forward::new(ctx.clone(), spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("start in time")
@@ -164,7 +161,7 @@ async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");
-    let mut f = ProxyForwarder::new(ctx, spec, quick());
+    let mut f = Forward::new(ctx, spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -198,7 +195,7 @@ async fn udp_proxy_reaches_a_host_only_pods_can_reach() {
     )
     .with_namespace("demo")
     .with_protocol(Protocol::Udp);
-    let mut f = kforward_core::forwarder_for(ctx, spec, quick()).expect("a forwarder");
+    let mut f = Forward::new(ctx, spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -308,7 +305,7 @@ async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");
-    let mut f = ProxyForwarder::new(ctx, spec, opts);
+    let mut f = Forward::new(ctx, spec, opts);
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
