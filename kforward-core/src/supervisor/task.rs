@@ -21,6 +21,8 @@ use crate::spec::{ForwardSpec, Protocol};
 
 /// How often a running forward's counters are published when they changed.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// The delay when the backoff has none left (the default never runs out).
+const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// What the supervisor asks of a forward's task.
 #[derive(Debug)]
@@ -122,7 +124,7 @@ impl ForwardTask {
             .await
             .map_err(|e| (e, false))?;
         let mut forward = self.forward.clone();
-        let relayed = self.spec.protocol == Protocol::Udp || self.spec.target.is_proxy();
+        let relayed = self.spec.protocol == Protocol::Udp || self.spec.target.is_remote();
         if relayed && forward.relay_pods.is_none() {
             // UDP and remote-address forwards of one cluster share one relay pod per
             // namespace.
@@ -187,20 +189,31 @@ impl ForwardTask {
                 return None;
             }
             attempt += 1;
-            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-            self.set_state(
-                ForwardState::Reconnecting {
-                    attempt,
-                    next_delay_ms: delay.as_millis() as u64,
-                    error: e.to_string(),
-                },
-                None,
-            );
-            if !self.pause(delay).await {
+            if !self.wait_to_retry(backoff, attempt, &e).await {
                 self.set_state(ForwardState::Stopped, None);
                 return None;
             }
         }
+    }
+
+    /// Reports attempt `attempt` as coming after `error` and waits the backoff's next
+    /// delay (less when told to recheck); `false` when told to stop.
+    async fn wait_to_retry(
+        &mut self,
+        backoff: &mut ExponentialBackoff,
+        attempt: u32,
+        error: &Error,
+    ) -> bool {
+        let delay = backoff.next().unwrap_or(MAX_DELAY);
+        self.set_state(
+            ForwardState::Reconnecting {
+                attempt,
+                next_delay_ms: delay.as_millis() as u64,
+                error: error.to_string(),
+            },
+            None,
+        );
+        self.pause(delay).await
     }
 
     /// Reconnects until a probe passes; `false` when stopped meanwhile.
@@ -214,16 +227,7 @@ impl ForwardTask {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-            self.set_state(
-                ForwardState::Reconnecting {
-                    attempt,
-                    next_delay_ms: delay.as_millis() as u64,
-                    error: error.to_string(),
-                },
-                None,
-            );
-            if !self.pause(delay).await {
+            if !self.wait_to_retry(backoff, attempt, &error).await {
                 return false;
             }
             let r = match fwd.reconnect(None).await {

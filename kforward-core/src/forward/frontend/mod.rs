@@ -19,9 +19,10 @@ use super::backend::{Open, SharedBackend};
 use super::event::Event;
 use super::layer::Layers;
 use super::options::ForwardOptions;
-use super::stats::Stats;
+use super::stats::{Connection, Stats};
 use crate::error::{Error, Result};
 use crate::spec::{ForwardSpec, PortMapping, Protocol};
+use crate::transport::Stream;
 
 /// A bound local socket.
 #[derive(Debug)]
@@ -115,6 +116,27 @@ impl Lane {
     /// Publishes `event` (nobody listening is fine).
     pub(crate) fn emit(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// Publishes that the connection or session of `peer` goes through `stream`.
+    pub(crate) fn opened(&self, peer: SocketAddr, stream: &Stream) {
+        self.emit(Event::ConnectionOpened {
+            forward: self.label.clone(),
+            peer,
+            pod: stream.pod().to_string(),
+            pod_port: stream.port(),
+        });
+    }
+
+    /// Publishes the end of the connection or session of `peer`, with what it carried.
+    pub(crate) fn closed(&self, peer: SocketAddr, conn: &Connection, error: Option<String>) {
+        self.emit(Event::ConnectionClosed {
+            forward: self.label.clone(),
+            peer,
+            bytes_out: conn.bytes_out(),
+            bytes_in: conn.bytes_in(),
+            error,
+        });
     }
 
     /// Publishes an error of one connection or session.

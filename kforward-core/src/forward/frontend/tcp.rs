@@ -12,7 +12,6 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::Lane;
 use crate::forward::backend::open_stream;
-use crate::forward::event::Event;
 use crate::forward::pump::pump;
 
 /// How long accepting pauses after it failed (out of file descriptors and the like),
@@ -78,12 +77,7 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, lane: &Lane) {
         }
     };
     let pod = stream.pod().to_string();
-    lane.emit(Event::ConnectionOpened {
-        forward: lane.label.clone(),
-        peer,
-        pod: pod.clone(),
-        pod_port: stream.port(),
-    });
+    lane.opened(peer, &stream);
     let (reader, mut writer) = stream.into_split();
     let prelude = lane.layers.prelude(&accepted);
     let sent = if prelude.is_empty() {
@@ -102,11 +96,5 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, lane: &Lane) {
     if let Some(e) = &error {
         debug!(%pod, error = %e, "connection ended with an error");
     }
-    lane.emit(Event::ConnectionClosed {
-        forward: lane.label.clone(),
-        peer,
-        bytes_out: conn.bytes_out(),
-        bytes_in: conn.bytes_in(),
-        error: error.map(|e| e.to_string()),
-    });
+    lane.closed(peer, &conn, error.map(|e| e.to_string()));
 }

@@ -17,7 +17,6 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::Lane;
 use crate::error::{Error, Result};
 use crate::forward::backend::open_stream;
-use crate::forward::event::Event;
 use crate::forward::stats::Connection;
 use crate::relay::protocol::{MAX_DATAGRAM, decode_datagram, encode_datagram};
 
@@ -103,12 +102,7 @@ async fn session(
 ) -> Result<()> {
     let stream = open_stream(&lane.backend, lane.index, peer, &lane.open()).await?;
     let pod = stream.pod().to_string();
-    lane.emit(Event::ConnectionOpened {
-        forward: lane.label.clone(),
-        peer,
-        pod: pod.clone(),
-        pod_port: stream.port(),
-    });
+    lane.opened(peer, &stream);
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::new();
     let mut frame = Vec::with_capacity(MAX_DATAGRAM + 2);
@@ -162,12 +156,6 @@ async fn session(
             () = tokio::time::sleep(lane.opts.udp_idle_timeout) => break Ok(()),
         }
     };
-    lane.emit(Event::ConnectionClosed {
-        forward: lane.label.clone(),
-        peer,
-        bytes_out: conn.bytes_out(),
-        bytes_in: conn.bytes_in(),
-        error: outcome.as_ref().err().map(ToString::to_string),
-    });
+    lane.closed(peer, conn, outcome.as_ref().err().map(ToString::to_string));
     outcome
 }
