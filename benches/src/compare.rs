@@ -613,7 +613,7 @@ async fn relay_rows(
     let mut udp_fwd = Forward::new(ctx.clone(), udp_spec, Default::default());
     let udp_via = udp_fwd.start().await?[0].local_addr;
     let proxy_spec = ForwardSpec::new(
-        Target::Proxy {
+        Target::Remote {
             host: web_ip.to_string(),
         },
         [PortMapping::new(0, 8080)],

@@ -316,7 +316,7 @@ impl ForwardConfig {
             }
             WorkloadType::Proxy => match non_empty(self.remote_address.as_deref()) {
                 Some(host) => named("remote_address", host, "host", check_host)
-                    .map(|host| Target::Proxy { host }),
+                    .map(|host| Target::Remote { host }),
                 None => {
                     errors.push(FieldError::missing(
                         "remote_address",

@@ -438,7 +438,7 @@ impl fmt::Display for ForwardSpec {
 /// - `workload_type: "service"`: [`Target::Service`] named by `service`;
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
-/// - `workload_type: "proxy"`: [`Target::Proxy`] to `remote_address`;
+/// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -551,7 +551,7 @@ mod tests {
         );
         assert_eq!(
             spec.target,
-            Target::Proxy {
+            Target::Remote {
                 host: "db.example.com".into()
             }
         );

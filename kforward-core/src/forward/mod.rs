@@ -211,7 +211,7 @@ impl Forward {
         host: &str,
         ports: impl IntoIterator<Item = PortMapping>,
     ) -> Self {
-        let target = Target::Proxy { host: host.into() };
+        let target = Target::Remote { host: host.into() };
         Forward::of(ctx, namespace, target, ports.into_iter().collect())
     }
 
@@ -251,7 +251,7 @@ impl Forward {
 
     /// Whether the spec's connections go through the relay.
     fn relayed(&self) -> bool {
-        self.spec.protocol == Protocol::Udp || self.spec.target.is_proxy()
+        self.spec.protocol == Protocol::Udp || self.spec.target.is_remote()
     }
 
     async fn start_inner(&mut self) -> Result<Vec<BoundPort>> {

@@ -48,7 +48,7 @@ impl Route {
         let udp = spec.protocol == Protocol::Udp;
         let transport = if udp { Transport::Udp } else { Transport::Tcp };
         match &spec.target {
-            Target::Proxy { host } => match &pm.remote {
+            Target::Remote { host } => match &pm.remote {
                 RemotePort::Number(port) => Ok(Route::Host {
                     host: host.clone(),
                     port: *port,

@@ -101,7 +101,7 @@ async fn haproxy_and_nginx_see_the_local_client_with_v1_and_v2() {
             f.stop().await;
             // A remote-address forward: the header goes through the relay.
             let remote = ForwardSpec::new(
-                Target::Proxy {
+                Target::Remote {
                     host: peer.addr.ip().to_string(),
                 },
                 [PortMapping::new(0, peer.addr.port())],

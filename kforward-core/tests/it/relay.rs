@@ -157,7 +157,7 @@ async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
         "a direct connection is refused"
     );
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");
@@ -190,7 +190,7 @@ async fn udp_proxy_reaches_a_host_only_pods_can_reach() {
     let host = kforward_testkit::DEMO_EXTERNAL_HOST;
     let real = cluster.external_host_udp_addr(host).expect("external udp");
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo")
@@ -301,7 +301,7 @@ async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
     let host = kforward_testkit::DEMO_EXTERNAL_HOST;
     let real = cluster.external_host_addr(host).expect("external host");
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");

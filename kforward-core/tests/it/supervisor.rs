@@ -481,7 +481,7 @@ async fn a_relayed_forward_whose_relay_pod_is_deleted_comes_back_by_itself() {
     let sup = Supervisor::new(fast());
     let remote = sup.add(
         ForwardSpec::new(
-            Target::Proxy { host: host.into() },
+            Target::Remote { host: host.into() },
             [PortMapping::new(0, ext.port())],
         )
         .with_namespace("demo")
@@ -548,7 +548,7 @@ async fn status_counts_bytes_and_open_connections_of_tcp_udp_and_remote_forwards
     );
     let remote = sup.add(
         ForwardSpec::new(
-            Target::Proxy { host: host.into() },
+            Target::Remote { host: host.into() },
             [PortMapping::new(0, ext.port())],
         )
         .with_namespace("demo")
