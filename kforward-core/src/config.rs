@@ -50,7 +50,8 @@ const REMOTE_PORT_PROBLEM: &str = "is not a port (1-65535)";
 /// may be JSON numbers or numeric strings, `protocol` and `workload_type` are
 /// case-insensitive, and unknown fields (`id`, `domain_enabled`, `http_logs_enabled`, ...)
 /// are kept in [`extra`](Self::extra). Deserializing fails only on a wrong JSON type or an
-/// unknown protocol or workload type; call [`validate`](Self::validate) for the rest, or use
+/// unknown protocol, workload type or PROXY protocol setting; call
+/// [`validate`](Self::validate) for the rest, or use
 /// [`load_configs`], which does both. Writing leaves out unset optional fields.
 ///
 /// # Example

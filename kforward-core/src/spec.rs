@@ -559,6 +559,40 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_settings_come_from_the_config_and_need_tcp() {
+        let tcp = spec(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"V2","accept_proxy_protocol":"strict"}"#,
+        );
+        assert_eq!(tcp.proxy_protocol, Some(Version::V2));
+        assert_eq!(tcp.accept_proxy_protocol, Some(Accept::Strict));
+        assert_eq!(tcp.check(), Ok(()));
+        let err = ForwardSpec::try_from(&config(
+            r#"{"service":"dns","remote_port":53,"protocol":"udp","proxy_protocol":"v1"}"#,
+        ))
+        .expect_err("UDP");
+        assert_eq!(
+            err.to_string(),
+            "field \"proxy_protocol\": value \"v1\" works for TCP forwards only (a PROXY header \
+             starts a TCP stream), and this entry is UDP"
+        );
+        let err = serde_json::from_str::<ForwardConfig>(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v3"}"#,
+        )
+        .expect_err("v3 is refused");
+        assert!(
+            err.to_string().starts_with(
+                "field \"proxy_protocol\": value \"v3\" is not a PROXY protocol version"
+            ),
+            "{err}"
+        );
+        let written = serde_json::to_value(config(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v1"}"#,
+        ))
+        .expect("serializes");
+        assert_eq!(written["proxy_protocol"], "v1");
+    }
+
+    #[test]
     fn local_port_zero_picks_a_free_port() {
         let spec = spec(r#"{"service":"web","local_port":0,"remote_port":80}"#);
         assert!(spec.ports[0].picks_free_port());
