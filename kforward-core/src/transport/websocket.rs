@@ -32,7 +32,7 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 
 /// How long opening a tunnel (the HTTP upgrade) may take.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message written at once: large messages keep framing cheap at GiB rates.
 const MAX_WRITE: usize = 256 * 1024;
 /// Most bytes read from the connection at once: two TLS records' worth of plaintext.
