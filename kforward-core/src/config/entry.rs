@@ -1,11 +1,13 @@
 //! One forward as written in a config file: [`ForwardConfig`], with kftray's field names.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ConfigError;
+use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
 
 /// The namespace of an entry that names none.
@@ -17,9 +19,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// may be JSON numbers or numeric strings, `protocol` and `workload_type` are
 /// case-insensitive, and unknown fields (`id`, `domain_enabled`, `http_logs_enabled`, ...)
 /// are kept in [`extra`](Self::extra). Deserializing fails only on a wrong JSON type or an
-/// unknown protocol or workload type; call [`validate`](Self::validate) for the rest, or use
-/// [`load_configs`](super::load_configs), which does both. Writing leaves out unset optional
-/// fields.
+/// unknown protocol, workload type or PROXY protocol setting; call
+/// [`validate`](Self::validate) for the rest, or use [`load_configs`](super::load_configs),
+/// which does both. Writing leaves out unset optional fields.
 ///
 /// # Example
 ///
@@ -74,6 +76,14 @@ pub struct ForwardConfig {
     /// For `workload_type: "pod"`, a label selector choosing the pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The PROXY protocol header (`"v1"` or `"v2"`) to send toward the target, so that it
+    /// sees the local client's address (TCP only); missing means none.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
+    pub proxy_protocol: Option<Version>,
+    /// Whether local clients send a PROXY protocol header first: `"strict"` (they must) or
+    /// `"optional"` (TCP only); missing means they do not.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
+    pub accept_proxy_protocol: Option<Accept>,
     /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
     /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
@@ -96,8 +106,21 @@ impl Default for ForwardConfig {
             alias: None,
             kubeconfig: None,
             target: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// Writes a setting as its text (`"v1"`, `"strict"`).
+fn as_text<T: fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => serializer.collect_str(v),
+        None => serializer.serialize_none(),
     }
 }
 

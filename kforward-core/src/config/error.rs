@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 /// The known fields, in the order errors are reported and fields are written.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "service",
     "namespace",
     "local_port",
@@ -18,6 +18,8 @@ const FIELDS: [&str; 12] = [
     "alias",
     "kubeconfig",
     "target",
+    "proxy_protocol",
+    "accept_proxy_protocol",
 ];
 
 /// One problem with one field of a config entry.

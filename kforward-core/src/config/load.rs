@@ -42,7 +42,7 @@ use super::read::json_kind;
 /// # Ok::<(), kforward_core::config::ConfigFileError>(())
 /// ```
 pub fn load_configs(json: &str) -> Result<Vec<ForwardConfig>, ConfigFileError> {
-    load(json, None)
+    load(json, None, &EntryDefaults::default())
 }
 
 /// Reads and parses a config file, as [`load_configs`] does; errors name the file.
@@ -70,15 +70,87 @@ pub fn load_configs(json: &str) -> Result<Vec<ForwardConfig>, ConfigFileError> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load_config_file(path: impl AsRef<Path>) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+    load_config_file_with(path, &EntryDefaults::default())
+}
+
+/// Values for the entries of a config file that leave them unset (`kforward run`'s
+/// `-n`, `--context` and `--kubeconfig`). A missing or `null` field is unset; so are an
+/// empty `context` and an empty or `"default"` `kubeconfig`, as kftray writes them.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::config::{EntryDefaults, load_config_file_with};
+///
+/// let path = std::env::temp_dir().join(format!("kforward-defaults-{}.json", std::process::id()));
+/// std::fs::write(&path, r#"[{"service": "web", "remote_port": 80},
+///                           {"service": "db", "namespace": "data", "remote_port": 5432}]"#)?;
+/// let defaults = EntryDefaults { namespace: Some("shop".into()), ..Default::default() };
+/// let configs = load_config_file_with(&path, &defaults)?;
+/// assert_eq!(configs[0].namespace, "shop");
+/// assert_eq!(configs[1].namespace, "data");
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryDefaults {
+    /// For entries without `namespace`.
+    pub namespace: Option<String>,
+    /// For entries without `context`.
+    pub context: Option<String>,
+    /// For entries without `kubeconfig`.
+    pub kubeconfig: Option<String>,
+}
+
+impl EntryDefaults {
+    /// Sets the unset fields of one entry.
+    fn apply(&self, map: &mut Map<String, Value>) {
+        let fields = [
+            ("namespace", &self.namespace),
+            ("context", &self.context),
+            ("kubeconfig", &self.kubeconfig),
+        ];
+        for (field, value) in fields {
+            let Some(value) = value else { continue };
+            let unset = match map.get(field) {
+                None | Some(Value::Null) => true,
+                Some(Value::String(text)) => match field {
+                    "context" => text.trim().is_empty(),
+                    "kubeconfig" => text.trim().is_empty() || text == "default",
+                    _ => false,
+                },
+                Some(_) => false,
+            };
+            if unset {
+                map.insert(field.to_owned(), Value::String(value.clone()));
+            }
+        }
+    }
+}
+
+/// Reads and parses a config file as [`load_config_file`] does, filling what entries
+/// leave unset from `defaults` first.
+///
+/// # Errors
+///
+/// As [`load_config_file`].
+pub fn load_config_file_with(
+    path: impl AsRef<Path>,
+    defaults: &EntryDefaults,
+) -> Result<Vec<ForwardConfig>, ConfigFileError> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    load(&text, Some(path))
+    load(&text, Some(path), defaults)
 }
 
-fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+fn load(
+    json: &str,
+    path: Option<&Path>,
+    defaults: &EntryDefaults,
+) -> Result<Vec<ForwardConfig>, ConfigFileError> {
     let path_buf = || path.map(Path::to_path_buf);
     let json = json.strip_prefix('\u{feff}').unwrap_or(json);
     let document: Value = serde_json::from_str(json).map_err(|e| {
@@ -109,7 +181,7 @@ fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFil
     let mut configs = Vec::with_capacity(total);
     let mut entries = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        let Value::Object(map) = item else {
+        let Value::Object(mut map) = item else {
             entries.push(EntryError {
                 index,
                 alias: None,
@@ -124,6 +196,7 @@ fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFil
             .and_then(Value::as_str)
             .filter(|alias| !alias.trim().is_empty())
             .map(str::to_owned);
+        defaults.apply(&mut map);
         match ForwardConfig::from_entry(map) {
             Ok(config) => configs.push(config),
             Err(errors) => entries.push(EntryError {

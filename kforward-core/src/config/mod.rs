@@ -21,4 +21,4 @@ mod to_spec;
 
 pub use entry::{DEFAULT_NAMESPACE, ForwardConfig};
 pub use error::{ConfigError, ConfigFileError, EntryError, EntryProblem, FieldError};
-pub use load::{load_config_file, load_configs};
+pub use load::{EntryDefaults, load_config_file, load_config_file_with, load_configs};

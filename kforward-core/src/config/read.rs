@@ -41,6 +41,14 @@ impl ForwardConfig {
             alias: fields.string("alias"),
             kubeconfig: fields.string("kubeconfig"),
             target: fields.string("target"),
+            proxy_protocol: fields.setting(
+                "proxy_protocol",
+                "is not a PROXY protocol version (expected \"v1\" or \"v2\")",
+            ),
+            accept_proxy_protocol: fields.setting(
+                "accept_proxy_protocol",
+                "is not an accept-proxy-protocol mode (expected \"strict\" or \"optional\")",
+            ),
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
@@ -99,6 +107,23 @@ impl FieldReader {
             self.wrong(field, &value, problem);
         }
         port
+    }
+
+    /// An optional case-insensitive keyword; missing, `null` or empty is unset.
+    fn setting<T: std::str::FromStr>(&mut self, field: &'static str, problem: &str) -> Option<T> {
+        let value = self.map.remove(field)?;
+        match &value {
+            Value::Null => return None,
+            Value::String(text) if text.trim().is_empty() => return None,
+            Value::String(text) => {
+                if let Ok(parsed) = text.trim().parse() {
+                    return Some(parsed);
+                }
+            }
+            _ => {}
+        }
+        self.wrong(field, &value, problem);
+        None
     }
 
     /// A case-insensitive keyword; missing or `null` is the default.

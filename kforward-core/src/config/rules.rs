@@ -8,7 +8,8 @@ use super::error::{ConfigError, FieldError};
 use super::read::REMOTE_PORT_PROBLEM;
 use crate::spec::name::{check_dns1123_label, check_dns1123_subdomain, check_host};
 use crate::spec::{
-    DEFAULT_ADDRESS, LabelSelector, SpecError, Target, WorkloadType, non_empty, parse_addresses,
+    DEFAULT_ADDRESS, LabelSelector, Protocol, SpecError, Target, WorkloadType, non_empty,
+    parse_addresses,
 };
 
 /// What [`ForwardConfig::check`] proves about a valid entry.
@@ -86,6 +87,23 @@ impl ForwardConfig {
                 }
             },
         };
+        if self.protocol == Protocol::Udp {
+            for (field, set) in [
+                ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
+                (
+                    "accept_proxy_protocol",
+                    self.accept_proxy_protocol.map(|a| a.to_string()),
+                ),
+            ] {
+                if let Some(value) = set {
+                    errors.push(FieldError::new(
+                        field,
+                        value,
+                        "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
+                    ));
+                }
+            }
+        }
         match (target, remote_port, addresses) {
             (Some(target), Some(remote_port), Some(addresses)) if errors.is_empty() => {
                 Ok(Checked {
@@ -156,7 +174,7 @@ impl ForwardConfig {
             }
             WorkloadType::Proxy => match non_empty(self.remote_address.as_deref()) {
                 Some(host) => named("remote_address", host, "host", check_host)
-                    .map(|host| Target::Proxy { host }),
+                    .map(|host| Target::Remote { host }),
                 None => {
                     errors.push(FieldError::missing(
                         "remote_address",

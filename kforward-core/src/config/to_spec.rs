@@ -11,7 +11,7 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// - `workload_type: "service"`: [`Target::Service`] named by `service`;
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
-/// - `workload_type: "proxy"`: [`Target::Proxy`] to `remote_address`;
+/// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -45,7 +45,7 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// [`Target::Service`]: crate::spec::Target::Service
 /// [`Target::PodSelector`]: crate::spec::Target::PodSelector
 /// [`Target::Pod`]: crate::spec::Target::Pod
-/// [`Target::Proxy`]: crate::spec::Target::Proxy
+/// [`Target::Remote`]: crate::spec::Target::Remote
 impl TryFrom<&ForwardConfig> for ForwardSpec {
     type Error = ConfigError;
 
@@ -63,6 +63,8 @@ impl TryFrom<&ForwardConfig> for ForwardSpec {
                 .filter(|path| *path != "default")
                 .map(PathBuf::from),
             alias: non_empty(config.alias.as_deref()).map(str::to_owned),
+            proxy_protocol: config.proxy_protocol,
+            accept_proxy_protocol: config.accept_proxy_protocol,
         })
     }
 }
@@ -74,6 +76,7 @@ mod tests {
     use super::*;
     use crate::config::fixture::KFTRAY_EXPORT;
     use crate::config::load_configs;
+    use crate::proxy_protocol::{Accept, Version};
     use crate::spec::{DEFAULT_ADDRESS, Protocol, Target};
 
     fn config(json: &str) -> ForwardConfig {
@@ -101,6 +104,8 @@ mod tests {
                 context: Some("kind-dev".into()),
                 kubeconfig: Some(PathBuf::from("/home/me/.kube/dev")),
                 alias: Some("shop-web".into()),
+                proxy_protocol: None,
+                accept_proxy_protocol: None,
             }
         );
     }
@@ -128,11 +133,45 @@ mod tests {
         );
         assert_eq!(
             spec.target,
-            Target::Proxy {
+            Target::Remote {
                 host: "db.example.com".into()
             }
         );
         assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
+    }
+
+    #[test]
+    fn proxy_protocol_settings_come_from_the_config_and_need_tcp() {
+        let tcp = spec(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"V2","accept_proxy_protocol":"strict"}"#,
+        );
+        assert_eq!(tcp.proxy_protocol, Some(Version::V2));
+        assert_eq!(tcp.accept_proxy_protocol, Some(Accept::Strict));
+        assert_eq!(tcp.check(), Ok(()));
+        let err = ForwardSpec::try_from(&config(
+            r#"{"service":"dns","remote_port":53,"protocol":"udp","proxy_protocol":"v1"}"#,
+        ))
+        .expect_err("UDP");
+        assert_eq!(
+            err.to_string(),
+            "field \"proxy_protocol\": value \"v1\" works for TCP forwards only (a PROXY header \
+             starts a TCP stream), and this entry is UDP"
+        );
+        let err = serde_json::from_str::<ForwardConfig>(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v3"}"#,
+        )
+        .expect_err("v3 is refused");
+        assert!(
+            err.to_string().starts_with(
+                "field \"proxy_protocol\": value \"v3\" is not a PROXY protocol version"
+            ),
+            "{err}"
+        );
+        let written = serde_json::to_value(config(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v1"}"#,
+        ))
+        .expect("serializes");
+        assert_eq!(written["proxy_protocol"], "v1");
     }
 
     #[test]

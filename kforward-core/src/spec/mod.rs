@@ -24,6 +24,8 @@ pub use selector::{LabelSelector, Requirement};
 pub use target::Target;
 pub use workload::WorkloadType;
 
+use crate::proxy_protocol::{Accept, Version};
+
 /// Why text could not be turned into a spec value.
 ///
 /// Every variant carries the offending value; its message also says what is accepted.
@@ -118,6 +120,15 @@ pub enum SpecError {
         /// The protocol as written.
         value: String,
     },
+    /// A PROXY protocol setting on a UDP forward.
+    #[error(
+        "{setting} works for TCP forwards only: a PROXY header starts a TCP stream, and a UDP \
+         forward carries datagrams"
+    )]
+    ProxyProtocolOverUdp {
+        /// The setting, as the user wrote it (`--proxy-protocol`, `proxy_protocol`, ...).
+        setting: &'static str,
+    },
     /// A workload type other than service, pod or proxy.
     #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
     UnknownWorkloadType {
@@ -175,6 +186,12 @@ pub struct ForwardSpec {
     pub kubeconfig: Option<PathBuf>,
     /// A display name, used instead of the target and ports.
     pub alias: Option<String>,
+    /// The PROXY protocol header to send toward the target before the client's bytes, so
+    /// that it sees the local client's address (TCP only).
+    pub proxy_protocol: Option<Version>,
+    /// Whether local clients send a PROXY protocol header first, and whether they must
+    /// (TCP only).
+    pub accept_proxy_protocol: Option<Accept>,
 }
 
 impl ForwardSpec {
@@ -202,6 +219,8 @@ impl ForwardSpec {
             context: None,
             kubeconfig: None,
             alias: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
         }
     }
 
@@ -307,6 +326,75 @@ impl ForwardSpec {
     pub fn with_alias(mut self, alias: impl Into<String>) -> Self {
         self.alias = Some(alias.into());
         self
+    }
+
+    /// Sends a PROXY protocol header of `version` toward the target.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_proxy_protocol(Version::V2);
+    /// assert_eq!(spec.proxy_protocol, Some(Version::V2));
+    /// ```
+    #[must_use]
+    pub fn with_proxy_protocol(mut self, version: Version) -> Self {
+        self.proxy_protocol = Some(version);
+        self
+    }
+
+    /// Reads (and removes) a PROXY protocol header from each local client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Accept;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_accept_proxy_protocol(Accept::Strict);
+    /// assert_eq!(spec.accept_proxy_protocol, Some(Accept::Strict));
+    /// ```
+    #[must_use]
+    pub fn with_accept_proxy_protocol(mut self, mode: Accept) -> Self {
+        self.accept_proxy_protocol = Some(mode);
+        self
+    }
+
+    /// Checks that the settings go together: PROXY protocol settings need TCP.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecError::ProxyProtocolOverUdp`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "dns".into() }, [PortMapping::new(0, 53)])
+    ///     .with_protocol(Protocol::Udp)
+    ///     .with_proxy_protocol(Version::V1);
+    /// assert!(spec.check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), SpecError> {
+        if self.protocol == Protocol::Udp {
+            if self.proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--proxy-protocol (proxy_protocol)",
+                });
+            }
+            if self.accept_proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--accept-proxy-protocol (accept_proxy_protocol)",
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A short name for status lines and logs: the alias if set, else the target and its
