@@ -15,7 +15,7 @@
 //! kforward reaches a pod: kforward's client path without the local socket.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
@@ -23,13 +23,14 @@ mod baseline;
 mod delay;
 mod kubectl;
 mod measure;
+mod scenarios;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::{Forward, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
 use measure::Dial;
 
@@ -62,7 +63,7 @@ impl Opts {
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
   [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
-  [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]
+  [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,hop,idle]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
 COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
@@ -456,6 +457,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // Issue 13's scenarios: a burst of new connections (--conns of them at once), half-close,
+    // and a stalled reader beside three downloads of --bytes / 4.
+    if o.section("burst") {
+        scenarios::burst_rows(&paths, o.conns, o.rounds).await;
+    }
+    if o.section("half-close") {
+        scenarios::half_close_rows(&paths).await?;
+    }
+    if o.section("stalled") {
+        scenarios::stalled_rows(&paths, (o.bytes / 4).max(1), o.rounds).await?;
+    }
     if o.section("wan") {
         let bin = kubectl_bin.as_ref().ok();
         wan_rows(&cluster, &o, &web_name, bin, &cli).await?;
@@ -478,7 +490,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
 /// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
-fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> TcpForwarder {
+fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> Forward {
     let spec = ForwardSpec::new(
         Target::Pod {
             name: pod.to_string(),
@@ -487,7 +499,7 @@ fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> TcpForwarder {
     )
     .with_namespace("demo")
     .with_addresses([std::net::Ipv4Addr::LOCALHOST.into()]);
-    TcpForwarder::new(ctx.clone(), spec, Default::default())
+    Forward::new(ctx.clone(), spec, Default::default())
 }
 
 /// kube's own client for the kubeconfig's current context, as kube-based tools build it.
@@ -610,17 +622,17 @@ async fn relay_rows(
     .with_namespace("demo")
     .with_protocol(kforward_core::spec::Protocol::Udp)
     .with_addresses(["127.0.0.1".parse()?]);
-    let mut udp_fwd = kforward_core::forwarder_for(ctx.clone(), udp_spec, Default::default())?;
+    let mut udp_fwd = Forward::new(ctx.clone(), udp_spec, Default::default());
     let udp_via = udp_fwd.start().await?[0].local_addr;
     let proxy_spec = ForwardSpec::new(
-        Target::Proxy {
+        Target::Remote {
             host: web_ip.to_string(),
         },
         [PortMapping::new(0, 8080)],
     )
     .with_namespace("demo")
     .with_addresses(["127.0.0.1".parse()?]);
-    let mut proxy_fwd = kforward_core::forwarder_for(ctx.clone(), proxy_spec, Default::default())?;
+    let mut proxy_fwd = Forward::new(ctx.clone(), proxy_spec, Default::default());
     let proxy_via = proxy_fwd.start().await?[0].local_addr;
     let mut udp_rate = [Vec::new(), Vec::new()];
     let mut udp_p50 = [Vec::new(), Vec::new()];

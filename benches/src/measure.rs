@@ -29,7 +29,8 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Dial {
-    async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
+    /// One new connection.
+    pub async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
         Ok(match self {
             Dial::Tcp(addr) => {
                 let s = TcpStream::connect(addr).await?;

@@ -2,12 +2,14 @@
 
 use std::io::Write;
 
-use kforward_core::Event;
+use kforward_core::transport::Transport;
+use kforward_core::{Event, ForwardState};
 
 use crate::args::Output;
 
 /// Prints one event on stdout in the chosen form. Text mode prints what kubectl prints
-/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors to stderr.
+/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors and reconnects
+/// to stderr.
 pub fn print(output: Output, event: &Event) {
     let mut out = std::io::stdout().lock();
     match output {
@@ -21,16 +23,37 @@ pub fn print(output: Output, event: &Event) {
                 local_addr,
                 remote_port,
                 pod_port,
+                transport,
                 ..
             } => {
                 let remote = pod_port.map_or_else(|| remote_port.clone(), |p| p.to_string());
                 let _ = writeln!(out, "Forwarding from {local_addr} -> {remote}");
+                if *transport == Transport::Websocket {
+                    eprintln!(
+                        "note: {local_addr}: port-forward over v4.channel.k8s.io (the cluster \
+                         offers no SPDY, or --transport websocket): a client's half-close does \
+                         not reach the pod"
+                    );
+                }
             }
             Event::ConnectionOpened { forward, .. } => {
                 let _ = writeln!(out, "Handling connection for {forward}");
             }
             Event::Error { forward, message } => {
                 eprintln!("error: {forward}: {message}");
+            }
+            Event::State {
+                forward,
+                state:
+                    ForwardState::Reconnecting {
+                        attempt,
+                        next_delay_ms,
+                        error,
+                    },
+            } => {
+                eprintln!(
+                    "{forward}: reconnecting (attempt {attempt} in {next_delay_ms} ms): {error}"
+                );
             }
             _ => {}
         },

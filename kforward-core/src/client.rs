@@ -13,8 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::connector::Reachability;
 use crate::error::{Error, Result, error_chain};
-use crate::resolve::WatchRegistry;
 use crate::single_flight::SingleFlight;
+use crate::watches::WatchRegistry;
 
 /// How long connecting to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +95,6 @@ struct Inner {
     fingerprint: u64,
     watches: WatchRegistry,
     probes: SingleFlight,
-    reach: Arc<Reachability>,
     transports: crate::transport::TransportMemo,
 }
 
@@ -236,12 +235,11 @@ impl KubeContext {
         let inner = Arc::new(Inner {
             client,
             namespace,
+            watches: WatchRegistry::new(&server, reach),
             server,
             context,
             fingerprint,
-            watches: WatchRegistry::default(),
             probes: SingleFlight::default(),
-            reach,
             transports: Default::default(),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
@@ -259,9 +257,8 @@ impl KubeContext {
                 server: server.to_string(),
                 context: context.to_string(),
                 fingerprint: 0,
-                watches: WatchRegistry::default(),
+                watches: WatchRegistry::new(server, Arc::new(Reachability::default())),
                 probes: SingleFlight::default(),
-                reach: Default::default(),
                 transports: Default::default(),
             }),
         }
@@ -281,12 +278,6 @@ impl KubeContext {
     /// The watches shared by every user of this context.
     pub(crate) fn watches(&self) -> &WatchRegistry {
         &self.inner.watches
-    }
-
-    /// Notified when the API server can be reached again after connections to it failed
-    /// (kforward's client stack only; never with kube's stock one).
-    pub(crate) fn api_back(&self) -> &tokio::sync::Notify {
-        self.inner.reach.back()
     }
 
     /// The port-forward transport `auto` found for this cluster (see

@@ -1,6 +1,205 @@
-//! Transports: the code that speaks the port-forward protocols to the API server.
+//! Transports: the ways to open a stream to one port of a pod through the API server's
+//! `pods/portforward`: SPDY/3.1 ([`spdy`], in a WebSocket tunnel or over a plain upgrade,
+//! with half-close and many connections per session) and the `v4.channel.k8s.io`
+//! WebSocket ([`websocket`], one per connection, no half-close). Which one a forward
+//! uses is its [`Transport`] option; `auto` finds it once per cluster ([`TransportMemo`]).
+//!
+//! The rest of the crate holds a `Stream`, never a transport's own type, so another
+//! transport is one more variant here and in its halves. Each transport says whether it
+//! passes a half-close on (`StreamWriter::passes_half_close`): the v4 WebSocket cannot,
+//! so the pump keeps reading replies for a while after the local client stopped writing;
+//! a transport that can (SPDY) lets the pod see the end of the client's writes instead.
 
 mod choice;
 pub mod spdy;
+pub mod websocket;
 
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::Result;
 pub use choice::{Transport, TransportMemo, UnknownTransport};
+use spdy::PodStream;
+use websocket::{DATA_CHANNEL, Tunnel, TunnelReader, TunnelWriter};
+
+/// The largest message [`StreamWriter::write_all`] sends at once.
+const MAX_COPY: usize = 128 * 1024;
+
+/// One stream to a pod's port (or through a relay pod to a destination), whichever
+/// transport opened it.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(Tunnel),
+    /// A SPDY stream on a session of the forward's pool.
+    Spdy(PodStream),
+}
+
+/// The receiving half of a [`Stream`].
+pub(crate) enum StreamReader {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(TunnelReader),
+    /// A SPDY stream (shared with its writer: the stream's halves wait on separate wakers).
+    Spdy(Arc<Mutex<PodStream>>),
+}
+
+/// The sending half of a [`Stream`].
+pub(crate) enum StreamWriter {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(TunnelWriter),
+    /// A SPDY stream.
+    Spdy(Arc<Mutex<PodStream>>),
+}
+
+fn lock(s: &Mutex<PodStream>) -> std::sync::MutexGuard<'_, PodStream> {
+    s.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Stream {
+    /// The pod the stream reaches (for a relay stream, the relay's pod).
+    pub(crate) fn pod(&self) -> &str {
+        match self {
+            Stream::WebSocket(t) => t.pod(),
+            Stream::Spdy(s) => s.pod(),
+        }
+    }
+
+    /// The pod's port.
+    pub(crate) fn port(&self) -> u16 {
+        match self {
+            Stream::WebSocket(t) => t.port(),
+            Stream::Spdy(s) => s.port(),
+        }
+    }
+
+    /// Waits until the stream is known to be up, or for the error the pod's port answered
+    /// with. A SPDY stream is up at once (its first bytes go out with its SYN_STREAM); a
+    /// refusal from the pod's port comes as a read error.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Tunnel`] with the transport's or the pod's message.
+    pub(crate) async fn ready(&mut self) -> Result<()> {
+        match self {
+            Stream::WebSocket(t) => t.ready().await,
+            Stream::Spdy(_) => Ok(()),
+        }
+    }
+
+    /// The transport carrying the stream (never [`Transport::Auto`]).
+    pub(crate) fn transport(&self) -> Transport {
+        match self {
+            Stream::WebSocket(_) => Transport::Websocket,
+            Stream::Spdy(s) => s.transport(),
+        }
+    }
+
+    /// The two halves, for a reading and a writing task.
+    pub(crate) fn into_split(self) -> (StreamReader, StreamWriter) {
+        match self {
+            Stream::Spdy(s) => {
+                let s = Arc::new(Mutex::new(s));
+                (StreamReader::Spdy(s.clone()), StreamWriter::Spdy(s))
+            }
+            Stream::WebSocket(t) => {
+                let (r, w) = t.into_split();
+                (StreamReader::WebSocket(r), StreamWriter::WebSocket(w))
+            }
+        }
+    }
+}
+
+impl StreamReader {
+    /// The next bytes from the pod, as the transport received them (no copy); `None` once
+    /// the stream has ended.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error, or the pod's port answering with an error.
+    pub(crate) async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self {
+            StreamReader::WebSocket(r) => r.read_chunk().await,
+            StreamReader::Spdy(s) => std::future::poll_fn(|cx| lock(s).poll_chunk(cx)).await,
+        }
+    }
+}
+
+impl StreamWriter {
+    /// How many bytes the transport puts in front of the data of each message it sends: a
+    /// frame given to [`send`](Self::send) starts with that many bytes for it to fill, so
+    /// that data read straight into a frame is never copied again.
+    pub(crate) fn headroom(&self) -> usize {
+        match self {
+            StreamWriter::WebSocket(_) => 1,
+            StreamWriter::Spdy(_) => spdy::frame::HEADER_LEN,
+        }
+    }
+
+    /// A frame with room for the transport's bytes and `capacity` bytes of data.
+    pub(crate) fn frame(&self, capacity: usize) -> BytesMut {
+        let mut f = BytesMut::with_capacity(self.headroom() + capacity);
+        f.put_bytes(0, self.headroom());
+        f
+    }
+
+    /// Sends one message: `frame` is [`headroom`](Self::headroom) bytes, then the data.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error; `BrokenPipe` after [`finish`](Self::finish).
+    pub(crate) async fn send(&mut self, mut frame: BytesMut) -> io::Result<()> {
+        match self {
+            StreamWriter::WebSocket(w) => {
+                frame[0] = DATA_CHANNEL;
+                w.send_frame(frame.freeze()).await
+            }
+            StreamWriter::Spdy(s) => {
+                let mut frame = Some(frame);
+                std::future::poll_fn(|cx| lock(s).poll_send_frame(cx, &mut frame)).await
+            }
+        }
+    }
+
+    /// Sends `data`, copied into messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        for part in data.chunks(MAX_COPY) {
+            let mut f = self.frame(part.len());
+            f.put_slice(part);
+            self.send(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the writes. On a transport that cannot pass a half-close on this only stops
+    /// writes; the far side learns nothing.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error.
+    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+        match self {
+            StreamWriter::WebSocket(w) => w.shutdown().await,
+            StreamWriter::Spdy(s) => {
+                std::future::poll_fn(|cx| {
+                    tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut *lock(s)), cx)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether [`finish`](Self::finish) reaches the pod as the end of the client's data.
+    pub(crate) fn passes_half_close(&self) -> bool {
+        match self {
+            StreamWriter::WebSocket(_) => false,
+            StreamWriter::Spdy(_) => true,
+        }
+    }
+}

@@ -3,6 +3,9 @@
 mod common;
 mod errors;
 mod forward;
+mod peers;
+mod proxy_protocol;
 mod relay;
 mod spdy;
 mod supervisor;
+mod transport;

@@ -47,6 +47,7 @@ mod wsio;
 
 pub use error::{SessionEnd, SpdyError};
 pub use open::{OPEN_TIMEOUT, STREAM_PROTOCOL, SpdyTransport, TUNNEL_PROTOCOL};
+pub(crate) use pool::Carried;
 pub use pool::{PodSessions, PodStream, PoolConfig, SessionPool};
 pub use session::{Session, SessionConfig, SessionLoad};
 pub use stream::SpdyStream;

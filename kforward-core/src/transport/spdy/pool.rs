@@ -32,7 +32,7 @@ use super::stream::SpdyStream;
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
 use crate::transport::Transport;
-use crate::tunnel::Tunnel;
+use crate::transport::websocket::Tunnel;
 
 /// How long a connection keeps trying to open a session while the API server cannot be
 /// reached (a restart takes moments), before it fails.
@@ -206,6 +206,85 @@ impl PodStream {
 }
 
 use std::future::Future;
+
+/// What the pipeline does with a connection: a SPDY stream it reads in chunks and sends
+/// whole frames on, or a `v4.channel.k8s.io` tunnel it carries as any other.
+pub(crate) enum Carried {
+    Spdy(PodStream),
+    Websocket(Tunnel),
+}
+
+impl PodStream {
+    /// The connection as the pipeline carries it.
+    pub(crate) fn into_carried(self) -> Carried {
+        match self.conn {
+            Conn::Websocket(t) => Carried::Websocket(t),
+            Conn::Spdy(..) => Carried::Spdy(self),
+        }
+    }
+
+    /// The pod.
+    pub fn pod(&self) -> &str {
+        match &self.conn {
+            Conn::Spdy(s, _) => s.pod(),
+            Conn::Websocket(t) => t.pod(),
+        }
+    }
+
+    /// The pod's port.
+    pub fn port(&self) -> u16 {
+        match &self.conn {
+            Conn::Spdy(s, _) => s.port(),
+            Conn::Websocket(t) => t.port(),
+        }
+    }
+
+    /// The next bytes from the pod as they arrived (no copy on SPDY); `None` at the end.
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<bytes::Bytes>>> {
+        self.poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => s.poll_chunk(cx),
+            Conn::Websocket(t) => {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut rb = ReadBuf::new(&mut buf);
+                std::task::ready!(Pin::new(t).poll_read(cx, &mut rb))?;
+                let n = rb.filled().len();
+                buf.truncate(n);
+                Poll::Ready(Ok((n > 0).then(|| bytes::Bytes::from(buf))))
+            }
+        })
+    }
+
+    /// Sends `frame` (room for a DATA frame's header, then the data) as one frame; see
+    /// [`SpdyStream::poll_send_frame`].
+    pub(crate) fn poll_send_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &mut Option<bytes::BytesMut>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_op(cx, |c, cx| match c {
+            Conn::Spdy(s, _) => s.poll_send_frame(cx, frame),
+            Conn::Websocket(t) => {
+                let Some(f) = frame.as_mut() else {
+                    return Poll::Ready(Ok(()));
+                };
+                while f.len() > super::frame::HEADER_LEN {
+                    let n = std::task::ready!(
+                        Pin::new(&mut *t).poll_write(cx, &f[super::frame::HEADER_LEN..])
+                    )?;
+                    // Drop what was written, keeping the header's room in front.
+                    let rest = f.split_off(super::frame::HEADER_LEN + n);
+                    f.truncate(super::frame::HEADER_LEN);
+                    f.unsplit(rest);
+                }
+                *frame = None;
+                Poll::Ready(Ok(()))
+            }
+        })
+    }
+}
 
 impl AsyncRead for PodStream {
     fn poll_read(

@@ -395,6 +395,50 @@ impl AsyncRead for SpdyStream {
     }
 }
 
+impl SpdyStream {
+    /// Sends one DATA frame without copying its data: `frame` is
+    /// [`frame::HEADER_LEN`] bytes of room for the frame's header, then the data (at most
+    /// [`frame::MAX_PAYLOAD`] bytes). `frame` is taken only when it was sent (`Ready(Ok)`).
+    pub(crate) fn poll_send_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &mut Option<BytesMut>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.write_error() {
+            return Poll::Ready(Err(e));
+        }
+        let Some(len) = frame
+            .as_ref()
+            .map(|f| f.len().saturating_sub(frame::HEADER_LEN))
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        if len == 0 {
+            *frame = None;
+            return Poll::Ready(Ok(()));
+        }
+        if len > frame::MAX_PAYLOAD {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a SPDY DATA frame holds at most 16 MiB",
+            )));
+        }
+        if ready!(self.tx.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(self.closed_error()));
+        }
+        let Some(mut f) = frame.take() else {
+            return Poll::Ready(Ok(()));
+        };
+        f[..frame::HEADER_LEN].copy_from_slice(&frame::data_header(self.pair.data_id, false, len));
+        let f = f.freeze();
+        self.record(&f[frame::HEADER_LEN..]);
+        if self.tx.send_item(f).is_err() {
+            return Poll::Ready(Err(self.closed_error()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for SpdyStream {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -33,6 +33,10 @@ pub enum Event {
         /// The port on the pods, when it is known.
         #[serde(skip_serializing_if = "Option::is_none")]
         pod_port: Option<u16>,
+        /// The port-forward transport pod streams use (`websocket-spdy`, `spdy`,
+        /// `websocket`; `auto` while no pod stream has been opened yet). Only the SPDY
+        /// ones pass a local half-close on to the pod.
+        transport: crate::transport::Transport,
     },
     /// The set of ready pods behind the forward changed.
     Endpoints {
@@ -53,6 +57,8 @@ pub enum Event {
         pod: String,
         /// The port on the pod.
         pod_port: u16,
+        /// The transport carrying it (`websocket` for relayed streams).
+        transport: crate::transport::Transport,
     },
     /// A connection ended.
     ConnectionClosed {
@@ -75,13 +81,13 @@ pub enum Event {
         /// What failed.
         message: String,
     },
-    /// The forward's state changed (see [`crate::ForwardState`]).
+    /// The forward's state changed (see [`super::state::ForwardState`]).
     State {
         /// The forward's label.
         forward: String,
         /// The new state.
         #[serde(flatten)]
-        state: crate::ForwardState,
+        state: super::state::ForwardState,
     },
     /// The forward's counters, published when they change.
     Stats {
@@ -89,7 +95,7 @@ pub enum Event {
         forward: String,
         /// The counters.
         #[serde(flatten)]
-        stats: crate::StatsSnapshot,
+        stats: super::stats::StatsSnapshot,
     },
     /// The forward stopped and its ports are closed.
     Stopped {
