@@ -844,3 +844,114 @@ async fn accept_proxy_protocol_strict_serves_curl_with_a_header_and_drops_it_wit
     let (status, _) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success(), "{status:?}");
 }
+
+/// `kforward forward svc/echo :7000 -n demo --transport TRANSPORT -o json`.
+fn forward_echo(cluster: &Cluster, transport: &str, json: bool) -> Command {
+    let mut c = kforward();
+    c.args([
+        "forward",
+        "svc/echo",
+        ":7000",
+        "-n",
+        "demo",
+        "--address",
+        "127.0.0.1",
+        "--transport",
+        transport,
+    ]);
+    if json {
+        c.args(["-o", "json"]);
+    }
+    c.arg("--kubeconfig").arg(cluster.kubeconfig_path());
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nc_half_close_through_forward_over_each_spdy_transport_gets_every_byte_then_eof() {
+    let nc = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("nc"))
+        .find(|p| p.is_file());
+    let Some(nc) = nc else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "nc (netcat-openbsd) is required on CI"
+        );
+        eprintln!("note: skipping a test that needs nc, which is not installed");
+        return;
+    };
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("upload");
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write the upload");
+    for transport in ["auto", "websocket-spdy", "spdy"] {
+        let r = Running::spawn(forward_echo(&cluster, transport, true));
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        let want = if transport == "auto" {
+            "websocket-spdy"
+        } else {
+            transport
+        };
+        assert_eq!(v["transport"], want, "{line}");
+        let addr: std::net::SocketAddr = v["local_addr"]
+            .as_str()
+            .expect("local_addr")
+            .parse()
+            .expect("addr");
+        // `nc -N` shuts its write side at the end of its input, then reads to EOF.
+        let mut c = Command::new(&nc);
+        c.args(["-N", &addr.ip().to_string(), &addr.port().to_string()])
+            .stdin(std::fs::File::open(&file).expect("open"));
+        let start = std::time::Instant::now();
+        let out = tokio::task::block_in_place(|| {
+            let child = c
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nc");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(child.wait_with_output());
+            });
+            rx.recv_timeout(WAIT).expect("nc ends in time").expect("nc")
+        });
+        let took = start.elapsed();
+        assert!(out.status.success(), "{transport}: {out:?}");
+        assert!(
+            out.stdout == data,
+            "{transport}: {} bytes back",
+            out.stdout.len()
+        );
+        // The runtime's one-second grace ends it, not a 15 s linger.
+        assert!(
+            took < Duration::from_secs(10),
+            "{transport}: nc took {took:?}"
+        );
+        let opened = tokio::task::block_in_place(|| r.line_with("connection_opened"));
+        assert!(
+            opened.contains(&format!("\"transport\":\"{want}\"")),
+            "{opened}"
+        );
+        r.signal("-TERM");
+        let (status, _) = tokio::task::block_in_place(|| r.wait());
+        assert!(status.success(), "{status:?}");
+    }
+    // v4: named, and text output warns that there is no half-close.
+    let r = Running::spawn(forward_echo(&cluster, "websocket", false));
+    tokio::task::block_in_place(|| r.line_with("Forwarding from"));
+    r.signal("-TERM");
+    let (status, err) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+    assert!(
+        err.contains("v4.channel.k8s.io") && err.contains("half-close"),
+        "{err}"
+    );
+    // A transport that does not exist: the flag, the value and the choices.
+    let (code, _, err) = run_to_end(forward_echo(&cluster, "spdy3", true));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--transport") && err.contains("spdy3") && err.contains("websocket-spdy"),
+        "{err}"
+    );
+}

@@ -7,3 +7,4 @@ mod common;
 mod header;
 mod python_example;
 mod relay;
+mod transport;
