@@ -65,13 +65,36 @@ async fn ping(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One HTTP GET on a new connection; the answering pod's name.
+/// One HTTP GET on a new connection, read up to its `Content-Length` and closed, as curl
+/// does (reading to EOF instead would wait for the container runtime's one-second grace on
+/// SPDY, which passes the pod's close on only then); the answering pod's name.
 async fn get(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>())
+            });
+            if let Some(Ok(length)) = length
+                && body.len() >= length
+            {
+                break;
+            }
+        }
+    }
+    let out = String::from_utf8_lossy(&out).to_string();
     if !out.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("bad reply {out:?}")));
     }

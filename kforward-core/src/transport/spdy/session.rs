@@ -20,21 +20,19 @@
 //!
 //! **One stalled reader never stalls the others.** The kubelet's SPDY has no flow control
 //! (spdystream ignores WINDOW_UPDATE), so a session that stopped reading its connection
-//! for one stream would stop every stream on it. So the reader task never waits for a
-//! stream that shares its session: it buffers what each stream is sent, and past
-//! [`SessionConfig::stream_buffer`] (the soft bound):
+//! for one stream would stop every stream on it. The reader task therefore buffers what
+//! each stream is sent, and decides at [`SessionConfig::stream_buffer`] (the soft bound):
 //!
-//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] has
-//!   stopped: it is reset (RST_STREAM CANCEL to the server, its buffer freed,
-//!   [`SpdyError::Overflow`] for its reader) and the others go on as before;
-//! - a stream whose reader still reads buffers on, up to four times the soft bound (the
-//!   hard bound), and is reset there: a reader that far behind while other connections
-//!   share its session would otherwise cost them their throughput;
-//! - a stream alone on its session is never reset: past the soft bound the session stops
-//!   reading until the reader has taken half of its buffer, as TCP would slow a plain
-//!   connection for a slow reader (and the pool gives a held session no new streams). A
-//!   stream opened on a held session lets it read again; the held stream then follows
-//!   the rules above.
+//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] is
+//!   stalled: when it shares its session it is reset (RST_STREAM CANCEL to the server, its
+//!   buffer freed, [`SpdyError::Overflow`] for its reader) and the others never wait;
+//! - a stream whose reader still takes data buffers on, up to four times the soft bound
+//!   (the hard bound); past that the session stops reading until the reader has taken
+//!   half of its buffer, as TCP would slow one connection for a slow reader (the pool
+//!   gives held sessions no new streams). A held reader that then takes nothing for the
+//!   stall timeout is reset like a stalled one (a reader that is slow, not stopped, is
+//!   never reset: on a loaded machine that would cut working connections);
+//! - a stream alone on its session is never reset: the session waits for its reader.
 //!
 //! **GOAWAY.** Streams the server's GOAWAY says it never processed (ids above its last good
 //! id) end at once, and may be opened again elsewhere with what was written on them
@@ -95,7 +93,7 @@ pub struct SessionConfig {
     pub stream_buffer: usize,
     /// A reader that took nothing for this long, with more than the soft bound waiting for
     /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
-    /// a reader unscheduled.
+    /// a reader unscheduled; a stalled reader holds the others at most this long, once.
     pub stall_timeout: Duration,
 }
 
@@ -581,12 +579,17 @@ impl Inner {
         let bounds = self.config.bounds();
         match pair.push(data, fin, bounds) {
             Push::Queued => {}
-            // Alone on the session: wait for its reader instead.
-            Push::Full(data) | Push::Stalled(data) if st.live == 1 => {
+            // A reader that still reads, past the hard bound; or a stalled one alone on
+            // the session: wait for it.
+            Push::Full(data) => {
                 pair.push_over(data, fin);
                 st.held = Some(stream_id);
             }
-            Push::Full(_) | Push::Stalled(_) => {
+            Push::Stalled(data) if st.live == 1 => {
+                pair.push_over(data, fin);
+                st.held = Some(stream_id);
+            }
+            Push::Stalled(_) => {
                 drop(st);
                 self.reset_stalled(&pair);
             }
@@ -620,23 +623,19 @@ impl Inner {
         });
     }
 
-    /// A held reader woke up (its stream drained, or a stream was opened): a held stream
-    /// that now shares the session is reset when its reader stopped or is past the hard
-    /// bound, and otherwise no longer holds the session.
+    /// A held reader woke up (its stream drained, a stream was opened, or time passed):
+    /// a held stream that shares the session and whose reader has stopped is reset.
     fn recheck_hold(&self) {
-        let mut st = lock(&self.state);
+        let st = lock(&self.state);
         let Some(id) = st.held else { return };
         let Some(pair) = st.pairs.get(&id).cloned() else {
-            st.held = None;
+            drop(st);
+            lock(&self.state).held = None;
             return;
         };
-        if st.live <= 1 {
-            return;
-        }
-        st.held = None;
+        let shared = st.live > 1;
         drop(st);
-        let bounds = self.config.bounds();
-        if pair.buffered() > bounds.hard || pair.reader_idle(Instant::now()) >= bounds.stall {
+        if shared && pair.reader_idle(Instant::now()) >= self.config.stall_timeout {
             self.reset_stalled(&pair);
         }
     }
@@ -713,6 +712,7 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
         while inner.held() {
             tokio::select! {
                 _ = inner.drained.notified() => inner.recheck_hold(),
+                _ = tokio::time::sleep(inner.config.stall_timeout / 2) => inner.recheck_hold(),
                 _ = inner.ended.cancelled() => break 'session SessionEnd::Local,
             }
         }

@@ -64,7 +64,7 @@ pub(crate) enum Push {
     /// Past the soft bound, and the reader has taken nothing for the stall timeout: given
     /// back.
     Stalled(Bytes),
-    /// Past the hard bound: given back.
+    /// Past the hard bound with a reader that still reads: given back.
     Full(Bytes),
 }
 
@@ -149,10 +149,6 @@ impl Pair {
         ib.wake();
     }
 
-    pub(crate) fn buffered(&self) -> usize {
-        self.lock().buffered
-    }
-
     pub(crate) fn error_data(&self, data: &[u8], fin: bool) {
         let mut ib = self.lock();
         ib.received = true;
@@ -224,6 +220,8 @@ pub struct SpdyStream {
     /// Data taken from the pair and not yet read.
     pending: Bytes,
     write_shut: bool,
+    /// Whether the pod sent any data.
+    carried: bool,
     error_wait: Option<Pin<Box<tokio::time::Sleep>>>,
     /// What was written before the server answered, to send again on another session
     /// should this one go away without having processed the stream; `None` once the
@@ -252,6 +250,7 @@ impl SpdyStream {
             tx,
             pending: Bytes::new(),
             write_shut: false,
+            carried: false,
             error_wait: None,
             replay: Some(BytesMut::new()),
         }
@@ -313,6 +312,7 @@ impl SpdyStream {
         }
         let mut ib = self.pair.lock();
         if let Some(chunk) = ib.chunks.pop_front() {
+            self.carried = true;
             ib.buffered -= chunk.len();
             ib.last_read = Some(Instant::now());
             if ib.holds_session && ib.buffered <= self.session.config.stream_buffer / 2 {
@@ -336,7 +336,10 @@ impl SpdyStream {
         // A reader waiting for more is not a stalled one.
         ib.last_read = Some(Instant::now());
         if ib.data_fin {
-            let waited = ib.error_fin || {
+            // The error stream may still bring a refusal, which comes with no data; a
+            // stream that carried data ends at once (an HTTP server's close must not cost
+            // its client the runtime's grace).
+            let waited = ib.error_fin || self.carried || {
                 let sleep = self
                     .error_wait
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(ERROR_WAIT)));
