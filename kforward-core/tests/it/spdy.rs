@@ -243,7 +243,11 @@ async fn the_pods_close_is_eof_while_writes_still_reach_it() {
         bounded("reply and EOF", conn.read_to_end(&mut reply))
             .await
             .expect("EOF");
-        let body = reply.split(|b| *b == b'\n').last().expect("body").len();
+        let body = reply
+            .split(|b| *b == b'\n')
+            .next_back()
+            .expect("body")
+            .len();
         assert!(reply.starts_with(b"HTTP/1.1 200"), "{t}");
         assert!(
             reply.len() > 100_000 && body <= 100_000,

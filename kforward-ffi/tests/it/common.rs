@@ -221,8 +221,30 @@ pub fn http_get(addr: SocketAddr) -> String {
     s.set_write_timeout(Some(WAIT)).expect("timeout");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
+    // Up to the Content-Length, then closed, as curl does: reading to EOF would wait for
+    // the container runtime's one-second grace on SPDY, which passes the pod's close on
+    // only then.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    let out = String::from_utf8_lossy(&raw).to_string();
     assert!(out.starts_with("HTTP/1.1 200"), "unexpected reply: {out:?}");
     out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
 }

@@ -254,7 +254,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         SETTINGS => {
             need(4)?;
             let count = u32_at(p, 0);
-            if (len - 4) / 8 != count as usize || (len - 4) % 8 != 0 {
+            if (len - 4) / 8 != count as usize || !(len - 4).is_multiple_of(8) {
                 return Err(FrameError::Settings { count, len });
             }
             let entries = p[4..]
@@ -583,7 +583,7 @@ mod tests {
                 noise.push(x as u8);
             }
             // Half of the inputs look like SPDY/3 control frames of a fitting length.
-            if x % 2 == 0 && noise.len() >= 8 {
+            if x.is_multiple_of(2) && noise.len() >= 8 {
                 noise[0] = 0x80;
                 noise[1] = 0x03;
                 noise[2] = 0;

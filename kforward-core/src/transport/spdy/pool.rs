@@ -83,7 +83,7 @@ impl Default for PoolConfig {
 /// # Example
 ///
 /// ```no_run
-/// # async fn f(pool: kforward_core::transport::spdy::SessionPool) -> kforward_core::Result<()> {
+/// # async fn f(pool: kforward_core::transport::spdy::SessionPool) -> Result<(), Box<dyn std::error::Error>> {
 /// use tokio::io::AsyncWriteExt;
 /// let mut conn = pool.connect("web-0", 8080).await?;
 /// if !conn.transport().half_close() {
@@ -358,7 +358,7 @@ struct PoolInner {
     reaper: std::sync::Once,
 }
 
-/// A forward's SPDY sessions to the pods it routes to (see the [module docs](self)).
+/// A forward's SPDY sessions to the pods it routes to (see the module docs).
 /// Cheap to clone; its sessions close when the last clone is dropped and their streams
 /// are done.
 ///
@@ -442,7 +442,7 @@ impl SessionPool {
     /// # Errors
     ///
     /// What opening a session or a tunnel failed with ([`Error::Forbidden`],
-    /// [`Error::NotFound`], [`Error::Unreachable`] after [`OPEN_RETRY_FOR`],
+    /// [`Error::NotFound`], [`Error::Unreachable`] after `OPEN_RETRY_FOR`,
     /// [`Error::TransportRefused`], ...).
     pub async fn connect(&self, pod: &str, port: u16) -> Result<PodStream> {
         if self.transport() == Transport::Websocket {

@@ -89,7 +89,7 @@ pub struct SessionConfig {
     pub ping_timeout: Duration,
     /// The soft bound of what a stream buffers for a reader that does not keep up (the
     /// hard bound is four times this); what happens at the bounds is in the
-    /// [module docs](self). 8 MiB: more than a local socket's buffers hold.
+    /// docs of [`Session`]'s module (`transport::spdy::session`). 8 MiB: more than a local socket's buffers hold.
     pub stream_buffer: usize,
     /// A reader that took nothing for this long, with more than the soft bound waiting for
     /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
@@ -188,7 +188,7 @@ impl Drop for Guard {
 /// # Example
 ///
 /// ```no_run
-/// # async fn f(ctx: kforward_core::KubeContext) -> kforward_core::Result<()> {
+/// # async fn f(ctx: kforward_core::KubeContext) -> Result<(), Box<dyn std::error::Error>> {
 /// use kforward_core::transport::spdy::{Session, SpdyTransport};
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
