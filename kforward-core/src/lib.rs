@@ -43,6 +43,7 @@ pub mod config;
 mod connector;
 pub mod error;
 pub mod event;
+pub mod forward_proxy;
 pub mod forwarder;
 pub mod no_proxy;
 pub mod relay;

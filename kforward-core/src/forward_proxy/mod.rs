@@ -1,0 +1,45 @@
+//! A forward proxy into the cluster: SOCKS5, SOCKS4/4a, HTTP CONNECT and plain HTTP on
+//! one local port, each connection routed by its destination.
+//!
+//! - Cluster service names (`svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.<cluster domain>`),
+//!   ClusterIPs, pod IPs and pod DNS names go straight to a ready pod through a
+//!   port-forward (service port to targetPort, spread over the ready pods): no relay pod.
+//! - Any other name or address goes through the namespace's relay pod, where the
+//!   cluster's DNS resolves it.
+//! - `--direct` rules (`NO_PROXY` syntax) connect from this machine instead.
+//!
+//! The pieces: [`socks`] (the SOCKS wire formats, sans I/O), [`route`] (the decision),
+//! [`Dialer`] (one stream per connection along a [`Route`]), [`Catalog`] (services and
+//! pods, watched), [`pac`] (the PAC file) and [`ForwardProxy`] (the accept loop).
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn f(ctx: kforward_core::KubeContext) -> Result<(), Box<dyn std::error::Error>> {
+//! use kforward_core::forward_proxy::{ForwardProxy, ForwardProxyOptions};
+//! let proxy = ForwardProxy::new(ctx, ForwardProxyOptions::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:1080").await?;
+//! proxy.run(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod catalog;
+mod dial;
+mod error;
+mod event;
+mod http;
+pub mod pac;
+pub mod route;
+mod server;
+pub mod socks;
+mod socks_conn;
+mod udp;
+
+pub use auth::ProxyAuth;
+pub use catalog::{Catalog, PodInfo, ServiceInfo, ServicePortInfo};
+pub use dial::{Dialer, Upstream};
+pub use error::ProxyError;
+pub use event::ProxyEvent;
+pub use route::{Route, RouteOptions, Router};
+pub use server::{ForwardProxy, ForwardProxyOptions, StartError, check_exposure};
