@@ -11,6 +11,7 @@ const ENVIRONMENT: &str = "\
 Environment:
   KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
   RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
+  KFORWARD_PROXY_AUTH   USER:PASS for `kforward socks` (instead of --auth)
   KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
                         through a larger buffer, sets TCP_NODELAY and keeps a spare
                         connection to the API server ready for the next tunnel)";
@@ -45,6 +46,10 @@ pub enum Command {
     /// Forward a local port to any host the cluster can reach (a service DNS name, a
     /// database outside the cluster, an IP), through a relay pod in the namespace.
     Proxy(ProxyArgs),
+    /// A forward proxy into the cluster on one local port: SOCKS5, SOCKS4a and HTTP
+    /// (CONNECT and plain requests) to services, pods and any host the cluster can reach,
+    /// with a PAC file for browsers at /proxy.pac.
+    Socks(SocksArgs),
     /// Delete relay pods left behind by sessions that are gone.
     Gc(GcArgs),
     /// Print a shell completion script.
@@ -127,6 +132,42 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "localhost")]
     pub address: String,
     /// How events are printed.
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// `kforward socks`.
+#[derive(Debug, Clone, Args)]
+pub struct SocksArgs {
+    /// The local address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    pub listen: String,
+    /// Where to find the cluster; `-n` is the namespace of bare service names (`web`) and
+    /// of the relay pod.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Destinations to connect to from this machine instead of the cluster, in NO_PROXY
+    /// syntax: `host`, `.suffix`, `*`, `10.0.0.0/8`, `host:port`, comma separated.
+    #[arg(long, default_value = "")]
+    pub direct: String,
+    /// Refuse destinations that would need the relay pod (anything that is not a service,
+    /// ClusterIP or pod), for clusters where creating pods is not allowed.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Credentials clients must give (SOCKS5 username/password, HTTP Proxy-Authorization);
+    /// required to listen on a non-loopback address.
+    #[arg(long, env = "KFORWARD_PROXY_AUTH", hide_env_values = true, value_name = "USER:PASS")]
+    pub auth: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How long a connection to a service waits for a ready pod.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long)]
+    pub relay_image: Option<String>,
+    /// How events are printed (json: a `ready` line first, then one line per connection).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
 }
