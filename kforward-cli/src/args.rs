@@ -156,7 +156,12 @@ pub struct SocksArgs {
     pub no_relay: bool,
     /// Credentials clients must give (SOCKS5 username/password, HTTP Proxy-Authorization);
     /// required to listen on a non-loopback address.
-    #[arg(long, env = "KFORWARD_PROXY_AUTH", hide_env_values = true, value_name = "USER:PASS")]
+    #[arg(
+        long,
+        env = "KFORWARD_PROXY_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASS"
+    )]
     pub auth: Option<String>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]

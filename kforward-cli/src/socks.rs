@@ -103,7 +103,10 @@ async fn print_events(mut rx: broadcast::Receiver<ProxyEvent>, output: Output) {
         match rx.recv().await {
             Ok(e) => print(output, &e),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "output fell behind; some events were not printed");
+                tracing::warn!(
+                    missed = n,
+                    "output fell behind; some events were not printed"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -121,9 +124,9 @@ pub async fn run(a: SocksArgs) -> anyhow::Result<()> {
     let opts = options(&a)?;
     check_exposure(addr, opts.auth.is_some())?;
     let ctx = connect(&a.cluster).await?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (try --listen 127.0.0.1:0 for a free port)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (try --listen 127.0.0.1:0 for a free port)")
+    })?;
     let proxy = ForwardProxy::new(ctx, opts);
     let printer = tokio::spawn(print_events(proxy.subscribe(), a.output));
     proxy.run(listener, signal::shutdown()).await?;

@@ -717,3 +717,71 @@ async fn gc_removes_relay_pods_of_dead_sessions_and_exited_relays_only() {
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("no stale relay pods"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socks_prints_ready_first_routes_connections_and_refuses_exposure_without_auth() {
+    let cluster = Cluster::demo().await.expect("demo");
+    let kc = cluster.kubeconfig_path().display().to_string();
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "-o",
+            "json",
+            "--kubeconfig",
+            &kc,
+            "-n",
+            "demo",
+        ]);
+        c
+    });
+    let ready: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.lines.recv_timeout(WAIT).expect("a first line")
+    }))
+    .expect("json");
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let addr = ready["local_addr"]
+        .as_str()
+        .expect("local_addr")
+        .to_string();
+    // A plain HTTP request in absolute form, to a bare service name of namespace demo.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET http://web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert!(out.contains("\r\n\r\nweb-"), "{out}");
+    let opened: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.line_with("connection_opened")
+    }))
+    .expect("json");
+    assert_eq!(opened["destination"], "web:80");
+    assert_eq!(
+        (opened["route"].as_str(), opened["service"].as_str()),
+        (Some("pod"), Some("web"))
+    );
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+
+    let (code, _, err) = run_to_end({
+        let mut c = kforward();
+        c.args(["socks", "--listen", "0.0.0.0:0", "--kubeconfig", &kc]);
+        c.env_remove("KFORWARD_PROXY_AUTH");
+        c
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without credentials")
+            && err.contains("--auth"),
+        "{err}"
+    );
+}

@@ -3,5 +3,6 @@
 mod common;
 mod errors;
 mod forward;
+mod forward_proxy;
 mod relay;
 mod supervisor;
