@@ -203,14 +203,17 @@ pub struct RouteOptions {
     pub pod_wait: Duration,
 }
 
+/// A service's endpoints being followed, with the service's resourceVersion they were
+/// resolved at (a changed service is resolved again).
+type Followed = (String, Arc<Endpoints>);
+
 /// Decides routes.
 pub struct Router {
     ctx: KubeContext,
     catalog: Catalog,
     opts: RouteOptions,
-    /// Ready endpoints per (namespace, service, port, headless), with the service's
-    /// resourceVersion they were resolved at.
-    endpoints: Mutex<HashMap<(String, String, u16), (String, Arc<Endpoints>)>>,
+    /// Ready endpoints per (namespace, service, port).
+    endpoints: Mutex<HashMap<(String, String, u16), Followed>>,
 }
 
 impl fmt::Debug for Router {
