@@ -13,9 +13,12 @@
 //! TLS, `kforward-core/src/connector.rs`) saves.
 //! `kforward-tunnel` is the library's `Tunnel` used in this process, as a tool that embeds
 //! kforward reaches a pod: kforward's client path without the local socket.
+//! `kforward-socks` is the forward proxy (`kforward socks`) in this process, asked for the
+//! same pods by address; the `socks` section opens 1,000 connections at once through one
+//! proxy to services by name and to an external name through the relay.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,socks,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
@@ -23,6 +26,7 @@ mod baseline;
 mod delay;
 mod kubectl;
 mod measure;
+mod socks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,8 +65,8 @@ impl Opts {
 
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
-  [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
-  [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]
+  [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
+  [--only bulk1,bulk8,ttfb,rtt,relay,socks,hop,idle]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
 COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
@@ -226,7 +230,22 @@ async fn main() -> anyhow::Result<()> {
         http: Dial::Tcp(b_http.addr),
         echo: Dial::Tcp(b_echo.addr),
     };
-    let mut paths = vec![direct, kf, kf_tunnel, kube_pf];
+    let (socks_addr, _socks_stop) = socks::start(&ctx).await?;
+    let kf_socks = Path {
+        name: "kforward-socks",
+        pid: None,
+        http: Dial::Socks5 {
+            proxy: socks_addr,
+            host: ip(&web)?,
+            port: 8080,
+        },
+        echo: Dial::Socks5 {
+            proxy: socks_addr,
+            host: ip(&echo)?,
+            port: 7000,
+        },
+    };
+    let mut paths = vec![direct, kf, kf_tunnel, kf_socks, kube_pf];
     let kubectl_bin = if o.path("kubectl") {
         kubectl::find()
     } else {
@@ -380,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
             ("kforward", "kubectl"),
             ("kforward", "kube-pf"),
             ("kforward", "direct"),
+            ("kforward-socks", "kforward"),
             ("kforward-cli", "kubectl"),
             ("kforward-cli", "kforward-cli-stock"),
             ("kforward-tunnel", "kubectl"),
@@ -462,6 +482,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.section("relay") {
         relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;
+    }
+    if o.section("socks") {
+        socks::burst_rows(socks_addr, o.conns).await?;
     }
     if o.section("hop") {
         hop_rows(&o, direct_http).await?;

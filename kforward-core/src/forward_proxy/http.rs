@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::conn::{Conn, Shared};
 use super::pac::{PacInputs, pac_file};
-use super::server::{Conn, Shared};
 use super::socks::{Address, Host};
 
 type Body = BoxBody<Bytes, hyper::Error>;

@@ -25,10 +25,12 @@
 
 mod auth;
 mod catalog;
+mod conn;
 mod dial;
 mod error;
 mod event;
 mod http;
+mod options;
 pub mod pac;
 pub mod route;
 mod server;
@@ -41,5 +43,6 @@ pub use catalog::{Catalog, PodInfo, ServiceInfo, ServicePortInfo};
 pub use dial::{Dialer, Upstream};
 pub use error::ProxyError;
 pub use event::ProxyEvent;
+pub use options::ForwardProxyOptions;
 pub use route::{Route, RouteOptions, Router};
-pub use server::{ForwardProxy, ForwardProxyOptions, StartError, check_exposure};
+pub use server::{ForwardProxy, StartError, check_exposure};

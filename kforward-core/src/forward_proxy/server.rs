@@ -7,76 +7,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
-use super::auth::ProxyAuth;
 use super::catalog::Catalog;
-use super::dial::{Dialer, Upstream, splice};
-use super::error::ProxyError;
+use super::conn::Shared;
+use super::dial::Dialer;
 use super::event::ProxyEvent;
-use super::route::{Route, RouteOptions, Router};
-use super::socks::{Address, SOCKS4, SOCKS5};
+use super::options::ForwardProxyOptions;
+use super::route::{RouteOptions, Router};
+use super::socks::{SOCKS4, SOCKS5};
 use super::{http, socks_conn};
 use crate::client::KubeContext;
-use crate::no_proxy::NoProxy;
-use crate::relay::{RelayOptions, RelayPods};
+use crate::relay::RelayPods;
 
 /// Pause after an accept error (out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Settings of a [`ForwardProxy`].
-///
-/// # Example
-///
-/// ```
-/// use kforward_core::forward_proxy::ForwardProxyOptions;
-/// use kforward_core::no_proxy::NoProxy;
-/// let o = ForwardProxyOptions {
-///     namespace: Some("demo".into()),
-///     direct: NoProxy::parse("localhost, 192.168.0.0/16"),
-///     relay: None, // like --no-relay
-///     ..Default::default()
-/// };
-/// assert_eq!(o.cluster_domain, "cluster.local");
-/// ```
-#[derive(Debug, Clone)]
-pub struct ForwardProxyOptions {
-    /// The namespace of bare service names and of the relay pod (default: the context's).
-    pub namespace: Option<String>,
-    /// The cluster's DNS domain.
-    pub cluster_domain: String,
-    /// Destinations to connect to from this machine (`NO_PROXY` syntax).
-    pub direct: NoProxy,
-    /// The relay's settings; `None` refuses what would need the relay.
-    pub relay: Option<RelayOptions>,
-    /// Credentials clients must give; `None`: none (only allowed on loopback).
-    pub auth: Option<ProxyAuth>,
-    /// How long a client may take to say where it goes.
-    pub handshake_timeout: Duration,
-    /// How long a direct connection may take.
-    pub connect_timeout: Duration,
-    /// How long to wait for a ready pod of a service.
-    pub pod_wait: Duration,
-}
-
-impl Default for ForwardProxyOptions {
-    fn default() -> Self {
-        ForwardProxyOptions {
-            namespace: None,
-            cluster_domain: "cluster.local".into(),
-            direct: NoProxy::default(),
-            relay: Some(RelayOptions::default()),
-            auth: None,
-            handshake_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(30),
-            pod_wait: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Why the proxy cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -116,89 +64,6 @@ pub fn check_exposure(addr: SocketAddr, auth: bool) -> Result<(), StartError> {
         Ok(())
     } else {
         Err(StartError::Exposed { addr })
-    }
-}
-
-/// What every connection of one running proxy shares.
-pub(crate) struct Shared {
-    pub(crate) opts: ForwardProxyOptions,
-    pub(crate) namespace: String,
-    pub(crate) auth: Option<ProxyAuth>,
-    pub(crate) router: Router,
-    pub(crate) dialer: Dialer,
-    pub(crate) events: broadcast::Sender<ProxyEvent>,
-    pub(crate) local_addr: SocketAddr,
-}
-
-/// One client's request for one destination.
-pub(crate) struct Conn {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) peer: SocketAddr,
-    pub(crate) protocol: &'static str,
-    pub(crate) dest: Address,
-}
-
-impl Conn {
-    pub(crate) fn new(
-        shared: &Arc<Shared>,
-        peer: SocketAddr,
-        protocol: &'static str,
-        dest: Address,
-    ) -> Conn {
-        Conn {
-            shared: shared.clone(),
-            peer,
-            protocol,
-            dest,
-        }
-    }
-
-    fn failed(&self, e: &ProxyError) {
-        info!(peer = %self.peer, protocol = self.protocol, destination = %self.dest, error = %e, "cannot reach the destination");
-        let _ = self.shared.events.send(ProxyEvent::ConnectionFailed {
-            peer: self.peer,
-            protocol: self.protocol,
-            destination: self.dest.to_string(),
-            message: e.to_string(),
-        });
-    }
-
-    /// Routes and dials; reports the route, or the failure.
-    pub(crate) async fn open(&self) -> Result<(Route, Box<dyn Upstream>), ProxyError> {
-        let route = self.shared.router.route(&self.dest).await;
-        let route = route.inspect_err(|e| self.failed(e))?;
-        info!(peer = %self.peer, protocol = self.protocol, destination = %self.dest, %route, "connection");
-        let _ = self.shared.events.send(ProxyEvent::ConnectionOpened {
-            peer: self.peer,
-            protocol: self.protocol,
-            destination: self.dest.to_string(),
-            route: route.clone(),
-        });
-        let up = self.shared.dialer.dial(&route, self.peer).await;
-        let up = up.inspect_err(|e| self.failed(e))?;
-        Ok((route, up))
-    }
-
-    /// Carries the bytes both ways and reports the end.
-    pub(crate) async fn carry<C, U>(
-        &self,
-        route: &Route,
-        client: &mut C,
-        upstream: &mut U,
-        early: u64,
-    ) where
-        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    {
-        let (out, inn, error) = splice(client, upstream).await;
-        debug!(peer = %self.peer, destination = %self.dest, %route, bytes_out = out + early, bytes_in = inn, "connection closed");
-        let _ = self.shared.events.send(ProxyEvent::ConnectionClosed {
-            peer: self.peer,
-            destination: self.dest.to_string(),
-            bytes_out: out + early,
-            bytes_in: inn,
-            error: error.map(|e| e.to_string()),
-        });
     }
 }
 

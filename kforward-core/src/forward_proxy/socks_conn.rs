@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::server::{Conn, Shared};
+use super::conn::{Conn, Shared};
 use super::socks::{
     self, Command, METHOD_NO_ACCEPTABLE, METHOD_NONE, METHOD_PASSWORD, PASSWORD_VERSION, Reply,
     SocksError,

@@ -13,9 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
+use super::conn::Shared;
 use super::event::ProxyEvent;
 use super::route::Route;
-use super::server::Shared;
 use super::socks::{self, Address, Host, Reply};
 use crate::relay::protocol::{MAX_DATAGRAM, Transport, decode_datagram, encode_datagram};
 
