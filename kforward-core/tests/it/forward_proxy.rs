@@ -787,3 +787,65 @@ async fn udp_associate_carries_datagrams_through_the_relay() {
     );
     assert_eq!(&got[header..], b"ping over udp");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_service_names_and_pod_hostnames_go_to_the_pods() {
+    let cluster = demo().await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "webs-0", "labels": {"app": "webs"}},
+        "spec": {
+            "hostname": "webs-0",
+            "subdomain": "webs",
+            "containers": [{"name": "web", "image": kforward_testkit::HTTP_IMAGE,
+                            "ports": [{"name": "http", "containerPort": 8080}]}]
+        }
+    }))
+    .expect("pod");
+    cluster.create_pod("demo", &pod).expect("pod created");
+    let mut svc = kforward_testkit::service(
+        "webs",
+        "webs",
+        &[(
+            "http",
+            8080,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8080),
+            "TCP",
+        )],
+    );
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.cluster_ip = Some("None".into());
+    }
+    cluster
+        .create_service("demo", &svc)
+        .expect("headless service");
+    cluster
+        .wait_for("the webs pod to be ready", WAIT, |c| {
+            !c.ready_pods("demo", "app=webs").is_empty()
+        })
+        .await
+        .expect("pod ready");
+    let mut p = proxy(&cluster, ForwardProxyOptions::default()).await;
+    for name in ["webs-0.webs.demo.svc.cluster.local", "webs.demo"] {
+        let mut answer = String::new();
+        // The catalog learns the new pod's address from its watch.
+        for _ in 0..100 {
+            let (code, mut s) = socks5_connect(p.addr, name, 8080).await;
+            if code == 0 {
+                s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .expect("write");
+                s.read_to_string(&mut answer).await.expect("read");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            answer.ends_with("webs-0\n") || answer.contains("\r\n\r\nwebs-0"),
+            "{name}: {answer}"
+        );
+        match p.route_of(&format!("{name}:8080")).await {
+            Route::Pod { pod, port, .. } => assert_eq!((pod.as_str(), port), ("webs-0", 8080)),
+            other => panic!("{name} went {other}"),
+        }
+    }
+}
