@@ -2,12 +2,13 @@
 
 use std::io::Write;
 
-use kforward_core::Event;
+use kforward_core::{Event, ForwardState};
 
 use crate::args::Output;
 
 /// Prints one event on stdout in the chosen form. Text mode prints what kubectl prints
-/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors to stderr.
+/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors and reconnects
+/// to stderr.
 pub fn print(output: Output, event: &Event) {
     let mut out = std::io::stdout().lock();
     match output {
@@ -17,6 +18,22 @@ pub fn print(output: Output, event: &Event) {
             }
         }
         Output::Text => match event {
+            Event::Ready {
+                local_addr,
+                target,
+                namespace,
+                ..
+            } if target == "socks" => {
+                let _ = writeln!(
+                    out,
+                    "Proxying on {local_addr} (SOCKS5, SOCKS4a, HTTP; namespace {namespace}); PAC file at http://{local_addr}/proxy.pac"
+                );
+            }
+            Event::Routed {
+                destination, route, ..
+            } => {
+                let _ = writeln!(out, "Handling connection for {destination} -> {route}");
+            }
             Event::Ready {
                 local_addr,
                 remote_port,
@@ -31,6 +48,19 @@ pub fn print(output: Output, event: &Event) {
             }
             Event::Error { forward, message } => {
                 eprintln!("error: {forward}: {message}");
+            }
+            Event::State {
+                forward,
+                state:
+                    ForwardState::Reconnecting {
+                        attempt,
+                        next_delay_ms,
+                        error,
+                    },
+            } => {
+                eprintln!(
+                    "{forward}: reconnecting (attempt {attempt} in {next_delay_ms} ms): {error}"
+                );
             }
             _ => {}
         },

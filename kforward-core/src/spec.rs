@@ -10,21 +10,24 @@ pub(crate) mod name;
 mod port;
 mod protocol;
 mod selector;
+mod socks;
 mod target;
 mod workload;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use address::{DEFAULT_ADDRESS, parse_addresses};
 pub use port::{PortMapping, RemotePort};
 pub use protocol::Protocol;
 pub use selector::{LabelSelector, Requirement};
+pub use socks::SocksSettings;
 pub use target::Target;
 pub use workload::WorkloadType;
 
 use crate::config::{ConfigError, ForwardConfig, non_empty};
+use crate::proxy_protocol::{Accept, Version};
 
 /// Why text could not be turned into a spec value.
 ///
@@ -120,6 +123,33 @@ pub enum SpecError {
         /// The protocol as written.
         value: String,
     },
+    /// A PROXY protocol setting on a UDP forward.
+    #[error(
+        "{setting} works for TCP forwards only: a PROXY header starts a TCP stream, and a UDP \
+         forward carries datagrams"
+    )]
+    ProxyProtocolOverUdp {
+        /// The setting, as the user wrote it (`--proxy-protocol`, `proxy_protocol`, ...).
+        setting: &'static str,
+    },
+    /// A forward proxy on an address beyond this machine without credentials.
+    #[error(
+        "refusing to listen on {addr} without credentials: anyone who can reach that address could use \
+         the proxy to reach the cluster with your permissions; set --auth USER:PASS (or \
+         KFORWARD_PROXY_AUTH, or \"auth\" in a config entry), or listen on a loopback address such as 127.0.0.1"
+    )]
+    ExposedProxy {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
+    /// A forward proxy setting that does not fit.
+    #[error("forward proxy: {setting} {problem}")]
+    SocksSetting {
+        /// The setting, as the user wrote it (`local_address`, `--proxy-protocol`, ...).
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A workload type other than service, pod or proxy.
     #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
     UnknownWorkloadType {
@@ -176,6 +206,12 @@ pub struct ForwardSpec {
     pub kubeconfig: Option<PathBuf>,
     /// A display name, used instead of the target and ports.
     pub alias: Option<String>,
+    /// The PROXY protocol header to send toward the target before the client's bytes, so
+    /// that it sees the local client's address (TCP only).
+    pub proxy_protocol: Option<Version>,
+    /// Whether local clients send a PROXY protocol header first, and whether they must
+    /// (TCP only).
+    pub accept_proxy_protocol: Option<Accept>,
 }
 
 impl ForwardSpec {
@@ -203,6 +239,8 @@ impl ForwardSpec {
             context: None,
             kubeconfig: None,
             alias: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
         }
     }
 
@@ -310,6 +348,145 @@ impl ForwardSpec {
         self
     }
 
+    /// Sends a PROXY protocol header of `version` toward the target.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_proxy_protocol(Version::V2);
+    /// assert_eq!(spec.proxy_protocol, Some(Version::V2));
+    /// ```
+    #[must_use]
+    pub fn with_proxy_protocol(mut self, version: Version) -> Self {
+        self.proxy_protocol = Some(version);
+        self
+    }
+
+    /// Reads (and removes) a PROXY protocol header from each local client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Accept;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_accept_proxy_protocol(Accept::Strict);
+    /// assert_eq!(spec.accept_proxy_protocol, Some(Accept::Strict));
+    /// ```
+    #[must_use]
+    pub fn with_accept_proxy_protocol(mut self, mode: Accept) -> Self {
+        self.accept_proxy_protocol = Some(mode);
+        self
+    }
+
+    /// Checks that the settings go together: PROXY protocol settings need TCP.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecError::ProxyProtocolOverUdp`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "dns".into() }, [PortMapping::new(0, 53)])
+    ///     .with_protocol(Protocol::Udp)
+    ///     .with_proxy_protocol(Version::V1);
+    /// assert!(spec.check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), SpecError> {
+        if let Target::Socks(settings) = &self.target {
+            return self.check_socks(settings);
+        }
+        if self.protocol == Protocol::Udp {
+            if self.proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--proxy-protocol (proxy_protocol)",
+                });
+            }
+            if self.accept_proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--accept-proxy-protocol (accept_proxy_protocol)",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A forward proxy on `listen` (port 0 picks a free one) with `settings`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, SocksSettings};
+    ///
+    /// let spec = ForwardSpec::socks(SocksSettings::default(), "127.0.0.1:1080".parse()?);
+    /// assert_eq!(spec.label(), "socks 127.0.0.1:1080");
+    /// assert_eq!(spec.check(), Ok(()));
+    /// let open = ForwardSpec::socks(SocksSettings::default(), "0.0.0.0:1080".parse()?);
+    /// assert!(open.check().is_err(), "beyond loopback only with credentials");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn socks(settings: SocksSettings, listen: SocketAddr) -> Self {
+        ForwardSpec::new(
+            Target::Socks(settings),
+            [PortMapping::new(listen.port(), 0)],
+        )
+        .with_addresses([listen.ip()])
+    }
+
+    /// The one local address of a forward proxy spec (its first address and port).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        let ip = self.addresses.first()?;
+        let port = self.ports.first()?;
+        Some(SocketAddr::new(*ip, port.local))
+    }
+
+    /// A forward proxy listens on one address and port, over TCP, with no PROXY protocol
+    /// settings, and beyond loopback only with credentials.
+    fn check_socks(&self, settings: &SocksSettings) -> Result<(), SpecError> {
+        let bad = |setting, problem: &str| SpecError::SocksSetting {
+            setting,
+            problem: problem.to_string(),
+        };
+        if self.addresses.len() != 1 {
+            return Err(bad(
+                "local_address (--listen)",
+                "must be one address: the proxy listens on one port",
+            ));
+        }
+        if self.ports.len() != 1 {
+            return Err(bad(
+                "local_port (--listen)",
+                "must be one port: the clients name their destinations",
+            ));
+        }
+        if self.protocol != Protocol::Tcp {
+            return Err(bad(
+                "protocol",
+                "must be tcp: UDP goes through SOCKS5 UDP ASSOCIATE",
+            ));
+        }
+        if self.proxy_protocol.is_some() || self.accept_proxy_protocol.is_some() {
+            return Err(bad(
+                "proxy_protocol (--proxy-protocol)",
+                "does not apply: each client names its own destination",
+            ));
+        }
+        match self.listen_addr() {
+            Some(addr) => crate::forward_proxy::check_exposure(addr, settings.auth.is_some()),
+            None => Ok(()),
+        }
+    }
+
     /// A short name for status lines and logs: the alias if set, else the target and its
     /// ports (`svc/web 8080:80`), with `/udp` after UDP ports.
     ///
@@ -327,6 +504,9 @@ impl ForwardSpec {
     pub fn label(&self) -> String {
         if let Some(alias) = non_empty(self.alias.as_deref()) {
             return alias.to_owned();
+        }
+        if let (Target::Socks(_), Some(addr)) = (&self.target, self.listen_addr()) {
+            return format!("socks {addr}");
         }
         let mut label = self.target.to_string();
         for port in &self.ports {
@@ -351,7 +531,7 @@ impl fmt::Display for ForwardSpec {
 /// - `workload_type: "service"`: [`Target::Service`] named by `service`;
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
-/// - `workload_type: "proxy"`: [`Target::Proxy`] to `remote_address`;
+/// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -398,6 +578,8 @@ impl TryFrom<&ForwardConfig> for ForwardSpec {
                 .filter(|path| *path != "default")
                 .map(PathBuf::from),
             alias: non_empty(config.alias.as_deref()).map(str::to_owned),
+            proxy_protocol: config.proxy_protocol,
+            accept_proxy_protocol: config.accept_proxy_protocol,
         })
     }
 }
@@ -433,6 +615,8 @@ mod tests {
                 context: Some("kind-dev".into()),
                 kubeconfig: Some(PathBuf::from("/home/me/.kube/dev")),
                 alias: Some("shop-web".into()),
+                proxy_protocol: None,
+                accept_proxy_protocol: None,
             }
         );
     }
@@ -460,11 +644,45 @@ mod tests {
         );
         assert_eq!(
             spec.target,
-            Target::Proxy {
+            Target::Remote {
                 host: "db.example.com".into()
             }
         );
         assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
+    }
+
+    #[test]
+    fn proxy_protocol_settings_come_from_the_config_and_need_tcp() {
+        let tcp = spec(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"V2","accept_proxy_protocol":"strict"}"#,
+        );
+        assert_eq!(tcp.proxy_protocol, Some(Version::V2));
+        assert_eq!(tcp.accept_proxy_protocol, Some(Accept::Strict));
+        assert_eq!(tcp.check(), Ok(()));
+        let err = ForwardSpec::try_from(&config(
+            r#"{"service":"dns","remote_port":53,"protocol":"udp","proxy_protocol":"v1"}"#,
+        ))
+        .expect_err("UDP");
+        assert_eq!(
+            err.to_string(),
+            "field \"proxy_protocol\": value \"v1\" works for TCP forwards only (a PROXY header \
+             starts a TCP stream), and this entry is UDP"
+        );
+        let err = serde_json::from_str::<ForwardConfig>(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v3"}"#,
+        )
+        .expect_err("v3 is refused");
+        assert!(
+            err.to_string().starts_with(
+                "field \"proxy_protocol\": value \"v3\" is not a PROXY protocol version"
+            ),
+            "{err}"
+        );
+        let written = serde_json::to_value(config(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v1"}"#,
+        ))
+        .expect("serializes");
+        assert_eq!(written["proxy_protocol"], "v1");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use base64::Engine;
 /// assert!(!a.check_basic("Basic ZGV2Ondyb25n"));
 /// # Ok::<(), String>(())
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ProxyAuth {
     username: String,
     password: String,

@@ -1,10 +1,9 @@
-//! Opening one stream per connection along its [`Route`]: a port-forward to the pod, a
-//! relay stream, or a TCP connection from this machine. This is the one seam the
-//! forwarding pipeline will replace (its dialers bring the Supervisor's recovery and
-//! counters); everything above it only sees a byte stream.
+//! Opening one stream per connection along its [`Route`]: pod and relay streams through
+//! the forwarding pipeline's dialer (the relay pods are the forward's, shared with the
+//! session's other forwards under a supervisor), or a TCP connection from this machine for
+//! `--direct` destinations.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,50 +11,35 @@ use tokio::net::TcpStream;
 
 use super::error::ProxyError;
 use super::route::Route;
-use crate::client::KubeContext;
+use crate::forward::{Destination, Dialer};
 use crate::relay::protocol::Transport;
-use crate::relay::{RelayConnector, RelayPods};
-use crate::tunnel::{OPEN_TIMEOUT, Tunnel};
 
-/// A byte stream to a destination.
-pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
+/// How long a stream to a pod may take to open and be up.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A byte stream to a destination: a pipeline stream, or a TCP connection.
+pub(crate) trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
 
 /// Opens the streams routes lead to.
 #[derive(Debug, Clone)]
-pub struct Dialer {
-    ctx: KubeContext,
-    relay: Option<RelayConnector>,
-    connect_timeout: Duration,
+pub(crate) struct Ways {
+    /// The pipeline's dialer (with relay pods unless the relay is off).
+    pub(crate) dialer: Dialer,
+    /// The namespace whose relay pod carries relayed streams.
+    pub(crate) namespace: String,
+    /// How long a direct connection may take.
+    pub(crate) connect_timeout: Duration,
 }
 
-impl Dialer {
-    /// A dialer through `ctx`, with `relay` for the relay route (none: refused), and
-    /// `connect_timeout` for direct connections.
-    pub fn new(
-        ctx: KubeContext,
-        relay: Option<(Arc<RelayPods>, String)>,
-        connect_timeout: Duration,
-    ) -> Dialer {
-        Dialer {
-            ctx,
-            relay: relay.map(|(pods, ns)| RelayConnector::new(pods, &ns)),
-            connect_timeout,
-        }
-    }
-
-    /// The relay's connector, when the relay may be used.
-    pub fn relay(&self) -> Option<&RelayConnector> {
-        self.relay.as_ref()
-    }
-
+impl Ways {
     /// A stream along `route` for the client `peer`.
     ///
     /// # Errors
     ///
     /// [`ProxyError`]: refused, timed out, not resolved (by the relay or this machine's
     /// resolver), forbidden, or the cluster's errors.
-    pub async fn dial(
+    pub(crate) async fn open(
         &self,
         route: &Route,
         peer: SocketAddr,
@@ -68,13 +52,18 @@ impl Dialer {
                 ..
             } => {
                 let target = format!("pod {namespace}/{pod}:{port}");
+                let dest = Destination::Pod {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    port: *port,
+                };
                 let open = async {
-                    let mut t = Tunnel::open(&self.ctx, namespace, pod, *port).await?;
-                    t.ready().await?;
-                    Ok::<_, crate::Error>(t)
+                    let mut s = self.dialer.dial(&dest, peer).await?;
+                    s.ready().await?;
+                    Ok::<_, crate::Error>(s)
                 };
                 match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-                    Ok(Ok(t)) => Ok(Box::new(t)),
+                    Ok(Ok(s)) => Ok(Box::new(s)),
                     Ok(Err(e)) => Err(ProxyError::from_cluster(e, &target)),
                     Err(_) => Err(ProxyError::TimedOut {
                         target,
@@ -84,82 +73,59 @@ impl Dialer {
             }
             Route::Relay { host, port } => {
                 let target = format!("{host}:{port}");
-                let Some(relay) = &self.relay else {
-                    return Err(ProxyError::RelayDisabled { target });
+                let dest = Destination::Relay {
+                    namespace: self.namespace.clone(),
+                    host: host.clone(),
+                    port: *port,
+                    transport: Transport::Tcp,
                 };
-                relay
-                    .connect(Transport::Tcp, host, *port, &peer.to_string())
-                    .await
-                    .map(|t| Box::new(t) as Box<dyn Upstream>)
-                    .map_err(|e| ProxyError::from_cluster(e, &target))
-            }
-            Route::Direct { host, port } => {
-                let target = format!("{host}:{port}");
-                let fail = |source| ProxyError::Direct {
-                    target: target.clone(),
-                    source,
-                };
-                let addrs: Vec<SocketAddr> =
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(a) => a.collect(),
-                        Err(e) => {
-                            return Err(ProxyError::NotResolved {
-                                host: host.clone(),
-                                message: format!("this machine's resolver: {e}"),
-                            });
-                        }
-                    };
-                let connect = async {
-                    let mut last = None;
-                    for a in addrs {
-                        match TcpStream::connect(a).await {
-                            Ok(s) => return Ok(s),
-                            Err(e) => last = Some(e),
-                        }
-                    }
-                    Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
-                };
-                match tokio::time::timeout(self.connect_timeout, connect).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        Ok(Box::new(s))
-                    }
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        Err(ProxyError::Refused {
-                            target: target.clone(),
-                            message: e.to_string(),
-                        })
-                    }
-                    Ok(Err(e)) => Err(fail(e)),
-                    Err(_) => Err(ProxyError::TimedOut {
-                        target: target.clone(),
-                        message: format!(
-                            "no connection within {}s",
-                            self.connect_timeout.as_secs()
-                        ),
-                    }),
+                match self.dialer.dial(&dest, peer).await {
+                    Ok(s) => Ok(Box::new(s)),
+                    Err(e) => Err(ProxyError::from_cluster(e, &target)),
                 }
             }
+            Route::Direct { host, port } => self.direct(host, *port).await,
         }
     }
-}
 
-/// Bytes read at once each way while splicing: large enough that a bulk transfer through a
-/// port-forward goes in few WebSocket messages, small enough for a thousand connections.
-pub(crate) const SPLICE_BUF: usize = 64 * 1024;
-
-/// Carries bytes both ways between the client and the upstream until both ends are done
-/// (a half-close passes on), returning the bytes each way.
-pub(crate) async fn splice<C, U>(
-    client: &mut C,
-    upstream: &mut U,
-) -> (u64, u64, Option<std::io::Error>)
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    match tokio::io::copy_bidirectional_with_sizes(client, upstream, SPLICE_BUF, SPLICE_BUF).await {
-        Ok((up, down)) => (up, down, None),
-        Err(e) => (0, 0, Some(e)),
+    /// A TCP connection from this machine to `host:port`.
+    async fn direct(&self, host: &str, port: u16) -> Result<Box<dyn Upstream>, ProxyError> {
+        let target = format!("{host}:{port}");
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                return Err(ProxyError::NotResolved {
+                    host: host.to_string(),
+                    message: format!("this machine's resolver: {e}"),
+                });
+            }
+        };
+        let connect = async {
+            let mut last = None;
+            for a in addrs {
+                match TcpStream::connect(a).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(Box::new(s))
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(ProxyError::Refused {
+                    target,
+                    message: e.to_string(),
+                })
+            }
+            Ok(Err(source)) => Err(ProxyError::Direct { target, source }),
+            Err(_) => Err(ProxyError::TimedOut {
+                target,
+                message: format!("no connection within {}s", self.connect_timeout.as_secs()),
+            }),
+        }
     }
 }

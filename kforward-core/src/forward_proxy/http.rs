@@ -24,14 +24,28 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::conn::{Conn, Shared};
+use super::conn::{Conn, Counted, Shared, splice};
+use super::dial::Upstream;
 use super::pac::{PacInputs, pac_file};
 use super::socks::{Address, Host};
+use crate::forward::Connection;
+use hyper::upgrade::OnUpgrade;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Upstream connections of one client, by destination.
 type Pool = Arc<Mutex<HashMap<Address, SendRequest<Incoming>>>>;
+
+/// A CONNECT's tunnel, carried once hyper hands the client's connection over.
+type Tunnel = Arc<Mutex<Option<(OnUpgrade, Counted<Box<dyn Upstream>>)>>>;
+
+/// What the requests of one client connection share.
+#[derive(Clone)]
+struct Client {
+    pool: Pool,
+    tunnel: Tunnel,
+    counted: Arc<Connection>,
+}
 
 fn full(text: impl Into<Bytes>) -> Body {
     Full::new(text.into())
@@ -49,12 +63,22 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     r
 }
 
-/// Serves one HTTP client until it closes.
-pub(crate) async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let pool: Pool = Arc::default();
+/// Serves one HTTP client until it closes; returns the error that ended it, if any.
+pub(crate) async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    counted: &Arc<Connection>,
+) -> Option<std::io::Error> {
+    let client = Client {
+        pool: Pool::default(),
+        tunnel: Arc::default(),
+        counted: counted.clone(),
+    };
+    let tunnel = client.tunnel.clone();
     let svc = service_fn(move |req| {
-        let (shared, pool) = (shared.clone(), pool.clone());
-        async move { Ok::<_, Infallible>(handle(req, peer, shared, pool).await) }
+        let (shared, client) = (shared.clone(), client.clone());
+        async move { Ok::<_, Infallible>(handle(req, peer, shared, client).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(sock), svc)
@@ -62,6 +86,15 @@ pub(crate) async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>
         .await;
     if let Err(e) = served {
         debug!(%peer, error = %e, "HTTP client connection ended with an error");
+        return Some(std::io::Error::other(e));
+    }
+    // After a CONNECT, hyper hands the connection over: carry the tunnel here, so that
+    // the connection counts as open (and can be closed at stop) until it ends.
+    let taken = tunnel.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let (upgrade, mut upstream) = taken?;
+    match upgrade.await {
+        Ok(upgraded) => splice(&mut TokioIo::new(upgraded), &mut upstream).await,
+        Err(e) => Some(std::io::Error::other(e)),
     }
 }
 
@@ -84,7 +117,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    pool: Pool,
+    client: Client,
 ) -> Response<Body> {
     let absolute = req.uri().scheme().is_some();
     if req.method() != Method::CONNECT && !absolute {
@@ -108,9 +141,9 @@ async fn handle(
         }
     }
     if req.method() == Method::CONNECT {
-        connect(req, peer, &shared).await
+        connect(req, peer, &shared, &client).await
     } else {
-        forward(req, peer, &shared, &pool).await
+        forward(req, peer, &shared, &client).await
     }
 }
 
@@ -149,7 +182,12 @@ fn origin_form(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
     )
 }
 
-async fn connect(req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>) -> Response<Body> {
+async fn connect(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    client: &Client,
+) -> Response<Body> {
     let Some(auth) = req.uri().authority().cloned() else {
         return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n".into());
     };
@@ -159,18 +197,12 @@ async fn connect(req: Request<Incoming>, peer: SocketAddr, shared: &Arc<Shared>)
             format!("CONNECT {auth}: the port is missing\n"),
         );
     };
-    let conn = Conn::new(shared, peer, "http-connect", address(auth.host(), port));
+    let dest = address(auth.host(), port);
+    let conn = Conn::new(shared, &client.counted, peer, "http-connect", dest);
     match conn.open().await {
-        Ok((route, mut upstream)) => {
-            tokio::spawn(async move {
-                match hyper::upgrade::on(req).await {
-                    Ok(upgraded) => {
-                        let mut io = TokioIo::new(upgraded);
-                        conn.carry(&route, &mut io, &mut upstream, 0).await;
-                    }
-                    Err(e) => debug!(%peer, error = %e, "CONNECT upgrade failed"),
-                }
-            });
+        Ok(upstream) => {
+            *client.tunnel.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((hyper::upgrade::on(req), upstream));
             Response::new(full(Bytes::new()))
         }
         Err(e) => text(e.http_status(), format!("{e}\n")),
@@ -211,8 +243,9 @@ async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    pool: &Pool,
+    client: &Client,
 ) -> Response<Body> {
+    let pool = &client.pool;
     let uri = req.uri().clone();
     if uri.scheme_str() != Some("http") {
         return text(
@@ -245,9 +278,9 @@ async fn forward(
     let mut sender = match reusable {
         Some(s) => s,
         None => {
-            let conn = Conn::new(shared, peer, "http", dest.clone());
+            let conn = Conn::new(shared, &client.counted, peer, "http", dest.clone());
             let upstream = match conn.open().await {
-                Ok((_, up)) => up,
+                Ok(up) => up,
                 Err(e) => return text(e.http_status(), format!("{e}\n")),
             };
             match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {

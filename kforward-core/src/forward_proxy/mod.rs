@@ -8,8 +8,13 @@
 //!   cluster's DNS resolves it.
 //! - `--direct` rules (`NO_PROXY` syntax) connect from this machine instead.
 //!
+//! It is the third front end of the forwarding pipeline (after the TCP listener and the
+//! UDP socket): a [`Forwarder`](crate::Forwarder) the supervisor runs like any forward,
+//! whose pod and relay streams come from the pipeline's dialer and whose connections and
+//! bytes count in the same [`Stats`](crate::Stats).
+//!
 //! The pieces: [`socks`] (the SOCKS wire formats, sans I/O), [`route`] (the decision),
-//! [`Dialer`] (one stream per connection along a [`Route`]), [`Catalog`] (services and
+//! `dial` (one stream per connection along a [`Route`]), [`Catalog`] (services and
 //! pods, watched), [`pac`] (the PAC file) and [`ForwardProxy`] (the accept loop).
 //!
 //! # Example
@@ -28,7 +33,6 @@ mod catalog;
 mod conn;
 mod dial;
 mod error;
-mod event;
 mod http;
 mod options;
 pub mod pac;
@@ -40,9 +44,7 @@ mod udp;
 
 pub use auth::ProxyAuth;
 pub use catalog::{Catalog, PodInfo, ServiceInfo, ServicePortInfo};
-pub use dial::{Dialer, Upstream};
 pub use error::ProxyError;
-pub use event::ProxyEvent;
-pub use options::ForwardProxyOptions;
+pub use options::{DEFAULT_LISTEN, ForwardProxyOptions};
 pub use route::{Route, RouteOptions, Router};
-pub use server::{ForwardProxy, StartError, check_exposure};
+pub use server::{ForwardProxy, check_exposure};

@@ -8,12 +8,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::conn::{Conn, Shared};
+use super::conn::{Conn, Shared, splice};
 use super::socks::{
     self, Command, METHOD_NO_ACCEPTABLE, METHOD_NONE, METHOD_PASSWORD, PASSWORD_VERSION, Reply,
     SocksError,
 };
 use super::udp;
+use crate::forward::Connection;
 
 /// The most handshake bytes kept before giving up on a client (the longest valid message,
 /// a SOCKS4a request, is under 530 bytes).
@@ -116,49 +117,54 @@ fn unspecified() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
 }
 
-/// Serves one SOCKS5 client.
-pub(crate) async fn serve5(mut sock: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+/// Serves one SOCKS5 client; returns the error that ended its bytes, if any.
+pub(crate) async fn serve5(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    counted: &Arc<Connection>,
+) -> Option<std::io::Error> {
     let handshake =
         tokio::time::timeout(shared.opts.handshake_timeout, negotiate5(&mut sock, shared));
     let (req, early) = match handshake.await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "SOCKS5 handshake ended the connection");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "SOCKS5 handshake timed out");
-            return;
+            return None;
         }
     };
     match req.command {
         Command::Bind => {
-            let _ = sock
-                .write_all(&socks::encode_reply5(
-                    Reply::CommandNotSupported,
-                    unspecified(),
-                ))
-                .await;
+            let reply = socks::encode_reply5(Reply::CommandNotSupported, unspecified());
+            sock.write_all(&reply).await.err()
         }
-        Command::UdpAssociate => udp::associate(sock, peer, req.address, shared).await,
+        Command::UdpAssociate => {
+            udp::associate(sock, peer, req.address, shared, counted).await;
+            None
+        }
         Command::Connect => {
-            let conn = Conn::new(shared, peer, "socks5", req.address);
+            let conn = Conn::new(shared, counted, peer, "socks5", req.address);
             match conn.open().await {
-                Ok((route, mut upstream)) => {
+                Ok(mut upstream) => {
                     let bound = sock.local_addr().unwrap_or_else(|_| unspecified());
                     let reply = socks::encode_reply5(Reply::Succeeded, bound);
-                    if sock.write_all(&reply).await.is_err() {
-                        return;
+                    if let Err(e) = sock.write_all(&reply).await {
+                        return Some(e);
                     }
-                    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-                        return;
+                    if !early.is_empty() {
+                        if let Err(e) = upstream.write_all(&early).await {
+                            return Some(e);
+                        }
                     }
-                    conn.carry(&route, &mut sock, &mut upstream, early.len() as u64)
-                        .await;
+                    splice(&mut sock, &mut upstream).await
                 }
                 Err(e) => {
                     let reply = socks::encode_reply5(e.socks5_reply(), unspecified());
-                    let _ = sock.write_all(&reply).await;
+                    sock.write_all(&reply).await.err()
                 }
             }
         }
@@ -167,7 +173,12 @@ pub(crate) async fn serve5(mut sock: TcpStream, peer: SocketAddr, shared: &Arc<S
 
 /// Serves one SOCKS4 or SOCKS4a client. SOCKS4 carries no password, so with credentials
 /// configured every request is rejected.
-pub(crate) async fn serve4(mut sock: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+pub(crate) async fn serve4(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    counted: &Arc<Connection>,
+) -> Option<std::io::Error> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
         shared.opts.handshake_timeout,
@@ -177,29 +188,27 @@ pub(crate) async fn serve4(mut sock: TcpStream, peer: SocketAddr, shared: &Arc<S
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "SOCKS4 request ended the connection");
-            return;
+            return None;
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     if shared.auth.is_some() || req.command != Command::Connect {
         debug!(%peer, command = ?req.command, "SOCKS4 request rejected (credentials required, or not CONNECT)");
-        let _ = sock.write_all(&socks::encode_reply4(false)).await;
-        return;
+        return sock.write_all(&socks::encode_reply4(false)).await.err();
     }
-    let conn = Conn::new(shared, peer, "socks4", req.address);
+    let conn = Conn::new(shared, counted, peer, "socks4", req.address);
     match conn.open().await {
-        Ok((route, mut upstream)) => {
-            if sock.write_all(&socks::encode_reply4(true)).await.is_err() {
-                return;
+        Ok(mut upstream) => {
+            if let Err(e) = sock.write_all(&socks::encode_reply4(true)).await {
+                return Some(e);
             }
-            if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
-                return;
+            if !buf.is_empty() {
+                if let Err(e) = upstream.write_all(&buf).await {
+                    return Some(e);
+                }
             }
-            conn.carry(&route, &mut sock, &mut upstream, buf.len() as u64)
-                .await;
+            splice(&mut sock, &mut upstream).await
         }
-        Err(_) => {
-            let _ = sock.write_all(&socks::encode_reply4(false)).await;
-        }
+        Err(_) => sock.write_all(&socks::encode_reply4(false)).await.err(),
     }
 }

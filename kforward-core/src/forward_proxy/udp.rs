@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
 
-use super::conn::Shared;
-use super::event::ProxyEvent;
+use super::conn::{Conn, Shared};
 use super::route::Route;
 use super::socks::{self, Address, Host, Reply};
+use crate::forward::{Connection, Destination, Event};
 use crate::relay::protocol::{MAX_DATAGRAM, Transport, decode_datagram, encode_datagram};
 
 /// Datagrams queued toward one destination before new ones are dropped (UDP may drop).
@@ -30,6 +30,7 @@ pub(crate) async fn associate(
     peer: SocketAddr,
     from: Address,
     shared: &Arc<Shared>,
+    counted: &Arc<Connection>,
 ) {
     let bind_ip = ctl
         .local_addr()
@@ -96,7 +97,8 @@ pub(crate) async fn associate(
                 let _ = tx.try_send(data);
                 sessions.insert(head.address.clone(), tx);
                 let (shared, sock) = (shared.clone(), sock.clone());
-                tasks.spawn(session(shared, sock, peer, src, head.address, rx));
+                let counted = counted.clone();
+                tasks.spawn(session(shared, counted, sock, peer, src, head.address, rx));
             }
         }
     }
@@ -106,6 +108,7 @@ pub(crate) async fn associate(
 /// One destination's datagrams, both ways, until idle or the association ends.
 async fn session(
     shared: Arc<Shared>,
+    counted: Arc<Connection>,
     sock: Arc<UdpSocket>,
     peer: SocketAddr,
     client: SocketAddr,
@@ -128,34 +131,52 @@ async fn session(
         }
     };
     info!(%peer, destination = %dest, %route, "UDP session");
-    let _ = shared.events.send(ProxyEvent::ConnectionOpened {
-        peer,
-        protocol: "socks5-udp",
-        destination: dest.to_string(),
-        route: route.clone(),
-    });
+    let conn = Conn::new(&shared, &counted, peer, "socks5-udp", dest.clone());
+    conn.routed(route.clone());
+    let ends = Ends {
+        sock: &sock,
+        client,
+        dest: &dest,
+        counted: &counted,
+    };
     let result = match route {
-        Route::Direct { .. } => direct(&sock, client, &dest, &host, &mut rx).await,
-        _ => relayed(&shared, &sock, peer, client, &dest, &host, &mut rx).await,
+        Route::Direct { .. } => direct(&ends, &host, &mut rx).await,
+        _ => relayed(&shared, &ends, peer, &host, &mut rx).await,
     };
     if let Err(message) = result {
         info!(%peer, destination = %dest, %message, "UDP session failed");
-        let _ = shared.events.send(ProxyEvent::ConnectionFailed {
-            peer,
-            protocol: "socks5-udp",
-            destination: dest.to_string(),
-            message,
+        counted.failed_request();
+        shared.emit(Event::Error {
+            forward: shared.label.clone(),
+            message: format!("{dest} (socks5-udp, from {peer}): {message}"),
         });
     }
 }
 
-async fn direct(
-    sock: &UdpSocket,
+/// The client's side of one destination's datagrams: each is counted as it passes.
+struct Ends<'a> {
+    sock: &'a UdpSocket,
     client: SocketAddr,
-    dest: &Address,
+    dest: &'a Address,
+    counted: &'a Connection,
+}
+
+impl Ends<'_> {
+    /// Sends `data` from the destination to the client.
+    async fn reply(&self, data: &[u8]) {
+        let framed = socks::encode_udp(self.dest, data);
+        if self.sock.send_to(&framed, self.client).await.is_ok() {
+            self.counted.received(data.len());
+        }
+    }
+}
+
+async fn direct(
+    ends: &Ends<'_>,
     host: &str,
     rx: &mut mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), String> {
+    let dest = ends.dest;
     let target = tokio::net::lookup_host((host, dest.port))
         .await
         .map_err(|e| e.to_string())?
@@ -172,12 +193,16 @@ async fn direct(
     loop {
         tokio::select! {
             d = rx.recv() => match d {
-                Some(d) => { let _ = out.send(&d).await; }
+                Some(d) => {
+                    if out.send(&d).await.is_ok() {
+                        ends.counted.sent(d.len());
+                    }
+                }
                 None => return Ok(()),
             },
             r = out.recv(&mut buf) => {
                 if let Ok(n) = r {
-                    let _ = sock.send_to(&socks::encode_udp(dest, &buf[..n]), client).await;
+                    ends.reply(&buf[..n]).await;
                 }
             }
             () = tokio::time::sleep(IDLE) => return Ok(()),
@@ -187,21 +212,27 @@ async fn direct(
 
 async fn relayed(
     shared: &Shared,
-    sock: &UdpSocket,
+    ends: &Ends<'_>,
     peer: SocketAddr,
-    client: SocketAddr,
-    dest: &Address,
     host: &str,
     rx: &mut mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), String> {
-    let Some(relay) = shared.dialer.relay() else {
+    if !shared.router.options().relay {
         return Err("UDP goes through the relay pod, which --no-relay turns off".into());
+    }
+    let dest = Destination::Relay {
+        namespace: shared.namespace.clone(),
+        host: host.to_string(),
+        port: ends.dest.port,
+        transport: Transport::Udp,
     };
-    let tunnel = relay
-        .connect(Transport::Udp, host, dest.port, &peer.to_string())
+    let stream = shared
+        .ways
+        .dialer
+        .dial(&dest, peer)
         .await
         .map_err(|e| e.to_string())?;
-    let (mut r, mut w) = tunnel.into_split();
+    let (mut r, mut w) = tokio::io::split(stream);
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -209,8 +240,11 @@ async fn relayed(
             d = rx.recv() => match d {
                 Some(d) => {
                     let mut framed = Vec::with_capacity(d.len() + 2);
-                    if encode_datagram(&d, &mut framed).is_ok() && w.write_all(&framed).await.is_err() {
-                        return Err("the relay stream closed".into());
+                    if encode_datagram(&d, &mut framed).is_ok() {
+                        if w.write_all(&framed).await.is_err() {
+                            return Err("the relay stream closed".into());
+                        }
+                        ends.counted.sent(d.len());
                     }
                 }
                 None => return Ok(()),
@@ -223,7 +257,7 @@ async fn relayed(
                 pending.extend_from_slice(&chunk[..n]);
                 let mut used = 0;
                 while let Ok(Some((d, u))) = decode_datagram(&pending[used..]) {
-                    let _ = sock.send_to(&socks::encode_udp(dest, d), client).await;
+                    ends.reply(d).await;
                     used += u;
                 }
                 pending.drain(..used);

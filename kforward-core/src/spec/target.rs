@@ -6,6 +6,7 @@ use std::str::FromStr;
 use super::SpecError;
 use super::name::{check_dns1123_label, check_dns1123_subdomain, check_host};
 use super::selector::LabelSelector;
+use super::socks::SocksSettings;
 
 /// The resource kinds [`Target::parse_kubectl`] accepts, for error messages.
 pub(crate) const ACCEPTED_KINDS: &str = "pod (po, pods), svc (service, services), \
@@ -51,12 +52,17 @@ pub enum Target {
         /// The deployment name (a DNS-1123 subdomain).
         name: String,
     },
-    /// Any host the cluster can reach (a service DNS name, an external host, an IP),
-    /// reached through the in-cluster relay.
-    Proxy {
+    /// A remote address: any host the cluster can reach (a service DNS name, an external
+    /// host, an IP), reached through the in-cluster relay. Written `proxy/HOST`, after
+    /// kftray's `workload_type: "proxy"` and `kforward proxy`.
+    Remote {
         /// The host name or IP address, without scheme or port.
         host: String,
     },
+    /// A forward proxy into the cluster on the spec's one local port: each client names
+    /// its own destination. Written `socks` (it has no kubectl form: `kforward socks` and
+    /// `workload_type: "socks"` make it).
+    Socks(SocksSettings),
 }
 
 /// The kinds of `KIND/NAME` with a name.
@@ -65,7 +71,7 @@ enum Kind {
     Pod,
     Service,
     Deployment,
-    Proxy,
+    Remote,
 }
 
 impl Kind {
@@ -77,7 +83,7 @@ impl Kind {
             "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps" => {
                 Kind::Deployment
             }
-            "proxy" => Kind::Proxy,
+            "proxy" => Kind::Remote,
             _ => return None,
         })
     }
@@ -168,19 +174,19 @@ impl Target {
                     name: name.to_owned(),
                 }
             }
-            Kind::Proxy => {
+            Kind::Remote => {
                 check_host(name).map_err(|problem| SpecError::InvalidHost {
                     host: name.to_owned(),
                     problem,
                 })?;
-                Target::Proxy {
+                Target::Remote {
                     host: name.to_owned(),
                 }
             }
         })
     }
 
-    /// The short kind of the canonical form: `pod`, `svc`, `deploy` or `proxy`.
+    /// The short kind of the canonical form: `pod`, `svc`, `deploy`, `proxy` or `socks`.
     ///
     /// # Example
     ///
@@ -195,23 +201,24 @@ impl Target {
             Target::Pod { .. } | Target::PodSelector { .. } => "pod",
             Target::Service { .. } => "svc",
             Target::Deployment { .. } => "deploy",
-            Target::Proxy { .. } => "proxy",
+            Target::Remote { .. } => "proxy",
+            Target::Socks(_) => "socks",
         }
     }
 
-    /// Whether this target goes through the in-cluster relay whatever the protocol
-    /// (only [`Target::Proxy`]; UDP forwards use the relay for every target).
+    /// Whether this target is a remote address, reached through the in-cluster relay
+    /// whatever the protocol (UDP forwards use the relay for every target).
     ///
     /// # Example
     ///
     /// ```
     /// use kforward_core::spec::Target;
     ///
-    /// assert!(Target::Proxy { host: "db".into() }.is_proxy());
-    /// assert!(!Target::Pod { name: "web-0".into() }.is_proxy());
+    /// assert!(Target::Remote { host: "db".into() }.is_remote());
+    /// assert!(!Target::Pod { name: "web-0".into() }.is_remote());
     /// ```
-    pub fn is_proxy(&self) -> bool {
-        matches!(self, Target::Proxy { .. })
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Target::Remote { .. })
     }
 }
 
@@ -222,7 +229,8 @@ impl fmt::Display for Target {
             Target::Pod { name } | Target::Service { name } | Target::Deployment { name } => {
                 write!(f, "{}/{name}", self.kind())
             }
-            Target::Proxy { host } => write!(f, "proxy/{host}"),
+            Target::Remote { host } => write!(f, "proxy/{host}"),
+            Target::Socks(_) => f.write_str("socks"),
         }
     }
 }

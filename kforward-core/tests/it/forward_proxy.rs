@@ -7,10 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::EnvVar;
-use kforward_core::forward_proxy::{
-    ForwardProxy, ForwardProxyOptions, ProxyAuth, ProxyEvent, Route,
-};
+use kforward_core::forward_proxy::{ForwardProxy, ForwardProxyOptions, ProxyAuth, Route};
 use kforward_core::no_proxy::NoProxy;
+use kforward_core::{Event, Forwarder};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -22,7 +21,7 @@ use crate::common::{WAIT, context, demo};
 /// A running proxy; stopped on drop.
 struct Proxy {
     addr: SocketAddr,
-    events: broadcast::Receiver<ProxyEvent>,
+    events: broadcast::Receiver<Event>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -59,7 +58,7 @@ impl Proxy {
         let wait = async {
             loop {
                 match self.events.recv().await {
-                    Ok(ProxyEvent::ConnectionOpened {
+                    Ok(Event::Routed {
                         destination: d,
                         route,
                         ..

@@ -4,5 +4,7 @@ mod common;
 mod errors;
 mod forward;
 mod forward_proxy;
+mod peers;
+mod proxy_protocol;
 mod relay;
 mod supervisor;

@@ -54,6 +54,20 @@ pub enum Event {
         /// The port on the pod.
         pod_port: u16,
     },
+    /// A forward proxy's client named a destination, and the way there was decided.
+    Routed {
+        /// The forward's label.
+        forward: String,
+        /// The local client.
+        peer: SocketAddr,
+        /// `socks5`, `socks4`, `http-connect`, `http` or `socks5-udp`.
+        protocol: String,
+        /// The destination as the client named it.
+        destination: String,
+        /// Where it goes.
+        #[serde(flatten)]
+        route: crate::forward_proxy::Route,
+    },
     /// A connection ended.
     ConnectionClosed {
         /// The forward's label.
@@ -75,13 +89,13 @@ pub enum Event {
         /// What failed.
         message: String,
     },
-    /// The forward's state changed (see [`crate::ForwardState`]).
+    /// The forward's state changed (see [`super::state::ForwardState`]).
     State {
         /// The forward's label.
         forward: String,
         /// The new state.
         #[serde(flatten)]
-        state: crate::ForwardState,
+        state: super::state::ForwardState,
     },
     /// The forward's counters, published when they change.
     Stats {
@@ -89,7 +103,7 @@ pub enum Event {
         forward: String,
         /// The counters.
         #[serde(flatten)]
-        stats: crate::StatsSnapshot,
+        stats: super::stats::StatsSnapshot,
     },
     /// The forward stopped and its ports are closed.
     Stopped {
