@@ -30,7 +30,7 @@ impl ForwardConfig {
             context: fields.string("context"),
             workload_type: fields.keyword(
                 "workload_type",
-                "is not a workload type (expected \"service\", \"pod\" or \"proxy\")",
+                "is not a workload type (expected \"service\", \"pod\", \"proxy\" or \"socks\")",
             ),
             protocol: fields.keyword(
                 "protocol",
@@ -49,6 +49,10 @@ impl ForwardConfig {
                 "accept_proxy_protocol",
                 "is not an accept-proxy-protocol mode (expected \"strict\" or \"optional\")",
             ),
+            auth: fields.string("auth"),
+            direct: fields.string("direct"),
+            no_relay: fields.flag("no_relay"),
+            cluster_domain: fields.string("cluster_domain"),
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
@@ -123,6 +127,23 @@ impl FieldReader {
             _ => {}
         }
         self.wrong(field, &value, problem);
+        None
+    }
+
+    /// A boolean, or `"true"`/`"false"` in any case; missing or `null` is unset.
+    fn flag(&mut self, field: &'static str) -> Option<bool> {
+        let value = self.map.remove(field)?;
+        match &value {
+            Value::Null => return None,
+            Value::Bool(b) => return Some(*b),
+            Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" => return Some(true),
+                "false" => return Some(false),
+                _ => {}
+            },
+            _ => {}
+        }
+        self.wrong(field, &value, "is not a boolean (expected true or false)");
         None
     }
 

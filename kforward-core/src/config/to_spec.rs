@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::entry::ForwardConfig;
+use super::entry::{ForwardConfig, SOCKS_PORT};
 use super::error::ConfigError;
-use crate::spec::{ForwardSpec, PortMapping, non_empty};
+use crate::spec::{ForwardSpec, PortMapping, Target, non_empty};
 
 /// Turns a config file entry into a spec, with kftray's meaning of each field:
 ///
@@ -12,6 +12,8 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
 /// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
+/// - `workload_type: "socks"`: [`Target::Socks`], a forward proxy on `local_port` (1080
+///   when missing) with `auth`, `direct`, `no_relay` and `cluster_domain`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -46,12 +48,16 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// [`Target::PodSelector`]: crate::spec::Target::PodSelector
 /// [`Target::Pod`]: crate::spec::Target::Pod
 /// [`Target::Remote`]: crate::spec::Target::Remote
+/// [`Target::Socks`]: crate::spec::Target::Socks
 impl TryFrom<&ForwardConfig> for ForwardSpec {
     type Error = ConfigError;
 
     fn try_from(config: &ForwardConfig) -> Result<Self, Self::Error> {
         let checked = config.check()?;
-        let local = config.local_port.unwrap_or(checked.remote_port);
+        let local = match checked.target {
+            Target::Socks(_) => config.local_port.unwrap_or(SOCKS_PORT),
+            _ => config.local_port.unwrap_or(checked.remote_port),
+        };
         Ok(ForwardSpec {
             target: checked.target,
             namespace: Some(config.namespace.clone()),

@@ -42,9 +42,10 @@ pub mod socks;
 mod socks_conn;
 mod udp;
 
+pub use crate::spec::check_exposure;
 pub use auth::ProxyAuth;
 pub use catalog::{Catalog, PodInfo, ServiceInfo, ServicePortInfo};
 pub use error::ProxyError;
 pub use options::{DEFAULT_LISTEN, ForwardProxyOptions};
 pub use route::{Route, RouteOptions, Router};
-pub use server::{ForwardProxy, check_exposure};
+pub use server::ForwardProxy;

@@ -31,34 +31,12 @@ use crate::forward::{
 };
 use crate::no_proxy::NoProxy;
 use crate::relay::RelayPods;
-use crate::spec::{ForwardSpec, SocksSettings, SpecError, Target};
+use crate::spec::{ForwardSpec, SocksSettings, Target, check_exposure};
 
 /// Pause after an accept error (out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Events buffered for a slow subscriber (one per connection and its end).
 const EVENT_BUFFER: usize = 1024;
-
-/// Refuses a non-loopback `addr` without credentials.
-///
-/// # Errors
-///
-/// [`SpecError::ExposedProxy`].
-///
-/// # Example
-///
-/// ```
-/// use kforward_core::forward_proxy::check_exposure;
-/// assert!(check_exposure("127.0.0.1:1080".parse().unwrap(), false).is_ok());
-/// assert!(check_exposure("0.0.0.0:1080".parse().unwrap(), false).is_err());
-/// assert!(check_exposure("0.0.0.0:1080".parse().unwrap(), true).is_ok());
-/// ```
-pub fn check_exposure(addr: SocketAddr, auth: bool) -> std::result::Result<(), SpecError> {
-    if addr.ip().is_loopback() || auth {
-        Ok(())
-    } else {
-        Err(SpecError::ExposedProxy { addr })
-    }
-}
 
 /// What a started proxy holds.
 struct Running {

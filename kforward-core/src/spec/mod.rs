@@ -22,7 +22,7 @@ pub use address::{DEFAULT_ADDRESS, parse_addresses};
 pub use port::{PortMapping, RemotePort};
 pub use protocol::Protocol;
 pub use selector::{LabelSelector, Requirement};
-pub use socks::SocksSettings;
+pub use socks::{SocksSettings, check_exposure};
 pub use target::Target;
 pub use workload::WorkloadType;
 
@@ -149,8 +149,10 @@ pub enum SpecError {
         /// What is wrong with it.
         problem: String,
     },
-    /// A workload type other than service, pod or proxy.
-    #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
+    /// A workload type other than service, pod, proxy or socks.
+    #[error(
+        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\" or \"socks\")"
+    )]
     UnknownWorkloadType {
         /// The workload type as written.
         value: String,
@@ -482,7 +484,7 @@ impl ForwardSpec {
             ));
         }
         match self.listen_addr() {
-            Some(addr) => crate::forward_proxy::check_exposure(addr, settings.auth.is_some()),
+            Some(addr) => check_exposure(addr, settings.auth.is_some()),
             None => Ok(()),
         }
     }

@@ -1,6 +1,9 @@
 //! What a forward proxy entry (`kforward socks`, `workload_type: "socks"`) sets beyond
 //! its local address and port.
 
+use std::net::SocketAddr;
+
+use super::SpecError;
 use crate::forward_proxy::ProxyAuth;
 
 /// The settings of a [`Target::Socks`](super::Target::Socks) forward: one local port
@@ -35,5 +38,27 @@ impl Default for SocksSettings {
             relay: true,
             cluster_domain: "cluster.local".into(),
         }
+    }
+}
+
+/// Refuses a non-loopback `addr` without credentials.
+///
+/// # Errors
+///
+/// [`SpecError::ExposedProxy`].
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::spec::check_exposure;
+/// assert!(check_exposure("127.0.0.1:1080".parse().unwrap(), false).is_ok());
+/// assert!(check_exposure("0.0.0.0:1080".parse().unwrap(), false).is_err());
+/// assert!(check_exposure("0.0.0.0:1080".parse().unwrap(), true).is_ok());
+/// ```
+pub fn check_exposure(addr: SocketAddr, auth: bool) -> Result<(), SpecError> {
+    if addr.ip().is_loopback() || auth {
+        Ok(())
+    } else {
+        Err(SpecError::ExposedProxy { addr })
     }
 }

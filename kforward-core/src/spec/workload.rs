@@ -1,4 +1,5 @@
-//! The kind of thing a kftray-style config forwards to: a service, a pod, or any address (proxy).
+//! The kind of thing a kftray-style config forwards to: a service, a pod, any address
+//! (proxy), or whatever each client names (socks, a forward proxy).
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +32,10 @@ pub enum WorkloadType {
     Pod,
     /// `remote_address` is a host reached from inside the cluster, through the relay.
     Proxy,
+    /// A forward proxy into the cluster on `local_address`:`local_port` (SOCKS5, SOCKS4a,
+    /// HTTP): each client names its destination; `auth`, `direct`, `no_relay` and
+    /// `cluster_domain` set it up.
+    Socks,
 }
 
 impl WorkloadType {
@@ -48,6 +53,7 @@ impl WorkloadType {
             WorkloadType::Service => "service",
             WorkloadType::Pod => "pod",
             WorkloadType::Proxy => "proxy",
+            WorkloadType::Socks => "socks",
         }
     }
 }
@@ -67,6 +73,7 @@ impl FromStr for WorkloadType {
             WorkloadType::Service,
             WorkloadType::Pod,
             WorkloadType::Proxy,
+            WorkloadType::Socks,
         ]
         .into_iter()
         .find(|w| s.eq_ignore_ascii_case(w.as_str()))
@@ -101,6 +108,7 @@ mod tests {
             ("pod", WorkloadType::Pod),
             ("POD", WorkloadType::Pod),
             ("proxy", WorkloadType::Proxy),
+            ("SOCKS", WorkloadType::Socks),
         ] {
             assert_eq!(text.parse::<WorkloadType>(), Ok(want), "{text}");
         }
