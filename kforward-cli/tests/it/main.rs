@@ -887,7 +887,7 @@ async fn socks_prints_ready_first_routes_connections_and_refuses_exposure_withou
         .expect("read");
     assert!(out.contains("\r\n\r\nweb-"), "{out}");
     let opened: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
-        r.line_with("connection_opened")
+        r.line_with("\"event\":\"routed\"")
     }))
     .expect("json");
     assert_eq!(opened["destination"], "web:80");
@@ -909,6 +909,96 @@ async fn socks_prints_ready_first_routes_connections_and_refuses_exposure_withou
     assert!(
         err.contains("refusing to listen on 0.0.0.0:0 without credentials")
             && err.contains("--auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_serves_a_socks_entry_beside_a_forward_and_counts_its_connections() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("socks.json");
+    std::fs::write(
+        &file,
+        r#"[{"alias": "proxy", "workload_type": "socks", "namespace": "demo", "local_port": 0},
+            {"alias": "web", "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80}]"#,
+    )
+    .expect("write");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["run", "-o", "json", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path())
+            .arg("-f")
+            .arg(&file);
+        c
+    });
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 2 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    // A plain HTTP request through the proxy, to the service by its short name.
+    let mut s = tokio::net::TcpStream::connect(&ready["proxy"])
+        .await
+        .expect("connect");
+    s.write_all(b"GET http://web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    assert!(out.contains("\r\n\r\nweb-"), "{out}");
+    let routed: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.line_with("\"event\":\"routed\"")
+    }))
+    .expect("json");
+    assert_eq!(routed["forward"], "proxy", "{routed}");
+    assert_eq!(routed["route"], "pod", "{routed}");
+    // The supervisor publishes the proxy's counters like any forward's (run's table shows
+    // the same figures).
+    let stats = loop {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"stats\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        if v["forward"] == "proxy" && v["connections_open"] == 0 {
+            break v;
+        }
+    };
+    assert_eq!(stats["connections_total"], 1, "{stats}");
+    assert!(
+        stats["bytes_in"].as_u64().expect("bytes_in") >= out.len() as u64 / 2,
+        "{stats}"
+    );
+    assert!(
+        stats["bytes_out"].as_u64().expect("bytes_out") > 0,
+        "{stats}"
+    );
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+
+    // A bad socks entry is refused before anything starts, naming the field.
+    std::fs::write(
+        &file,
+        r#"[{"workload_type": "socks", "local_address": "0.0.0.0", "remote_port": 80}]"#,
+    )
+    .expect("write");
+    let (code, _, err) = run_to_end({
+        let mut c = kforward();
+        c.args(["run", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path())
+            .arg("-f")
+            .arg(&file);
+        c
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("field \"remote_port\"") && err.contains("field \"local_address\""),
         "{err}"
     );
 }
