@@ -105,6 +105,24 @@ async fn http_get(addr: &str) -> String {
         .expect("reply in time")
 }
 
+/// `GET http://HOST/` through the forward proxy at `proxy`, in absolute form.
+async fn http_get_via(proxy: &str, host: &str) -> String {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let req =
+            format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("reply in time")
+}
+
 fn run_to_end(mut cmd: Command) -> (i32, String, String) {
     let child = cmd
         .stdout(Stdio::piped())
@@ -874,17 +892,7 @@ async fn socks_prints_ready_first_routes_connections_and_refuses_exposure_withou
         .expect("local_addr")
         .to_string();
     // A plain HTTP request in absolute form, to a bare service name of namespace demo.
-    let mut s = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    s.write_all(b"GET http://web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("reply in time")
-        .expect("read");
+    let out = http_get_via(&addr, "web").await;
     assert!(out.contains("\r\n\r\nweb-"), "{out}");
     let opened: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
         r.line_with("\"event\":\"routed\"")
@@ -942,17 +950,7 @@ async fn run_serves_a_socks_entry_beside_a_forward_and_counts_its_connections() 
         );
     }
     // A plain HTTP request through the proxy, to the service by its short name.
-    let mut s = tokio::net::TcpStream::connect(&ready["proxy"])
-        .await
-        .expect("connect");
-    s.write_all(b"GET http://web/ HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .expect("reply in time")
-        .expect("read");
+    let out = http_get_via(&ready["proxy"], "web").await;
     assert!(out.contains("\r\n\r\nweb-"), "{out}");
     let routed: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
         r.line_with("\"event\":\"routed\"")

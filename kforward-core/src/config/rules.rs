@@ -102,21 +102,10 @@ impl ForwardConfig {
             self.check_socks(settings, addresses, &mut errors);
         }
         if self.protocol == Protocol::Udp && workload != WorkloadType::Socks {
-            for (field, set) in [
-                ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
-                (
-                    "accept_proxy_protocol",
-                    self.accept_proxy_protocol.map(|a| a.to_string()),
-                ),
-            ] {
-                if let Some(value) = set {
-                    errors.push(FieldError::new(
-                        field,
-                        value,
-                        "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
-                    ));
-                }
-            }
+            self.refuse_proxy_protocol(
+                "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
+                &mut errors,
+            );
         }
         match (target, remote_port, addresses) {
             (Some(target), Some(remote_port), Some(addresses)) if errors.is_empty() => {
@@ -127,6 +116,21 @@ impl ForwardConfig {
                 })
             }
             _ => Err(ConfigError::new(errors)),
+        }
+    }
+
+    /// Reports each PROXY protocol setting the entry has, with `problem`.
+    fn refuse_proxy_protocol(&self, problem: &str, errors: &mut Vec<FieldError>) {
+        for (field, set) in [
+            ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
+            (
+                "accept_proxy_protocol",
+                self.accept_proxy_protocol.map(|a| a.to_string()),
+            ),
+        ] {
+            if let Some(value) = set {
+                errors.push(FieldError::new(field, value, problem));
+            }
         }
     }
 
@@ -145,21 +149,7 @@ impl ForwardConfig {
                 "does not apply to workload_type \"socks\": it listens on TCP, and SOCKS5 clients send UDP through UDP ASSOCIATE",
             ));
         }
-        for (field, set) in [
-            ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
-            (
-                "accept_proxy_protocol",
-                self.accept_proxy_protocol.map(|a| a.to_string()),
-            ),
-        ] {
-            if let Some(value) = set {
-                errors.push(FieldError::new(
-                    field,
-                    value,
-                    "does not apply to workload_type \"socks\"",
-                ));
-            }
-        }
+        self.refuse_proxy_protocol("does not apply to workload_type \"socks\"", errors);
         let list = non_empty(self.local_address.as_deref()).unwrap_or("127.0.0.1");
         match addresses {
             [ip] if !ip.is_loopback() && settings.auth.is_none() => {

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, broadcast, watch};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 use super::catalog::Catalog;
 use super::conn::Shared;
@@ -27,16 +25,10 @@ use crate::client::{KubeContext, KubeconfigSource};
 use crate::error::{Error, Result};
 use crate::forward::ForwardOptions;
 use crate::forward::{
-    BoundPort, Dialer, Event, ForwardState, Forwarder, Stats, StatsSnapshot, Tasks, probe_version,
+    BoundPort, Dialer, Event, ForwardState, Forwarder, Shell, Stats, Tasks, probe_version,
 };
 use crate::no_proxy::NoProxy;
-use crate::relay::RelayPods;
 use crate::spec::{ForwardSpec, SocksSettings, Target, check_exposure};
-
-/// Pause after an accept error (out of file descriptors) before accepting again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Events buffered for a slow subscriber (one per connection and its end).
-const EVENT_BUFFER: usize = 1024;
 
 /// What a started proxy holds.
 struct Running {
@@ -83,13 +75,8 @@ pub struct ForwardProxy {
     opts: ForwardProxyOptions,
     label: String,
     source: KubeconfigSource,
-    events: broadcast::Sender<Event>,
-    state: watch::Sender<ForwardState>,
-    stats: Arc<Stats>,
-    reload: Arc<Notify>,
+    shell: Shell,
     running: Option<Running>,
-    /// The relay pods in use, and whether this proxy owns (and so deletes) them.
-    relay: Option<(Arc<RelayPods>, bool)>,
 }
 
 impl std::fmt::Debug for ForwardProxy {
@@ -109,12 +96,8 @@ impl ForwardProxy {
             label: "socks".into(),
             opts,
             source: KubeconfigSource::default(),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            state: watch::channel(ForwardState::Idle).0,
-            stats: Arc::new(Stats::default()),
-            reload: Arc::new(Notify::new()),
+            shell: Shell::default(),
             running: None,
-            relay: None,
         }
     }
 
@@ -174,30 +157,12 @@ impl ForwardProxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
-        self.state.send_replace(ForwardState::Starting);
-        if let Err(e) = self.serve(listener).await {
-            self.fail(&e).await;
-            return Err(e);
-        }
-        self.state.send_replace(ForwardState::Ready);
+        self.shell.set_state(ForwardState::Starting);
+        let served = self.serve(listener).await;
+        self.shell.started(&self.label, served).await?;
         shutdown.await;
         self.stop().await;
         Ok(())
-    }
-
-    fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
-    }
-
-    async fn fail(&mut self, e: &Error) {
-        self.release_relay().await;
-        self.state.send_replace(ForwardState::Failed {
-            error: e.to_string(),
-        });
-        self.emit(Event::Error {
-            forward: self.label.clone(),
-            message: e.to_string(),
-        });
     }
 
     fn namespace(&self, ctx: &KubeContext) -> String {
@@ -218,11 +183,11 @@ impl ForwardProxy {
                 namespace: namespace.clone(),
                 cluster_domain: self.opts.cluster_domain.clone(),
                 direct: self.opts.direct.clone(),
-                relay: self.relay.is_some(),
+                relay: self.shell.relay_pods().is_some(),
                 pod_wait: self.opts.pod_wait,
             },
         );
-        let relay = self.relay.as_ref().map(|(p, _)| p.clone());
+        let relay = self.shell.relay_pods();
         Arc::new(Shared {
             opts: self.opts.clone(),
             label: self.label.clone(),
@@ -234,7 +199,7 @@ impl ForwardProxy {
                 namespace,
                 connect_timeout: self.opts.connect_timeout,
             },
-            events: self.events.clone(),
+            events: self.shell.events(),
             local_addr,
         })
     }
@@ -251,10 +216,8 @@ impl ForwardProxy {
         })?;
         check_exposure(local_addr, self.opts.auth.is_some())?;
         if let Some(r) = &self.opts.relay {
-            self.relay = Some(match &self.opts.relay_pods {
-                Some(shared) => (shared.0.clone(), false),
-                None => (RelayPods::new(self.ctx.clone(), r.clone()), true),
-            });
+            self.shell
+                .use_relay(self.opts.relay_pods.as_ref(), &self.ctx, r);
         }
         let shared = self.shared(&self.ctx, local_addr);
         let namespace = shared.namespace.clone();
@@ -266,15 +229,11 @@ impl ForwardProxy {
                 warn!(error = %e, "cannot list the cluster's services and pods yet");
             }
         });
-        tasks.tasks.spawn(accept_loop(
-            listener,
-            rx,
-            self.stats.clone(),
-            tasks.stop.clone(),
-            tasks.kill.clone(),
-            tasks.conns.clone(),
-        ));
-        self.emit(Event::Ready {
+        let stats = self.shell.stats_handle();
+        tasks.accept(listener, move |sock, peer| {
+            serve(sock, peer, rx.borrow().clone(), stats.clone())
+        });
+        self.shell.emit(Event::Ready {
             forward: self.label.clone(),
             local_addr,
             target: "socks".into(),
@@ -285,19 +244,12 @@ impl ForwardProxy {
         self.running = Some(Running { tasks, shared: tx });
         Ok(local_addr)
     }
-
-    /// Deletes the relay pods this proxy owns.
-    async fn release_relay(&mut self) {
-        if let Some((pods, true)) = self.relay.take() {
-            pods.delete_all().await;
-        }
-    }
 }
 
 #[async_trait]
 impl Forwarder for ForwardProxy {
     async fn start(&mut self) -> Result<Vec<BoundPort>> {
-        self.state.send_replace(ForwardState::Starting);
+        self.shell.set_state(ForwardState::Starting);
         let bound = async {
             check_exposure(self.opts.listen, self.opts.auth.is_some())?;
             let addr = self.opts.listen;
@@ -310,46 +262,25 @@ impl Forwarder for ForwardProxy {
                 })?;
             self.serve(listener).await
         };
-        match bound.await {
-            Ok(local_addr) => {
-                self.state.send_replace(ForwardState::Ready);
-                Ok(vec![BoundPort {
-                    local_addr,
-                    remote: "socks".into(),
-                    pod_port: None,
-                }])
-            }
-            Err(e) => {
-                self.fail(&e).await;
-                Err(e)
-            }
-        }
+        let bound = bound.await.map(|local_addr| {
+            vec![BoundPort {
+                local_addr,
+                remote: "socks".into(),
+                pod_port: None,
+            }]
+        });
+        self.shell.started(&self.label, bound).await
     }
 
     async fn stop(&mut self) {
         let Some(r) = self.running.take() else { return };
-        r.tasks.drain(self.opts.stop_grace).await;
-        self.release_relay().await;
-        self.state.send_replace(ForwardState::Stopped);
-        self.emit(Event::Stopped {
-            forward: self.label.clone(),
-        });
+        self.shell
+            .stop(r.tasks, self.opts.stop_grace, &self.label)
+            .await;
     }
 
-    fn state(&self) -> ForwardState {
-        self.state.borrow().clone()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    fn stats_handle(&self) -> Arc<Stats> {
-        self.stats.clone()
+    fn shell(&self) -> &Shell {
+        &self.shell
     }
 
     fn label(&self) -> String {
@@ -376,7 +307,7 @@ impl Forwarder for ForwardProxy {
         tokio::time::timeout(timeout, shared.router.catalog().ensure(ns))
             .await
             .map_err(|_| slow())??;
-        if let Some((pods, _)) = &self.relay {
+        if let Some(pods) = self.shell.relay_pods() {
             if pods.current().iter().any(|(n, _)| n == ns) {
                 let relay = shared.ways.dialer.relay(ns)?;
                 tokio::time::timeout(timeout, relay.probe(Duration::from_millis(300)))
@@ -396,17 +327,13 @@ impl Forwarder for ForwardProxy {
             let local_addr = r.shared.borrow().local_addr;
             let fresh = self.shared(&ctx, local_addr);
             fresh.router.catalog().ensure(&fresh.namespace).await?;
-            if let Some((pods, _)) = &self.relay {
+            if let Some(pods) = self.shell.relay_pods() {
                 pods.set_context(ctx.clone());
             }
             r.shared.send_replace(fresh);
         }
         self.ctx = ctx;
         Ok(())
-    }
-
-    fn reload_requested(&self) -> Arc<Notify> {
-        self.reload.clone()
     }
 }
 
@@ -418,44 +345,9 @@ impl Drop for ForwardProxy {
     }
 }
 
-/// Accepts clients until `stop`; each runs in `conns` until it ends or `kill`.
-async fn accept_loop(
-    listener: TcpListener,
-    shared: watch::Receiver<Arc<Shared>>,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-    kill: CancellationToken,
-    conns: TaskTracker,
-) {
-    loop {
-        let (sock, peer) = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accepting a connection failed; pausing");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        let shared = shared.borrow().clone();
-        let (stats, kill) = (stats.clone(), kill.clone());
-        conns.spawn(
-            async move {
-                tokio::select! {
-                    () = kill.cancelled() => {}
-                    () = serve(sock, peer, shared, &stats) => {}
-                }
-            }
-            .instrument(info_span!("client", %peer)),
-        );
-    }
-}
-
 /// Tells the protocol by the first byte and serves it; anything else is closed. The
 /// connection counts as open while it is served, with every byte it carries.
-async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stats: &Arc<Stats>) {
+async fn serve(sock: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stats: Arc<Stats>) {
     let _ = sock.set_nodelay(true);
     let counted = Arc::new(stats.open());
     let mut first = [0u8; 1];
