@@ -307,13 +307,13 @@ impl Forwarder for ForwardProxy {
         tokio::time::timeout(timeout, shared.router.catalog().ensure(ns))
             .await
             .map_err(|_| slow())??;
-        if let Some(pods) = self.shell.relay_pods() {
-            if pods.current().iter().any(|(n, _)| n == ns) {
-                let relay = shared.ways.dialer.relay(ns)?;
-                tokio::time::timeout(timeout, relay.probe(Duration::from_millis(300)))
-                    .await
-                    .map_err(|_| slow())??;
-            }
+        if let Some(pods) = self.shell.relay_pods()
+            && pods.current().iter().any(|(n, _)| n == ns)
+        {
+            let relay = shared.ways.dialer.relay(ns)?;
+            tokio::time::timeout(timeout, relay.probe(Duration::from_millis(300)))
+                .await
+                .map_err(|_| slow())??;
         }
         Ok(())
     }

@@ -155,10 +155,10 @@ pub(crate) async fn serve5(
                     if let Err(e) = sock.write_all(&reply).await {
                         return Some(e);
                     }
-                    if !early.is_empty() {
-                        if let Err(e) = upstream.write_all(&early).await {
-                            return Some(e);
-                        }
+                    if !early.is_empty()
+                        && let Err(e) = upstream.write_all(&early).await
+                    {
+                        return Some(e);
                     }
                     splice(&mut sock, &mut upstream).await
                 }
@@ -202,10 +202,10 @@ pub(crate) async fn serve4(
             if let Err(e) = sock.write_all(&socks::encode_reply4(true)).await {
                 return Some(e);
             }
-            if !buf.is_empty() {
-                if let Err(e) = upstream.write_all(&buf).await {
-                    return Some(e);
-                }
+            if !buf.is_empty()
+                && let Err(e) = upstream.write_all(&buf).await
+            {
+                return Some(e);
             }
             splice(&mut sock, &mut upstream).await
         }
