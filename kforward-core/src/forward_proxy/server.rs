@@ -151,7 +151,8 @@ impl ForwardProxy {
     ///
     /// # Errors
     ///
-    /// [`SpecError::ExposedProxy`] for a non-loopback listener without credentials.
+    /// [`SpecError::ExposedProxy`](crate::spec::SpecError::ExposedProxy) for a non-loopback
+    /// listener without credentials.
     pub async fn run(
         mut self,
         listener: TcpListener,
