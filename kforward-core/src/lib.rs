@@ -59,7 +59,7 @@ mod watches;
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
 pub use forward::{
-    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot,
+    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Shell, Stats, StatsSnapshot,
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};
