@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use crate::kubeconfig::{KubeconfigEntry, write_kubeconfig};
 use crate::network::{DnsServer, ExternalHost, PodResolver};
 use crate::scenario::{DEMO_EXTERNAL_HOST, DEMO_NAMESPACE, demo_objects};
-use crate::server::ApiServer;
 use crate::state::{Shared, StatsSnapshot, lock};
 use crate::store::now_rfc3339;
 use crate::tls::Tls;
@@ -157,9 +156,8 @@ impl ClusterBuilder {
                 json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
             )?;
         }
-        let server = ApiServer::start(shared.clone(), self.api_addr, shared.tls.clone()).await?;
-        *lock(&shared.api_addr) = server.addr;
-        *shared.api.lock().await = Some(server);
+        let api_addr = crate::server::start(&shared, self.api_addr).await?;
+        *lock(&shared.api_addr) = api_addr;
         faults::write_own_kubeconfig(&shared)?;
         controller::spawn(shared.clone());
         // Cluster DNS on the conventional port when allowed, else on a free one.
@@ -401,7 +399,7 @@ impl Cluster {
     /// by creation.
     pub fn pods(&self, ns: &str, selector: Option<&str>) -> Vec<Pod> {
         let sel = selector
-            .and_then(|s| crate::server::Selector::parse(s).ok())
+            .and_then(|s| crate::selector::Selector::parse(s).ok())
             .unwrap_or_default();
         let (items, _) = self.shared.store.list(Kind::Pod, Some(ns));
         let mut pods: Vec<Value> = items
@@ -450,7 +448,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_pod(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Pod, ns, name)?;
+        crate::registry::delete(&self.shared, Kind::Pod, ns, name)?;
         Ok(())
     }
 
@@ -460,7 +458,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_service(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Service, ns, name)?;
+        crate::registry::delete(&self.shared, Kind::Service, ns, name)?;
         Ok(())
     }
 
@@ -651,7 +649,7 @@ impl Cluster {
     ///
     /// When the address cannot be bound again.
     pub async fn restart_api(&self) -> Result<(), Error> {
-        faults::restart_api(&self.shared).await
+        crate::server::restart(&self.shared).await
     }
 
     /// Adds latency before every API answer.

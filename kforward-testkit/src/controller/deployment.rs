@@ -177,6 +177,6 @@ fn create_pod(
 
 fn delete_pod(shared: &Shared, ns: &str, p: &Value) {
     if let Some(name) = p["metadata"]["name"].as_str() {
-        let _ = crate::server::delete_object(shared, Kind::Pod, ns, name);
+        let _ = crate::registry::delete(shared, Kind::Pod, ns, name);
     }
 }

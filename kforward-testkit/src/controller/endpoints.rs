@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::kubelet::{NODE, pod_is_ready};
 use crate::network::{Protocol, ServiceProxy};
-use crate::server::Selector;
+use crate::selector::Selector;
 use crate::state::Shared;
 use crate::{ApiError, Kind};
 

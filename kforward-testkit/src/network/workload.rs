@@ -1,7 +1,6 @@
 //! Real servers for a pod's containers, chosen by image name and bound to the pod's IP.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use super::echo::{echo_tcp, echo_udp};
 use super::error::{NetworkError, Result};
 use super::http::{Body, RequestHead, Response, serve_http};
+use super::protocol::Protocol;
 use super::relay::{UdpRelayConfig, UdpRoute, relay_tcp, relay_udp};
 use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp};
 
@@ -25,40 +25,6 @@ pub const RELAY_IDLE_EXIT_ENV: &str = kforward_relay::server::IDLE_EXIT_ENV;
 const PASSTHROUGH_UDP_IDLE: Duration = Duration::from_secs(60);
 /// Largest body `GET /bytes/N` serves.
 pub const MAX_PATTERN_BYTES: u64 = 4 << 30;
-
-/// A port's transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// Parses the Kubernetes spelling (`"TCP"`, `"UDP"`); `None` for anything else.
-    pub fn from_k8s(name: &str) -> Option<Self> {
-        match name {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            _ => None,
-        }
-    }
-
-    /// The Kubernetes spelling.
-    pub fn as_k8s(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_k8s())
-    }
-}
 
 /// One port a container declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

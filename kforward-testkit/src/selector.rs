@@ -1,4 +1,4 @@
-//! Label and field selectors, as the API server evaluates them.
+//! Label and field selectors, as the API server evaluates them for lists, watches and controllers.
 
 use serde_json::Value;
 
