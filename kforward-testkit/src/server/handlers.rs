@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::route::{self, Route};
 use super::watch::{self, WatchRequest};
-use super::{discovery, patch, protobuf, read_body, table};
-use crate::registry::{delete, prepare_create};
+use super::write::{self, FieldValidation, WriteOptions};
+use super::{discovery, protobuf, read_body, scale, table};
 use crate::response::{Body, error_response, json_response};
 use crate::selector::{FieldSelector, Selector};
 use crate::state::{Shared, USER, lock};
@@ -204,27 +204,27 @@ async fn object(
     let ns_str = ns.unwrap_or("");
     match subresource.as_deref() {
         None | Some("status") => {}
+        Some("scale") => {
+            let name = name.unwrap_or_default();
+            return scale::handle(&shared, req, verb, kind, ns_str, &name).await;
+        }
         Some(other) => {
-            return Err(ApiError {
-                code: 404,
-                reason: "NotFound",
-                message: format!("the server could not find the requested resource ({other})"),
-                name: None,
-                kind: None,
-            });
+            let mut e = ApiError::no_route();
+            e.message = format!("the server could not find the requested resource ({other})");
+            return Err(e);
         }
     }
+    let write = || -> Result<WriteOptions, ApiError> {
+        Ok(WriteOptions {
+            validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+            dry_run: q.contains_key("dryRun"),
+        })
+    };
     let accept = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
-        .to_string();
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("application/json")
         .to_string();
     match (verb, name) {
         ("watch", name) => {
@@ -290,59 +290,16 @@ async fn object(
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
-        ("create", None) => {
-            let body = read_body(req).await?;
-            let obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-            let obj = prepare_create(&shared, kind, obj)?;
-            if q.contains_key("dryRun") {
-                return Ok(json_response(StatusCode::CREATED, &obj));
-            }
-            let created = shared.store.create(kind, ns_str, obj)?;
-            Ok(json_response(StatusCode::CREATED, &created))
-        }
+        ("create", None) => write::create(&shared, req, kind, ns_str, write()?).await,
         ("update", Some(name)) => {
-            let body = read_body(req).await?;
-            let obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-            if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request(
-                    "the name of the object does not match the name on the URL",
-                ));
-            }
-            let updated = shared.store.replace(kind, ns_str, &name, obj)?;
-            Ok(json_response(StatusCode::OK, &updated))
+            let sub = subresource.as_deref();
+            write::update(&shared, req, kind, ns_str, &name, sub, write()?).await
         }
         ("patch", Some(name)) => {
-            let body = read_body(req).await?;
-            let p: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-            let ct = content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let updated = shared
-                .store
-                .update(kind, ns_str, &name, |obj| match ct.as_str() {
-                    "application/merge-patch+json" => {
-                        patch::merge(obj, &p);
-                        Ok(())
-                    }
-                    "application/strategic-merge-patch+json" => {
-                        patch::strategic_merge(obj, &p);
-                        Ok(())
-                    }
-                    "application/json-patch+json" => patch::json_patch(obj, &p),
-                    other => Err(ApiError::unsupported_media_type(other)),
-                })?;
-            Ok(json_response(StatusCode::OK, &updated))
+            let sub = subresource.as_deref();
+            write::patch(&shared, req, kind, ns_str, &name, sub, write()?).await
         }
-        ("delete", Some(name)) => {
-            let obj = delete(&shared, kind, ns_str, &name)?;
-            Ok(json_response(StatusCode::OK, &obj))
-        }
+        ("delete", Some(name)) => write::delete(&shared, req, kind, ns_str, &name).await,
         _ => Err(ApiError::method_not_allowed()),
     }
 }

@@ -3,11 +3,14 @@
 mod admin;
 mod discovery;
 mod handlers;
+mod openapi;
 mod patch;
 mod protobuf;
 mod route;
+mod scale;
 mod table;
 mod watch;
+mod write;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -183,6 +186,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.faults.wait_unpaused().await;
     if !authenticated(&shared, &req) {
         return error_response(&ApiError::unauthorized());
+    }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(r) = openapi::handle(&path, req.uri().query(), accept) {
+        return r;
     }
     handlers::dispatch(shared, req).await
 }

@@ -187,12 +187,18 @@ async fn kubectl_get_pods_and_services_prints_tables() {
         assert_eq!(&row[1..4], &["1/1", "Running", "0"], "{out}");
     }
     let services = rows(&out, "service/");
-    assert_eq!(services.len(), 3, "{out}");
-    for (svc, ports) in [("dns", "5353/UDP"), ("echo", "7000/TCP"), ("web", "80/TCP")] {
+    assert_eq!(services.len(), 4, "{out}");
+    for (svc, ports) in [
+        ("db", "5432/TCP"),
+        ("dns", "5353/UDP"),
+        ("echo", "7000/TCP"),
+        ("web", "80/TCP"),
+    ] {
         let row = services
             .iter()
             .find(|r| r[0] == format!("service/{svc}"))
             .unwrap_or_else(|| panic!("no row for {svc}: {out}"));
+        // The headless `db` has no ClusterIP: kubectl shows "None".
         let ip = cluster_ip(&cluster, svc);
         assert_eq!(
             &row[1..5],
