@@ -20,7 +20,7 @@
 mod client;
 mod pod;
 
-pub use client::{RelayConnector, handshake};
+pub use client::RelayConnector;
 pub use kforward_relay::{protocol, server};
 pub use pod::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, RelayOptions, RelayPods,

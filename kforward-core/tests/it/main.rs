@@ -3,5 +3,7 @@
 mod common;
 mod errors;
 mod forward;
+mod peers;
+mod proxy_protocol;
 mod relay;
 mod supervisor;
