@@ -208,11 +208,11 @@ impl Drop for Cluster {
 }
 
 fn to_value<T: Serialize>(obj: &T) -> Result<Value, Error> {
-    serde_json::to_value(obj).map_err(|e| Error::Api(ApiError::bad_request(e.to_string())))
+    serde_json::to_value(obj).map_err(|e| Error::from(ApiError::bad_request(e.to_string())))
 }
 
 fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, Error> {
-    serde_json::from_value(v).map_err(|e| Error::Api(ApiError::internal(e.to_string())))
+    serde_json::from_value(v).map_err(|e| Error::from(ApiError::internal(e.to_string())))
 }
 
 impl Cluster {

@@ -51,5 +51,5 @@ pub use scenario::{
     statefulset,
 };
 pub use state::{StatsSnapshot, USER};
-pub use status::{ApiError, Cause};
+pub use status::{ApiError, Cause, MoreDetails};
 pub use store::{EventType, Store, StoreEvent};

@@ -27,6 +27,14 @@ pub struct ApiError {
     /// `details.kind`: the plural resource (the kind for `Invalid`), when the error is about
     /// one object.
     pub kind: Option<String>,
+    /// `details.group` and `details.causes`, boxed: they are seldom set, and every
+    /// `Result` of the testkit carries this type (clippy's `result_large_err`).
+    pub more: Box<MoreDetails>,
+}
+
+/// The parts of a `Status`'s `details` that few errors have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoreDetails {
     /// `details.group`, the API group of `kind` ("" for the core group).
     pub group: Option<String>,
     /// `details.causes`: the fields an `Invalid` error is about.
@@ -88,14 +96,13 @@ impl ApiError {
             message: message.into(),
             name: None,
             kind: None,
-            group: None,
-            causes: Vec::new(),
+            more: Box::default(),
         }
     }
 
     fn about(mut self, kind: Kind, name: &str) -> Self {
         self.kind = Some(kind.plural().to_string());
-        self.group = Some(kind.group().to_string());
+        self.more.group = Some(kind.group().to_string());
         self.name = Some(name.to_string());
         self
     }
@@ -164,9 +171,9 @@ impl ApiError {
             ),
         );
         e.kind = Some(kind.name().to_string());
-        e.group = Some(kind.group().to_string());
+        e.more.group = Some(kind.group().to_string());
         e.name = Some(name.to_string());
-        e.causes = errors.iter().map(|t| Cause::parse(t)).collect();
+        e.more.causes = errors.iter().map(|t| Cause::parse(t)).collect();
         e
     }
 
@@ -180,7 +187,7 @@ impl ApiError {
         );
         e.kind = Some(String::new());
         e.name = Some(String::new());
-        e.causes = errors.iter().map(|t| Cause::parse(t)).collect();
+        e.more.causes = errors.iter().map(|t| Cause::parse(t)).collect();
         e
     }
 
@@ -225,7 +232,7 @@ impl ApiError {
             ),
         );
         e.kind = Some(base.to_string());
-        e.group = Some(group.to_string());
+        e.more.group = Some(group.to_string());
         e.name = name.map(str::to_string);
         e
     }
@@ -280,15 +287,16 @@ impl ApiError {
             let mut d = json!({});
             for (field, value) in [
                 ("name", &self.name),
-                ("group", &self.group),
+                ("group", &self.more.group),
                 ("kind", &self.kind),
             ] {
                 if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
                     d[field] = json!(value);
                 }
             }
-            if !self.causes.is_empty() {
+            if !self.more.causes.is_empty() {
                 d["causes"] = self
+                    .more
                     .causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))

@@ -101,7 +101,7 @@ fn decode(
     body: &[u8],
     validation: FieldValidation,
 ) -> Result<(Value, Vec<String>), ApiError> {
-    let mut obj: Value = serde_json::from_slice(&body).map_err(|e| {
+    let mut obj: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"v1\" cannot be handled as a {}: {e}",
             kind.name(),
