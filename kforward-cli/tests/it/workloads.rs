@@ -3,25 +3,6 @@
 
 use super::*;
 
-/// `kforward forward TARGET PORT -n demo --address 127.0.0.1 -o json` on `cluster`.
-fn forward_json(cluster: &Cluster, target: &str, port: &str) -> Command {
-    let mut c = kforward();
-    c.args([
-        "forward",
-        target,
-        port,
-        "-n",
-        "demo",
-        "--address",
-        "127.0.0.1",
-        "-o",
-        "json",
-        "--kubeconfig",
-    ])
-    .arg(cluster.kubeconfig_path());
-    c
-}
-
 /// The JSON object of the next stdout line with `event`.
 fn next_event(r: &Running, event: &str) -> serde_json::Value {
     let line = tokio::task::block_in_place(|| r.line_with(&format!("\"event\":\"{event}\"")));

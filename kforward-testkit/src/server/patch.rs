@@ -1,9 +1,24 @@
 //! PATCH bodies: JSON merge patch (RFC 7386), strategic merge patch (for the lists the
 //! served kinds have) and JSON patch (RFC 6902).
 
+use http::{Request, header};
 use serde_json::Value;
 
 use crate::ApiError;
+
+/// The media type of a request body (which patch it is), without parameters; JSON when
+/// the request names none.
+pub(crate) fn content_type<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
 
 /// Applies an RFC 7386 merge patch.
 pub(crate) fn merge(target: &mut Value, patch: &Value) {

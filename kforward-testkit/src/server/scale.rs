@@ -7,7 +7,7 @@
 //! label selector as text; a write changes only `spec.replicas`. `kubectl scale` sends a
 //! JSON merge patch `{"spec":{"replicas":N}}` to it.
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
@@ -69,16 +69,7 @@ pub(crate) async fn handle(
         e.message = "the server could not find the requested resource (scale)".into();
         return Err(e);
     }
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let content_type = patch::content_type(&req);
     match verb {
         "get" => Ok(json_response(
             StatusCode::OK,

@@ -206,16 +206,7 @@ pub(crate) async fn patch(
     subresource: Option<&str>,
     opts: WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let content_type = patch::content_type(&req);
     let body = read_body(req).await?;
     let p: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
