@@ -418,7 +418,7 @@ mod tests {
         assert!(
             config.errors[0]
                 .problem
-                .contains("\"service\", \"pod\", \"proxy\" or \"socks\"")
+                .contains("\"replicaset\" or \"socks\"")
         );
     }
 

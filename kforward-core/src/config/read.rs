@@ -30,7 +30,7 @@ impl ForwardConfig {
             context: fields.string("context"),
             workload_type: fields.keyword(
                 "workload_type",
-                "is not a workload type (expected \"service\", \"pod\", \"proxy\" or \"socks\")",
+                "is not a workload type (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\", \"replicaset\" or \"socks\")",
             ),
             protocol: fields.keyword(
                 "protocol",

@@ -43,7 +43,9 @@ use crate::proxy_protocol::{Accept, Version};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The target text is empty.
-    #[error("target is empty (expected pod/NAME, svc/NAME, deploy/NAME, or NAME for a pod)")]
+    #[error(
+        "target is empty (expected pod/NAME, svc/NAME, deploy/NAME, sts/NAME, rs/NAME, or NAME for a pod)"
+    )]
     EmptyTarget,
     /// `KIND/` with nothing after the slash.
     #[error("target {input:?} has no name after \"{kind}/\" (expected {kind}/NAME)")]
@@ -61,10 +63,10 @@ pub enum SpecError {
         /// The whole target text.
         input: String,
     },
-    /// A pod, service or deployment name that breaks the Kubernetes naming rules.
+    /// A pod, service or workload name that breaks the Kubernetes naming rules.
     #[error("invalid {kind} name {name:?}: {problem}")]
     InvalidName {
-        /// `pod`, `service` or `deployment`.
+        /// `pod`, `service`, `deployment`, `statefulset` or `replicaset`.
         kind: &'static str,
         /// The name as written.
         name: String,
@@ -149,9 +151,10 @@ pub enum SpecError {
         /// What is wrong with it.
         problem: String,
     },
-    /// A workload type other than service, pod, proxy or socks.
+    /// A workload type other than service, pod, proxy, deployment, statefulset, replicaset
+    /// or socks.
     #[error(
-        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\" or \"socks\")"
+        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\", \"replicaset\" or \"socks\")"
     )]
     UnknownWorkloadType {
         /// The workload type as written.
