@@ -15,12 +15,13 @@
 //! kforward reaches a pod: kforward's client path without the local socket.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
 mod baseline;
 mod delay;
+mod dns;
 mod kubectl;
 mod measure;
 
@@ -62,7 +63,7 @@ impl Opts {
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
   [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
-  [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]
+  [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,hop,idle]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
 COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
@@ -462,6 +463,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.section("relay") {
         relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;
+    }
+    if o.section("dns") {
+        dns::rows(&cluster, &o, &cli).await?;
     }
     if o.section("hop") {
         hop_rows(&o, direct_http).await?;
