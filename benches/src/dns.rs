@@ -34,7 +34,9 @@ impl Dnsmasq {
             .find(|p| Path::new(p).exists())
             .context("dnsmasq is not installed (apt-get install dnsmasq)")?;
         for _ in 0..5 {
-            let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut child = tokio::process::Command::new(bin)
                 .args([
@@ -78,7 +80,11 @@ impl Dnsmasq {
 
 /// A real dnsmasq, directly and through `kforward forward --udp` (the relay path), with one
 /// query and with 64 queries in flight from one local socket; the ratios to direct.
-pub async fn rows(cluster: &kforward_testkit::Cluster, o: &crate::Opts, cli: &std::path::Path) -> anyhow::Result<()> {
+pub async fn rows(
+    cluster: &kforward_testkit::Cluster,
+    o: &crate::Opts,
+    cli: &std::path::Path,
+) -> anyhow::Result<()> {
     if !cli.exists() {
         eprintln!("note: no {}; the dns section is left out", cli.display());
         return Ok(());
@@ -107,7 +113,9 @@ pub async fn rows(cluster: &kforward_testkit::Cluster, o: &crate::Opts, cli: &st
         }
     }
     let (one, many) = (one.map(crate::median), many.map(crate::median));
-    println!("\n| dnsmasq | queries/s, 1 in flight | / direct | queries/s, {burst} in flight | / direct | lost |");
+    println!(
+        "\n| dnsmasq | queries/s, 1 in flight | / direct | queries/s, {burst} in flight | / direct | lost |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (i, name) in ["direct", "kforward forward --udp"].into_iter().enumerate() {
         println!(

@@ -338,9 +338,7 @@ mod tests {
                 if rng.below(2) == 0 {
                     deframer.extend(&wire[at..at + n]);
                 } else {
-                    deframer
-                        .read_buffer(n)
-                        .extend_from_slice(&wire[at..at + n]);
+                    deframer.read_buffer(n).extend_from_slice(&wire[at..at + n]);
                 }
                 at += n;
                 while let Some(d) = deframer.next_datagram() {

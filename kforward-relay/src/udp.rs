@@ -210,7 +210,10 @@ mod tests {
                 let mut next = 0u32;
                 while next < N {
                     let n = rd.read_buf(frames.read_buffer(READ)).await.expect("read");
-                    assert!(n > 0, "peer {peer}: the relay closed after {next} datagrams");
+                    assert!(
+                        n > 0,
+                        "peer {peer}: the relay closed after {next} datagrams"
+                    );
                     while let Some(d) = frames.next_datagram() {
                         assert_eq!(d, datagram(peer, next), "peer {peer}, datagram {next}");
                         next += 1;
