@@ -7,3 +7,4 @@ mod peers;
 mod proxy_protocol;
 mod relay;
 mod supervisor;
+mod workloads;
