@@ -18,12 +18,13 @@
 //! proxy to services by name and to an external name through the relay.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,socks,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,socks,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 
 mod baseline;
 mod delay;
+mod dns;
 mod kubectl;
 mod measure;
 mod socks;
@@ -66,7 +67,7 @@ impl Opts {
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
   [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
-  [--only bulk1,bulk8,ttfb,rtt,relay,socks,hop,idle]
+  [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,socks,hop,idle]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
 COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
@@ -485,6 +486,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if o.section("socks") {
         socks::burst_rows(socks_addr, o.conns).await?;
+    }
+    if o.section("dns") {
+        dns::rows(&cluster, &o, &cli).await?;
     }
     if o.section("hop") {
         hop_rows(&o, direct_http).await?;

@@ -3,7 +3,7 @@
 //! A relay pod runs [`server::RelayServer`] on its loopback address; kforward reaches it
 //! through a Kubernetes port-forward and, per connection, names the destination in a small
 //! versioned handshake ([`protocol`]). TCP connections are then relayed byte for byte; UDP
-//! datagrams cross the stream with a 2-byte length prefix.
+//! datagrams cross the stream with a 2-byte length prefix ([`datagrams`]).
 //!
 //! This crate is small on purpose: both `kforward-core` (the client, which re-exports it as
 //! `kforward_core::relay::{protocol, server}`) and `kforward-testkit` (whose relay pods run
@@ -22,5 +22,7 @@
 //! ```
 
 mod copy;
+pub mod datagrams;
 pub mod protocol;
 pub mod server;
+mod udp;

@@ -14,10 +14,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::protocol::{
-    MAX_DATAGRAM, ProtocolError, Request, Response, Status, Transport, decode_datagram,
-    decode_request, encode_datagram, encode_response,
-};
+use crate::protocol::{Request, Response, Status, Transport, decode_request, encode_response};
 
 /// The shutdown signal [`RelayServer::run`] takes (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
@@ -378,7 +375,7 @@ async fn serve_tcp(
 
 async fn serve_udp(
     mut stream: TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     req: &Request,
     ips: &[IpAddr],
     bind_source: Option<IpAddr>,
@@ -410,53 +407,9 @@ async fn serve_udp(
     if answer(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
-    if let Err(e) = udp_loop(stream, &mut buf, &socket).await {
+    if let Err(e) = crate::udp::relay(stream, buf, &socket, UDP_IDLE_TIMEOUT).await {
         debug!(error = %e, %target, "udp session ended with an error");
     }
-}
-
-async fn udp_loop(stream: TcpStream, buf: &mut Vec<u8>, socket: &UdpSocket) -> io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut dgram = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
-    loop {
-        // Send every complete datagram received so far.
-        let mut used = 0;
-        while let Some((d, n)) = decode_datagram(&buf[used..]).map_err(invalid)? {
-            if let Err(e) = socket.send(d).await {
-                // ECONNREFUSED from an earlier datagram, and the like: UDP may drop.
-                debug!(error = %e, "udp send failed");
-            }
-            used += n;
-        }
-        buf.drain(..used);
-        tokio::select! {
-            r = rd.read(&mut chunk) => {
-                let n = r?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            r = socket.recv(&mut dgram) => match r {
-                Ok(n) => {
-                    out.clear();
-                    encode_datagram(&dgram[..n], &mut out).map_err(invalid)?;
-                    wr.write_all(&out).await?;
-                }
-                Err(e) => debug!(error = %e, "udp receive failed"),
-            },
-            () = tokio::time::sleep(UDP_IDLE_TIMEOUT) => {
-                debug!("udp session idle; closing");
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn invalid(e: ProtocolError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod client;
 mod pod;
 
 pub use client::RelayConnector;
-pub use kforward_relay::{protocol, server};
+pub use kforward_relay::{datagrams, protocol, server};
 pub use pod::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, RelayOptions, RelayPods,
     SharedRelayPods, default_image, gc,
