@@ -44,13 +44,14 @@ mod connector;
 pub mod error;
 pub mod event;
 pub mod forwarder;
-pub mod no_proxy;
 pub mod relay;
 pub mod resolve;
 mod single_flight;
 pub mod spec;
 pub mod supervisor;
 pub mod tunnel;
+
+pub use kforward_relay::no_proxy;
 
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
