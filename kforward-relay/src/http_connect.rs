@@ -64,7 +64,7 @@ impl Answer {
     /// ```
     pub fn explain(&self, credentials: bool) -> String {
         match self.code {
-            407 if credentials => format!(
+            401 | 407 if credentials => format!(
                 "the proxy rejected the credentials ({self}): check the user name and password in the proxy URL"
             ),
             407 => format!(
@@ -73,7 +73,8 @@ impl Answer {
             403 => format!(
                 "the proxy's rules refuse this destination ({self}): ask its administrators to allow it, or bypass the proxy with NO_PROXY if the destination is reachable without it"
             ),
-            502..=504 => format!(
+            // tinyproxy answers a refused upstream with `500 Unable to connect`.
+            500 | 502..=504 => format!(
                 "the proxy could not reach the destination ({self}): check the host and port, and that the proxy can reach them"
             ),
             _ => format!("the proxy answered CONNECT with {self}"),

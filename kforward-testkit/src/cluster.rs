@@ -48,6 +48,7 @@ pub struct ClusterBuilder {
     kubeconfig: Option<PathBuf>,
     namespace: Option<String>,
     api_addr: SocketAddr,
+    tls_names: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -61,6 +62,7 @@ impl Default for ClusterBuilder {
             kubeconfig: None,
             namespace: None,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_names: Vec::new(),
         }
     }
 }
@@ -116,6 +118,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts `name` in the API server's certificate too (a name a test resolves to the API
+    /// server's address, such as one behind a proxy).
+    pub fn tls_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_names.push(name.into());
+        self
+    }
+
     /// Starts the cluster.
     ///
     /// # Errors
@@ -136,7 +145,15 @@ impl ClusterBuilder {
             .clone()
             .unwrap_or_else(|| dir.path().join("kubeconfig"));
         let tls = if self.tls {
-            let t = Tls::generate(&name)?;
+            // An API server on a specific address (not loopback, such as one a test puts on
+            // `lo` to be proxied from the environment) has it in its certificate too.
+            let ip = self.api_addr.ip();
+            let extra: Vec<String> = (!ip.is_unspecified() && !ip.is_loopback())
+                .then(|| ip.to_string())
+                .into_iter()
+                .chain(self.tls_names.iter().cloned())
+                .collect();
+            let t = Tls::generate(&name, &extra)?;
             Some((t.server_config, t.ca_pem))
         } else {
             None
@@ -321,8 +338,13 @@ impl Cluster {
         udp_port: Option<u16>,
     ) -> Result<SocketAddr, Error> {
         let ip = self.shared.pool.next_external_ip();
-        let pool = self.shared.pool.clone();
-        let allow = move |peer: IpAddr| pool.is_pod_ip(peer);
+        let shared = self.shared.clone();
+        // Pods may connect, unless the cluster's egress goes through a proxy only
+        // (`egress_only_from`): then only the proxy's address may.
+        let allow = move |peer: IpAddr| match lock(&shared.faults.egress_only_from).as_ref() {
+            Some(proxies) => proxies.contains(&peer),
+            None => shared.pool.is_pod_ip(peer),
+        };
         let host = match ExternalHost::start(name, ip, http_port, udp_port, allow.clone()).await {
             Ok(h) => h,
             Err(_) => ExternalHost::start(name, ip, 0, udp_port.map(|_| 0), allow).await?,
@@ -652,6 +674,59 @@ impl Cluster {
     /// When the address cannot be bound again.
     pub async fn restart_api(&self) -> Result<(), Error> {
         faults::restart_api(&self.shared).await
+    }
+
+    /// Makes the API server accept TCP connections only from `peers`, such as a proxy's
+    /// outbound address: any other connection is reset at once, as a firewall that lets only
+    /// the proxy through would. A client that reaches the API server then went through the
+    /// proxy. [`Cluster::api_from_anywhere`] lifts it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// cluster.api_only_from(["127.253.0.1".parse().unwrap()]);
+    /// let mut c = tokio::net::TcpStream::connect(cluster.api_addr()).await.unwrap();
+    /// let mut buf = [0u8; 1];
+    /// let read = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+    /// assert!(read.is_err() || read.unwrap() == 0, "reset");
+    /// # });
+    /// ```
+    pub fn api_only_from(&self, peers: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.api_only_from) = Some(peers.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::api_only_from`].
+    pub fn api_from_anywhere(&self) {
+        *lock(&self.shared.faults.api_only_from) = None;
+    }
+
+    /// Makes external hosts ([`Cluster::add_external_host`]) answer only `proxies` (an
+    /// egress proxy's outbound addresses) instead of pods: a cluster whose pods reach the
+    /// outside only through a proxy. Pods, services and cluster DNS are not affected.
+    /// [`Cluster::egress_direct`] lifts it.
+    pub fn egress_only_through(&self, proxies: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.egress_only_from) = Some(proxies.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::egress_only_through`]: pods reach external hosts directly again.
+    pub fn egress_direct(&self) {
+        *lock(&self.shared.faults.egress_only_from) = None;
+    }
+
+    /// Writes a kubeconfig for this cluster whose cluster entry has `proxy-url: proxy_url`
+    /// (kubectl's and kforward's proxy toward the API server).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    pub fn write_kubeconfig_with_proxy(&self, path: &Path, proxy_url: &str) -> Result<(), Error> {
+        let mut config = crate::kubeconfig_json(&[self.kubeconfig_entry()]);
+        config["clusters"][0]["cluster"]["proxy-url"] = json!(proxy_url);
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| Error::Io(path.to_path_buf(), std::io::Error::other(e)))?;
+        std::fs::write(path, text).map_err(|e| Error::Io(path.to_path_buf(), e))
     }
 
     /// Adds latency before every API answer.

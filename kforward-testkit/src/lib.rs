@@ -28,6 +28,7 @@ mod faults;
 mod kubeconfig;
 pub mod network;
 pub mod portforward;
+pub mod proxies;
 mod resource;
 mod scenario;
 mod server;

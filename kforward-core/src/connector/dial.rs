@@ -214,7 +214,7 @@ async fn through(
         .map_err(|e| match e {
             ConnectError::Refused(answer) => (
                 format!("CONNECT {server}: {}", answer.explain(auth.is_some())),
-                !matches!(answer.code, 403 | 407),
+                !matches!(answer.code, 401 | 403 | 407),
             ),
             other => (format!("CONNECT {server}: {other}"), true),
         })?;

@@ -72,6 +72,12 @@ pub struct RelayOptions {
     /// the next use makes a new one). A safety net for sessions that die without cleaning
     /// up; [`gc`] is the other.
     pub idle_exit: Duration,
+    /// Environment variables for the relay's container (`--relay-env KEY=VALUE`), such as
+    /// `HTTPS_PROXY` and `NO_PROXY` for a cluster whose pods reach the outside only through
+    /// a proxy: the relay then reaches TCP destinations through it (see
+    /// [`check_relay_env`](super::check_relay_env) and
+    /// [`default_relay_no_proxy`](super::default_relay_no_proxy)).
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for RelayOptions {
@@ -81,6 +87,7 @@ impl Default for RelayOptions {
             port: DEFAULT_RELAY_PORT,
             ready_timeout: Duration::from_secs(60),
             idle_exit: super::server::DEFAULT_IDLE_EXIT,
+            env: BTreeMap::new(),
         }
     }
 }
@@ -220,7 +227,7 @@ impl RelayPods {
         }
     }
 
-    fn pod_object(&self, name: &str) -> Pod {
+    fn pod_object(&self, name: &str, extra_env: Vec<EnvVar>) -> Pod {
         let labels = BTreeMap::from([
             (LABEL_NAME.to_string(), "kforward-relay".to_string()),
             (LABEL_MANAGED_BY.to_string(), "kforward".to_string()),
@@ -273,7 +280,10 @@ impl RelayPods {
                             value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
                             ..Default::default()
                         },
-                    ]),
+                    ]
+                    .into_iter()
+                    .chain(extra_env)
+                    .collect()),
                     ports: Some(vec![ContainerPort {
                         name: Some("relay".into()),
                         container_port: i32::from(port),
@@ -322,10 +332,16 @@ impl RelayPods {
         if let Some(p) = pods.get(namespace) {
             return Ok(p.clone());
         }
+        super::env::check_relay_env(&self.opts.env).map_err(|message| Error::RelayPod {
+            namespace: namespace.to_string(),
+            message,
+            retryable: false,
+        })?;
+        let env = super::env::relay_pod_env(&self.ctx, &self.opts.env).await;
         let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
         let server = self.ctx.server().to_string();
-        api.create(&PostParams::default(), &self.pod_object(&name))
+        api.create(&PostParams::default(), &self.pod_object(&name, env))
             .await
             .map_err(|e| Error::from_kube(e, &server, "create", "pods", namespace, None))?;
         info!(pod = %name, %namespace, "created relay pod");

@@ -3,5 +3,6 @@
 mod common;
 mod errors;
 mod forward;
+mod proxy;
 mod relay;
 mod supervisor;
