@@ -376,7 +376,12 @@ fn tinyproxy_conf(d: &Path, port: u16, outbound: IpAddr, opts: &ProxyOptions) ->
     conf
 }
 
-fn squid_conf(d: &Path, port: u16, outbound: IpAddr, opts: &ProxyOptions) -> Result<String, String> {
+fn squid_conf(
+    d: &Path,
+    port: u16,
+    outbound: IpAddr,
+    opts: &ProxyOptions,
+) -> Result<String, String> {
     let mut conf = format!("http_port 127.0.0.1:{port}\n");
     if opts.tls {
         let (cert, key) = proxy_certificate(d)?;
@@ -400,7 +405,9 @@ fn squid_conf(d: &Path, port: u16, outbound: IpAddr, opts: &ProxyOptions) -> Res
         ));
     }
     for p in &opts.denied_ports {
-        conf.push_str(&format!("acl denied_port_{p} port {p}\nhttp_access deny denied_port_{p}\n"));
+        conf.push_str(&format!(
+            "acl denied_port_{p} port {p}\nhttp_access deny denied_port_{p}\n"
+        ));
     }
     conf.push_str("http_access allow all\n");
     let hosts: String = opts
@@ -451,8 +458,8 @@ fn proxy_certificate(d: &Path) -> Result<(PathBuf, PathBuf), String> {
     let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().map_err(e)?;
-    let params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).map_err(e)?;
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(e)?;
     let cert = params.signed_by(&key, &issuer).map_err(e)?;
     write(&d.join("ca.pem"), &ca_cert.pem())?;
     write(&d.join("cert.pem"), &cert.pem())?;
@@ -504,11 +511,20 @@ pub fn write_hosts(dir: &Path, entries: &[(String, IpAddr)]) -> Result<PathBuf, 
 ///     .output();
 /// # }
 /// ```
-pub fn with_hosts_file(program: impl AsRef<std::ffi::OsStr>, hosts: &Path) -> std::process::Command {
+pub fn with_hosts_file(
+    program: impl AsRef<std::ffi::OsStr>,
+    hosts: &Path,
+) -> std::process::Command {
     let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "sh", "-c", "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"", "sh"])
-        .arg(hosts)
-        .arg(program);
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"",
+        "sh",
+    ])
+    .arg(hosts)
+    .arg(program);
     cmd
 }
 

@@ -45,7 +45,13 @@ impl Tls {
             "::1".to_string(),
             "kubernetes.default.svc".to_string(),
         ];
-        names.extend(extra.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
+        names.extend(
+            extra
+                .iter()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let mut params = CertificateParams::new(names).map_err(|e| tls(&e))?;
         params
             .distinguished_name

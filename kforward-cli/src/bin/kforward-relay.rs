@@ -3,11 +3,11 @@
 //! destinations through `HTTPS_PROXY` (or `ALL_PROXY`) unless `NO_PROXY` keeps them direct,
 //! and exits on SIGTERM or when no client has been connected for 10 minutes.
 
+use kforward_core::relay::egress::Egress;
 use kforward_core::relay::server::{
     CancellationToken, DEFAULT_IDLE_EXIT, IDLE_EXIT_ENV, RelayServer, RelaySettings,
     SystemResolver, parse_idle_exit,
 };
-use kforward_core::relay::egress::Egress;
 
 fn usage() -> ! {
     eprintln!(

@@ -111,12 +111,11 @@ async fn cluster_ranges(ctx: &KubeContext) -> Vec<String> {
     }
     let nodes: Api<Node> = Api::all(ctx.client().clone());
     match nodes.list(&ListParams::default()).await {
-        Ok(list) => ranges.extend(
-            list.items
-                .into_iter()
-                .filter_map(|n| n.spec)
-                .flat_map(|s| s.pod_cidrs.or(s.pod_cidr.map(|c| vec![c])).unwrap_or_default()),
-        ),
+        Ok(list) => ranges.extend(list.items.into_iter().filter_map(|n| n.spec).flat_map(|s| {
+            s.pod_cidrs
+                .or(s.pod_cidr.map(|c| vec![c]))
+                .unwrap_or_default()
+        })),
         Err(e) => debug!(error = %e, "no node pod ranges for the relay's NO_PROXY"),
     }
     ranges.sort();
@@ -126,7 +125,10 @@ async fn cluster_ranges(ctx: &KubeContext) -> Vec<String> {
 
 /// The environment variables for a relay pod from `env`: as given, plus the default
 /// `NO_PROXY` when they set a proxy without one.
-pub(crate) async fn relay_pod_env(ctx: &KubeContext, env: &BTreeMap<String, String>) -> Vec<EnvVar> {
+pub(crate) async fn relay_pod_env(
+    ctx: &KubeContext,
+    env: &BTreeMap<String, String>,
+) -> Vec<EnvVar> {
     let mut vars: Vec<EnvVar> = env
         .iter()
         .map(|(name, value)| EnvVar {

@@ -264,26 +264,28 @@ impl RelayPods {
                     name: "relay".into(),
                     image: Some(self.opts.image.clone()),
                     args: Some(vec!["--port".into(), port.to_string()]),
-                    env: Some(vec![
-                        EnvVar {
-                            name: "KFORWARD_RELAY_TOKEN".into(),
-                            value: Some(self.token.clone()),
-                            ..Default::default()
-                        },
-                        EnvVar {
-                            name: "KFORWARD_RELAY_PORT".into(),
-                            value: Some(port.to_string()),
-                            ..Default::default()
-                        },
-                        EnvVar {
-                            name: super::server::IDLE_EXIT_ENV.into(),
-                            value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
-                            ..Default::default()
-                        },
-                    ]
-                    .into_iter()
-                    .chain(extra_env)
-                    .collect()),
+                    env: Some(
+                        vec![
+                            EnvVar {
+                                name: "KFORWARD_RELAY_TOKEN".into(),
+                                value: Some(self.token.clone()),
+                                ..Default::default()
+                            },
+                            EnvVar {
+                                name: "KFORWARD_RELAY_PORT".into(),
+                                value: Some(port.to_string()),
+                                ..Default::default()
+                            },
+                            EnvVar {
+                                name: super::server::IDLE_EXIT_ENV.into(),
+                                value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
+                                ..Default::default()
+                            },
+                        ]
+                        .into_iter()
+                        .chain(extra_env)
+                        .collect(),
+                    ),
                     ports: Some(vec![ContainerPort {
                         name: Some("relay".into()),
                         container_port: i32::from(port),

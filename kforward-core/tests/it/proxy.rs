@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kforward_core::client::ApiRoute;
-use kforward_core::{Error, Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+use kforward_core::{
+    Error, Forwarder, KubeContext, KubeconfigSource, ProxyForwarder, TcpForwarder,
+};
 use kforward_testkit::Cluster;
 use kforward_testkit::proxies::{ProxyKind, ProxyOptions, start_or_skip};
 
@@ -26,9 +29,10 @@ async fn through_to(
     server: Option<&str>,
 ) -> KubeContext {
     static FILES: AtomicUsize = AtomicUsize::new(0);
-    let path = dir
-        .path()
-        .join(format!("kubeconfig-{}", FILES.fetch_add(1, Ordering::Relaxed)));
+    let path = dir.path().join(format!(
+        "kubeconfig-{}",
+        FILES.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut entry = cluster.kubeconfig_entry();
     if let Some(server) = server {
         entry.server = server.to_string();
@@ -75,7 +79,9 @@ async fn every_kind_of_proxy_url_carries_lists_watches_and_tunnels() {
     // Straight to the API server is refused now.
     let direct = crate::common::context(&cluster).await;
     let mut f = TcpForwarder::new(direct, spec("svc/web", 0, 80), quick());
-    let refused = tokio::time::timeout(WAIT, f.start()).await.expect("in time");
+    let refused = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time");
     assert!(refused.is_err(), "the API server accepts the proxies only");
 
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -112,7 +118,10 @@ async fn failure(cluster: &Cluster, dir: &tempfile::TempDir, url: &str) -> Error
     let ctx = through(cluster, dir, url).await;
     let started = Instant::now();
     let mut f = TcpForwarder::new(ctx, spec("svc/web", 0, 80), quick());
-    let err = match tokio::time::timeout(WAIT, f.start()).await.expect("in time") {
+    let err = match tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+    {
         Ok(_) => panic!("{url}: forwarding worked"),
         Err(e) => e,
     };
@@ -166,8 +175,11 @@ async fn each_proxy_failure_says_what_to_check_within_seconds() {
     else {
         return;
     };
-    let Some(dante) =
-        start_or_skip(ProxyKind::Dante, ProxyOptions::default().deny_port(api_port)).await
+    let Some(dante) = start_or_skip(
+        ProxyKind::Dante,
+        ProxyOptions::default().deny_port(api_port),
+    )
+    .await
     else {
         return;
     };
@@ -180,21 +192,51 @@ async fn each_proxy_failure_says_what_to_check_within_seconds() {
     // Nothing listens where the proxy should be.
     let url = format!("http://alice:s3cret@{closed}");
     let e = failure(&cluster, &dir, &url).await;
-    names_the_proxy(&e, &cluster, &format!("http://alice@{closed}"), "cannot connect to the proxy", true);
+    names_the_proxy(
+        &e,
+        &cluster,
+        &format!("http://alice@{closed}"),
+        "cannot connect to the proxy",
+        true,
+    );
 
     // 407: no credentials, then wrong ones (Squid answers 407 to both).
     let e = failure(&cluster, &dir, &squid.url_without_auth()).await;
-    names_the_proxy(&e, &cluster, &squid.url_without_auth(), "wants credentials (407", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        &squid.url_without_auth(),
+        "wants credentials (407",
+        false,
+    );
     let wrong = squid.url().replace("s3cret", "wrong");
     let e = failure(&cluster, &dir, &wrong).await;
-    names_the_proxy(&e, &cluster, "alice@", "rejected the credentials (407", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        "alice@",
+        "rejected the credentials (407",
+        false,
+    );
     // tinyproxy answers wrong credentials with 401.
     let e = failure(&cluster, &dir, &tiny.url().replace("s3cret", "wrong")).await;
-    names_the_proxy(&e, &cluster, "alice@", "rejected the credentials (401", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        "alice@",
+        "rejected the credentials (401",
+        false,
+    );
 
     // 403: Squid's rules refuse the API server's port.
     let e = failure(&cluster, &dir, &squid.url()).await;
-    names_the_proxy(&e, &cluster, &squid.url().replace(":s3cret", ""), "refuse this destination (403", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        &squid.url().replace(":s3cret", ""),
+        "refuse this destination (403",
+        false,
+    );
 
     // 5xx: the proxy cannot reach the server (nothing listens behind it): tinyproxy answers
     // 500, Squid 503.
@@ -209,16 +251,31 @@ async fn each_proxy_failure_says_what_to_check_within_seconds() {
             .expect_err("nothing behind the proxy");
         assert!(started.elapsed() < FAIL_WITHIN, "{e}");
         let text = e.to_string();
-        assert!(text.contains("could not reach the destination") && text.contains(code), "{text}");
+        assert!(
+            text.contains("could not reach the destination") && text.contains(code),
+            "{text}"
+        );
         assert!(text.contains(&nowhere), "{text}");
         assert!(e.is_retryable(), "{e}");
     }
 
     // SOCKS5: wrong password, rules refusing the destination.
     let e = failure(&cluster, &dir, &socks.url().replace("s3cret", "wrong")).await;
-    names_the_proxy(&e, &cluster, "socks5://bob@", "rejected the user name and password", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        "socks5://bob@",
+        "rejected the user name and password",
+        false,
+    );
     let e = failure(&cluster, &dir, &socks.url_without_auth()).await;
-    names_the_proxy(&e, &cluster, &socks.url_without_auth(), "wants credentials", false);
+    names_the_proxy(
+        &e,
+        &cluster,
+        &socks.url_without_auth(),
+        "wants credentials",
+        false,
+    );
     let e = failure(&cluster, &dir, &dante.url()).await;
     names_the_proxy(&e, &cluster, &dante.url(), "(reply 2)", false);
 }
@@ -235,7 +292,10 @@ async fn a_proxy_url_is_used_for_a_loopback_server_and_a_bad_one_is_refused_at_l
         .await
         .expect_err("ftp is no proxy scheme");
     let text = err.to_string();
-    assert!(text.contains("proxy-url of cluster") && text.contains("\"ftp\""), "{text}");
+    assert!(
+        text.contains("proxy-url of cluster") && text.contains("\"ftp\""),
+        "{text}"
+    );
     assert!(!text.contains("s3cret"), "{text}");
     let Some(proxy) = start_or_skip(ProxyKind::Tinyproxy, ProxyOptions::default()).await else {
         return;
@@ -247,4 +307,130 @@ async fn a_proxy_url_is_used_for_a_loopback_server_and_a_bad_one_is_refused_at_l
     let body = http_get(bound[0].local_addr, "/").await;
     assert!(body.starts_with("web-"), "{body}");
     fwd.stop().await;
+}
+
+/// One HTTP GET through `addr` with `Host: host`; the whole reply, empty when the connection
+/// was closed without one.
+async fn get(addr: std::net::SocketAddr, host: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).to_string()
+    };
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("reply in time")
+}
+
+fn proxy_spec(host: &str, port: u16) -> ForwardSpec {
+    ForwardSpec::new(
+        Target::Proxy { host: host.into() },
+        [PortMapping::new(0, port)],
+    )
+    .with_namespace("demo")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_reaches_a_private_host_through_its_egress_proxy_and_cluster_names_directly() {
+    let cluster = demo().await;
+    let host = "private.example.internal";
+    let real = cluster
+        .add_external_host(host, 0, None)
+        .await
+        .expect("external host");
+    // The proxy knows the private name; pods may reach external hosts through it only.
+    let opts = ProxyOptions::default()
+        .with_auth("alice", "s3cret")
+        .with_host(host, real.ip());
+    let Some(squid) = start_or_skip(ProxyKind::Squid, opts.clone()).await else {
+        return;
+    };
+    let Some(strict) = start_or_skip(ProxyKind::Squid, opts.deny_port(real.port())).await else {
+        return;
+    };
+    cluster.egress_only_through([squid.outbound_ip(), strict.outbound_ip()]);
+    let ctx = crate::common::context(&cluster).await;
+    let mut fopts = quick();
+    fopts.relay.env.insert("HTTPS_PROXY".into(), squid.url());
+
+    let mut f = ProxyForwarder::new(ctx.clone(), proxy_spec(host, real.port()), fopts.clone());
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("proxy forward starts");
+    for _ in 0..3 {
+        let reply = get(bound[0].local_addr, host).await;
+        assert!(
+            reply.contains(&format!("hello from {host} to {}", squid.outbound_ip())),
+            "{reply}"
+        );
+    }
+    // The relay pod got the proxy and a NO_PROXY that keeps the cluster's names direct.
+    let relay = cluster.pods("demo", Some("app.kubernetes.io/name=kforward-relay"));
+    let env = &relay[0].spec.as_ref().expect("spec").containers[0].env;
+    let no_proxy = env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NO_PROXY")
+        .and_then(|e| e.value.clone())
+        .expect("a default NO_PROXY");
+    assert!(
+        no_proxy.contains(".svc") && no_proxy.contains(".cluster.local"),
+        "{no_proxy}"
+    );
+    f.stop().await;
+
+    // A cluster name stays direct: through Squid it would not resolve.
+    let mut f = ProxyForwarder::new(
+        ctx.clone(),
+        proxy_spec("web.demo.svc.cluster.local", 80),
+        fopts.clone(),
+    );
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("proxy forward starts");
+    let reply = get(bound[0].local_addr, "web").await;
+    assert!(reply.contains("\r\n\r\nweb-"), "{reply}");
+    f.stop().await;
+    assert!(
+        !squid.logs().contains("web.demo"),
+        "the cluster name did not go to the proxy: {}",
+        squid.logs()
+    );
+
+    // A proxy that refuses the destination: the connection fails with the proxy's reason.
+    let mut fopts = quick();
+    fopts.relay.env.insert("HTTPS_PROXY".into(), strict.url());
+    let mut f = ProxyForwarder::new(ctx.clone(), proxy_spec(host, real.port()), fopts);
+    let mut events = f.subscribe();
+    let bound = tokio::time::timeout(WAIT, f.start())
+        .await
+        .expect("in time")
+        .expect("proxy forward starts");
+    let started = Instant::now();
+    let reply = get(bound[0].local_addr, host).await;
+    assert!(!reply.contains("hello"), "{reply}");
+    let error = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(kforward_core::Event::Error { message, .. }) => return message,
+                Ok(_) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("an error event");
+    assert!(started.elapsed() < FAIL_WITHIN, "{error}");
+    assert!(
+        error.contains("refuse this destination (403") && error.contains("HTTPS_PROXY"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
+    f.stop().await;
 }
