@@ -8,6 +8,8 @@ use std::time::Duration;
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod proxy;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn kforward() -> Command {

@@ -1,0 +1,354 @@
+//! `kforward` behind proxies, as a user runs it: the kubeconfig's `proxy-url` and the
+//! environment (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, `KFORWARD_PROXY_CA`) with real
+//! proxies, and an API server that accepts the proxies' addresses only. The environment's
+//! proxy never serves a loopback server, so these clusters listen on an address from
+//! `198.18.0.0/15` put on `lo` (root needed; on CI a test fails without it).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kforward_testkit::Cluster;
+use kforward_testkit::proxies::{
+    ProxyKind, ProxyOptions, RealProxy, non_loopback_address_or_skip, start_or_skip,
+    with_hosts_file, write_hosts,
+};
+
+use super::{Running, http_get, kforward, run_to_end};
+
+/// The name tests give the API server, resolved only where a test says so.
+const API_NAME: &str = "api.proxied.test";
+/// How long a failure may take to be printed.
+const FAIL_WITHIN: Duration = Duration::from_secs(5);
+
+/// Every variable that could send kforward to a proxy, removed so that only the test's apply.
+const PROXY_VARS: [&str; 10] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "KFORWARD_PROXY_CA",
+    "SSL_CERT_FILE",
+];
+
+fn clean(mut cmd: Command) -> Command {
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// The demo cluster on `198.18.0.1`, its certificate also for [`API_NAME`].
+async fn remote_demo() -> Option<Cluster> {
+    let ip = non_loopback_address_or_skip(1)?;
+    let cluster = Cluster::builder()
+        .demo()
+        .api_addr((ip, 0).into())
+        .tls_name(API_NAME)
+        .start()
+        .await
+        .expect("the demo cluster on a non-loopback address");
+    Some(cluster)
+}
+
+/// A kubeconfig for `cluster` at `server` (its own URL when `None`), with `proxy_url`.
+fn kubeconfig(
+    cluster: &Cluster,
+    dir: &Path,
+    file: &str,
+    server: Option<&str>,
+    proxy_url: Option<&str>,
+) -> std::path::PathBuf {
+    let mut entry = cluster.kubeconfig_entry();
+    if let Some(s) = server {
+        entry.server = s.to_string();
+    }
+    let mut config = kforward_testkit::kubeconfig_json(&[entry]);
+    if let Some(p) = proxy_url {
+        config["clusters"][0]["cluster"]["proxy-url"] = serde_json::json!(p);
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, config.to_string()).expect("kubeconfig written");
+    path
+}
+
+/// `kforward forward svc/web 0:80 -n demo -o json --kubeconfig PATH`, run by `base`.
+fn forward(mut base: Command, kubeconfig: &Path) -> Command {
+    base.args(["forward", "svc/web", "0:80", "-n", "demo", "-o", "json", "--kubeconfig"])
+        .arg(kubeconfig);
+    base
+}
+
+/// Runs `cmd` until its forward is ready, checks that it carries two requests, stops it and
+/// returns its stderr.
+async fn carries(what: &str, cmd: Command) -> String {
+    let r = Running::spawn(cmd);
+    let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["local_addr"].as_str().expect("local_addr").to_string();
+    for _ in 0..2 {
+        let reply = http_get(&addr).await;
+        assert!(reply.contains("\r\n\r\nweb-"), "{what}: {reply}");
+    }
+    r.signal("-TERM");
+    let (status, err) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{what}: {status:?} {err}");
+    err
+}
+
+/// `kforward` with the environment `vars` (and nothing else proxy-related).
+fn kforward_with(vars: &[(&str, String)]) -> Command {
+    let mut c = clean(kforward());
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+struct Proxies {
+    tiny: RealProxy,
+    tiny_auth: RealProxy,
+    tls: RealProxy,
+    socks: RealProxy,
+    socks_resolving: RealProxy,
+}
+
+async fn proxies(api_ip: IpAddr) -> Option<Proxies> {
+    let auth = || ProxyOptions::default().with_auth("alice", "s3cret");
+    Some(Proxies {
+        tiny: start_or_skip(ProxyKind::Tinyproxy, ProxyOptions::default()).await?,
+        tiny_auth: start_or_skip(ProxyKind::Tinyproxy, auth()).await?,
+        tls: start_or_skip(ProxyKind::Squid, auth().with_tls()).await?,
+        socks: start_or_skip(ProxyKind::Microsocks, ProxyOptions::default().with_auth("bob", "p@ss:w"))
+            .await?,
+        // Resolves the API server's name, which kforward's machine cannot.
+        socks_resolving: start_or_skip(
+            ProxyKind::Microsocks,
+            ProxyOptions::default().with_host(API_NAME, api_ip),
+        )
+        .await?,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_goes_through_every_kind_of_proxy_from_the_kubeconfig_or_the_environment() {
+    let Some(cluster) = remote_demo().await else {
+        return;
+    };
+    let api = cluster.api_addr();
+    let Some(p) = proxies(api.ip()).await else {
+        return;
+    };
+    cluster.api_only_from(
+        [&p.tiny, &p.tiny_auth, &p.tls, &p.socks, &p.socks_resolving].map(RealProxy::outbound_ip),
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = p.tls.ca_file().expect("the TLS proxy's CA");
+    let ca = ca.to_string_lossy().to_string();
+    let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
+    let by_name = format!("https://{API_NAME}:{}", api.port());
+    let socks = p.socks.url().replace("p@ss:w", "p%40ss%3Aw");
+
+    // Without a proxy the API server is out of reach.
+    let (code, _, err) = run_to_end(forward(kforward_with(&[]), &plain));
+    assert_eq!(code, 1, "{err}");
+
+    let cases: Vec<(&str, std::path::PathBuf, Vec<(&str, String)>)> = vec![
+        ("proxy-url http", kubeconfig(&cluster, dir.path(), "a", None, Some(&p.tiny.url())), vec![]),
+        ("proxy-url http with Basic auth", kubeconfig(&cluster, dir.path(), "b", None, Some(&p.tiny_auth.url())), vec![]),
+        (
+            "proxy-url https",
+            kubeconfig(&cluster, dir.path(), "c", None, Some(&p.tls.url())),
+            vec![("KFORWARD_PROXY_CA", ca.clone())],
+        ),
+        ("proxy-url socks5 with auth", kubeconfig(&cluster, dir.path(), "d", None, Some(&socks)), vec![]),
+        (
+            "proxy-url socks5h, a name only the proxy resolves",
+            kubeconfig(
+                &cluster,
+                dir.path(),
+                "e",
+                Some(&by_name),
+                Some(&p.socks_resolving.url().replacen("socks5://", "socks5h://", 1)),
+            ),
+            vec![],
+        ),
+        ("HTTPS_PROXY", plain.clone(), vec![("HTTPS_PROXY", p.tiny_auth.url())]),
+        (
+            "https_proxy over TLS, CA from SSL_CERT_FILE",
+            plain.clone(),
+            vec![("https_proxy", p.tls.url()), ("SSL_CERT_FILE", ca.clone())],
+        ),
+        ("ALL_PROXY socks5", plain.clone(), vec![("ALL_PROXY", socks.clone())]),
+        (
+            "HTTPS_PROXY, NO_PROXY not matching",
+            plain.clone(),
+            vec![
+                ("HTTPS_PROXY", p.tiny.url()),
+                ("NO_PROXY", format!("localhost,.example.com,{}:1,10.0.0.0/8", api.ip())),
+            ],
+        ),
+        (
+            "kube's stock stack, HTTPS_PROXY",
+            plain.clone(),
+            vec![("HTTPS_PROXY", p.tiny_auth.url()), ("KFORWARD_KUBE_CLIENT", "stock".into())],
+        ),
+        // kube's SOCKS5 client sends no credentials: a proxy without auth.
+        (
+            "kube's stock stack, proxy-url socks5",
+            kubeconfig(&cluster, dir.path(), "f", None, Some(&p.socks_resolving.url())),
+            vec![("KFORWARD_KUBE_CLIENT", "stock".into())],
+        ),
+    ];
+    for (what, config, vars) in cases {
+        let mut vars = vars;
+        vars.push(("RUST_LOG", "kforward_core=debug".into()));
+        let err = carries(what, forward(kforward_with(&vars), &config)).await;
+        if !vars.iter().any(|(k, _)| *k == "KFORWARD_KUBE_CLIENT") {
+            assert!(
+                err.contains("connecting to the API server through the proxy"),
+                "{what}: the debug log names the route: {err}"
+            );
+        }
+        assert!(!err.contains("s3cret") && !err.contains("p%40ss"), "{what}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_proxy_rules_by_host_suffix_range_and_port_bypass_the_environments_proxy() {
+    let Some(cluster) = remote_demo().await else {
+        return;
+    };
+    let api = cluster.api_addr();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // A proxy nobody runs: going through it would fail.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("address"))
+    };
+    let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
+    let by_name = kubeconfig(
+        &cluster,
+        dir.path(),
+        "named",
+        Some(&format!("https://{API_NAME}:{}", api.port())),
+        None,
+    );
+    let hosts = write_hosts(dir.path(), &[(API_NAME.to_string(), api.ip())]).expect("hosts");
+    let named = |vars: &[(&str, String)]| {
+        let mut c = clean(Command::from(with_hosts_file(env!("CARGO_BIN_EXE_kforward"), &hosts)));
+        c.env_remove("KUBECONFIG").env("NO_COLOR", "1");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c
+    };
+    let ip = api.ip().to_string();
+    let port_rule = format!("{ip}:{}", api.port());
+    for (what, rule, by_host) in [
+        ("an address", ip.as_str(), false),
+        ("a range", "198.18.0.0/15", false),
+        ("an address and port", port_rule.as_str(), false),
+        ("a host", API_NAME, true),
+        ("a .suffix", ".proxied.test", true),
+        ("a bare domain", "proxied.test", true),
+        ("a *.suffix", "*.proxied.test", true),
+    ] {
+        let vars = [
+            ("HTTPS_PROXY", dead.clone()),
+            ("NO_PROXY", format!("example.com, {rule}")),
+            ("RUST_LOG", "kforward_core=debug".to_string()),
+        ];
+        let cmd = if by_host {
+            forward(named(&vars), &by_name)
+        } else {
+            forward(kforward_with(&vars), &plain)
+        };
+        let err = carries(what, cmd).await;
+        let expect = format!("NO_PROXY rule {:?} matches", rule.trim_start_matches('*'));
+        assert!(err.contains(&expect), "{what}: {expect} in {err}");
+    }
+    // A rule for another port does not match: the dead proxy is used, and said so at once.
+    let vars = [
+        ("HTTPS_PROXY", dead.clone()),
+        ("NO_PROXY", format!("{ip}:1")),
+    ];
+    let started = Instant::now();
+    let (code, _, err) = run_to_end(forward(kforward_with(&vars), &plain));
+    assert_eq!(code, 1, "{err}");
+    assert!(started.elapsed() < FAIL_WITHIN + Duration::from_secs(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("through the proxy"))
+        .unwrap_or_else(|| panic!("a line naming the proxy: {err}"));
+    assert!(
+        line.contains(&format!("{dead} (HTTPS_PROXY)"))
+            && line.contains(&cluster.server_url())
+            && line.contains("cannot connect to the proxy"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_failures_print_one_line_naming_the_proxy_and_what_to_check() {
+    let Some(cluster) = remote_demo().await else {
+        return;
+    };
+    let api = cluster.api_addr();
+    let Some(squid) = start_or_skip(
+        ProxyKind::Squid,
+        ProxyOptions::default()
+            .with_auth("alice", "s3cret")
+            .deny_port(api.port())
+            .with_tls(),
+    )
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
+    let ca = squid.ca_file().expect("CA").to_string_lossy().to_string();
+    let shown = squid.url_without_auth().replacen("https://", "https://alice@", 1);
+    for (what, vars, expect) in [
+        (
+            "no CA for the proxy's certificate",
+            vec![("HTTPS_PROXY", squid.url())],
+            "KFORWARD_PROXY_CA",
+        ),
+        (
+            "wrong credentials",
+            vec![
+                ("HTTPS_PROXY", squid.url().replace("s3cret", "nope")),
+                ("KFORWARD_PROXY_CA", ca.clone()),
+            ],
+            "rejected the credentials (407",
+        ),
+        (
+            "the proxy's rules",
+            vec![("HTTPS_PROXY", squid.url()), ("KFORWARD_PROXY_CA", ca.clone())],
+            "refuse this destination (403",
+        ),
+    ] {
+        let started = Instant::now();
+        let (code, out, err) = run_to_end(forward(kforward_with(&vars), &plain));
+        assert!(
+            started.elapsed() < FAIL_WITHIN + Duration::from_secs(2),
+            "{what}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(code, 1, "{what}: {out} {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(expect))
+            .unwrap_or_else(|| panic!("{what}: {expect} in {err}"));
+        assert!(line.contains(&shown) && line.contains("(HTTPS_PROXY)"), "{what}: {line}");
+        assert!(line.contains(&cluster.server_url()), "{what}: {line}");
+        assert!(!err.contains("s3cret") && !err.contains("nope"), "{what}: {err}");
+    }
+}
