@@ -223,11 +223,20 @@ impl KubeContext {
             context: Some(context.clone()),
             ..Default::default()
         };
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &opts)
-            .await
-            .map_err(|e| Error::Kubeconfig {
-                message: error_chain(&e),
-            })?;
+        let mut config = match kube::Config::from_custom_kubeconfig(kc.clone(), &opts).await {
+            Ok(c) => c,
+            // kube parses NO_PROXY more strictly than Go; the route below decides anyway.
+            Err(kube::config::KubeconfigError::ParseNoProxy(e)) => {
+                tracing::debug!(error = %e, "kube refuses NO_PROXY; loading the kubeconfig without its proxy step");
+                crate::kube_config::without_proxy(&kc, &context)
+                    .map_err(|message| Error::Kubeconfig { message })?
+            }
+            Err(e) => {
+                return Err(Error::Kubeconfig {
+                    message: error_chain(&e),
+                });
+            }
+        };
         let route = ApiRoute::choose(&config.cluster_url, &cluster, proxy_url.as_deref(), |k| {
             std::env::var(k).ok()
         })

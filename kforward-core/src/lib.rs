@@ -44,6 +44,7 @@ mod connector;
 pub mod error;
 pub mod event;
 pub mod forwarder;
+mod kube_config;
 pub mod relay;
 pub mod resolve;
 mod single_flight;

@@ -64,9 +64,25 @@ fn kubeconfig(
     server: Option<&str>,
     proxy_url: Option<&str>,
 ) -> std::path::PathBuf {
+    kubeconfig_with_ca(cluster, dir, file, server, proxy_url, None)
+}
+
+/// As [`kubeconfig`], with `extra_ca` (PEM) in the cluster's CA bundle, where a kubectl user
+/// puts an `https://` proxy's CA.
+fn kubeconfig_with_ca(
+    cluster: &Cluster,
+    dir: &Path,
+    file: &str,
+    server: Option<&str>,
+    proxy_url: Option<&str>,
+    extra_ca: Option<&str>,
+) -> std::path::PathBuf {
     let mut entry = cluster.kubeconfig_entry();
     if let Some(s) = server {
         entry.server = s.to_string();
+    }
+    if let (Some(ca), Some(extra)) = (entry.ca_pem.as_mut(), extra_ca) {
+        ca.push_str(extra);
     }
     let mut config = kforward_testkit::kubeconfig_json(&[entry]);
     if let Some(p) = proxy_url {
@@ -79,8 +95,17 @@ fn kubeconfig(
 
 /// `kforward forward svc/web 0:80 -n demo -o json --kubeconfig PATH`, run by `base`.
 fn forward(mut base: Command, kubeconfig: &Path) -> Command {
-    base.args(["forward", "svc/web", "0:80", "-n", "demo", "-o", "json", "--kubeconfig"])
-        .arg(kubeconfig);
+    base.args([
+        "forward",
+        "svc/web",
+        "0:80",
+        "-n",
+        "demo",
+        "-o",
+        "json",
+        "--kubeconfig",
+    ])
+    .arg(kubeconfig);
     base
 }
 
@@ -124,8 +149,11 @@ async fn proxies(api_ip: IpAddr) -> Option<Proxies> {
         tiny: start_or_skip(ProxyKind::Tinyproxy, ProxyOptions::default()).await?,
         tiny_auth: start_or_skip(ProxyKind::Tinyproxy, auth()).await?,
         tls: start_or_skip(ProxyKind::Squid, auth().with_tls()).await?,
-        socks: start_or_skip(ProxyKind::Microsocks, ProxyOptions::default().with_auth("bob", "p@ss:w"))
-            .await?,
+        socks: start_or_skip(
+            ProxyKind::Microsocks,
+            ProxyOptions::default().with_auth("bob", "p@ss:w"),
+        )
+        .await?,
         // Resolves the API server's name, which kforward's machine cannot.
         socks_resolving: start_or_skip(
             ProxyKind::Microsocks,
@@ -153,20 +181,41 @@ async fn forward_goes_through_every_kind_of_proxy_from_the_kubeconfig_or_the_env
     let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
     let by_name = format!("https://{API_NAME}:{}", api.port());
     let socks = p.socks.url().replace("p@ss:w", "p%40ss%3Aw");
+    let ca_pem = std::fs::read_to_string(&ca).expect("the proxy's CA");
+    let bundled = |file: &str, proxy_url: Option<&str>| {
+        kubeconfig_with_ca(&cluster, dir.path(), file, None, proxy_url, Some(&ca_pem))
+    };
 
     // Without a proxy the API server is out of reach.
     let (code, _, err) = run_to_end(forward(kforward_with(&[]), &plain));
     assert_eq!(code, 1, "{err}");
 
     let cases: Vec<(&str, std::path::PathBuf, Vec<(&str, String)>)> = vec![
-        ("proxy-url http", kubeconfig(&cluster, dir.path(), "a", None, Some(&p.tiny.url())), vec![]),
-        ("proxy-url http with Basic auth", kubeconfig(&cluster, dir.path(), "b", None, Some(&p.tiny_auth.url())), vec![]),
+        (
+            "proxy-url http",
+            kubeconfig(&cluster, dir.path(), "a", None, Some(&p.tiny.url())),
+            vec![],
+        ),
+        (
+            "proxy-url http with Basic auth",
+            kubeconfig(&cluster, dir.path(), "b", None, Some(&p.tiny_auth.url())),
+            vec![],
+        ),
         (
             "proxy-url https",
             kubeconfig(&cluster, dir.path(), "c", None, Some(&p.tls.url())),
             vec![("KFORWARD_PROXY_CA", ca.clone())],
         ),
-        ("proxy-url socks5 with auth", kubeconfig(&cluster, dir.path(), "d", None, Some(&socks)), vec![]),
+        (
+            "proxy-url https, its CA in the kubeconfig's bundle as for kubectl",
+            bundled("c2", Some(&p.tls.url())),
+            vec![],
+        ),
+        (
+            "proxy-url socks5 with auth",
+            kubeconfig(&cluster, dir.path(), "d", None, Some(&socks)),
+            vec![],
+        ),
         (
             "proxy-url socks5h, a name only the proxy resolves",
             kubeconfig(
@@ -174,34 +223,67 @@ async fn forward_goes_through_every_kind_of_proxy_from_the_kubeconfig_or_the_env
                 dir.path(),
                 "e",
                 Some(&by_name),
-                Some(&p.socks_resolving.url().replacen("socks5://", "socks5h://", 1)),
+                Some(
+                    &p.socks_resolving
+                        .url()
+                        .replacen("socks5://", "socks5h://", 1),
+                ),
             ),
             vec![],
         ),
-        ("HTTPS_PROXY", plain.clone(), vec![("HTTPS_PROXY", p.tiny_auth.url())]),
+        (
+            "HTTPS_PROXY",
+            plain.clone(),
+            vec![("HTTPS_PROXY", p.tiny_auth.url())],
+        ),
         (
             "https_proxy over TLS, CA from SSL_CERT_FILE",
             plain.clone(),
             vec![("https_proxy", p.tls.url()), ("SSL_CERT_FILE", ca.clone())],
         ),
-        ("ALL_PROXY socks5", plain.clone(), vec![("ALL_PROXY", socks.clone())]),
+        (
+            "ALL_PROXY socks5",
+            plain.clone(),
+            vec![("ALL_PROXY", socks.clone())],
+        ),
         (
             "HTTPS_PROXY, NO_PROXY not matching",
             plain.clone(),
             vec![
                 ("HTTPS_PROXY", p.tiny.url()),
-                ("NO_PROXY", format!("localhost,.example.com,{}:1,10.0.0.0/8", api.ip())),
+                (
+                    "NO_PROXY",
+                    format!("localhost,.example.com,{}:1,10.0.0.0/8", api.ip()),
+                ),
             ],
         ),
         (
             "kube's stock stack, HTTPS_PROXY",
             plain.clone(),
-            vec![("HTTPS_PROXY", p.tiny_auth.url()), ("KFORWARD_KUBE_CLIENT", "stock".into())],
+            vec![
+                ("HTTPS_PROXY", p.tiny_auth.url()),
+                ("KFORWARD_KUBE_CLIENT", "stock".into()),
+            ],
+        ),
+        // kube's stack checks an https:// proxy with the cluster's CAs, as Go does.
+        (
+            "kube's stock stack, HTTPS_PROXY over TLS",
+            bundled("g", None),
+            vec![
+                ("HTTPS_PROXY", p.tls.url()),
+                ("KFORWARD_KUBE_CLIENT", "stock".into()),
+            ],
         ),
         // kube's SOCKS5 client sends no credentials: a proxy without auth.
         (
             "kube's stock stack, proxy-url socks5",
-            kubeconfig(&cluster, dir.path(), "f", None, Some(&p.socks_resolving.url())),
+            kubeconfig(
+                &cluster,
+                dir.path(),
+                "f",
+                None,
+                Some(&p.socks_resolving.url()),
+            ),
             vec![("KFORWARD_KUBE_CLIENT", "stock".into())],
         ),
     ];
@@ -215,7 +297,10 @@ async fn forward_goes_through_every_kind_of_proxy_from_the_kubeconfig_or_the_env
                 "{what}: the debug log names the route: {err}"
             );
         }
-        assert!(!err.contains("s3cret") && !err.contains("p%40ss"), "{what}: {err}");
+        assert!(
+            !err.contains("s3cret") && !err.contains("p%40ss"),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -241,7 +326,10 @@ async fn no_proxy_rules_by_host_suffix_range_and_port_bypass_the_environments_pr
     );
     let hosts = write_hosts(dir.path(), &[(API_NAME.to_string(), api.ip())]).expect("hosts");
     let named = |vars: &[(&str, String)]| {
-        let mut c = clean(Command::from(with_hosts_file(env!("CARGO_BIN_EXE_kforward"), &hosts)));
+        let mut c = clean(Command::from(with_hosts_file(
+            env!("CARGO_BIN_EXE_kforward"),
+            &hosts,
+        )));
         c.env_remove("KUBECONFIG").env("NO_COLOR", "1");
         for (k, v) in vars {
             c.env(k, v);
@@ -261,7 +349,8 @@ async fn no_proxy_rules_by_host_suffix_range_and_port_bypass_the_environments_pr
     ] {
         let vars = [
             ("HTTPS_PROXY", dead.clone()),
-            ("NO_PROXY", format!("example.com, {rule}")),
+            // Empty entries, as Go skips them (kube's own loader refuses them).
+            ("NO_PROXY", format!("example.com,, {rule},")),
             ("RUST_LOG", "kforward_core=debug".to_string()),
         ];
         let cmd = if by_host {
@@ -281,7 +370,10 @@ async fn no_proxy_rules_by_host_suffix_range_and_port_bypass_the_environments_pr
     let started = Instant::now();
     let (code, _, err) = run_to_end(forward(kforward_with(&vars), &plain));
     assert_eq!(code, 1, "{err}");
-    assert!(started.elapsed() < FAIL_WITHIN + Duration::from_secs(2), "{err}");
+    assert!(
+        started.elapsed() < FAIL_WITHIN + Duration::from_secs(2),
+        "{err}"
+    );
     let line = err
         .lines()
         .find(|l| l.contains("through the proxy"))
@@ -314,7 +406,9 @@ async fn proxy_failures_print_one_line_naming_the_proxy_and_what_to_check() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
     let ca = squid.ca_file().expect("CA").to_string_lossy().to_string();
-    let shown = squid.url_without_auth().replacen("https://", "https://alice@", 1);
+    let shown = squid
+        .url_without_auth()
+        .replacen("https://", "https://alice@", 1);
     for (what, vars, expect) in [
         (
             "no CA for the proxy's certificate",
@@ -331,7 +425,10 @@ async fn proxy_failures_print_one_line_naming_the_proxy_and_what_to_check() {
         ),
         (
             "the proxy's rules",
-            vec![("HTTPS_PROXY", squid.url()), ("KFORWARD_PROXY_CA", ca.clone())],
+            vec![
+                ("HTTPS_PROXY", squid.url()),
+                ("KFORWARD_PROXY_CA", ca.clone()),
+            ],
             "refuse this destination (403",
         ),
     ] {
@@ -347,8 +444,14 @@ async fn proxy_failures_print_one_line_naming_the_proxy_and_what_to_check() {
             .lines()
             .find(|l| l.contains(expect))
             .unwrap_or_else(|| panic!("{what}: {expect} in {err}"));
-        assert!(line.contains(&shown) && line.contains("(HTTPS_PROXY)"), "{what}: {line}");
+        assert!(
+            line.contains(&shown) && line.contains("(HTTPS_PROXY)"),
+            "{what}: {line}"
+        );
         assert!(line.contains(&cluster.server_url()), "{what}: {line}");
-        assert!(!err.contains("s3cret") && !err.contains("nope"), "{what}: {err}");
+        assert!(
+            !err.contains("s3cret") && !err.contains("nope"),
+            "{what}: {err}"
+        );
     }
 }

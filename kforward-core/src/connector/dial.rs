@@ -83,20 +83,22 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    /// A dialer for `route`.
+    /// A dialer for `route`; an `https://` proxy's certificate may be signed by one of
+    /// `cluster_cas` (DER), the kubeconfig cluster's CAs, as with kubectl.
     ///
     /// # Errors
     ///
     /// For an `https://` proxy, when the CAs to check its certificate cannot be loaded.
-    pub(crate) fn new(route: ApiRoute) -> Result<Dialer, ProxyFailure> {
+    pub(crate) fn new(route: ApiRoute, cluster_cas: &[Vec<u8>]) -> Result<Dialer, ProxyFailure> {
         let proxy_tls = match &route {
             ApiRoute::Proxy { url, origin } if url.scheme() == ProxyScheme::Https => {
-                let config =
-                    super::proxy::tls::client_config().map_err(|message| ProxyFailure {
+                let config = super::proxy::tls::client_config(cluster_cas).map_err(|message| {
+                    ProxyFailure {
                         proxy: label(url, origin),
                         message,
                         retryable: false,
-                    })?;
+                    }
+                })?;
                 Some(tokio_rustls::TlsConnector::from(config))
             }
             _ => None,
@@ -198,7 +200,7 @@ async fn through(
                 .map_err(|e| {
                     (
                         format!(
-                            "TLS with the proxy failed ({e}): if a private CA signed the proxy's certificate, point {} (or SSL_CERT_FILE) at that CA's PEM file",
+                            "TLS with the proxy failed ({e}): if a private CA signed the proxy's certificate, point {} (or SSL_CERT_FILE) at that CA's PEM file, or add it to the kubeconfig's certificate-authority as for kubectl",
                             super::proxy::tls::PROXY_CA_ENV
                         ),
                         false,

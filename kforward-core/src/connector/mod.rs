@@ -70,7 +70,8 @@ pub(crate) fn client(
         ApiRoute::Proxy { url, origin } => Some(dial::label(url, origin)),
         ApiRoute::Direct(_) => None,
     };
-    let https = config.rustls_https_connector_with_connector(Dialer::new(route)?)?;
+    let cluster_cas = config.root_cert.as_deref().unwrap_or_default();
+    let https = config.rustls_https_connector_with_connector(Dialer::new(route, cluster_cas)?)?;
     let connector = Warm::new(Deadline {
         inner: https,
         after: config.connect_timeout,

@@ -72,7 +72,7 @@ fn find_kubectl() -> Result<PathBuf, String> {
 }
 
 /// The kubectl to test with, or `None` (after a note) when it cannot be had outside CI.
-async fn kubectl() -> Option<PathBuf> {
+pub(crate) async fn kubectl() -> Option<PathBuf> {
     let found = tokio::task::spawn_blocking(|| KUBECTL.get_or_init(find_kubectl).clone())
         .await
         .expect("the kubectl lookup ran");

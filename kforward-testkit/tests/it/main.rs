@@ -7,6 +7,7 @@ mod controllers;
 mod faults;
 mod kube_client;
 mod kubectl;
+mod kubectl_proxy;
 mod network;
 mod python;
 mod watch;

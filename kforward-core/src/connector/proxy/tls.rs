@@ -1,5 +1,7 @@
-//! TLS to an `https://` proxy: the system's CAs (with `SSL_CERT_FILE`/`SSL_CERT_DIR`, as Go
-//! and so kubectl read them on Linux) plus the CAs in the file [`PROXY_CA_ENV`] names.
+//! TLS to an `https://` proxy: the CAs of the kubeconfig's cluster (Go's transport checks the
+//! proxy with the same TLS settings as the server, so a kubectl user puts the proxy's CA in
+//! the kubeconfig's bundle), the system's (with `SSL_CERT_FILE`/`SSL_CERT_DIR`), and the ones
+//! in the file [`PROXY_CA_ENV`] names.
 
 use std::sync::Arc;
 
@@ -17,14 +19,19 @@ use rustls::pki_types::pem::PemObject;
 /// ```
 pub const PROXY_CA_ENV: &str = "KFORWARD_PROXY_CA";
 
-/// The TLS settings for connections to an `https://` proxy.
+/// The TLS settings for connections to an `https://` proxy, trusting `cluster_cas` (DER) too.
 ///
 /// # Errors
 ///
 /// A message naming [`PROXY_CA_ENV`] and the file when it cannot be read or holds no
 /// certificate, or when no CA at all is known.
-pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn client_config(cluster_cas: &[Vec<u8>]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
+    let (cluster, _) = roots.add_parsable_certificates(
+        cluster_cas
+            .iter()
+            .map(|der| CertificateDer::from(der.clone())),
+    );
     // Unreadable entries of the system store are skipped, as Go's loader skips them.
     let system = rustls_native_certs::load_native_certs();
     let (added, _) = roots.add_parsable_certificates(system.certs);
@@ -43,7 +50,7 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
         }
         extra = ok;
     }
-    if added + extra == 0 {
+    if added + extra + cluster == 0 {
         return Err(format!(
             "no CA is known to check the https:// proxy's certificate: the system has none; point {PROXY_CA_ENV} at the PEM file of the CA that signed it"
         ));
