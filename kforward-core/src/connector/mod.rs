@@ -83,7 +83,12 @@ pub(crate) fn client(
         .build::<_, kube::client::Body>(connector);
     // Each request as a DEBUG span of `tower_http::trace` (method, URI, status, latency),
     // as kube's stack logs them under `kube_client`.
-    let http = tower::Layer::layer(&tower_http::trace::TraceLayer::new_for_http(), http);
+    // A failure (a connection that could not be made, a 5xx) is logged at DEBUG too, as
+    // kube's stack only marks its span: the error reaches the caller, who says it once,
+    // instead of an ERROR line before every message about an unreachable server.
+    let failures = tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG);
+    let trace = tower_http::trace::TraceLayer::new_for_http().on_failure(failures);
+    let http = tower::Layer::layer(&trace, http);
     // kube's auth and retry layers take the boxed error kube's own stack hands them.
     let http = tower::ServiceExt::map_err(http, BoxError::from);
     // Innermost first: the request passes base URI, retry, auth, headers, then the wire,
