@@ -65,6 +65,7 @@ pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
     if let Some(image) = &a.relay_image {
         opts.relay.image = image.clone();
     }
+    opts.relay.env = crate::args::relay_env(&a.relay_env)?;
     // UDP goes through a relay pod, which the forwarder deletes when it stops.
     let mut fwd = kforward_core::forwarder_for(ctx, spec, opts)?;
     let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));

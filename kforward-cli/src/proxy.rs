@@ -47,11 +47,13 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     if let Some(ns) = &a.cluster.namespace {
         spec = spec.with_namespace(ns);
     }
+    let relay_env = crate::args::relay_env(&a.relay_env)?;
     let ctx = connect(&a.cluster).await?;
     let mut opts = ForwardOptions::default();
     if let Some(image) = &a.relay_image {
         opts.relay.image = image.clone();
     }
+    opts.relay.env = relay_env;
     let mut fwd = ProxyForwarder::new(ctx, spec, opts);
     let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
     if let Err(e) = fwd.start().await {

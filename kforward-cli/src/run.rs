@@ -95,6 +95,7 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let specs = load_specs(&a)?;
+    let relay_env = crate::args::relay_env(&a.relay_env)?;
     let opts = SupervisorOptions {
         forward: ForwardOptions {
             pod_running_timeout: a.pod_running_timeout,
@@ -123,7 +124,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             .await
             {
                 Ok(ctx) => {
-                    let r = SharedRelayPods(RelayPods::new(ctx, RelayOptions::default()));
+                    let relay = RelayOptions {
+                        env: relay_env.clone(),
+                        ..RelayOptions::default()
+                    };
+                    let r = SharedRelayPods(RelayPods::new(ctx, relay));
                     relays.push((key, r.clone()));
                     Some(r)
                 }

@@ -455,3 +455,123 @@ async fn proxy_failures_print_one_line_naming_the_proxy_and_what_to_check() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let ext = cluster.external_host_addr(host).expect("external host");
+    let opts = ProxyOptions::default()
+        .with_auth("alice", "s3cret")
+        .with_host(host, ext.ip());
+    let Some(squid) = start_or_skip(ProxyKind::Squid, opts.clone()).await else {
+        return;
+    };
+    let Some(strict) = start_or_skip(ProxyKind::Squid, opts.deny_port(ext.port())).await else {
+        return;
+    };
+    // Pods reach the outside only through the proxies.
+    cluster.egress_only_through([squid.outbound_ip(), strict.outbound_ip()]);
+    let kc = cluster.kubeconfig_path().display().to_string();
+    let dest = format!("{host}:{}", ext.port());
+    let hello = format!("hello from {host} to {}", squid.outbound_ip());
+
+    let proxy_cmd = |proxy: &RealProxy| {
+        let mut c = clean(kforward());
+        c.args(["proxy", &dest, "0", "-n", "demo", "-o", "json", "--kubeconfig", &kc])
+            .arg("--relay-env")
+            .arg(format!("HTTPS_PROXY={}", proxy.url()));
+        c
+    };
+    let r = Running::spawn(proxy_cmd(&squid));
+    let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["local_addr"].as_str().expect("local_addr").to_string();
+    let reply = http_get(&addr).await;
+    assert!(reply.contains(&hello), "{reply}");
+    r.signal("-TERM");
+    let (status, err) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?} {err}");
+
+    // `run`: a proxy entry and a service entry, the relay's egress from --relay-env.
+    let file_text = serde_json::json!([
+        {"alias": "web", "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80,
+         "local_address": "127.0.0.1", "kubeconfig": kc},
+        {"alias": "private", "workload_type": "proxy", "remote_address": host,
+         "namespace": "demo", "local_port": 0, "remote_port": ext.port(),
+         "local_address": "127.0.0.1", "kubeconfig": kc},
+    ])
+    .to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("forwards.json");
+    std::fs::write(&file, file_text).expect("write");
+    let r = Running::spawn({
+        let mut c = clean(kforward());
+        c.args(["run", "-o", "json", "-f"])
+            .arg(&file)
+            .arg("--relay-env")
+            .arg(format!("HTTPS_PROXY={}", squid.url()));
+        c
+    });
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 2 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
+    let reply = http_get(&ready["private"]).await;
+    assert!(reply.contains(&hello), "{reply}");
+    r.signal("-INT");
+    let (status, err) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?} {err}");
+
+    // A proxy that refuses the destination: the connection fails, and the error says why.
+    let r = Running::spawn(proxy_cmd(&strict));
+    let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["local_addr"].as_str().expect("local_addr").to_string();
+    let started = Instant::now();
+    let reply = try_get(&addr).await;
+    assert!(!reply.contains("hello"), "{reply}");
+    let error = tokio::task::block_in_place(|| r.line_with("\"event\":\"error\""));
+    assert!(started.elapsed() < FAIL_WITHIN, "{error}");
+    assert!(
+        error.contains("refuse this destination (403") && error.contains("(HTTPS_PROXY of the relay pod)"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "{error}");
+    drop(r);
+
+    // An egress proxy the relay cannot use is refused before anything starts.
+    let mut c = clean(kforward());
+    c.args(["proxy", &dest, "0", "-n", "demo", "--kubeconfig", &kc])
+        .args(["--relay-env", "HTTPS_PROXY=socks5://proxy.corp:1080"]);
+    let (code, _, err) = run_to_end(c);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--relay-env") && err.contains("give the relay an http:// one"),
+        "{err}"
+    );
+}
+
+/// One HTTP GET; the reply, or what went wrong (a reset connection is an answer here).
+async fn try_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), work).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no reply in time".to_string(),
+    }
+}
