@@ -112,7 +112,8 @@ pub struct ForwardArgs {
     pub udp: bool,
     /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
     #[arg(long)]
-    pub relay_image: Option<String>,    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    pub relay_image: Option<String>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
     /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
     /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
     /// ranges stay direct).
@@ -204,7 +205,9 @@ pub struct DemoArgs {
 pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not KEY=VALUE, e.g. HTTPS_PROXY=http://proxy.corp:3128")),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE, e.g. HTTPS_PROXY=http://proxy.corp:3128"
+        )),
     }
 }
 

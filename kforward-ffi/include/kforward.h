@@ -255,7 +255,11 @@ void kf_runtime_free(struct kf_runtime *rt);
  * `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
  * current context. `workload_type` may be `service`, `pod` or `proxy` (with
  * `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
- * relay pod that the forward creates in the namespace and deletes when it stops.
+ * relay pod that the forward creates in the namespace and deletes when it stops;
+ * `relay_env` (an object of strings, such as `{"HTTPS_PROXY": "http://proxy.corp:3128"}`)
+ * sets that pod's environment, for a cluster whose pods reach the outside only through a
+ * proxy. The API server is reached through the kubeconfig cluster's `proxy-url`, else
+ * `HTTPS_PROXY`/`ALL_PROXY` unless `NO_PROXY` matches, as kubectl does.
  *
  * This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
  * on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read

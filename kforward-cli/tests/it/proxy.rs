@@ -478,9 +478,19 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
 
     let proxy_cmd = |proxy: &RealProxy| {
         let mut c = clean(kforward());
-        c.args(["proxy", &dest, "0", "-n", "demo", "-o", "json", "--kubeconfig", &kc])
-            .arg("--relay-env")
-            .arg(format!("HTTPS_PROXY={}", proxy.url()));
+        c.args([
+            "proxy",
+            &dest,
+            "0",
+            "-n",
+            "demo",
+            "-o",
+            "json",
+            "--kubeconfig",
+            &kc,
+        ])
+        .arg("--relay-env")
+        .arg(format!("HTTPS_PROXY={}", proxy.url()));
         c
     };
     let r = Running::spawn(proxy_cmd(&squid));
@@ -540,7 +550,8 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
     let error = tokio::task::block_in_place(|| r.line_with("\"event\":\"error\""));
     assert!(started.elapsed() < FAIL_WITHIN, "{error}");
     assert!(
-        error.contains("refuse this destination (403") && error.contains("(HTTPS_PROXY of the relay pod)"),
+        error.contains("refuse this destination (403")
+            && error.contains("(HTTPS_PROXY of the relay pod)"),
         "{error}"
     );
     assert!(!error.contains("s3cret"), "{error}");

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use kforward_testkit::{Cluster, DEMO_EXTERNAL_HOST};
 
-const USAGE: &str = "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]
+const USAGE: &str =
+    "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]
   [--api-addr IP:PORT (default 127.0.0.1:0)] [--api-only-from IP,... (a proxy's outbound address)]";
 
 struct Args {
@@ -53,9 +54,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
                 let ips = v
                     .split(',')
                     .map(|ip| {
-                        ip.trim()
-                            .parse()
-                            .with_context(|| format!("--api-only-from: {ip:?} is not an IP address"))
+                        ip.trim().parse().with_context(|| {
+                            format!("--api-only-from: {ip:?} is not an IP address")
+                        })
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 out.api_only_from = Some(ips);
