@@ -691,6 +691,67 @@ mod tests {
             .expect("joins");
     }
 
+    /// Resolves nothing: a name only the egress proxy could resolve.
+    struct NoNames;
+
+    impl Resolve for NoNames {
+        async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+            match host.parse() {
+                Ok(ip) => Ok(vec![ip]),
+                Err(_) => Err(io::Error::other(format!("{host}: no such host"))),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_goes_to_the_egress_proxy_and_udp_never_does() {
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let env = |k: &str| (k == "HTTPS_PROXY").then(|| format!("http://alice:s3cret@{closed}"));
+        let egress = Egress::from_env(env).expect("egress");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let settings = RelaySettings::new("tok", NoNames).with_egress(egress);
+        let task = tokio::spawn(RelayServer::serve(listener, settings, stop.clone()));
+        // TCP to a name the cluster cannot resolve goes to the proxy, which is down here.
+        let (_, r) = ask(
+            addr,
+            Request::new("tok", Transport::Tcp, "db.corp.example", 5432),
+        )
+        .await;
+        assert_eq!(r.status, Status::Refused, "{r:?}");
+        assert!(
+            r.message.contains(&format!(
+                "egress proxy http://alice@{closed} (HTTPS_PROXY of the relay pod)"
+            )) && r.message.contains("cannot connect to the proxy")
+                && !r.message.contains("s3cret"),
+            "{}",
+            r.message
+        );
+        // UDP never goes through it, and the error says so.
+        let (_, r) = ask(
+            addr,
+            Request::new("tok", Transport::Udp, "dns.corp.example", 53),
+        )
+        .await;
+        assert_eq!(r.status, Status::NameNotResolved, "{r:?}");
+        assert!(
+            r.message
+                .contains("UDP is never sent through the egress proxy"),
+            "{}",
+            r.message
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .expect("joins");
+    }
+
     #[test]
     fn idle_exit_values() {
         assert_eq!(parse_idle_exit(" 2 "), Some(Duration::from_secs(2)));

@@ -722,8 +722,41 @@ impl Cluster {
     ///
     /// When the file cannot be written.
     pub fn write_kubeconfig_with_proxy(&self, path: &Path, proxy_url: &str) -> Result<(), Error> {
-        let mut config = crate::kubeconfig_json(&[self.kubeconfig_entry()]);
-        config["clusters"][0]["cluster"]["proxy-url"] = json!(proxy_url);
+        self.write_kubeconfig_behind(path, &BehindProxy::new().proxy_url(proxy_url))
+    }
+
+    /// Writes a kubeconfig for this cluster as a user behind a proxy writes it (see
+    /// [`BehindProxy`]).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use kforward_testkit::BehindProxy;
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("kubeconfig");
+    /// let how = BehindProxy::new().proxy_url("socks5h://127.0.0.1:1080").server("https://api.proxied.test:6443");
+    /// cluster.write_kubeconfig_behind(&path, &how).unwrap();
+    /// assert!(std::fs::read_to_string(&path).unwrap().contains("socks5h://"));
+    /// # });
+    /// ```
+    pub fn write_kubeconfig_behind(&self, path: &Path, how: &BehindProxy) -> Result<(), Error> {
+        let mut entry = self.kubeconfig_entry();
+        if let Some(server) = &how.server {
+            entry.server = server.clone();
+        }
+        if let (Some(ca), Some(extra)) = (entry.ca_pem.as_mut(), &how.extra_ca) {
+            ca.push_str(extra);
+        }
+        let mut config = crate::kubeconfig_json(&[entry]);
+        if let Some(proxy_url) = &how.proxy_url {
+            config["clusters"][0]["cluster"]["proxy-url"] = json!(proxy_url);
+        }
         let text = serde_json::to_string_pretty(&config)
             .map_err(|e| Error::Io(path.to_path_buf(), std::io::Error::other(e)))?;
         std::fs::write(path, text).map_err(|e| Error::Io(path.to_path_buf(), e))
@@ -777,5 +810,50 @@ impl Cluster {
     /// The counters: requests served, live and total port-forward streams.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats()
+    }
+}
+
+/// How a kubeconfig written by [`Cluster::write_kubeconfig_behind`] differs from the
+/// cluster's own: a `proxy-url`, another server URL (a name only a proxy resolves), and more
+/// CAs in the bundle (an `https://` proxy's, where kubectl looks for it).
+///
+/// # Example
+///
+/// ```
+/// let how = kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128");
+/// assert_eq!(how, kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BehindProxy {
+    proxy_url: Option<String>,
+    server: Option<String>,
+    extra_ca: Option<String>,
+}
+
+impl BehindProxy {
+    /// The cluster's own kubeconfig entry, unchanged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the cluster's `proxy-url`.
+    #[must_use]
+    pub fn proxy_url(mut self, url: impl Into<String>) -> Self {
+        self.proxy_url = Some(url.into());
+        self
+    }
+
+    /// Points the cluster at `url` instead of its own URL.
+    #[must_use]
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.server = Some(url.into());
+        self
+    }
+
+    /// Adds `pem` to the cluster's CA bundle.
+    #[must_use]
+    pub fn extra_ca(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca = Some(pem.into());
+        self
     }
 }

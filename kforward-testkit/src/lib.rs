@@ -37,7 +37,7 @@ mod status;
 mod store;
 mod tls;
 
-pub use cluster::{Cluster, ClusterBuilder};
+pub use cluster::{BehindProxy, Cluster, ClusterBuilder};
 pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};
 pub use resource::Kind;

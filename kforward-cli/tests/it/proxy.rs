@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kforward_testkit::Cluster;
 use kforward_testkit::proxies::{
     ProxyKind, ProxyOptions, RealProxy, non_loopback_address_or_skip, start_or_skip,
     with_hosts_file, write_hosts,
 };
+use kforward_testkit::{BehindProxy, Cluster};
 
 use super::{Running, http_get, kforward, run_to_end};
 
@@ -77,19 +77,20 @@ fn kubeconfig_with_ca(
     proxy_url: Option<&str>,
     extra_ca: Option<&str>,
 ) -> std::path::PathBuf {
-    let mut entry = cluster.kubeconfig_entry();
+    let mut how = BehindProxy::new();
     if let Some(s) = server {
-        entry.server = s.to_string();
+        how = how.server(s);
     }
-    if let (Some(ca), Some(extra)) = (entry.ca_pem.as_mut(), extra_ca) {
-        ca.push_str(extra);
-    }
-    let mut config = kforward_testkit::kubeconfig_json(&[entry]);
     if let Some(p) = proxy_url {
-        config["clusters"][0]["cluster"]["proxy-url"] = serde_json::json!(p);
+        how = how.proxy_url(p);
+    }
+    if let Some(ca) = extra_ca {
+        how = how.extra_ca(ca);
     }
     let path = dir.join(file);
-    std::fs::write(&path, config.to_string()).expect("kubeconfig written");
+    cluster
+        .write_kubeconfig_behind(&path, &how)
+        .expect("kubeconfig written");
     path
 }
 

@@ -168,10 +168,11 @@ async fn through(
     let tcp = tower_service::Service::call(&mut tcp, proxy_uri)
         .await
         .map_err(|e| {
+            // hyper's "tcp connect error" says less than the OS error under it.
+            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
             (
                 format!(
-                    "cannot connect to the proxy ({}): check the proxy's host and port, and that it is running",
-                    crate::error::error_chain(&e)
+                    "cannot connect to the proxy ({why}): check the proxy's host and port, and that it is running"
                 ),
                 true,
             )

@@ -33,13 +33,13 @@ async fn through_to(
         "kubeconfig-{}",
         FILES.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut entry = cluster.kubeconfig_entry();
+    let mut how = kforward_testkit::BehindProxy::new().proxy_url(proxy_url);
     if let Some(server) = server {
-        entry.server = server.to_string();
+        how = how.server(server);
     }
-    let mut config = kforward_testkit::kubeconfig_json(&[entry]);
-    config["clusters"][0]["cluster"]["proxy-url"] = serde_json::json!(proxy_url);
-    std::fs::write(&path, config.to_string()).expect("kubeconfig written");
+    cluster
+        .write_kubeconfig_behind(&path, &how)
+        .expect("kubeconfig written");
     // A fresh client: the cache would hand back one made for an equal kubeconfig.
     KubeContext::load_fresh(&KubeconfigSource::default().with_path(&path))
         .await
