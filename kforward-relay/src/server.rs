@@ -618,7 +618,7 @@ fn invalid(e: ProtocolError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::egress::{Egress, connect_via_proxy};
+    use crate::egress::Egress;
     use crate::protocol::{decode_response, encode_request};
 
     async fn start(

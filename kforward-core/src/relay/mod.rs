@@ -21,7 +21,7 @@ mod client;
 mod env;
 mod pod;
 
-pub use client::{RelayConnector, handshake};
+pub use client::RelayConnector;
 pub use env::{check_relay_env, default_relay_no_proxy};
 pub use kforward_relay::{egress, protocol, server};
 pub use pod::{

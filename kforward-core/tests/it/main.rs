@@ -3,6 +3,8 @@
 mod common;
 mod errors;
 mod forward;
+mod peers;
 mod proxy;
+mod proxy_protocol;
 mod relay;
 mod supervisor;

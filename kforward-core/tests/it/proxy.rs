@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use kforward_core::client::ApiRoute;
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{
-    Error, Forwarder, KubeContext, KubeconfigSource, ProxyForwarder, TcpForwarder,
-};
+use kforward_core::{Error, Forward, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
 use kforward_testkit::proxies::{ProxyKind, ProxyOptions, start_or_skip};
 
@@ -78,7 +76,7 @@ async fn every_kind_of_proxy_url_carries_lists_watches_and_tunnels() {
     cluster.api_only_from(proxies.iter().map(|(p, _)| p.outbound_ip()));
     // Straight to the API server is refused now.
     let direct = crate::common::context(&cluster).await;
-    let mut f = TcpForwarder::new(direct, spec("svc/web", 0, 80), quick());
+    let mut f = Forward::new(direct, spec("svc/web", 0, 80), quick());
     let refused = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time");
@@ -117,7 +115,7 @@ async fn every_kind_of_proxy_url_carries_lists_watches_and_tunnels() {
 async fn failure(cluster: &Cluster, dir: &tempfile::TempDir, url: &str) -> Error {
     let ctx = through(cluster, dir, url).await;
     let started = Instant::now();
-    let mut f = TcpForwarder::new(ctx, spec("svc/web", 0, 80), quick());
+    let mut f = Forward::new(ctx, spec("svc/web", 0, 80), quick());
     let err = match tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -244,7 +242,7 @@ async fn each_proxy_failure_says_what_to_check_within_seconds() {
     for (proxy, code) in [(&tiny, "(500"), (&squid, "(503")] {
         let ctx = through_to(&cluster, &dir, &proxy.url(), Some(&nowhere)).await;
         let started = Instant::now();
-        let mut f = TcpForwarder::new(ctx, spec("svc/web", 0, 80), quick());
+        let mut f = Forward::new(ctx, spec("svc/web", 0, 80), quick());
         let e = tokio::time::timeout(WAIT, f.start())
             .await
             .expect("in time")
@@ -328,7 +326,7 @@ async fn get(addr: std::net::SocketAddr, host: &str) -> String {
 
 fn proxy_spec(host: &str, port: u16) -> ForwardSpec {
     ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, port)],
     )
     .with_namespace("demo")
@@ -357,7 +355,7 @@ async fn the_relay_reaches_a_private_host_through_its_egress_proxy_and_cluster_n
     let mut fopts = quick();
     fopts.relay.env.insert("HTTPS_PROXY".into(), squid.url());
 
-    let mut f = ProxyForwarder::new(ctx.clone(), proxy_spec(host, real.port()), fopts.clone());
+    let mut f = Forward::new(ctx.clone(), proxy_spec(host, real.port()), fopts.clone());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -385,7 +383,7 @@ async fn the_relay_reaches_a_private_host_through_its_egress_proxy_and_cluster_n
     f.stop().await;
 
     // A cluster name stays direct: through Squid it would not resolve.
-    let mut f = ProxyForwarder::new(
+    let mut f = Forward::new(
         ctx.clone(),
         proxy_spec("web.demo.svc.cluster.local", 80),
         fopts.clone(),
@@ -406,7 +404,7 @@ async fn the_relay_reaches_a_private_host_through_its_egress_proxy_and_cluster_n
     // A proxy that refuses the destination: the connection fails with the proxy's reason.
     let mut fopts = quick();
     fopts.relay.env.insert("HTTPS_PROXY".into(), strict.url());
-    let mut f = ProxyForwarder::new(ctx.clone(), proxy_spec(host, real.port()), fopts);
+    let mut f = Forward::new(ctx.clone(), proxy_spec(host, real.port()), fopts);
     let mut events = f.subscribe();
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
