@@ -14,8 +14,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::connector::Reachability;
 pub use crate::connector::{ApiRoute, DirectReason, PROXY_CA_ENV, ProxyOrigin, ProxySetupError};
 use crate::error::{Error, Result, error_chain};
-use crate::resolve::WatchRegistry;
 use crate::single_flight::SingleFlight;
+use crate::watches::WatchRegistry;
 
 /// How long connecting to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +96,6 @@ struct Inner {
     fingerprint: u64,
     watches: WatchRegistry,
     probes: SingleFlight,
-    reach: Arc<Reachability>,
     /// How connections reach the API server (unknown for a client from elsewhere).
     route: Option<ApiRoute>,
 }
@@ -293,12 +292,11 @@ impl KubeContext {
         let inner = Arc::new(Inner {
             client,
             namespace,
+            watches: WatchRegistry::new(&server, reach),
             server,
             context,
             fingerprint,
-            watches: WatchRegistry::default(),
             probes: SingleFlight::default(),
-            reach,
             route: Some(route),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
@@ -316,9 +314,8 @@ impl KubeContext {
                 server: server.to_string(),
                 context: context.to_string(),
                 fingerprint: 0,
-                watches: WatchRegistry::default(),
+                watches: WatchRegistry::new(server, Arc::new(Reachability::default())),
                 probes: SingleFlight::default(),
-                reach: Default::default(),
                 route: None,
             }),
         }
@@ -338,12 +335,6 @@ impl KubeContext {
     /// The watches shared by every user of this context.
     pub(crate) fn watches(&self) -> &WatchRegistry {
         &self.inner.watches
-    }
-
-    /// Notified when the API server can be reached again after connections to it failed
-    /// (kforward's client stack only; never with kube's stock one).
-    pub(crate) fn api_back(&self) -> &tokio::sync::Notify {
-        self.inner.reach.back()
     }
 
     /// The probe checks shared by every forward of this context.

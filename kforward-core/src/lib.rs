@@ -53,6 +53,7 @@ mod single_flight;
 pub mod spec;
 pub mod supervisor;
 pub mod transport;
+mod watches;
 
 pub use kforward_relay::no_proxy;
 
