@@ -209,7 +209,8 @@ pub struct GcArgs {
 /// `kforward run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The config file: a JSON array of forwards with kftray's fields.
+    /// The config file: a JSON array of forwards with kftray's fields, or
+    /// `{"relay": {"env": {...}}, "forwards": [...]}` with a relay section.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Start only the entries with these aliases (comma separated).
@@ -225,7 +226,7 @@ pub struct RunArgs {
     /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
     /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
     /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
-    /// ranges stay direct).
+    /// ranges stay direct). Replaces the same variable of the file's `relay.env`.
     #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub relay_env: Vec<(String, String)>,
     /// Where to find the cluster, for the entries that do not say.

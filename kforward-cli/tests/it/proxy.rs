@@ -504,14 +504,19 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
     let (status, err) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success(), "{status:?} {err}");
 
-    // `run`: a proxy entry and a service entry, the relay's egress from --relay-env.
-    let file_text = serde_json::json!([
+    // `run`: a proxy entry and a service entry, the relay's egress from the file's relay
+    // section (naming the refusing proxy), which --relay-env overrides variable by variable.
+    let forwards = serde_json::json!([
         {"alias": "web", "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80,
          "local_address": "127.0.0.1", "kubeconfig": kc},
         {"alias": "private", "workload_type": "proxy", "remote_address": host,
          "namespace": "demo", "local_port": 0, "remote_port": ext.port(),
          "local_address": "127.0.0.1", "kubeconfig": kc},
-    ])
+    ]);
+    let file_text = serde_json::json!({
+        "relay": {"env": {"HTTPS_PROXY": strict.url(), "NO_PROXY": ".svc,.cluster.local"}},
+        "forwards": forwards,
+    })
     .to_string();
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("forwards.json");
@@ -558,7 +563,8 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
     assert!(!error.contains("s3cret"), "{error}");
     drop(r);
 
-    // An egress proxy the relay cannot use is refused before anything starts.
+    // An egress proxy the relay cannot use is refused before anything starts, from the
+    // command line or the config file (naming the field and the value).
     let mut c = clean(kforward());
     c.args(["proxy", &dest, "0", "-n", "demo", "--kubeconfig", &kc])
         .args(["--relay-env", "HTTPS_PROXY=socks5://proxy.corp:1080"]);
@@ -568,6 +574,21 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
         err.contains("--relay-env") && err.contains("give the relay an http:// one"),
         "{err}"
     );
+    let bad = serde_json::json!({
+        "relay": {"env": {"HTTPS_PROXY": "socks5://proxy.corp:1080"}},
+        "forwards": forwards,
+    });
+    std::fs::write(&file, bad.to_string()).expect("write");
+    let mut c = clean(kforward());
+    c.args(["run", "-f"]).arg(&file);
+    let (code, out, err) = run_to_end(c);
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(
+        err.contains(r#"field "relay.env": value "HTTPS_PROXY=socks5://proxy.corp:1080""#)
+            && err.contains("give the relay an http:// one"),
+        "{err}"
+    );
+    assert!(!out.contains("ready"), "nothing started: {out}");
 }
 
 /// One HTTP GET; the reply, or what went wrong (a reset connection is an answer here).
