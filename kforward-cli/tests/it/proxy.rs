@@ -191,7 +191,9 @@ async fn forward_goes_through_every_kind_of_proxy_from_the_kubeconfig_or_the_env
     let (code, _, err) = run_to_end(forward(kforward_with(&[]), &plain));
     assert_eq!(code, 1, "{err}");
 
-    let cases: Vec<(&str, std::path::PathBuf, Vec<(&str, String)>)> = vec![
+    /// What is tried, with which kubeconfig and environment.
+    type Case<'a> = (&'a str, std::path::PathBuf, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
         (
             "proxy-url http",
             kubeconfig(&cluster, dir.path(), "a", None, Some(&p.tiny.url())),
@@ -327,10 +329,7 @@ async fn no_proxy_rules_by_host_suffix_range_and_port_bypass_the_environments_pr
     );
     let hosts = write_hosts(dir.path(), &[(API_NAME.to_string(), api.ip())]).expect("hosts");
     let named = |vars: &[(&str, String)]| {
-        let mut c = clean(Command::from(with_hosts_file(
-            env!("CARGO_BIN_EXE_kforward"),
-            &hosts,
-        )));
+        let mut c = clean(with_hosts_file(env!("CARGO_BIN_EXE_kforward"), &hosts));
         c.env_remove("KUBECONFIG").env("NO_COLOR", "1");
         for (k, v) in vars {
             c.env(k, v);

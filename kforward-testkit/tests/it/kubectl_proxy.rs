@@ -81,7 +81,9 @@ async fn kubectl_lists_and_port_forwards_through_each_proxy_over_both_transports
     let with_ca = kubeconfig(&cluster, dir.path(), "with-ca", None, Some(&ca));
 
     let web = pod_names(&cluster, "app=web");
-    let cases: Vec<(&str, PathBuf, Vec<(&str, String)>)> = vec![
+    /// What is tried, with which kubeconfig and environment.
+    type Case<'a> = (&'a str, PathBuf, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
         (
             "proxy-url http",
             kubeconfig(&cluster, dir.path(), "a", Some(&http.url()), None),

@@ -176,13 +176,13 @@ impl ApiRoute {
         if is_loopback_host(&host) {
             return Ok(ApiRoute::Direct(DirectReason::Loopback));
         }
-        if let Some((no_var, rules)) = first(&["NO_PROXY", "no_proxy"]) {
-            if let Some(rule) = NoProxy::parse(&rules).matching(&host, port) {
-                return Ok(ApiRoute::Direct(DirectReason::NoProxyRule {
-                    var: no_var,
-                    rule: rule.to_string(),
-                }));
-            }
+        if let Some((no_var, rules)) = first(&["NO_PROXY", "no_proxy"])
+            && let Some(rule) = NoProxy::parse(&rules).matching(&host, port)
+        {
+            return Ok(ApiRoute::Direct(DirectReason::NoProxyRule {
+                var: no_var,
+                rule: rule.to_string(),
+            }));
         }
         parse(&text, ProxyOrigin::Environment { var })
     }
