@@ -46,6 +46,7 @@ mod connector;
 pub mod error;
 pub mod forward;
 mod kube_config;
+mod pod_order;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod resolve;

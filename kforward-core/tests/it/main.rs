@@ -8,3 +8,4 @@ mod proxy;
 mod proxy_protocol;
 mod relay;
 mod supervisor;
+mod workloads;

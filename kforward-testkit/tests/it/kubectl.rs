@@ -86,7 +86,6 @@ pub(crate) async fn kubectl() -> Option<PathBuf> {
     }
 }
 
-/// One kubectl invocation against a cluster.
 /// The variables that could send kubectl to a proxy: a test sets the ones it means.
 const PROXY_VARS: [&str; 9] = [
     "HTTPS_PROXY",
@@ -100,6 +99,7 @@ const PROXY_VARS: [&str; 9] = [
     "SSL_CERT_FILE",
 ];
 
+/// One kubectl invocation against a cluster.
 pub(crate) struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
@@ -109,7 +109,7 @@ pub(crate) struct Kubectl {
 }
 
 impl Kubectl {
-    fn new(bin: PathBuf, cluster: &Cluster) -> Self {
+    pub(crate) fn new(bin: PathBuf, cluster: &Cluster) -> Self {
         Self::with(bin, cluster.kubeconfig_path().to_path_buf(), &[])
     }
 
@@ -155,7 +155,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl and returns its stdout, failing the test when it exits non-zero.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, &[]).await;
         assert!(
             out.status.success(),
@@ -168,7 +168,7 @@ impl Kubectl {
     }
 }
 
-async fn setup() -> Option<(Cluster, Kubectl)> {
+pub(crate) async fn setup() -> Option<(Cluster, Kubectl)> {
     let bin = kubectl().await?;
     let cluster = demo().await;
     let k = Kubectl::new(bin, &cluster);
@@ -176,7 +176,7 @@ async fn setup() -> Option<(Cluster, Kubectl)> {
 }
 
 /// The rows of a table whose first column starts with `prefix`, split into columns.
-fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+pub(crate) fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     table
         .lines()
         .filter(|l| l.starts_with(prefix))
@@ -221,12 +221,18 @@ async fn kubectl_get_pods_and_services_prints_tables() {
         assert_eq!(&row[1..4], &["1/1", "Running", "0"], "{out}");
     }
     let services = rows(&out, "service/");
-    assert_eq!(services.len(), 3, "{out}");
-    for (svc, ports) in [("dns", "5353/UDP"), ("echo", "7000/TCP"), ("web", "80/TCP")] {
+    assert_eq!(services.len(), 4, "{out}");
+    for (svc, ports) in [
+        ("db", "5432/TCP"),
+        ("dns", "5353/UDP"),
+        ("echo", "7000/TCP"),
+        ("web", "80/TCP"),
+    ] {
         let row = services
             .iter()
             .find(|r| r[0] == format!("service/{svc}"))
             .unwrap_or_else(|| panic!("no row for {svc}: {out}"));
+        // The headless `db` has no ClusterIP: kubectl shows "None".
         let ip = cluster_ip(&cluster, svc);
         assert_eq!(
             &row[1..5],
