@@ -1,6 +1,7 @@
 //! `kforward forward`: one target, one or more ports, until Ctrl-C; and what it shares with
 //! `kforward proxy`: one forward run by the core's supervisor, its events printed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,6 +52,7 @@ pub async fn connect(c: &ClusterArgs) -> anyhow::Result<KubeContext> {
 pub(crate) fn one_forward(
     pod_running_timeout: Duration,
     relay_image: Option<&str>,
+    relay_env: BTreeMap<String, String>,
 ) -> SupervisorOptions {
     let mut forward = ForwardOptions {
         pod_running_timeout,
@@ -59,6 +61,7 @@ pub(crate) fn one_forward(
     if let Some(image) = relay_image {
         forward.relay.image = image.to_string();
     }
+    forward.relay.env = relay_env;
     SupervisorOptions {
         forward,
         retry_start: false,
@@ -137,7 +140,8 @@ pub(crate) async fn serve_one(
 
 pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref());
+    let relay_env = crate::args::relay_env(&a.relay_env)?;
+    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref(), relay_env);
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot forward {} {}", a.target, a.ports.join(" ")))

@@ -46,7 +46,7 @@ mod connector;
 pub mod error;
 pub mod forward;
 pub mod forward_proxy;
-pub mod no_proxy;
+mod kube_config;
 mod pod_order;
 pub mod proxy_protocol;
 pub mod relay;
@@ -56,6 +56,8 @@ pub mod spec;
 pub mod supervisor;
 pub mod transport;
 mod watches;
+
+pub use kforward_relay::no_proxy;
 
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};

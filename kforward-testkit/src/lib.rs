@@ -28,6 +28,7 @@ mod faults;
 mod kubeconfig;
 pub mod network;
 pub mod portforward;
+pub mod proxies;
 mod registry;
 mod resource;
 mod response;
@@ -41,7 +42,7 @@ mod store;
 mod tls;
 mod workloads;
 
-pub use cluster::{Cluster, ClusterBuilder};
+pub use cluster::{BehindProxy, Cluster, ClusterBuilder};
 pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};
 pub use resource::Kind;

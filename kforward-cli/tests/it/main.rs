@@ -8,6 +8,7 @@ use std::time::Duration;
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod proxy;
 mod workloads;
 
 const WAIT: Duration = Duration::from_secs(30);

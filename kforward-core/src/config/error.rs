@@ -279,6 +279,32 @@ pub enum ConfigFileError {
         /// Every bad entry, in file order.
         entries: Vec<EntryError>,
     },
+    /// The `relay` section is invalid; every problem is listed.
+    #[error("{}{}", prefix(path.as_deref()), relay_message(errors))]
+    InvalidRelay {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Every problem, each naming its field and value.
+        errors: Vec<FieldError>,
+    },
+    /// The file is an object with fields other than `forwards` and `relay`.
+    #[error("{}unknown top-level field(s) {} (a config file has \"forwards\" and \"relay\")", prefix(path.as_deref()), quoted(fields))]
+    UnknownFields {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// The fields, as written.
+        fields: Vec<String>,
+    },
+}
+
+fn relay_message(errors: &[FieldError]) -> String {
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("the relay section is invalid: {}", all.join("; "))
+}
+
+fn quoted(fields: &[String]) -> String {
+    let all: Vec<String> = fields.iter().map(|f| format!("{f:?}")).collect();
+    all.join(", ")
 }
 
 fn prefix(path: Option<&Path>) -> String {

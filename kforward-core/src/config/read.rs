@@ -167,7 +167,7 @@ impl FieldReader {
 }
 
 /// A JSON value as shown in messages: strings without quotes, the rest as JSON.
-fn render(value: &Value) -> String {
+pub(super) fn render(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),

@@ -5,6 +5,7 @@ mod errors;
 mod forward;
 mod forward_proxy;
 mod peers;
+mod proxy;
 mod proxy_protocol;
 mod relay;
 mod supervisor;
