@@ -236,6 +236,10 @@ pub struct SocksArgs {
     /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
     #[arg(long)]
     pub relay_image: Option<String>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable), as on `forward`:
+    /// the relay reaches names outside the cluster, so its egress proxy matters here most.
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
     /// How events are printed (json: a `ready` line first, then one line per connection).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
