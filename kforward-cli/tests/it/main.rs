@@ -57,6 +57,21 @@ impl Running {
         }
     }
 
+    /// The local address of each of the first `n` forwards to say `ready` (`-o json`), by
+    /// forward name.
+    fn ready_addrs(&self, n: usize) -> std::collections::BTreeMap<String, String> {
+        let mut ready = std::collections::BTreeMap::new();
+        while ready.len() < n {
+            let line = self.line_with("\"event\":\"ready\"");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            ready.insert(
+                v["forward"].as_str().expect("forward").to_string(),
+                v["local_addr"].as_str().expect("addr").to_string(),
+            );
+        }
+        ready
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -387,15 +402,7 @@ async fn run_loads_a_kftray_export_and_starts_every_entry() {
         c.args(["run", "-o", "json", "-f"]).arg(&file);
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 3 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(3));
     assert_eq!(
         ready.keys().cloned().collect::<Vec<_>>(),
         vec!["echo", "web", "web-pod"]
@@ -502,15 +509,7 @@ async fn run_mixes_tcp_udp_and_proxy_entries_on_one_relay_pod() {
         c.args(["run", "-o", "json", "-f"]).arg(&file);
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 3 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(3));
     assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
     let reply = http_get(&ready["private"]).await;
     assert!(
@@ -948,15 +947,7 @@ async fn run_serves_a_socks_entry_beside_a_forward_and_counts_its_connections() 
             .arg(&file);
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 2 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(2));
     // A plain HTTP request through the proxy, to the service by its short name.
     let out = http_get_via(&ready["proxy"], "web").await;
     assert!(out.contains("\r\n\r\nweb-"), "{out}");

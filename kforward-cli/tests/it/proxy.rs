@@ -528,15 +528,7 @@ async fn proxy_and_run_reach_a_private_host_through_the_relays_egress_proxy() {
             .arg(format!("HTTPS_PROXY={}", squid.url()));
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 2 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(2));
     assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
     let reply = http_get(&ready["private"]).await;
     assert!(reply.contains(&hello), "{reply}");
