@@ -12,9 +12,18 @@ const ENVIRONMENT: &str = "\
 Environment:
   KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
   RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
+  KFORWARD_PROXY_AUTH   USER:PASS for `kforward socks` (instead of --auth)
   KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
                         through a larger buffer, sets TCP_NODELAY and keeps a spare
-                        connection to the API server ready for the next tunnel)";
+                        connection to the API server ready for the next tunnel)
+  HTTPS_PROXY, ALL_PROXY, NO_PROXY
+                        the proxy toward the API server when the kubeconfig's cluster has no
+                        proxy-url, as kubectl takes them: http, https, socks5 and socks5h
+                        proxies; NO_PROXY takes hosts, .suffixes, CIDRs and host:port; a
+                        loopback server is never proxied (RUST_LOG=kforward_core=debug shows
+                        each connection's route)
+  KFORWARD_PROXY_CA     a PEM file of the CA that signed an https:// proxy's certificate
+                        (also trusted: the system's CAs and the kubeconfig's)";
 
 /// Forward local ports to pods, services and deployments; forwards that stay up.
 #[derive(Debug, Parser)]
@@ -46,6 +55,10 @@ pub enum Command {
     /// Forward a local port to any host the cluster can reach (a service DNS name, a
     /// database outside the cluster, an IP), through a relay pod in the namespace.
     Proxy(ProxyArgs),
+    /// A forward proxy into the cluster on one local port: SOCKS5, SOCKS4a and HTTP
+    /// (CONNECT and plain requests) to services, pods and any host the cluster can reach,
+    /// with a PAC file for browsers at /proxy.pac.
+    Socks(SocksArgs),
     /// Delete relay pods left behind by sessions that are gone.
     Gc(GcArgs),
     /// Print a shell completion script.
@@ -116,8 +129,8 @@ pub struct ClusterArgs {
 /// `kforward forward`.
 #[derive(Debug, Clone, Args)]
 pub struct ForwardArgs {
-    /// `pod/NAME`, `NAME` (a pod), `svc/NAME`, `service/NAME`, `deploy/NAME` or
-    /// `deployment/NAME`.
+    /// `pod/NAME`, `NAME` (a pod), `svc/NAME`, `service/NAME`, `deploy/NAME`,
+    /// `deployment/NAME`, `sts/NAME`, `statefulset/NAME`, `rs/NAME` or `replicaset/NAME`.
     pub target: String,
     /// `LOCAL:REMOTE`, `REMOTE` (the same local port), or `:REMOTE` / `0:REMOTE` (a free
     /// local port); REMOTE may be a port name.
@@ -146,6 +159,12 @@ pub struct ForwardArgs {
     /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
     #[arg(long)]
     pub relay_image: Option<String>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
+    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
+    /// ranges stay direct).
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
     /// The PROXY protocol.
     #[command(flatten)]
     pub proxy: ProxyProtocolArgs,
@@ -167,6 +186,12 @@ pub struct ProxyArgs {
     /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
     #[arg(long)]
     pub relay_image: Option<String>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
+    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
+    /// ranges stay direct).
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
     /// Local addresses to listen on, comma separated; `localhost` means 127.0.0.1 and ::1.
     #[arg(long, default_value = "localhost")]
     pub address: String,
@@ -179,6 +204,51 @@ pub struct ProxyArgs {
     /// The PROXY protocol.
     #[command(flatten)]
     pub proxy: ProxyProtocolArgs,
+}
+
+/// `kforward socks`.
+#[derive(Debug, Clone, Args)]
+pub struct SocksArgs {
+    /// The local address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    pub listen: String,
+    /// Where to find the cluster; `-n` is the namespace of bare service names (`web`) and
+    /// of the relay pod.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Destinations to connect to from this machine instead of the cluster, in NO_PROXY
+    /// syntax: `host`, `.suffix`, `*`, `10.0.0.0/8`, `host:port`, comma separated.
+    #[arg(long, default_value = "")]
+    pub direct: String,
+    /// Refuse destinations that would need the relay pod (anything that is not a service,
+    /// ClusterIP or pod), for clusters where creating pods is not allowed.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Credentials clients must give (SOCKS5 username/password, HTTP Proxy-Authorization);
+    /// required to listen on a non-loopback address.
+    #[arg(
+        long,
+        env = "KFORWARD_PROXY_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASS"
+    )]
+    pub auth: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How long a connection to a service waits for a ready pod.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long)]
+    pub relay_image: Option<String>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable), as on `forward`:
+    /// the relay reaches names outside the cluster, so its egress proxy matters here most.
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
+    /// How events are printed (json: a `ready` line first, then one line per connection).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
 /// `kforward gc`.
@@ -195,7 +265,8 @@ pub struct GcArgs {
 /// `kforward run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The config file: a JSON array of forwards with kftray's fields.
+    /// The config file: a JSON array of forwards with kftray's fields, or
+    /// `{"relay": {"env": {...}}, "forwards": [...]}` with a relay section.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Start only the entries with these aliases (comma separated).
@@ -213,6 +284,12 @@ pub struct RunArgs {
     /// `websocket` (no half-close).
     #[arg(long, default_value = "auto", value_parser = parse_transport)]
     pub transport: Transport,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
+    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
+    /// ranges stay direct). Replaces the same variable of the file's `relay.env`.
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
     /// Where to find the cluster, for the entries that do not say.
     #[command(flatten, next_help_heading = "Defaults for entries that lack them")]
     pub cluster: ClusterArgs,
@@ -230,6 +307,33 @@ pub struct DemoArgs {
     /// Also write the demo cluster's kubeconfig here, for kubectl or a second kforward.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// Parses `KEY=VALUE` (the value may hold `=` and be empty).
+///
+/// # Errors
+///
+/// A message naming the argument when it has no `=` or no key.
+pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE, e.g. HTTPS_PROXY=http://proxy.corp:3128"
+        )),
+    }
+}
+
+/// The relay pods' environment from `--relay-env` pairs, checked as kforward will use it.
+///
+/// # Errors
+///
+/// A variable kforward sets itself, a bad name, or an egress proxy the relay cannot use.
+pub fn relay_env(
+    pairs: &[(String, String)],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let env: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
+    kforward_core::relay::check_relay_env(&env).map_err(|e| anyhow::anyhow!("--relay-env: {e}"))?;
+    Ok(env)
 }
 
 impl ProxyVersion {
@@ -334,6 +438,30 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn relay_env_pairs_are_checked() {
+        let c = Cli::try_parse_from([
+            "kforward",
+            "proxy",
+            "db.internal:5432",
+            "--relay-env",
+            "HTTPS_PROXY=http://proxy.corp:3128",
+            "--relay-env",
+            "NO_PROXY=.svc,10.0.0.0/8",
+        ])
+        .expect("parses");
+        let Command::Proxy(p) = c.command else {
+            panic!("proxy")
+        };
+        let env = relay_env(&p.relay_env).expect("usable");
+        assert_eq!(env["NO_PROXY"], ".svc,10.0.0.0/8");
+        assert!(parse_env_pair("HTTPS_PROXY").is_err());
+        assert!(parse_env_pair("=x").is_err());
+        let socks = [("HTTPS_PROXY".to_string(), "socks5://p:1080".to_string())];
+        let e = relay_env(&socks).expect_err("socks is no HTTP proxy");
+        assert!(e.to_string().starts_with("--relay-env: "), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `kforward forward`: one target, one or more ports, until Ctrl-C; and what it shares with
 //! `kforward proxy`: one forward run by the core's supervisor, its events printed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,6 +52,7 @@ pub async fn connect(c: &ClusterArgs) -> anyhow::Result<KubeContext> {
 pub(crate) fn one_forward(
     pod_running_timeout: Duration,
     relay_image: Option<&str>,
+    relay_env: BTreeMap<String, String>,
     transport: kforward_core::transport::Transport,
 ) -> SupervisorOptions {
     let mut forward = ForwardOptions {
@@ -61,6 +63,7 @@ pub(crate) fn one_forward(
     if let Some(image) = relay_image {
         forward.relay.image = image.to_string();
     }
+    forward.relay.env = relay_env;
     SupervisorOptions {
         forward,
         retry_start: false,
@@ -68,22 +71,18 @@ pub(crate) fn one_forward(
     }
 }
 
-/// Prints events as they come until the supervisor is gone. Errors before the forward is
-/// first ready are left out: a failed start is the command's own error.
+/// Prints events as they come until the supervisor is gone. Errors and states before the
+/// forward is first ready are left out: a failed start is the command's own error, and with
+/// `-o json` the first line is the `ready` event, as scripts expect.
 async fn print_events(mut rx: broadcast::Receiver<SupervisorEvent>, output: Output) {
     let mut started = false;
     loop {
         match rx.recv().await {
             Ok(e) => {
-                started |= matches!(
-                    e.event,
-                    Event::Ready { .. }
-                        | Event::State {
-                            state: ForwardState::Ready,
-                            ..
-                        }
-                );
-                if started || !matches!(e.event, Event::Error { .. }) {
+                // The forward's own `ready` event and the supervisor's `state` may come in
+                // either order: the `ready` event opens the output.
+                started |= matches!(e.event, Event::Ready { .. });
+                if started || !matches!(e.event, Event::Error { .. } | Event::State { .. }) {
                     output::print(output, &e.event);
                 }
             }
@@ -143,7 +142,13 @@ pub(crate) async fn serve_one(
 
 pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref(), a.transport);
+    let relay_env = crate::args::relay_env(&a.relay_env)?;
+    let opts = one_forward(
+        a.pod_running_timeout,
+        a.relay_image.as_deref(),
+        relay_env,
+        a.transport,
+    );
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot forward {} {}", a.target, a.ports.join(" ")))

@@ -7,6 +7,7 @@ mod output;
 mod proxy;
 mod run;
 mod signal;
+mod socks;
 mod table;
 
 use std::process::ExitCode;
@@ -69,6 +70,7 @@ async fn run(cli: Cli, bin_name: &str) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
+        Command::Socks(a) => socks::run(a).await,
         Command::Gc(a) => proxy::gc(a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();

@@ -4,7 +4,9 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kforward_core::config::{EntryDefaults, load_config_file_with};
+use std::collections::BTreeMap;
+
+use kforward_core::config::{EntryDefaults, load_config_document_file};
 use kforward_core::spec::{ForwardSpec, Protocol};
 use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
 use kforward_core::{Event, ForwardOptions, ForwardState};
@@ -15,13 +17,14 @@ use crate::{signal, table};
 
 /// Loads and checks the whole file before anything starts: every bad entry is reported.
 /// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, and the PROXY
-/// protocol flags what TCP entries leave unset.
+/// protocol flags what TCP entries leave unset. Also returns the relay pods' environment:
+/// the file's `relay.env`, with `--relay-env` replacing the variables it names.
 ///
 /// # Errors
 ///
-/// The file cannot be read or parsed, an entry is invalid, or `--only` names an alias the
-/// file does not have.
-pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
+/// The file cannot be read or parsed, an entry or the relay section is invalid, `--only`
+/// names an alias the file does not have, or `--relay-env` is unusable.
+pub fn load_specs(a: &RunArgs) -> anyhow::Result<(Vec<ForwardSpec>, BTreeMap<String, String>)> {
     let defaults = EntryDefaults {
         namespace: a.cluster.namespace.clone(),
         context: a.cluster.context.clone(),
@@ -31,13 +34,22 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
             .as_ref()
             .map(|p| p.display().to_string()),
     };
-    let configs = load_config_file_with(&a.file, &defaults)?;
+    let document = load_config_document_file(&a.file, &defaults)?;
+    let mut relay_env = document.relay.env;
+    relay_env.extend(crate::args::relay_env(&a.relay_env)?);
+    kforward_core::relay::check_relay_env(&relay_env).map_err(|e| {
+        anyhow::anyhow!(
+            "the relay environment ({}'s relay.env with --relay-env): {e}",
+            a.file.display()
+        )
+    })?;
+    let configs = document.forwards;
     let mut specs = Vec::new();
     for c in &configs {
         if !a.only.is_empty() && !c.alias.as_ref().is_some_and(|al| a.only.contains(al)) {
             continue;
         }
-        // Validated by load_config_file_with; a failure here is still reported, not unwrapped.
+        // Validated by load_config_document_file; a failure here is still reported, not unwrapped.
         let spec = ForwardSpec::try_from(c).with_context(|| format!("entry {}", c.label()))?;
         let spec = match spec.protocol {
             Protocol::Tcp => a.proxy.apply(spec),
@@ -66,7 +78,7 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
     if specs.is_empty() {
         bail!("{} has no forwards to start", a.file.display());
     }
-    Ok(specs)
+    Ok((specs, relay_env))
 }
 
 fn line(e: &SupervisorEvent) -> Option<String> {
@@ -110,13 +122,15 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let specs = load_specs(&a)?;
+    let (specs, relay_env) = load_specs(&a)?;
+    let mut forward = ForwardOptions {
+        pod_running_timeout: a.pod_running_timeout,
+        transport: a.transport,
+        ..Default::default()
+    };
+    forward.relay.env = relay_env;
     let opts = SupervisorOptions {
-        forward: ForwardOptions {
-            pod_running_timeout: a.pod_running_timeout,
-            transport: a.transport,
-            ..Default::default()
-        },
+        forward,
         ..Default::default()
     };
     // The supervisor keeps each entry up; UDP and proxy entries of one cluster share one

@@ -45,7 +45,9 @@ pub mod config;
 mod connector;
 pub mod error;
 pub mod forward;
-pub mod no_proxy;
+pub mod forward_proxy;
+mod kube_config;
+mod pod_order;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod resolve;
@@ -55,10 +57,12 @@ pub mod supervisor;
 pub mod transport;
 mod watches;
 
+pub use kforward_relay::no_proxy;
+
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
 pub use forward::{
-    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot,
+    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Shell, Stats, StatsSnapshot,
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};

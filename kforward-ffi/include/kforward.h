@@ -253,12 +253,17 @@ void kf_runtime_free(struct kf_runtime *rt);
  * `{"service":"web","namespace":"demo","local_port":0,"remote_port":80,
  * "kubeconfig":"/path/to/kubeconfig","context":"dev"}`; `local_port` 0 picks a free port,
  * `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
- * current context. `workload_type` may be `service`, `pod` or `proxy` (with
- * `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
- * relay pod in the namespace, shared by the forwards of one cluster on this runtime and
- * deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
- * protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
- * `"optional"`) reads one from each local client (TCP only).
+ * current context. `workload_type` may be `service`, `pod`, `proxy` (with
+ * `remote_address`), `deployment`, `statefulset` or `replicaset` (named by `service`), and
+ * `protocol` `tcp` or `udp`: UDP and proxy forwards go through a relay pod in the
+ * namespace, shared by the forwards of one cluster (and one `relay_env`) on this runtime and
+ * deleted when the last of them stops; `relay_env` (an object of strings, such as
+ * `{"HTTPS_PROXY": "http://proxy.corp:3128"}`) sets that pod's environment, for a cluster
+ * whose pods reach the outside only through a proxy. `proxy_protocol` (`"v1"` or `"v2"`)
+ * sends a PROXY protocol header toward the target, and `accept_proxy_protocol`
+ * (`"strict"` or `"optional"`) reads one from each local client (TCP only). The API server
+ * is reached through the kubeconfig cluster's `proxy-url`, else `HTTPS_PROXY`/`ALL_PROXY`
+ * unless `NO_PROXY` matches, as kubectl does.
  *
  * This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
  * on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read

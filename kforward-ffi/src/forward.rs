@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kforward_core::Error;
 use kforward_core::config::ForwardConfig;
 use kforward_core::spec::ForwardSpec;
+use kforward_core::{Error, ForwardOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -62,14 +62,28 @@ impl kf_forward {
     }
 }
 
-/// Parses one entry of a kftray config.
-fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+/// Parses one entry of a kftray config, with kforward's `relay_env` (an object of strings:
+/// the relay pod's environment).
+fn parse_config(json: &str) -> Result<(ForwardSpec, ForwardOptions), Fail> {
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         Fail::new(
             kf_result::KF_INVALID_JSON,
             format!("config_json is not JSON: {e}"),
         )
     })?;
+    let mut opts = ForwardOptions::default();
+    if let Some(env) = value.as_object_mut().and_then(|o| o.remove("relay_env")) {
+        let env: std::collections::BTreeMap<String, String> = serde_json::from_value(env)
+            .map_err(|e| {
+                Fail::new(
+                    kf_result::KF_INVALID_CONFIG,
+                    format!("relay_env must be an object of strings, like {{\"HTTPS_PROXY\": \"http://proxy:3128\"}}: {e}"),
+                )
+            })?;
+        kforward_core::relay::check_relay_env(&env)
+            .map_err(|e| Fail::new(kf_result::KF_INVALID_CONFIG, format!("relay_env: {e}")))?;
+        opts.relay.env = env;
+    }
     let config: ForwardConfig = serde_json::from_value(value).map_err(|e| {
         Fail::new(
             kf_result::KF_INVALID_CONFIG,
@@ -77,7 +91,7 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
         )
     })?;
     let spec = ForwardSpec::try_from(&config).map_err(|e| Fail::from(&Error::from(e)))?;
-    Ok(spec)
+    Ok((spec, opts))
 }
 
 /// Starts a forward described by `config_json` on runtime `rt` and writes its handle to
@@ -87,12 +101,17 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
 /// `{"service":"web","namespace":"demo","local_port":0,"remote_port":80,
 /// "kubeconfig":"/path/to/kubeconfig","context":"dev"}`; `local_port` 0 picks a free port,
 /// `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
-/// current context. `workload_type` may be `service`, `pod` or `proxy` (with
-/// `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
-/// relay pod in the namespace, shared by the forwards of one cluster on this runtime and
-/// deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
-/// protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
-/// `"optional"`) reads one from each local client (TCP only).
+/// current context. `workload_type` may be `service`, `pod`, `proxy` (with
+/// `remote_address`), `deployment`, `statefulset` or `replicaset` (named by `service`), and
+/// `protocol` `tcp` or `udp`: UDP and proxy forwards go through a relay pod in the
+/// namespace, shared by the forwards of one cluster (and one `relay_env`) on this runtime and
+/// deleted when the last of them stops; `relay_env` (an object of strings, such as
+/// `{"HTTPS_PROXY": "http://proxy.corp:3128"}`) sets that pod's environment, for a cluster
+/// whose pods reach the outside only through a proxy. `proxy_protocol` (`"v1"` or `"v2"`)
+/// sends a PROXY protocol header toward the target, and `accept_proxy_protocol`
+/// (`"strict"` or `"optional"`) reads one from each local client (TCP only). The API server
+/// is reached through the kubeconfig cluster's `proxy-url`, else `HTTPS_PROXY`/`ALL_PROXY`
+/// unless `NO_PROXY` matches, as kubectl does.
 ///
 /// This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
 /// on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
@@ -129,7 +148,7 @@ pub unsafe extern "C" fn kf_forward_start(
         // SAFETY: `config_json` is NULL or a NUL-terminated string valid during this call.
         let json = unsafe { str_arg(config_json, "config_json") }?;
         out_arg(out, "out")?;
-        let spec = parse_config(json)?;
+        let (spec, opts) = parse_config(json)?;
         let (Some(handle), Some(supervisor)) = (rt.owner.handle(), rt.owner.supervisor()) else {
             return Err(Fail::new(
                 kf_result::KF_INTERNAL,
@@ -141,7 +160,7 @@ pub unsafe extern "C" fn kf_forward_start(
         let events = supervisor.subscribe();
         let id = {
             let _entered = handle.enter();
-            supervisor.add(spec)
+            supervisor.add_with(spec, opts)
         };
         let callback = Callback::new(callback, userdata);
         let shared = Arc::new(Shared::new(label, supervisor.clone(), id, callback));

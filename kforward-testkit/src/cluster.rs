@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,9 +13,7 @@ use serde_json::{Value, json};
 use crate::kubeconfig::{KubeconfigEntry, write_kubeconfig};
 use crate::network::{DnsServer, ExternalHost, PodResolver};
 use crate::scenario::{DEMO_EXTERNAL_HOST, DEMO_NAMESPACE, demo_objects};
-use crate::server::ApiServer;
 use crate::state::{Shared, StatsSnapshot, lock};
-use crate::store::now_rfc3339;
 use crate::tls::Tls;
 use crate::{ApiError, Error, Kind, controller, faults};
 
@@ -48,6 +45,7 @@ pub struct ClusterBuilder {
     kubeconfig: Option<PathBuf>,
     namespace: Option<String>,
     api_addr: SocketAddr,
+    tls_names: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -61,6 +59,7 @@ impl Default for ClusterBuilder {
             kubeconfig: None,
             namespace: None,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_names: Vec::new(),
         }
     }
 }
@@ -116,6 +115,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts `name` in the API server's certificate too (a name a test resolves to the API
+    /// server's address, such as one behind a proxy).
+    pub fn tls_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_names.push(name.into());
+        self
+    }
+
     /// Starts the cluster.
     ///
     /// # Errors
@@ -136,7 +142,15 @@ impl ClusterBuilder {
             .clone()
             .unwrap_or_else(|| dir.path().join("kubeconfig"));
         let tls = if self.tls {
-            let t = Tls::generate(&name)?;
+            // An API server on a specific address (not loopback, such as one a test puts on
+            // `lo` to be proxied from the environment) has it in its certificate too.
+            let ip = self.api_addr.ip();
+            let extra: Vec<String> = (!ip.is_unspecified() && !ip.is_loopback())
+                .then(|| ip.to_string())
+                .into_iter()
+                .chain(self.tls_names.iter().cloned())
+                .collect();
+            let t = Tls::generate(&name, &extra)?;
             Some((t.server_config, t.ca_pem))
         } else {
             None
@@ -157,9 +171,8 @@ impl ClusterBuilder {
                 json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
             )?;
         }
-        let server = ApiServer::start(shared.clone(), self.api_addr, shared.tls.clone()).await?;
-        *lock(&shared.api_addr) = server.addr;
-        *shared.api.lock().await = Some(server);
+        let api_addr = crate::server::start(&shared, self.api_addr).await?;
+        *lock(&shared.api_addr) = api_addr;
         faults::write_own_kubeconfig(&shared)?;
         controller::spawn(shared.clone());
         // Cluster DNS on the conventional port when allowed, else on a free one.
@@ -199,7 +212,7 @@ impl ClusterBuilder {
 /// # });
 /// ```
 pub struct Cluster {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     dns: Option<DnsServer>,
     externals: Mutex<Vec<ExternalHost>>,
     _dir: tempfile::TempDir,
@@ -212,11 +225,11 @@ impl Drop for Cluster {
 }
 
 fn to_value<T: Serialize>(obj: &T) -> Result<Value, Error> {
-    serde_json::to_value(obj).map_err(|e| Error::Api(ApiError::bad_request(e.to_string())))
+    serde_json::to_value(obj).map_err(|e| Error::from(ApiError::bad_request(e.to_string())))
 }
 
 fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, Error> {
-    serde_json::from_value(v).map_err(|e| Error::Api(ApiError::internal(e.to_string())))
+    serde_json::from_value(v).map_err(|e| Error::from(ApiError::internal(e.to_string())))
 }
 
 impl Cluster {
@@ -321,8 +334,13 @@ impl Cluster {
         udp_port: Option<u16>,
     ) -> Result<SocketAddr, Error> {
         let ip = self.shared.pool.next_external_ip();
-        let pool = self.shared.pool.clone();
-        let allow = move |peer: IpAddr| pool.is_pod_ip(peer);
+        let shared = self.shared.clone();
+        // Pods may connect, unless the cluster's egress goes through a proxy only
+        // (`egress_only_from`): then only the proxy's address may.
+        let allow = move |peer: IpAddr| match lock(&shared.faults.egress_only_from).as_ref() {
+            Some(proxies) => proxies.contains(&peer),
+            None => shared.pool.is_pod_ip(peer),
+        };
         let host = match ExternalHost::start(name, ip, http_port, udp_port, allow.clone()).await {
             Ok(h) => h,
             Err(_) => ExternalHost::start(name, ip, 0, udp_port.map(|_| 0), allow).await?,
@@ -350,33 +368,10 @@ impl Cluster {
         }
     }
 
-    fn create(&self, kind: Kind, ns: &str, obj: Value) -> Result<Value, Error> {
-        let mut obj = obj;
-        if kind == Kind::Service && !obj["spec"]["clusterIP"].is_string() {
-            obj["spec"]["clusterIP"] = json!(self.shared.pool.next_service_ip().to_string());
-            obj["spec"]["clusterIPs"] = json!([obj["spec"]["clusterIP"]]);
-            obj["spec"]["type"] = json!("ClusterIP");
-            if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
-                for p in ports {
-                    if p["targetPort"].is_null() {
-                        p["targetPort"] = p["port"].clone();
-                    }
-                }
-            }
-        }
-        if kind == Kind::Pod {
-            obj["status"] = json!({"phase": "Pending"});
-        }
+    /// Creates an object the way the API server does: defaults filled in, checked, stored.
+    pub(crate) fn create(&self, kind: Kind, ns: &str, obj: Value) -> Result<Value, Error> {
+        let obj = crate::registry::prepare_create(&self.shared, kind, obj)?;
         Ok(self.shared.store.create(kind, ns, obj)?)
-    }
-
-    /// Creates a deployment in `ns`.
-    ///
-    /// # Errors
-    ///
-    /// 409 when it exists, 404 when the namespace does not.
-    pub fn create_deployment(&self, ns: &str, d: &Deployment) -> Result<Deployment, Error> {
-        from_value(self.create(Kind::Deployment, ns, to_value(d)?)?)
     }
 
     /// Creates a service in `ns`; a ClusterIP is given to it.
@@ -401,7 +396,7 @@ impl Cluster {
     /// by creation.
     pub fn pods(&self, ns: &str, selector: Option<&str>) -> Vec<Pod> {
         let sel = selector
-            .and_then(|s| crate::server::Selector::parse(s).ok())
+            .and_then(|s| crate::selector::Selector::parse(s).ok())
             .unwrap_or_default();
         let (items, _) = self.shared.store.list(Kind::Pod, Some(ns));
         let mut pods: Vec<Value> = items
@@ -450,7 +445,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_pod(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Pod, ns, name)?;
+        crate::registry::delete(&self.shared, Kind::Pod, ns, name)?;
         Ok(())
     }
 
@@ -460,39 +455,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_service(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Service, ns, name)?;
-        Ok(())
-    }
-
-    /// What `kubectl rollout restart` does: stamps the pod template with the time, which
-    /// makes the deployment controller replace every pod, one at a time.
-    ///
-    /// # Errors
-    ///
-    /// 404 when the deployment does not exist.
-    pub fn rollout_restart(&self, ns: &str, name: &str) -> Result<(), Error> {
-        self.shared.store.update(Kind::Deployment, ns, name, |d| {
-            crate::server::merge_patch(
-                d,
-                &json!({"spec": {"template": {"metadata": {"annotations": {
-                    "kubectl.kubernetes.io/restartedAt": format!("{}-{}", now_rfc3339(), crate::store::random_suffix(4)),
-                }}}}}),
-            );
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// Scales a deployment.
-    ///
-    /// # Errors
-    ///
-    /// 404 when the deployment does not exist.
-    pub fn scale(&self, ns: &str, name: &str, replicas: u32) -> Result<(), Error> {
-        self.shared.store.update(Kind::Deployment, ns, name, |d| {
-            d["spec"]["replicas"] = json!(replicas);
-            Ok(())
-        })?;
+        crate::registry::delete(&self.shared, Kind::Service, ns, name)?;
         Ok(())
     }
 
@@ -524,37 +487,6 @@ impl Cluster {
             .map_err(|_| Error::Timeout(timeout, what.to_string()))
     }
 
-    /// Waits until a deployment has all its replicas Ready and of the current template.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`].
-    pub async fn wait_deployment_ready(
-        &self,
-        ns: &str,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<(), Error> {
-        self.wait_for(
-            &format!("deployment {ns}/{name} to be ready"),
-            timeout,
-            |c| {
-                c.shared
-                    .store
-                    .get(Kind::Deployment, ns, name)
-                    .is_ok_and(|d| {
-                        let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-                        let s = &d["status"];
-                        s["observedGeneration"] == d["metadata"]["generation"]
-                            && s["updatedReplicas"].as_u64() == Some(want)
-                            && s["readyReplicas"].as_u64() == Some(want)
-                            && s["replicas"].as_u64() == Some(want)
-                    })
-            },
-        )
-        .await
-    }
-
     /// Creates the demo scenario and waits until it is Ready.
     ///
     /// # Errors
@@ -562,18 +494,27 @@ impl Cluster {
     /// When an object cannot be created or the demo does not turn Ready in 30 s.
     pub async fn apply_demo(&self) -> Result<(), Error> {
         self.create_namespace(DEMO_NAMESPACE)?;
-        let (deployments, services) = demo_objects();
-        for d in &deployments {
+        let demo = demo_objects();
+        for d in &demo.deployments {
             self.create_deployment(DEMO_NAMESPACE, d)?;
         }
-        for s in &services {
+        for s in &demo.statefulsets {
+            self.create_statefulset(DEMO_NAMESPACE, s)?;
+        }
+        for s in &demo.services {
             self.create_service(DEMO_NAMESPACE, s)?;
         }
         self.add_external_host(DEMO_EXTERNAL_HOST, 80, Some(5353))
             .await?;
-        for d in &deployments {
+        let limit = Duration::from_secs(30);
+        for d in &demo.deployments {
             let name = d.metadata.name.as_deref().unwrap_or_default();
-            self.wait_deployment_ready(DEMO_NAMESPACE, name, Duration::from_secs(30))
+            self.wait_deployment_ready(DEMO_NAMESPACE, name, limit)
+                .await?;
+        }
+        for s in &demo.statefulsets {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            self.wait_statefulset_ready(DEMO_NAMESPACE, name, limit)
                 .await?;
         }
         // A deployment turns Ready in the same pass that kube-proxy learns of its pods,
@@ -651,7 +592,95 @@ impl Cluster {
     ///
     /// When the address cannot be bound again.
     pub async fn restart_api(&self) -> Result<(), Error> {
-        faults::restart_api(&self.shared).await
+        crate::server::restart(&self.shared).await
+    }
+
+    /// Makes the API server accept TCP connections only from `peers`, such as a proxy's
+    /// outbound address: any other connection is reset at once, as a firewall that lets only
+    /// the proxy through would. A client that reaches the API server then went through the
+    /// proxy. [`Cluster::api_from_anywhere`] lifts it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// cluster.api_only_from(["127.253.0.1".parse().unwrap()]);
+    /// // The reset may come before the connect is seen as done, or on the first read.
+    /// if let Ok(mut c) = tokio::net::TcpStream::connect(cluster.api_addr()).await {
+    ///     let mut buf = [0u8; 1];
+    ///     let read = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+    ///     assert!(read.is_err() || read.unwrap() == 0, "reset");
+    /// }
+    /// # });
+    /// ```
+    pub fn api_only_from(&self, peers: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.api_only_from) = Some(peers.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::api_only_from`].
+    pub fn api_from_anywhere(&self) {
+        *lock(&self.shared.faults.api_only_from) = None;
+    }
+
+    /// Makes external hosts ([`Cluster::add_external_host`]) answer only `proxies` (an
+    /// egress proxy's outbound addresses) instead of pods: a cluster whose pods reach the
+    /// outside only through a proxy. Pods, services and cluster DNS are not affected.
+    /// [`Cluster::egress_direct`] lifts it.
+    pub fn egress_only_through(&self, proxies: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.egress_only_from) = Some(proxies.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::egress_only_through`]: pods reach external hosts directly again.
+    pub fn egress_direct(&self) {
+        *lock(&self.shared.faults.egress_only_from) = None;
+    }
+
+    /// Writes a kubeconfig for this cluster whose cluster entry has `proxy-url: proxy_url`
+    /// (kubectl's and kforward's proxy toward the API server).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    pub fn write_kubeconfig_with_proxy(&self, path: &Path, proxy_url: &str) -> Result<(), Error> {
+        self.write_kubeconfig_behind(path, &BehindProxy::new().proxy_url(proxy_url))
+    }
+
+    /// Writes a kubeconfig for this cluster as a user behind a proxy writes it (see
+    /// [`BehindProxy`]).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use kforward_testkit::BehindProxy;
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("kubeconfig");
+    /// let how = BehindProxy::new().proxy_url("socks5h://127.0.0.1:1080").server("https://api.proxied.test:6443");
+    /// cluster.write_kubeconfig_behind(&path, &how).unwrap();
+    /// assert!(std::fs::read_to_string(&path).unwrap().contains("socks5h://"));
+    /// # });
+    /// ```
+    pub fn write_kubeconfig_behind(&self, path: &Path, how: &BehindProxy) -> Result<(), Error> {
+        let mut entry = self.kubeconfig_entry();
+        if let Some(server) = &how.server {
+            entry.server = server.clone();
+        }
+        if let (Some(ca), Some(extra)) = (entry.ca_pem.as_mut(), &how.extra_ca) {
+            ca.push_str(extra);
+        }
+        let mut config = crate::kubeconfig_json(&[entry]);
+        if let Some(proxy_url) = &how.proxy_url {
+            config["clusters"][0]["cluster"]["proxy-url"] = json!(proxy_url);
+        }
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| Error::Io(path.to_path_buf(), std::io::Error::other(e)))?;
+        std::fs::write(path, text).map_err(|e| Error::Io(path.to_path_buf(), e))
     }
 
     /// Makes the API server answer `transport` as a server or proxy that does not offer it
@@ -722,5 +751,50 @@ impl Cluster {
     /// The counters: requests served, live and total port-forward streams.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats()
+    }
+}
+
+/// How a kubeconfig written by [`Cluster::write_kubeconfig_behind`] differs from the
+/// cluster's own: a `proxy-url`, another server URL (a name only a proxy resolves), and more
+/// CAs in the bundle (an `https://` proxy's, where kubectl looks for it).
+///
+/// # Example
+///
+/// ```
+/// let how = kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128");
+/// assert_eq!(how, kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BehindProxy {
+    proxy_url: Option<String>,
+    server: Option<String>,
+    extra_ca: Option<String>,
+}
+
+impl BehindProxy {
+    /// The cluster's own kubeconfig entry, unchanged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the cluster's `proxy-url`.
+    #[must_use]
+    pub fn proxy_url(mut self, url: impl Into<String>) -> Self {
+        self.proxy_url = Some(url.into());
+        self
+    }
+
+    /// Points the cluster at `url` instead of its own URL.
+    #[must_use]
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.server = Some(url.into());
+        self
+    }
+
+    /// Adds `pem` to the cluster's CA bundle.
+    #[must_use]
+    pub fn extra_ca(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca = Some(pem.into());
+        self
     }
 }

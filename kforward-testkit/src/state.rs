@@ -87,6 +87,12 @@ pub(crate) struct Faults {
     pub(crate) streaming_idle_timeout: Mutex<Option<Duration>>,
     /// Port-forward transports the API server answers as if it did not offer them.
     pub(crate) refused_transports: Mutex<BTreeSet<crate::portforward::PortForwardTransport>>,
+    /// When set, the API server resets every TCP connection from another address, as a
+    /// firewall that lets only a proxy through would.
+    pub(crate) api_only_from: Mutex<Option<Vec<std::net::IpAddr>>>,
+    /// When set, external hosts answer these addresses (an egress proxy's) instead of pods:
+    /// a cluster whose pods reach the outside only through a proxy.
+    pub(crate) egress_only_from: Mutex<Option<Vec<std::net::IpAddr>>>,
 }
 
 impl Faults {
@@ -119,8 +125,9 @@ pub(crate) struct Shared {
     pub(crate) not_ready: Mutex<BTreeSet<String>>,
     /// Cancelled when the cluster stops.
     pub(crate) shutdown: CancellationToken,
-    /// The running API server (replaced on restart).
-    pub(crate) api: tokio::sync::Mutex<Option<crate::server::ApiServer>>,
+    /// Cancelled to stop the running API server and cut its connections (replaced on
+    /// restart; held while a restart runs, so restarts do not overlap).
+    pub(crate) api_conns: tokio::sync::Mutex<Option<CancellationToken>>,
     /// Where the API server listens; kept across restarts.
     pub(crate) api_addr: Mutex<std::net::SocketAddr>,
     /// The TLS configuration, `None` for plain HTTP.
@@ -164,6 +171,8 @@ impl Shared {
                 drop_streams: Mutex::new(CancellationToken::new()),
                 streaming_idle_timeout: Mutex::new(None),
                 refused_transports: Mutex::new(BTreeSet::new()),
+                api_only_from: Mutex::new(None),
+                egress_only_from: Mutex::new(None),
             },
             stats: Stats::default(),
             pool: AddressPool::new(),
@@ -173,7 +182,7 @@ impl Shared {
             termination_grace: Mutex::new(Duration::from_millis(100)),
             shutdown: CancellationToken::new(),
             dns_addr: Mutex::new(None),
-            api: tokio::sync::Mutex::new(None),
+            api_conns: tokio::sync::Mutex::new(None),
             api_addr: Mutex::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             tls,
             ca_pem,

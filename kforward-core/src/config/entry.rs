@@ -10,6 +10,9 @@ use super::error::ConfigError;
 use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
 
+/// The local port of a `socks` entry that names none, as SOCKS proxies use.
+pub const SOCKS_PORT: u16 = 1080;
+
 /// The namespace of an entry that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -88,6 +91,20 @@ pub struct ForwardConfig {
     /// `"websocket"`; missing means the runner's default (`auto`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub transport: Option<crate::transport::Transport>,
+    /// For `workload_type: "socks"`, the `USER:PASS` clients must give (required beyond
+    /// loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// For `workload_type: "socks"`, destinations to connect to from this machine
+    /// (`NO_PROXY` syntax).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<String>,
+    /// For `workload_type: "socks"`, refuse what would need the relay pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_relay: Option<bool>,
+    /// For `workload_type: "socks"`, the cluster's DNS domain (`cluster.local`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
     /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
     /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
@@ -113,6 +130,10 @@ impl Default for ForwardConfig {
             proxy_protocol: None,
             accept_proxy_protocol: None,
             transport: None,
+            auth: None,
+            direct: None,
+            no_relay: None,
+            cluster_domain: None,
             extra: BTreeMap::new(),
         }
     }
@@ -158,12 +179,19 @@ impl ForwardConfig {
         }
         let or_unknown =
             |field: &Option<String>| non_empty(field.as_deref()).unwrap_or("?").to_owned();
+        if self.workload_type == WorkloadType::Socks {
+            let port = self.local_port.unwrap_or(SOCKS_PORT);
+            return format!("socks:{port}");
+        }
         let what = match self.workload_type {
             WorkloadType::Service => format!("svc/{}", or_unknown(&self.service)),
             WorkloadType::Pod => match non_empty(self.target.as_deref()) {
                 Some(selector) => format!("pod?{selector}"),
                 None => format!("pod/{}", or_unknown(&self.service)),
             },
+            WorkloadType::Deployment => format!("deploy/{}", or_unknown(&self.service)),
+            WorkloadType::StatefulSet => format!("sts/{}", or_unknown(&self.service)),
+            WorkloadType::ReplicaSet => format!("rs/{}", or_unknown(&self.service)),
             WorkloadType::Proxy => {
                 let host = or_unknown(&self.remote_address);
                 if host.contains(':') {
@@ -172,6 +200,7 @@ impl ForwardConfig {
                     format!("proxy/{host}")
                 }
             }
+            WorkloadType::Socks => "socks".to_owned(),
         };
         let port = self
             .remote_port

@@ -30,7 +30,7 @@ impl ForwardConfig {
             context: fields.string("context"),
             workload_type: fields.keyword(
                 "workload_type",
-                "is not a workload type (expected \"service\", \"pod\" or \"proxy\")",
+                "is not a workload type (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\", \"replicaset\" or \"socks\")",
             ),
             protocol: fields.keyword(
                 "protocol",
@@ -53,6 +53,10 @@ impl ForwardConfig {
                 "transport",
                 "is not a port-forward transport (expected \"auto\", \"websocket-spdy\", \"spdy\" or \"websocket\")",
             ),
+            auth: fields.string("auth"),
+            direct: fields.string("direct"),
+            no_relay: fields.flag("no_relay"),
+            cluster_domain: fields.string("cluster_domain"),
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
@@ -130,6 +134,23 @@ impl FieldReader {
         None
     }
 
+    /// A boolean, or `"true"`/`"false"` in any case; missing or `null` is unset.
+    fn flag(&mut self, field: &'static str) -> Option<bool> {
+        let value = self.map.remove(field)?;
+        match &value {
+            Value::Null => return None,
+            Value::Bool(b) => return Some(*b),
+            Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" => return Some(true),
+                "false" => return Some(false),
+                _ => {}
+            },
+            _ => {}
+        }
+        self.wrong(field, &value, "is not a boolean (expected true or false)");
+        None
+    }
+
     /// A case-insensitive keyword; missing or `null` is the default.
     fn keyword<T: std::str::FromStr + Default>(&mut self, field: &'static str, problem: &str) -> T {
         let Some(value) = self.map.remove(field) else {
@@ -150,7 +171,7 @@ impl FieldReader {
 }
 
 /// A JSON value as shown in messages: strings without quotes, the rest as JSON.
-fn render(value: &Value) -> String {
+pub(super) fn render(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),

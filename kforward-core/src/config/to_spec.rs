@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::entry::ForwardConfig;
+use super::entry::{ForwardConfig, SOCKS_PORT};
 use super::error::ConfigError;
-use crate::spec::{ForwardSpec, PortMapping, non_empty};
+use crate::spec::{ForwardSpec, PortMapping, Target, non_empty};
 
 /// Turns a config file entry into a spec, with kftray's meaning of each field:
 ///
@@ -12,6 +12,11 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
 /// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
+/// - `workload_type: "socks"`: [`Target::Socks`], a forward proxy on `local_port` (1080
+///   when missing) with `auth`, `direct`, `no_relay` and `cluster_domain`;
+/// - `workload_type: "deployment"`, `"statefulset"` or `"replicaset"` (kforward's, beyond
+///   kftray's): [`Target::Deployment`], [`Target::StatefulSet`] or [`Target::ReplicaSet`]
+///   named by `service`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -46,12 +51,19 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// [`Target::PodSelector`]: crate::spec::Target::PodSelector
 /// [`Target::Pod`]: crate::spec::Target::Pod
 /// [`Target::Remote`]: crate::spec::Target::Remote
+/// [`Target::Socks`]: crate::spec::Target::Socks
+/// [`Target::Deployment`]: crate::spec::Target::Deployment
+/// [`Target::StatefulSet`]: crate::spec::Target::StatefulSet
+/// [`Target::ReplicaSet`]: crate::spec::Target::ReplicaSet
 impl TryFrom<&ForwardConfig> for ForwardSpec {
     type Error = ConfigError;
 
     fn try_from(config: &ForwardConfig) -> Result<Self, Self::Error> {
         let checked = config.check()?;
-        let local = config.local_port.unwrap_or(checked.remote_port);
+        let local = match checked.target {
+            Target::Socks(_) => config.local_port.unwrap_or(SOCKS_PORT),
+            _ => config.local_port.unwrap_or(checked.remote_port),
+        };
         Ok(ForwardSpec {
             target: checked.target,
             namespace: Some(config.namespace.clone()),
@@ -151,6 +163,39 @@ mod tests {
             Target::Pod {
                 name: "web-0".into()
             }
+        );
+    }
+
+    #[test]
+    fn workload_configs_name_their_object_in_service() {
+        for (workload, target) in [
+            ("statefulset", "sts/db"),
+            ("StatefulSet", "sts/db"),
+            ("replicaset", "rs/db"),
+            ("deployment", "deploy/db"),
+        ] {
+            let json = format!(
+                r#"{{"workload_type":"{workload}","service":"db","namespace":"data","remote_port":5432}}"#
+            );
+            assert_eq!(spec(&json).target.to_string(), target, "{json}");
+        }
+        let err = ForwardSpec::try_from(&config(
+            r#"{"workload_type":"statefulset","service":"","remote_port":5432}"#,
+        ))
+        .expect_err("no name");
+        assert_eq!(
+            err.to_string(),
+            r#"field "service": is missing; workload_type "statefulset" needs the statefulset's name"#
+        );
+        let err = ForwardSpec::try_from(&config(
+            r#"{"workload_type":"replicaset","service":"Web_1","remote_port":80}"#,
+        ))
+        .expect_err("a bad name");
+        assert!(
+            err.to_string().starts_with(
+                r#"field "service": value "Web_1" is not a valid replicaset name: it "#
+            ),
+            "{err}"
         );
     }
 

@@ -18,10 +18,12 @@
 //! ```
 
 mod client;
+mod env;
 mod pod;
 
 pub use client::RelayConnector;
-pub use kforward_relay::{protocol, server};
+pub use env::{check_relay_env, default_relay_no_proxy};
+pub use kforward_relay::{datagrams, egress, protocol, server};
 pub use pod::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, RelayOptions, RelayPods,
     SharedRelayPods, default_image, gc,

@@ -72,6 +72,12 @@ pub struct RelayOptions {
     /// the next use makes a new one). A safety net for sessions that die without cleaning
     /// up; [`gc`] is the other.
     pub idle_exit: Duration,
+    /// Environment variables for the relay's container (`--relay-env KEY=VALUE`), such as
+    /// `HTTPS_PROXY` and `NO_PROXY` for a cluster whose pods reach the outside only through
+    /// a proxy: the relay then reaches TCP destinations through it (see
+    /// [`check_relay_env`](super::check_relay_env) and
+    /// [`default_relay_no_proxy`](super::default_relay_no_proxy)).
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for RelayOptions {
@@ -81,6 +87,7 @@ impl Default for RelayOptions {
             port: DEFAULT_RELAY_PORT,
             ready_timeout: Duration::from_secs(60),
             idle_exit: super::server::DEFAULT_IDLE_EXIT,
+            env: BTreeMap::new(),
         }
     }
 }
@@ -236,7 +243,7 @@ impl RelayPods {
         }
     }
 
-    fn pod_object(&self, name: &str) -> Pod {
+    fn pod_object(&self, name: &str, extra_env: Vec<EnvVar>) -> Pod {
         let labels = BTreeMap::from([
             (LABEL_NAME.to_string(), "kforward-relay".to_string()),
             (LABEL_MANAGED_BY.to_string(), "kforward".to_string()),
@@ -273,23 +280,28 @@ impl RelayPods {
                     name: "relay".into(),
                     image: Some(self.opts.image.clone()),
                     args: Some(vec!["--port".into(), port.to_string()]),
-                    env: Some(vec![
-                        EnvVar {
-                            name: "KFORWARD_RELAY_TOKEN".into(),
-                            value: Some(self.token.clone()),
-                            ..Default::default()
-                        },
-                        EnvVar {
-                            name: "KFORWARD_RELAY_PORT".into(),
-                            value: Some(port.to_string()),
-                            ..Default::default()
-                        },
-                        EnvVar {
-                            name: super::server::IDLE_EXIT_ENV.into(),
-                            value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
-                            ..Default::default()
-                        },
-                    ]),
+                    env: Some(
+                        vec![
+                            EnvVar {
+                                name: "KFORWARD_RELAY_TOKEN".into(),
+                                value: Some(self.token.clone()),
+                                ..Default::default()
+                            },
+                            EnvVar {
+                                name: "KFORWARD_RELAY_PORT".into(),
+                                value: Some(port.to_string()),
+                                ..Default::default()
+                            },
+                            EnvVar {
+                                name: super::server::IDLE_EXIT_ENV.into(),
+                                value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
+                                ..Default::default()
+                            },
+                        ]
+                        .into_iter()
+                        .chain(extra_env)
+                        .collect(),
+                    ),
                     ports: Some(vec![ContainerPort {
                         name: Some("relay".into()),
                         container_port: i32::from(port),
@@ -338,10 +350,17 @@ impl RelayPods {
         if let Some(p) = pods.get(namespace) {
             return Ok(p.clone());
         }
-        let api: Api<Pod> = Api::namespaced(self.client(), namespace);
+        super::env::check_relay_env(&self.opts.env).map_err(|message| Error::RelayPod {
+            namespace: namespace.to_string(),
+            message,
+            retryable: false,
+        })?;
+        let ctx = self.context();
+        let env = super::env::relay_pod_env(&ctx, &self.opts.env).await;
+        let api: Api<Pod> = Api::namespaced(ctx.client().clone(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
-        let server = self.context().server().to_string();
-        api.create(&PostParams::default(), &self.pod_object(&name))
+        let server = ctx.server().to_string();
+        api.create(&PostParams::default(), &self.pod_object(&name, env))
             .await
             .map_err(|e| Error::from_kube(e, &server, "create", "pods", namespace, None))?;
         info!(pod = %name, %namespace, "created relay pod");

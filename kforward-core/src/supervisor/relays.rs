@@ -1,8 +1,8 @@
 //! Relay pods shared by the supervised forwards of one cluster: one set (one pod per
-//! namespace) per kubeconfig and context, made when the first relayed forward starts and
-//! deleted when the last one stops.
+//! namespace) per kubeconfig, context and relay environment, made when the first relayed
+//! forward starts and deleted when the last one stops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -10,8 +10,9 @@ use crate::client::KubeContext;
 use crate::relay::{RelayOptions, RelayPods};
 use crate::spec::ForwardSpec;
 
-/// The kubeconfig file and context a set of relay pods belongs to.
-type Key = (Option<PathBuf>, Option<String>);
+/// The kubeconfig file, context and relay pod environment a set of relay pods belongs to:
+/// forwards given another environment (another egress proxy) get pods of their own.
+type Key = (Option<PathBuf>, Option<String>, BTreeMap<String, String>);
 
 /// Relay pods by cluster, each with the number of forwards using it.
 #[derive(Default)]
@@ -25,8 +26,12 @@ pub(crate) struct Lease {
     pub(crate) pods: Arc<RelayPods>,
 }
 
-fn key_of(spec: &ForwardSpec) -> Key {
-    (spec.kubeconfig.clone(), spec.context.clone())
+fn key_of(spec: &ForwardSpec, opts: &RelayOptions) -> Key {
+    (
+        spec.kubeconfig.clone(),
+        spec.context.clone(),
+        opts.env.clone(),
+    )
 }
 
 impl RelayPool {
@@ -37,7 +42,7 @@ impl RelayPool {
         ctx: &KubeContext,
         opts: &RelayOptions,
     ) -> Lease {
-        let key = key_of(spec);
+        let key = key_of(spec, opts);
         let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = sets
             .entry(key.clone())

@@ -15,10 +15,12 @@ pub mod spdy;
 pub mod websocket;
 
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::Result;
 pub use choice::{Transport, TransportMemo, UnknownTransport};
@@ -188,7 +190,7 @@ impl StreamWriter {
             StreamWriter::WebSocket(w) => w.shutdown().await,
             StreamWriter::Spdy(s) => {
                 std::future::poll_fn(|cx| {
-                    tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut *lock(s)), cx)
+                    AsyncWrite::poll_shutdown(Pin::new(&mut *lock(s)), cx)
                 })
                 .await
             }
@@ -200,6 +202,48 @@ impl StreamWriter {
         match self {
             StreamWriter::WebSocket(_) => false,
             StreamWriter::Spdy(_) => true,
+        }
+    }
+}
+
+/// A whole stream as a byte stream, for code that speaks through `AsyncRead` and
+/// `AsyncWrite` (the forward proxy's HTTP client and its splice) rather than in messages.
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_read(cx, buf),
+            Stream::Spdy(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_write(cx, data),
+            Stream::Spdy(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_flush(cx),
+            Stream::Spdy(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_shutdown(cx),
+            Stream::Spdy(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -3,9 +3,12 @@
 mod common;
 mod errors;
 mod forward;
+mod forward_proxy;
 mod peers;
+mod proxy;
 mod proxy_protocol;
 mod relay;
 mod spdy;
 mod supervisor;
 mod transport;
+mod workloads;

@@ -5,6 +5,7 @@ mod api;
 mod c_example;
 mod common;
 mod header;
+mod proxy;
 mod python_example;
 mod relay;
 mod transport;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::server::Body;
+use crate::response::Body;
 use crate::state::Shared;
 use crate::{ApiError, Kind};
 
@@ -63,7 +63,7 @@ fn refused(shared: &Shared, t: PortForwardTransport) -> bool {
 /// The answer of a kubelet whose WebSocket handshake failed (`x/net/websocket`'s server:
 /// status line, blank line, nothing else).
 fn bare_forbidden() -> Response<Body> {
-    let mut resp = Response::new(crate::server::full(""));
+    let mut resp = Response::new(crate::response::full(""));
     *resp.status_mut() = StatusCode::FORBIDDEN;
     resp
 }
@@ -88,7 +88,7 @@ fn running_pod(pod: &serde_json::Value, name: &str) -> Result<(Ipv4Addr, String)
 /// The 101 answer to a WebSocket upgrade, with the subprotocol chosen ("" for none).
 fn websocket_101(key: &[u8], protocol: &'static str) -> Response<Body> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
-    let mut resp = Response::new(crate::server::full(""));
+    let mut resp = Response::new(crate::response::full(""));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(
@@ -120,7 +120,7 @@ fn spdy_upgrade(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let (ip, uid) = running_pod(pod, name)?;
-    let mut resp = Response::new(crate::server::full(""));
+    let mut resp = Response::new(crate::response::full(""));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(

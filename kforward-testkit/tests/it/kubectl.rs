@@ -72,7 +72,7 @@ fn find_kubectl() -> Result<PathBuf, String> {
 }
 
 /// The kubectl to test with, or `None` (after a note) when it cannot be had outside CI.
-async fn kubectl() -> Option<PathBuf> {
+pub(crate) async fn kubectl() -> Option<PathBuf> {
     let found = tokio::task::spawn_blocking(|| KUBECTL.get_or_init(find_kubectl).clone())
         .await
         .expect("the kubectl lookup ran");
@@ -86,34 +86,68 @@ async fn kubectl() -> Option<PathBuf> {
     }
 }
 
+/// The variables that could send kubectl to a proxy: a test sets the ones it means.
+const PROXY_VARS: [&str; 9] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+];
+
 /// One kubectl invocation against a cluster.
-struct Kubectl {
+pub(crate) struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
     cache: tempfile::TempDir,
+    /// The environment every run gets (proxy variables only from here).
+    env: Vec<(String, String)>,
 }
 
 impl Kubectl {
-    fn new(bin: PathBuf, cluster: &Cluster) -> Self {
+    pub(crate) fn new(bin: PathBuf, cluster: &Cluster) -> Self {
+        Self::with(bin, cluster.kubeconfig_path().to_path_buf(), &[])
+    }
+
+    /// kubectl on `kubeconfig`, with `env` for every run.
+    pub(crate) fn with(bin: PathBuf, kubeconfig: PathBuf, env: &[(&str, String)]) -> Self {
         Kubectl {
             bin,
-            kubeconfig: cluster.kubeconfig_path().to_path_buf(),
+            kubeconfig,
             cache: tempfile::tempdir().expect("a discovery cache dir"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
     }
 
-    /// Runs kubectl with `args` (bounded) and returns its output.
-    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    /// kubectl with the kubeconfig, the cache and the environment set.
+    fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.arg("--kubeconfig")
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .arg("--cache-dir")
             .arg(self.cache.path())
-            .arg("--request-timeout=20s")
-            .args(args)
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs kubectl with `args` (bounded) and returns its output.
+    pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command();
+        cmd.arg("--request-timeout=20s")
+            .args(args)
+            .envs(env.iter().copied());
         let what = format!("kubectl {}", args.join(" "));
         bounded(&what, cmd.output())
             .await
@@ -121,7 +155,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl and returns its stdout, failing the test when it exits non-zero.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, &[]).await;
         assert!(
             out.status.success(),
@@ -134,7 +168,7 @@ impl Kubectl {
     }
 }
 
-async fn setup() -> Option<(Cluster, Kubectl)> {
+pub(crate) async fn setup() -> Option<(Cluster, Kubectl)> {
     let bin = kubectl().await?;
     let cluster = demo().await;
     let k = Kubectl::new(bin, &cluster);
@@ -142,7 +176,7 @@ async fn setup() -> Option<(Cluster, Kubectl)> {
 }
 
 /// The rows of a table whose first column starts with `prefix`, split into columns.
-fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+pub(crate) fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     table
         .lines()
         .filter(|l| l.starts_with(prefix))
@@ -187,12 +221,18 @@ async fn kubectl_get_pods_and_services_prints_tables() {
         assert_eq!(&row[1..4], &["1/1", "Running", "0"], "{out}");
     }
     let services = rows(&out, "service/");
-    assert_eq!(services.len(), 3, "{out}");
-    for (svc, ports) in [("dns", "5353/UDP"), ("echo", "7000/TCP"), ("web", "80/TCP")] {
+    assert_eq!(services.len(), 4, "{out}");
+    for (svc, ports) in [
+        ("db", "5432/TCP"),
+        ("dns", "5353/UDP"),
+        ("echo", "7000/TCP"),
+        ("web", "80/TCP"),
+    ] {
         let row = services
             .iter()
             .find(|r| r[0] == format!("service/{svc}"))
             .unwrap_or_else(|| panic!("no row for {svc}: {out}"));
+        // The headless `db` has no ClusterIP: kubectl shows "None".
         let ip = cluster_ip(&cluster, svc);
         assert_eq!(
             &row[1..5],
@@ -368,35 +408,31 @@ async fn kubectl_auth_can_i_follows_deny() {
 }
 
 /// A running `kubectl port-forward` (killed on drop) and the local port it chose.
-async fn port_forward(
+pub(crate) async fn port_forward(
     k: &Kubectl,
     target: &str,
     remote: &str,
     websockets: bool,
 ) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(&k.bin);
-    cmd.arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(k.cache.path())
-        .args([
-            "port-forward",
-            "-n",
-            DEMO_NAMESPACE,
-            target,
-            &format!(":{remote}"),
-            "--address",
-            "127.0.0.1",
-        ])
-        .env(
-            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
-            if websockets { "true" } else { "false" },
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = k.command();
+    cmd.args([
+        "port-forward",
+        "-n",
+        DEMO_NAMESPACE,
+        target,
+        &format!(":{remote}"),
+        "--address",
+        "127.0.0.1",
+    ])
+    .env(
+        "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+        if websockets { "true" } else { "false" },
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().expect("kubectl port-forward starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -420,7 +456,7 @@ async fn port_forward(
     (child, port)
 }
 
-async fn http_get_pod_name(port: u16) -> String {
+pub(crate) async fn http_get_pod_name(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))

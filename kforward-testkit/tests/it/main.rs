@@ -5,10 +5,13 @@
 
 mod controllers;
 mod faults;
+mod headless;
 mod kube_client;
 mod kubectl;
+mod kubectl_proxy;
 mod network;
 mod python;
+mod rollouts;
 mod watch;
 
 use std::future::Future;
