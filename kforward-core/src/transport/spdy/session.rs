@@ -20,19 +20,28 @@
 //!
 //! **One stalled reader never stalls the others.** The kubelet's SPDY has no flow control
 //! (spdystream ignores WINDOW_UPDATE), so a session that stopped reading its connection
-//! for one stream would stop every stream on it. The reader task therefore buffers what
-//! each stream is sent, and decides at [`SessionConfig::stream_buffer`] (the soft bound):
+//! for one stream would stop every stream on it, and a session that kept reading without a
+//! bound would buffer whatever the pod sends. What bounds a stream's buffered bytes is
+//! therefore the reader task, which buffers what each stream is sent and decides at
+//! [`SessionConfig::stream_buffer`] (the soft bound) and four times it (the hard bound):
 //!
-//! - a stream whose reader has taken nothing for [`SessionConfig::stall_timeout`] is
-//!   stalled: when it shares its session it is reset (RST_STREAM CANCEL to the server, its
-//!   buffer freed, [`SpdyError::Overflow`] for its reader) and the others never wait;
-//! - a stream whose reader still takes data buffers on, up to four times the soft bound
-//!   (the hard bound); past that the session stops reading until the reader has taken
-//!   half of its buffer, as TCP would slow one connection for a slow reader (the pool
-//!   gives held sessions no new streams). A held reader that then takes nothing for the
-//!   stall timeout is reset like a stalled one (a reader that is slow, not stopped, is
-//!   never reset: on a loaded machine that would cut working connections);
+//! - below the soft bound, data is queued for the stream's reader;
+//! - past the soft bound, a stream whose reader has taken nothing for
+//!   [`SessionConfig::stall_timeout`] is stalled: when it shares its session it is reset
+//!   (RST_STREAM CANCEL to the server, its buffer freed, [`SpdyError::Overflow`] for its
+//!   reader) and the others never wait;
+//! - a stream whose reader still takes data buffers on, up to the hard bound. At the hard
+//!   bound the session stops reading its connection (it is *held*) until the reader has
+//!   taken half of its buffer, as TCP would slow one connection for a slow reader (the
+//!   pool gives held sessions no new streams). While the stream shares its session the
+//!   hold is short: a reader that takes nothing for [`SessionConfig::hold_grace`] (a few
+//!   hundred milliseconds, not the stall timeout) is reset like a stalled one, so a reader
+//!   that stopped costs the others at most that pause, once. A slow reader that keeps
+//!   taking data is never reset: on a loaded machine that would cut working connections;
 //! - a stream alone on its session is never reset: the session waits for its reader.
+//!
+//! So a stream buffers at most the hard bound (32 MiB by default) plus one frame, and a
+//! session at most that per open stream; an idle session keeps one small read buffer.
 //!
 //! **GOAWAY.** Streams the server's GOAWAY says it never processed (ids above its last good
 //! id) end at once, and may be opened again elsewhere with what was written on them
@@ -93,8 +102,12 @@ pub struct SessionConfig {
     pub stream_buffer: usize,
     /// A reader that took nothing for this long, with more than the soft bound waiting for
     /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
-    /// a reader unscheduled; a stalled reader holds the others at most this long, once.
+    /// a reader unscheduled.
     pub stall_timeout: Duration,
+    /// How long a stream past the hard bound that shares its session may take nothing
+    /// while the session waits for it, before it is reset as stalled: the longest pause a
+    /// stopped reader causes the other connections of its session (once).
+    pub hold_grace: Duration,
 }
 
 impl SessionConfig {
@@ -114,6 +127,7 @@ impl Default for SessionConfig {
             ping_timeout: Duration::from_secs(10),
             stream_buffer: 8 * 1024 * 1024,
             stall_timeout: Duration::from_secs(2),
+            hold_grace: Duration::from_millis(300),
         }
     }
 }
@@ -579,6 +593,14 @@ impl Inner {
         let bounds = self.config.bounds();
         match pair.push(data, fin, bounds) {
             Push::Queued => {}
+            // Past the hard bound, sharing the session, and its reader already took
+            // nothing for the hold's grace: stalled, not slow.
+            Push::Full(_)
+                if st.live > 1 && pair.reader_idle(Instant::now()) >= self.config.hold_grace =>
+            {
+                drop(st);
+                self.reset_stalled(&pair);
+            }
             // A reader that still reads, past the hard bound; or a stalled one alone on
             // the session: wait for it.
             Push::Full(data) => {
@@ -635,7 +657,7 @@ impl Inner {
         };
         let shared = st.live > 1;
         drop(st);
-        if shared && pair.reader_idle(Instant::now()) >= self.config.stall_timeout {
+        if shared && pair.reader_idle(Instant::now()) >= self.config.hold_grace {
             self.reset_stalled(&pair);
         }
     }
@@ -712,7 +734,7 @@ async fn read_loop<R: AsyncRead + Unpin>(inner: Arc<Inner>, mut rd: R) {
         while inner.held() {
             tokio::select! {
                 _ = inner.drained.notified() => inner.recheck_hold(),
-                _ = tokio::time::sleep(inner.config.stall_timeout / 2) => inner.recheck_hold(),
+                _ = tokio::time::sleep(inner.config.hold_grace / 4) => inner.recheck_hold(),
                 _ = inner.ended.cancelled() => break 'session SessionEnd::Local,
             }
         }
