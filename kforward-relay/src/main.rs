@@ -2,9 +2,9 @@
 //! (`127.0.0.1:PORT`), checks each client's token (`KFORWARD_RELAY_TOKEN`), and exits on
 //! SIGTERM or when no client has been connected for 10 minutes.
 
-use kforward_core::relay::server::{
-    CancellationToken, DEFAULT_IDLE_EXIT, IDLE_EXIT_ENV, RelayServer, SystemResolver,
-    parse_idle_exit,
+use kforward_relay::server::{
+    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer,
+    SystemResolver, parse_idle_exit,
 };
 
 fn usage() -> ! {
@@ -27,7 +27,7 @@ fn main() {
     }
     let port: u16 = match port.as_deref().map(str::parse) {
         Some(Ok(p)) => p,
-        None => kforward_core::relay::DEFAULT_RELAY_PORT,
+        None => DEFAULT_PORT,
         Some(Err(_)) => usage(),
     };
     let idle_exit = match idle.as_deref().map(parse_idle_exit) {
