@@ -18,11 +18,14 @@
 //! ```
 
 mod client;
+mod manifest;
 mod pod;
+mod startup;
 
 pub use client::{RelayConnector, handshake};
 pub use kforward_relay::{protocol, server};
-pub use pod::{
-    DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, RelayOptions, RelayPods,
-    SharedRelayPods, default_image, gc,
+pub use manifest::{
+    DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, PodPatch, PullPolicy,
+    RELAY_CONTAINER, RELAY_IMAGE_ENV, RelayOptions, default_image,
 };
+pub use pod::{RelayPods, SharedRelayPods, gc};
