@@ -21,6 +21,7 @@
 //! # });
 //! ```
 
+mod admission;
 mod cluster;
 mod controller;
 mod error;
@@ -36,6 +37,7 @@ mod status;
 mod store;
 mod tls;
 
+pub use admission::POD_SECURITY_ENFORCE;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};

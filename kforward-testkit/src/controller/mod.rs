@@ -6,7 +6,9 @@
 
 mod deployment;
 mod endpoints;
+mod images;
 mod kubelet;
+mod scheduler;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use tracing::warn;
 
 use crate::state::Shared;
 
+pub(crate) use images::image_is_latest;
 pub(crate) use kubelet::{pod_is_ready, set_ready};
 
 /// Starts the control loop; it ends when the cluster shuts down.

@@ -293,7 +293,10 @@ async fn object(
             let body = read_body(req).await?;
             let obj: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-            let obj = prepare_create(&shared, kind, obj)?;
+            let mut obj = prepare_create(&shared, kind, obj)?;
+            if kind == Kind::Pod {
+                crate::admission::admit_pod(&shared, ns_str, &mut obj)?;
+            }
             if q.contains_key("dryRun") {
                 return Ok(json_response(StatusCode::CREATED, &obj));
             }
