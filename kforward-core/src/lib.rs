@@ -41,6 +41,7 @@
 pub mod client;
 pub mod config;
 mod connector;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod forwarder;

@@ -1,7 +1,9 @@
 //! End-to-end tests of kforward-core against the testkit cluster, through real sockets.
 
 mod common;
+mod doctor;
 mod errors;
 mod forward;
 mod relay;
+mod relay_pods;
 mod supervisor;
