@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const ENVIRONMENT: &str = "\
 Environment:
   KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
+  KFORWARD_RELAY_IMAGE  the relay pods' image when --relay-image is not given
   RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
   KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
                         through a larger buffer, sets TCP_NODELAY and keeps a spare
@@ -41,12 +42,16 @@ pub enum Command {
     Run(RunArgs),
     /// Start a simulated cluster in this process and forward its demo services (no
     /// cluster or setup needed).
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Forward a local port to any host the cluster can reach (a service DNS name, a
     /// database outside the cluster, an IP), through a relay pod in the namespace.
     Proxy(ProxyArgs),
     /// Delete relay pods left behind by sessions that are gone.
     Gc(GcArgs),
+    /// Check what works with this context: the API server, credentials, permissions,
+    /// port-forward transports, and (with --relay) a relay pod.
+    Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -102,9 +107,9 @@ pub struct ForwardArgs {
     /// Forward UDP (through a relay pod in the namespace).
     #[arg(long)]
     pub udp: bool,
-    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
-    #[arg(long)]
-    pub relay_image: Option<String>,
+    /// The relay pod (UDP forwards).
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 /// `kforward proxy`.
@@ -120,15 +125,55 @@ pub struct ProxyArgs {
     /// Forward UDP instead of TCP.
     #[arg(long)]
     pub udp: bool,
-    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
-    #[arg(long)]
-    pub relay_image: Option<String>,
+    /// The relay pod.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Local addresses to listen on, comma separated; `localhost` means 127.0.0.1 and ::1.
     #[arg(long, default_value = "localhost")]
     pub address: String,
     /// How events are printed.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
+}
+
+/// How relay pods (UDP and `proxy` forwards) are made.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RelayArgs {
+    /// The relay's container image, e.g. from a mirror registry (default:
+    /// ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long, env = "KFORWARD_RELAY_IMAGE", value_name = "IMAGE")]
+    pub relay_image: Option<String>,
+    /// An image pull secret in the namespace for the relay image's registry (repeatable).
+    #[arg(long = "relay-pull-secret", value_name = "SECRET")]
+    pub relay_pull_secrets: Vec<String>,
+    /// When the kubelet pulls the relay image: Always, IfNotPresent or Never.
+    #[arg(long, value_name = "POLICY", default_value = "IfNotPresent")]
+    pub relay_pull_policy: String,
+    /// A JSON merge patch file applied to the relay pod: node selector, tolerations,
+    /// annotations, resources (containers merge by name; the relay's is `relay`).
+    #[arg(long, value_name = "FILE")]
+    pub relay_pod_patch: Option<PathBuf>,
+}
+
+/// `kforward doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Where to find the cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Also start a relay pod, time it, and delete it (and count the relay's permissions
+    /// as needed).
+    #[arg(long)]
+    pub relay: bool,
+    /// The relay pod, with --relay.
+    #[command(flatten)]
+    pub relay_pod: RelayArgs,
+    /// How the report is printed (text: a table).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// How long one request to the API server may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
 }
 
 /// `kforward gc`.
@@ -158,9 +203,13 @@ pub struct RunArgs {
     /// How long to wait for a ready pod.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
+    /// The relay pods (UDP and proxy entries).
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 /// `kforward demo`.
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// How events are printed.

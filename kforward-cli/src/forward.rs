@@ -62,9 +62,7 @@ pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
         pod_running_timeout: a.pod_running_timeout,
         ..Default::default()
     };
-    if let Some(image) = &a.relay_image {
-        opts.relay.image = image.clone();
-    }
+    crate::relay::apply(&a.relay, &mut opts.relay)?;
     // UDP goes through a relay pod, which the forwarder deletes when it stops.
     let mut fwd = kforward_core::forwarder_for(ctx, spec, opts)?;
     let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));

@@ -49,9 +49,7 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     }
     let ctx = connect(&a.cluster).await?;
     let mut opts = ForwardOptions::default();
-    if let Some(image) = &a.relay_image {
-        opts.relay.image = image.clone();
-    }
+    crate::relay::apply(&a.relay, &mut opts.relay)?;
     let mut fwd = ProxyForwarder::new(ctx, spec, opts);
     let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
     if let Err(e) = fwd.start().await {

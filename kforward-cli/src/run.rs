@@ -95,9 +95,12 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let specs = load_specs(&a)?;
+    let mut relay = RelayOptions::default();
+    crate::relay::apply(&a.relay, &mut relay)?;
     let opts = SupervisorOptions {
         forward: ForwardOptions {
             pod_running_timeout: a.pod_running_timeout,
+            relay: relay.clone(),
             ..Default::default()
         },
         ..Default::default()
@@ -123,7 +126,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             .await
             {
                 Ok(ctx) => {
-                    let r = SharedRelayPods(RelayPods::new(ctx, RelayOptions::default()));
+                    let r = SharedRelayPods(RelayPods::new(ctx, relay.clone()));
                     relays.push((key, r.clone()));
                     Some(r)
                 }

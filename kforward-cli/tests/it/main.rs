@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+mod relay_doctor;
+
 fn kforward() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kforward"));
     c.env_remove("KUBECONFIG").env("NO_COLOR", "1");

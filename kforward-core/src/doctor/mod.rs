@@ -328,7 +328,7 @@ impl Doctor<'_> {
                         name,
                         status,
                         format!(
-                            "denied in namespace {:?}{}: without it, {} do not work; ask your cluster admin for a Role granting `{}`",
+                            "denied in namespace {:?}{}; this disables {}; ask your cluster admin for a Role granting `{}`",
                             self.namespace,
                             if reason.is_empty() {
                                 String::new()

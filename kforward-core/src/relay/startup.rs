@@ -48,13 +48,7 @@ pub(crate) fn assess(pod: &Pod, image: &str) -> Startup {
         return Startup::Starting(None);
     };
     let phase = status.phase.as_deref().unwrap_or("Pending");
-    let condition = |ty: &str| {
-        status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == ty)
-    };
+    let condition = |ty: &str| status.conditions.iter().flatten().find(|c| c.type_ == ty);
     if phase == "Running" && condition("Ready").is_some_and(|c| c.status == "True") {
         return Startup::Ready;
     }
@@ -67,10 +61,10 @@ pub(crate) fn assess(pod: &Pod, image: &str) -> Startup {
                 let shown = cs.image.as_str();
                 let shown = if shown.is_empty() { image } else { shown };
                 let fix = if reason == "InvalidImageName" {
-                    "fix the reference with --relay-image (or KFORWARD_RELAY_IMAGE, or relayImage in the config file)".to_string()
+                    "fix the reference with --relay-image (or KFORWARD_RELAY_IMAGE)".to_string()
                 } else {
                     "copy the image to a registry the cluster can pull from and pass it with --relay-image \
-                     (or KFORWARD_RELAY_IMAGE, or relayImage in the config file); a private registry also \
+                     (or KFORWARD_RELAY_IMAGE); a private registry also \
                      needs --relay-pull-secret"
                         .to_string()
                 };
@@ -170,9 +164,10 @@ mod tests {
     #[test]
     fn pull_errors_name_the_image_and_the_flag() {
         for reason in PULL_REASONS {
-            let Startup::Stuck { message, retryable } =
-                assess(&waiting(reason, "dial tcp: lookup ghcr.io: no such host"), "x")
-            else {
+            let Startup::Stuck { message, retryable } = assess(
+                &waiting(reason, "dial tcp: lookup ghcr.io: no such host"),
+                "x",
+            ) else {
                 panic!("{reason} is stuck");
             };
             assert!(!retryable);
@@ -212,7 +207,8 @@ mod tests {
 
     #[test]
     fn ready_and_exited() {
-        let ready = pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}));
+        let ready =
+            pod(json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}));
         assert_eq!(assess(&ready, "x"), Startup::Ready);
         let done = pod(json!({"phase": "Failed", "containerStatuses": [{
             "name": "relay", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
