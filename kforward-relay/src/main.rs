@@ -3,8 +3,8 @@
 //! SIGTERM or when no client has been connected for 10 minutes.
 
 use kforward_relay::server::{
-    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer,
-    SystemResolver, parse_idle_exit,
+    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer, SystemResolver,
+    parse_idle_exit,
 };
 
 fn usage() -> ! {

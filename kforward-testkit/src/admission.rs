@@ -85,7 +85,9 @@ fn pod_security(shared: &Shared, ns: &str, name: &str, pod: &Value) -> Result<()
         return Ok(());
     };
     let labels = &namespace["metadata"]["labels"];
-    let level = labels[POD_SECURITY_ENFORCE].as_str().unwrap_or("privileged");
+    let level = labels[POD_SECURITY_ENFORCE]
+        .as_str()
+        .unwrap_or("privileged");
     if !matches!(level, "baseline" | "restricted") {
         return Ok(());
     }
@@ -167,7 +169,9 @@ fn baseline_violations(pod: &Value) -> Vec<String> {
         }
         for p in c["ports"].as_array().into_iter().flatten() {
             if let Some(hp) = p["hostPort"].as_u64().filter(|p| *p != 0) {
-                out.push(format!("hostPort (container \"{name}\" uses hostPort {hp})"));
+                out.push(format!(
+                    "hostPort (container \"{name}\" uses hostPort {hp})"
+                ));
             }
         }
     }
@@ -275,7 +279,12 @@ mod tests {
     fn restricted_lists_each_missing_setting() {
         let v = restricted_violations(&pod(json!({})));
         let all = v.join(", ");
-        for word in ["allowPrivilegeEscalation", "capabilities", "runAsNonRoot", "seccompProfile"] {
+        for word in [
+            "allowPrivilegeEscalation",
+            "capabilities",
+            "runAsNonRoot",
+            "seccompProfile",
+        ] {
             assert!(all.contains(word), "{all}");
         }
         let ok = pod(json!({

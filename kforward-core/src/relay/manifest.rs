@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, LocalObjectReference, Pod,
-    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EnvVar, LocalObjectReference, Pod, PodSecurityContext,
+    PodSpec, ResourceRequirements, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -218,8 +218,9 @@ impl PodPatch {
         if !value.is_object() {
             return Err(Error::RelayPodPatch {
                 origin: origin.to_string(),
-                message: "a pod patch must be a JSON object, like {\"spec\":{\"nodeSelector\":{...}}}"
-                    .into(),
+                message:
+                    "a pod patch must be a JSON object, like {\"spec\":{\"nodeSelector\":{...}}}"
+                        .into(),
             });
         }
         Ok(PodPatch {
@@ -277,7 +278,10 @@ impl PodPatch {
 
 /// Merges one container of a patch into the pod's container of the same name, or adds it.
 fn merge_container(pod: &mut Value, patch: Value) {
-    let name = patch.get("name").and_then(Value::as_str).map(str::to_string);
+    let name = patch
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let Some(list) = pod
         .pointer_mut("/spec/containers")
         .and_then(Value::as_array_mut)
@@ -485,7 +489,13 @@ mod tests {
         assert_eq!(sc.run_as_non_root, Some(true));
         let ann = pod.metadata.annotations.as_ref().expect("annotations");
         assert_eq!(ann["sidecar.istio.io/inject"], "false");
-        assert!(pod.spec.as_ref().expect("spec").image_pull_secrets.is_none());
+        assert!(
+            pod.spec
+                .as_ref()
+                .expect("spec")
+                .image_pull_secrets
+                .is_none()
+        );
     }
 
     #[test]
@@ -511,24 +521,35 @@ mod tests {
         assert!(!ann.contains_key("sidecar.istio.io/inject"));
         assert_eq!(ann["linkerd.io/inject"], "disabled");
         let spec = pod.spec.as_ref().expect("spec");
-        assert_eq!(spec.node_selector.as_ref().expect("selector")["pool"], "tools");
+        assert_eq!(
+            spec.node_selector.as_ref().expect("selector")["pool"],
+            "tools"
+        );
         assert_eq!(spec.tolerations.as_ref().map(Vec::len), Some(1));
         let c = relay(&pod);
         assert_eq!(c.image.as_deref(), Some(default_image().as_str()));
         assert_eq!(
-            c.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits")["memory"],
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .expect("limits")["memory"],
             Quantity("64Mi".into())
         );
         assert!(c.args.is_some(), "arguments kept");
         let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
-        assert!(env.contains(&"EXTRA") && env.contains(&TOKEN_ENV), "{env:?}");
+        assert!(
+            env.contains(&"EXTRA") && env.contains(&TOKEN_ENV),
+            "{env:?}"
+        );
         let token = c.env.iter().flatten().find(|e| e.name == TOKEN_ENV);
         assert_eq!(token.and_then(|e| e.value.as_deref()), Some("tok"));
     }
 
     #[test]
     fn the_security_context_changes_only_when_the_patch_says_so() {
-        let o = opts(r#"{"spec":{"containers":[{"name":"relay","securityContext":{"allowPrivilegeEscalation":true}}]}}"#);
+        let o = opts(
+            r#"{"spec":{"containers":[{"name":"relay","securityContext":{"allowPrivilegeEscalation":true}}]}}"#,
+        );
         let pod = relay_pod(&o, "p", "s", "t").expect("pod");
         let sc = relay(&pod).security_context.as_ref().expect("sc");
         assert_eq!(sc.allow_privilege_escalation, Some(true));
@@ -560,7 +581,15 @@ mod tests {
         let o = opts(r#"{"spec":{"nodeSelector":"not a map"}}"#);
         let e = o.pod_preview().expect_err("invalid");
         let msg = e.to_string();
-        assert!(msg.contains("test") && msg.contains("not a valid Pod"), "{msg}");
-        assert!(PodPatch::parse("{", "f.json").expect_err("json").to_string().contains("f.json"));
+        assert!(
+            msg.contains("test") && msg.contains("not a valid Pod"),
+            "{msg}"
+        );
+        assert!(
+            PodPatch::parse("{", "f.json")
+                .expect_err("json")
+                .to_string()
+                .contains("f.json")
+        );
     }
 }

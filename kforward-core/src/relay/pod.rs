@@ -207,7 +207,9 @@ impl RelayPods {
             retryable: false,
         };
         match e {
-            kube::Error::Api(s) if s.code == 403 && !s.message.contains(" cannot create resource ") => {
+            kube::Error::Api(s)
+                if s.code == 403 && !s.message.contains(" cannot create resource ") =>
+            {
                 let hint = if s.message.contains("violates PodSecurity") {
                     "the namespace's Pod Security level refuses it: the relay meets \"restricted\" \
                      unless --relay-pod-patch changes its security context"

@@ -31,7 +31,13 @@ impl Cluster {
     pub fn air_gap(&self) {
         let mut images = lock(&self.shared.node_images);
         let set = images.get_or_insert_with(BTreeSet::new);
-        for i in [HTTP_IMAGE, ECHO_IMAGE, UDP_ECHO_IMAGE, PASSTHROUGH_IMAGE, SLEEP_IMAGE] {
+        for i in [
+            HTTP_IMAGE,
+            ECHO_IMAGE,
+            UDP_ECHO_IMAGE,
+            PASSTHROUGH_IMAGE,
+            SLEEP_IMAGE,
+        ] {
             set.insert(i.to_string());
         }
     }
@@ -74,10 +80,12 @@ impl Cluster {
     ///
     /// 404 when the namespace does not exist.
     pub fn label_namespace(&self, namespace: &str, key: &str, value: &str) -> Result<(), Error> {
-        self.shared.store.update(Kind::Namespace, "", namespace, |ns| {
-            ns["metadata"]["labels"][key] = json!(value);
-            Ok(())
-        })?;
+        self.shared
+            .store
+            .update(Kind::Namespace, "", namespace, |ns| {
+                ns["metadata"]["labels"][key] = json!(value);
+                Ok(())
+            })?;
         Ok(())
     }
 }

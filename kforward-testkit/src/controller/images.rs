@@ -31,8 +31,8 @@ pub(crate) fn image_is_latest(image: &str) -> bool {
 /// `:latest` when there is neither tag nor digest.
 pub(crate) fn normalize(image: &str) -> String {
     let (first, rest) = image.split_once('/').unwrap_or(("", image));
-    let has_registry = !first.is_empty()
-        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
     let mut full = if has_registry {
         image.to_string()
     } else if first.is_empty() {
@@ -62,7 +62,9 @@ pub(crate) fn is_valid_reference(image: &str) -> bool {
         let ok = d.split_once(':').is_some_and(|(alg, hex)| {
             !alg.is_empty()
                 && hex.len() >= 32
-                && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         });
         if !ok {
             return false;
@@ -99,8 +101,9 @@ pub(crate) fn is_valid_reference(image: &str) -> bool {
     !parts.is_empty()
         && parts.iter().all(|p| {
             !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+                && p.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
+                })
                 && p.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && p.ends_with(|c: char| c.is_ascii_alphanumeric())
         })
@@ -178,7 +181,15 @@ mod tests {
         ] {
             assert!(is_valid_reference(ok), "{ok}");
         }
-        for bad in ["", "Nginx", "ghcr.io/Kforward/relay", "a:", "a b", "relay::1", "-a"] {
+        for bad in [
+            "",
+            "Nginx",
+            "ghcr.io/Kforward/relay",
+            "a:",
+            "a b",
+            "relay::1",
+            "-a",
+        ] {
             assert!(!is_valid_reference(bad), "{bad}");
         }
     }
@@ -196,14 +207,31 @@ mod tests {
     fn air_gapped_pulls_only_what_the_node_has() {
         let has = BTreeSet::from(["kforward/http:1".to_string()]);
         assert_eq!(pull("kforward/http:1", "IfNotPresent", Some(&has)), Ok(()));
-        assert_eq!(pull("docker.io/kforward/http:1", "Never", Some(&has)), Ok(()));
+        assert_eq!(
+            pull("docker.io/kforward/http:1", "Never", Some(&has)),
+            Ok(())
+        );
         let e = pull("kforward/http:1", "Always", Some(&has)).expect_err("registry needed");
         assert_eq!(e.reason, "ErrImagePull");
-        let e = pull("ghcr.io/kforward/kforward-relay:0.1.0", "IfNotPresent", Some(&has))
-            .expect_err("not on the node");
-        assert!(e.message.contains("lookup ghcr.io: no such host"), "{}", e.message);
-        assert_eq!(pull("x:1", "Never", Some(&has)).expect_err("never").reason, "ErrImageNeverPull");
+        let e = pull(
+            "ghcr.io/kforward/kforward-relay:0.1.0",
+            "IfNotPresent",
+            Some(&has),
+        )
+        .expect_err("not on the node");
+        assert!(
+            e.message.contains("lookup ghcr.io: no such host"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            pull("x:1", "Never", Some(&has)).expect_err("never").reason,
+            "ErrImageNeverPull"
+        );
         assert_eq!(pull("x:1", "Always", None), Ok(()));
-        assert_eq!(pull("X:1", "Always", None).expect_err("bad").reason, "InvalidImageName");
+        assert_eq!(
+            pull("X:1", "Always", None).expect_err("bad").reason,
+            "InvalidImageName"
+        );
     }
 }

@@ -340,12 +340,14 @@ impl Kubelet {
                 .pull_failed
                 .entry(uid.to_string())
                 .or_insert_with(std::time::Instant::now);
-            let (reason, message) =
-                if failure.backs_off && since.elapsed() >= PULL_BACK_OFF_SHOWN {
-                    ("ImagePullBackOff", format!("Back-off pulling image \"{}\"", failure.image))
-                } else {
-                    (failure.reason, failure.message)
-                };
+            let (reason, message) = if failure.backs_off && since.elapsed() >= PULL_BACK_OFF_SHOWN {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{}\"", failure.image),
+                )
+            } else {
+                (failure.reason, failure.message)
+            };
             waiting_for_image(shared, ns, name, &failure.container, reason, &message);
             return;
         }
