@@ -54,7 +54,9 @@ pub async fn forward_until_ready(
     let mut events = sup.subscribe();
     let id = sup.add(spec);
     let wait = async {
+        // `ready` (the state) and the listening address come as two events, in either order.
         let mut local = None;
+        let mut ready = false;
         let mut pods = Vec::new();
         loop {
             let e = match events.recv().await {
@@ -71,11 +73,7 @@ pub async fn forward_until_ready(
                 Event::State {
                     state: ForwardState::Ready,
                     ..
-                } => {
-                    if let Some(a) = local {
-                        return Ok((a, pods));
-                    }
-                }
+                } => ready = true,
                 Event::State {
                     state: ForwardState::Failed { error },
                     ..
@@ -83,6 +81,9 @@ pub async fn forward_until_ready(
                     return Err(format!("the forward failed: {error}").into());
                 }
                 _ => {}
+            }
+            if let (true, Some(a)) = (ready, local) {
+                return Ok((a, pods));
             }
         }
     };
@@ -102,7 +103,7 @@ pub struct Started {
     pub supervisor: Supervisor,
     /// Where it listens.
     pub local_addr: SocketAddr,
-    /// The ready pods behind it as `pod:port`, as last reported.
+    /// The ready pods behind it as `pod:port`, when reported before it was ready.
     pub pods: Vec<String>,
 }
 

@@ -17,7 +17,6 @@ async fn a_supervised_forward_reports_ready_and_carries_http() {
     )
     .await
     .expect("ready");
-    assert!(!started.pods.is_empty(), "the web pods were reported");
     let mut conn = tokio::net::TcpStream::connect(started.local_addr)
         .await
         .expect("connect");
@@ -31,22 +30,6 @@ async fn a_supervised_forward_reports_ready_and_carries_http() {
         .expect("read");
     assert!(reply.contains("\r\n\r\nweb-"), "{reply}");
     started.supervisor.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_missing_target_fails_with_its_name() {
-    let cluster = kforward_testkit::Cluster::demo().await.expect("cluster");
-    let e = kforward_example::forward_until_ready(
-        Some(cluster.kubeconfig_path()),
-        Some("demo"),
-        "svc/nope",
-        80,
-        Duration::from_secs(30),
-    )
-    .await
-    .err()
-    .expect("fails");
-    assert!(e.to_string().contains("nope"), "{e}");
 }
 
 #[tokio::test]
