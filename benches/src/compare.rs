@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::{Forward, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
 use measure::Dial;
 
@@ -478,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
 /// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
-fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> TcpForwarder {
+fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> Forward {
     let spec = ForwardSpec::new(
         Target::Pod {
             name: pod.to_string(),
@@ -487,7 +487,7 @@ fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> TcpForwarder {
     )
     .with_namespace("demo")
     .with_addresses([std::net::Ipv4Addr::LOCALHOST.into()]);
-    TcpForwarder::new(ctx.clone(), spec, Default::default())
+    Forward::new(ctx.clone(), spec, Default::default())
 }
 
 /// kube's own client for the kubeconfig's current context, as kube-based tools build it.
@@ -610,17 +610,17 @@ async fn relay_rows(
     .with_namespace("demo")
     .with_protocol(kforward_core::spec::Protocol::Udp)
     .with_addresses(["127.0.0.1".parse()?]);
-    let mut udp_fwd = kforward_core::forwarder_for(ctx.clone(), udp_spec, Default::default())?;
+    let mut udp_fwd = Forward::new(ctx.clone(), udp_spec, Default::default());
     let udp_via = udp_fwd.start().await?[0].local_addr;
     let proxy_spec = ForwardSpec::new(
-        Target::Proxy {
+        Target::Remote {
             host: web_ip.to_string(),
         },
         [PortMapping::new(0, 8080)],
     )
     .with_namespace("demo")
     .with_addresses(["127.0.0.1".parse()?]);
-    let mut proxy_fwd = kforward_core::forwarder_for(ctx.clone(), proxy_spec, Default::default())?;
+    let mut proxy_fwd = Forward::new(ctx.clone(), proxy_spec, Default::default());
     let proxy_via = proxy_fwd.start().await?[0].local_addr;
     let mut udp_rate = [Vec::new(), Vec::new()];
     let mut udp_p50 = [Vec::new(), Vec::new()];

@@ -68,6 +68,41 @@ pub enum Output {
     Json,
 }
 
+/// The PROXY protocol (HAProxy's) around a TCP forward's connections.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProxyProtocolArgs {
+    /// Send a PROXY protocol header toward the target before the client's bytes, naming
+    /// the local client's address and port (v1: text, v2: binary; TCP only), so that a
+    /// server with PROXY protocol on (nginx `proxy_protocol`, HAProxy `accept-proxy`) sees
+    /// who connected.
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Read a PROXY protocol header from each local client (as a load balancer in front of
+    /// kforward sends it): `strict` closes a connection without a valid one, `optional`
+    /// takes one when it is there. With --proxy-protocol, the target sees the client that
+    /// header names.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub accept_proxy_protocol: Option<AcceptMode>,
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// What to do with a client's PROXY protocol header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcceptMode {
+    /// Required: a connection without a valid header is closed.
+    Strict,
+    /// Taken when present.
+    Optional,
+}
+
 /// Where the cluster is: kubectl's flags.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
@@ -110,6 +145,9 @@ pub struct ForwardArgs {
     /// The relay pod (UDP forwards).
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// The PROXY protocol.
+    #[command(flatten)]
+    pub proxy: ProxyProtocolArgs,
 }
 
 /// `kforward proxy`.
@@ -134,6 +172,12 @@ pub struct ProxyArgs {
     /// How events are printed.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
+    /// How long to wait for the relay pod and the destination (e.g. `60s`, `2m`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+    /// The PROXY protocol.
+    #[command(flatten)]
+    pub proxy: ProxyProtocolArgs,
 }
 
 /// How relay pods (UDP and `proxy` forwards) are made.
@@ -206,6 +250,12 @@ pub struct RunArgs {
     /// The relay pods (UDP and proxy entries).
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// Where to find the cluster, for the entries that do not say.
+    #[command(flatten, next_help_heading = "Defaults for entries that lack them")]
+    pub cluster: ClusterArgs,
+    /// The PROXY protocol, for the TCP entries that do not say.
+    #[command(flatten, next_help_heading = "Defaults for TCP entries that lack them")]
+    pub proxy: ProxyProtocolArgs,
 }
 
 /// `kforward demo`.
@@ -218,6 +268,61 @@ pub struct DemoArgs {
     /// Also write the demo cluster's kubeconfig here, for kubectl or a second kforward.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+impl ProxyVersion {
+    /// The core's version.
+    pub fn core(self) -> kforward_core::proxy_protocol::Version {
+        match self {
+            ProxyVersion::V1 => kforward_core::proxy_protocol::Version::V1,
+            ProxyVersion::V2 => kforward_core::proxy_protocol::Version::V2,
+        }
+    }
+}
+
+impl AcceptMode {
+    /// The core's mode.
+    pub fn core(self) -> kforward_core::proxy_protocol::Accept {
+        match self {
+            AcceptMode::Strict => kforward_core::proxy_protocol::Accept::Strict,
+            AcceptMode::Optional => kforward_core::proxy_protocol::Accept::Optional,
+        }
+    }
+}
+
+impl ProxyProtocolArgs {
+    /// `spec` with these settings where it has none.
+    pub fn apply(
+        &self,
+        mut spec: kforward_core::spec::ForwardSpec,
+    ) -> kforward_core::spec::ForwardSpec {
+        if spec.proxy_protocol.is_none() {
+            spec.proxy_protocol = self.proxy_protocol.map(ProxyVersion::core);
+        }
+        if spec.accept_proxy_protocol.is_none() {
+            spec.accept_proxy_protocol = self.accept_proxy_protocol.map(AcceptMode::core);
+        }
+        spec
+    }
+}
+
+impl ClusterArgs {
+    /// `spec` with this namespace, context and kubeconfig where it has none.
+    pub fn apply(
+        &self,
+        mut spec: kforward_core::spec::ForwardSpec,
+    ) -> kforward_core::spec::ForwardSpec {
+        if spec.namespace.is_none() {
+            spec.namespace = self.namespace.clone();
+        }
+        if spec.context.is_none() {
+            spec.context = self.context.clone();
+        }
+        if spec.kubeconfig.is_none() {
+            spec.kubeconfig = self.kubeconfig.clone();
+        }
+        spec
+    }
 }
 
 /// Parses `90s`, `2m`, `1h`, `500ms` or a bare number of seconds.

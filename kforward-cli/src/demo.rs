@@ -1,16 +1,20 @@
 //! `kforward demo`: the testkit's demo cluster in this process, with `svc/web` and
-//! `svc/echo` forwarded to free local ports.
+//! `svc/echo` forwarded to free local ports by the supervisor.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::Context;
+use kforward_core::ForwardState;
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+use kforward_core::supervisor::{Supervisor, SupervisorOptions};
 use kforward_testkit::Cluster;
 
 use crate::args::{DemoArgs, Output};
-use crate::forward::print_events;
-use crate::signal;
+use crate::{output, signal};
+
+/// How long the demo's forwards may take to start.
+const START: Duration = Duration::from_secs(60);
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let mut b = Cluster::builder().name("kforward-demo").demo();
@@ -18,28 +22,46 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         b = b.kubeconfig_path(p);
     }
     let cluster = b.start().await.context("starting the demo cluster")?;
-    let ctx = KubeContext::load(&KubeconfigSource::default().with_path(cluster.kubeconfig_path()))
-        .await?;
     let localhost: IpAddr = [127, 0, 0, 1].into();
-    let mut forwards = Vec::new();
-    let mut bound = Vec::new();
+    let sup = Supervisor::new(SupervisorOptions {
+        retry_start: false,
+        ..Default::default()
+    });
+    if a.output == Output::Json {
+        let mut rx = sup.subscribe();
+        tokio::spawn(async move {
+            while let Ok(e) = rx.recv().await {
+                output::print(Output::Json, &e.event);
+            }
+        });
+    }
+    let mut bound: Vec<SocketAddr> = Vec::new();
     for (svc, port) in [("web", 80u16), ("echo", 7000)] {
         let spec = ForwardSpec::new(
             Target::Service { name: svc.into() },
             [PortMapping::new(0, port)],
         )
         .with_namespace("demo")
-        .with_addresses([localhost]);
-        let mut f = TcpForwarder::new(ctx.clone(), spec, ForwardOptions::default());
-        if a.output == Output::Json {
-            tokio::spawn(print_events(f.subscribe(), Output::Json));
-        }
-        let b = f
-            .start()
+        .with_addresses([localhost])
+        .with_kubeconfig(cluster.kubeconfig_path());
+        let id = sup.add(spec);
+        let mut status = sup
+            .watch_status(id)
+            .context("the forward is not in the supervisor")?;
+        let settled =
+            status.wait_for(|s| !matches!(s.state, ForwardState::Idle | ForwardState::Starting));
+        let st = tokio::time::timeout(START, settled)
             .await
-            .with_context(|| format!("forwarding svc/{svc}"))?;
-        bound.push(b[0].local_addr);
-        forwards.push(f);
+            .with_context(|| format!("svc/{svc} did not start in {}s", START.as_secs()))?
+            .context("the forward ended")?
+            .clone();
+        match (&st.state, st.local_addrs.first()) {
+            (ForwardState::Ready, Some(addr)) => bound.push(*addr),
+            _ => anyhow::bail!(
+                "forwarding svc/{svc}: {}",
+                st.last_error.unwrap_or_else(|| "it did not start".into())
+            ),
+        }
     }
     if a.output == Output::Text {
         println!(
@@ -65,9 +87,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!("Press Ctrl-C to stop.");
     }
     signal::shutdown().await;
-    for mut f in forwards {
-        f.stop().await;
-    }
+    sup.shutdown().await;
     drop(cluster);
     Ok(())
 }

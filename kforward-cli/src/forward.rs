@@ -1,12 +1,19 @@
-//! `kforward forward`: one target, one or more ports, until Ctrl-C.
+//! `kforward forward`: one target, one or more ports, until Ctrl-C; and what it shares with
+//! `kforward proxy`: one forward run by the core's supervisor, its events printed.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use kforward_core::spec::{ForwardSpec, PortMapping, Target, parse_addresses};
-use kforward_core::{Event, ForwardOptions, KubeContext, KubeconfigSource};
+use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
+use kforward_core::{Event, ForwardOptions, ForwardState, KubeContext, KubeconfigSource};
 use tokio::sync::broadcast;
 
-use crate::args::{ClusterArgs, ForwardArgs, Output};
+use crate::args::{ClusterArgs, ForwardArgs, Output, RelayArgs};
 use crate::{output, signal};
+
+/// How long the printer gets to print the last events after the stop.
+const DRAIN: Duration = Duration::from_secs(1);
 
 /// Converts the arguments into the core's spec.
 ///
@@ -24,9 +31,8 @@ pub fn spec_from_args(a: &ForwardArgs) -> anyhow::Result<ForwardSpec> {
     if a.udp {
         spec = spec.with_protocol(kforward_core::spec::Protocol::Udp);
     }
-    if let Some(ns) = &a.cluster.namespace {
-        spec = spec.with_namespace(ns);
-    }
+    let spec = a.proxy.apply(a.cluster.apply(spec));
+    spec.check()?;
     Ok(spec)
 }
 
@@ -39,11 +45,48 @@ pub async fn connect(c: &ClusterArgs) -> anyhow::Result<KubeContext> {
     Ok(KubeContext::load(&src).await?)
 }
 
-/// Prints events as they come until `stop` resolves.
-pub(crate) async fn print_events(mut rx: broadcast::Receiver<Event>, output: Output) {
+/// Supervisor settings for the one forward of `forward` or `proxy`: a first start that
+/// fails fails the command, as `kubectl port-forward` does; once started, the forward is
+/// kept up.
+///
+/// # Errors
+///
+/// A bad relay flag (pull policy, pod patch), named.
+pub(crate) fn one_forward(
+    pod_running_timeout: Duration,
+    relay: &RelayArgs,
+) -> anyhow::Result<SupervisorOptions> {
+    let mut forward = ForwardOptions {
+        pod_running_timeout,
+        ..Default::default()
+    };
+    crate::relay::apply(relay, &mut forward.relay)?;
+    Ok(SupervisorOptions {
+        forward,
+        retry_start: false,
+        ..Default::default()
+    })
+}
+
+/// Prints events as they come until the supervisor is gone. Errors before the forward is
+/// first ready are left out: a failed start is the command's own error.
+async fn print_events(mut rx: broadcast::Receiver<SupervisorEvent>, output: Output) {
+    let mut started = false;
     loop {
         match rx.recv().await {
-            Ok(e) => output::print(output, &e),
+            Ok(e) => {
+                started |= matches!(
+                    e.event,
+                    Event::Ready { .. }
+                        | Event::State {
+                            state: ForwardState::Ready,
+                            ..
+                        }
+                );
+                if started || !matches!(e.event, Event::Error { .. }) {
+                    output::print(output, &e.event);
+                }
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
@@ -55,26 +98,53 @@ pub(crate) async fn print_events(mut rx: broadcast::Receiver<Event>, output: Out
     }
 }
 
-pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
-    let spec = spec_from_args(&a)?;
-    let ctx = connect(&a.cluster).await?;
-    let mut opts = ForwardOptions {
-        pod_running_timeout: a.pod_running_timeout,
-        ..Default::default()
+/// Runs `spec` under a supervisor, printing its events, until Ctrl-C or SIGTERM; then
+/// stops it (closing its ports and deleting its relay pod).
+///
+/// # Errors
+///
+/// The forward's first start failed.
+pub(crate) async fn serve_one(
+    spec: ForwardSpec,
+    opts: SupervisorOptions,
+    output: Output,
+) -> anyhow::Result<()> {
+    let sup = Supervisor::new(opts);
+    let printer = tokio::spawn(print_events(sup.subscribe(), output));
+    let id = sup.add(spec);
+    let mut status = sup
+        .watch_status(id)
+        .context("the forward is not in the supervisor")?;
+    let outcome = {
+        let settled =
+            status.wait_for(|s| !matches!(s.state, ForwardState::Idle | ForwardState::Starting));
+        tokio::select! {
+            r = settled => r.ok().and_then(|s| match (&s.state, s.failure()) {
+                (ForwardState::Failed { error }, e) => Some(e.map_or_else(|| error.clone(), ToString::to_string)),
+                _ => None,
+            }),
+            () = signal::shutdown() => {
+                sup.shutdown().await;
+                return Ok(());
+            }
+        }
     };
-    crate::relay::apply(&a.relay, &mut opts.relay)?;
-    // UDP goes through a relay pod, which the forwarder deletes when it stops.
-    let mut fwd = kforward_core::forwarder_for(ctx, spec, opts)?;
-    let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
-    let started = fwd.start().await;
-    if let Err(e) = started {
+    if let Some(error) = outcome {
+        sup.shutdown().await;
         printer.abort();
-        return Err(e).context(format!("cannot forward {} {}", a.target, a.ports.join(" ")));
+        anyhow::bail!(error);
     }
     signal::shutdown().await;
-    fwd.stop().await;
-    // Let the printer drain the last events.
-    drop(fwd);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), printer).await;
+    sup.shutdown().await;
+    drop(sup);
+    let _ = tokio::time::timeout(DRAIN, printer).await;
     Ok(())
+}
+
+pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
+    let spec = spec_from_args(&a)?;
+    let opts = one_forward(a.pod_running_timeout, &a.relay)?;
+    serve_one(spec, opts, a.output)
+        .await
+        .with_context(|| format!("cannot forward {} {}", a.target, a.ports.join(" ")))
 }

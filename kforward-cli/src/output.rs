@@ -2,12 +2,13 @@
 
 use std::io::Write;
 
-use kforward_core::Event;
+use kforward_core::{Event, ForwardState};
 
 use crate::args::Output;
 
 /// Prints one event on stdout in the chosen form. Text mode prints what kubectl prints
-/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors to stderr.
+/// (`Forwarding from ...`, `Handling connection for ...`) and sends errors and reconnects
+/// to stderr.
 pub fn print(output: Output, event: &Event) {
     let mut out = std::io::stdout().lock();
     match output {
@@ -31,6 +32,19 @@ pub fn print(output: Output, event: &Event) {
             }
             Event::Error { forward, message } => {
                 eprintln!("error: {forward}: {message}");
+            }
+            Event::State {
+                forward,
+                state:
+                    ForwardState::Reconnecting {
+                        attempt,
+                        next_delay_ms,
+                        error,
+                    },
+            } => {
+                eprintln!(
+                    "{forward}: reconnecting (attempt {attempt} in {next_delay_ms} ms): {error}"
+                );
             }
             _ => {}
         },

@@ -3,11 +3,9 @@
 
 use anyhow::Context;
 use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target, parse_addresses};
-use kforward_core::{ForwardOptions, Forwarder, ProxyForwarder};
 
 use crate::args::{GcArgs, ProxyArgs};
-use crate::forward::{connect, print_events};
-use crate::signal;
+use crate::forward::{connect, one_forward, serve_one};
 
 /// Splits `HOST:PORT` (IPv6 as `[::1]:53`).
 ///
@@ -28,12 +26,12 @@ pub fn split_destination(dest: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// Runs `kforward proxy` until Ctrl-C or SIGTERM, then deletes the relay pod.
+/// Converts the arguments into the core's spec.
 ///
 /// # Errors
 ///
-/// A bad destination or address, the kubeconfig, or a forward that cannot start.
-pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
+/// A bad destination, address or setting, named with its value.
+pub fn spec_from_args(a: &ProxyArgs) -> anyhow::Result<ForwardSpec> {
     let (host, port) = split_destination(&a.destination)?;
     let target = Target::parse_kubectl(&format!("proxy/{host}"))?;
     let mut spec = ForwardSpec::new(
@@ -44,24 +42,22 @@ pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     if a.udp {
         spec = spec.with_protocol(Protocol::Udp);
     }
-    if let Some(ns) = &a.cluster.namespace {
-        spec = spec.with_namespace(ns);
-    }
-    let ctx = connect(&a.cluster).await?;
-    let mut opts = ForwardOptions::default();
-    crate::relay::apply(&a.relay, &mut opts.relay)?;
-    let mut fwd = ProxyForwarder::new(ctx, spec, opts);
-    let printer = tokio::spawn(print_events(fwd.subscribe(), a.output));
-    if let Err(e) = fwd.start().await {
-        printer.abort();
-        return Err(e).context(format!("cannot proxy to {}", a.destination));
-    }
-    signal::shutdown().await;
-    // Stopping deletes the relay pod.
-    fwd.stop().await;
-    drop(fwd);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), printer).await;
-    Ok(())
+    let spec = a.proxy.apply(a.cluster.apply(spec));
+    spec.check()?;
+    Ok(spec)
+}
+
+/// Runs `kforward proxy` until Ctrl-C or SIGTERM, then deletes the relay pod.
+///
+/// # Errors
+///
+/// A bad destination or address, the kubeconfig, or a forward that cannot start.
+pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
+    let spec = spec_from_args(&a)?;
+    let opts = one_forward(a.pod_running_timeout, &a.relay)?;
+    serve_one(spec, opts, a.output)
+        .await
+        .with_context(|| format!("cannot proxy to {}", a.destination))
 }
 
 /// Runs `kforward gc`: deletes relay pods whose session stopped sending heartbeats.

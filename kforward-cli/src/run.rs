@@ -4,32 +4,47 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kforward_core::config::load_config_file;
-use kforward_core::relay::{RelayOptions, RelayPods, SharedRelayPods};
-use kforward_core::spec::ForwardSpec;
-use kforward_core::spec::Protocol;
+use kforward_core::config::{EntryDefaults, load_config_file_with};
+use kforward_core::relay::RelayOptions;
+use kforward_core::spec::{ForwardSpec, Protocol};
 use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
-use kforward_core::{Event, ForwardOptions, ForwardState, KubeContext, KubeconfigSource};
+use kforward_core::{Event, ForwardOptions, ForwardState};
 use tokio::sync::broadcast;
 
 use crate::args::{Output, RunArgs};
 use crate::{signal, table};
 
 /// Loads and checks the whole file before anything starts: every bad entry is reported.
+/// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, and the PROXY
+/// protocol flags what TCP entries leave unset.
 ///
 /// # Errors
 ///
 /// The file cannot be read or parsed, an entry is invalid, or `--only` names an alias the
 /// file does not have.
 pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
-    let configs = load_config_file(&a.file)?;
+    let defaults = EntryDefaults {
+        namespace: a.cluster.namespace.clone(),
+        context: a.cluster.context.clone(),
+        kubeconfig: a
+            .cluster
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    };
+    let configs = load_config_file_with(&a.file, &defaults)?;
     let mut specs = Vec::new();
     for c in &configs {
         if !a.only.is_empty() && !c.alias.as_ref().is_some_and(|al| a.only.contains(al)) {
             continue;
         }
-        // Validated by load_config_file; a failure here is still reported, not unwrapped.
-        specs.push(ForwardSpec::try_from(c).with_context(|| format!("entry {}", c.label()))?);
+        // Validated by load_config_file_with; a failure here is still reported, not unwrapped.
+        let spec = ForwardSpec::try_from(c).with_context(|| format!("entry {}", c.label()))?;
+        let spec = match spec.protocol {
+            Protocol::Tcp => a.proxy.apply(spec),
+            Protocol::Udp => spec,
+        };
+        specs.push(spec);
     }
     let unknown: Vec<&String> = a
         .only
@@ -54,9 +69,6 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
     }
     Ok(specs)
 }
-
-/// The kubeconfig file and context a relay pod set belongs to.
-type RelayKey = (Option<std::path::PathBuf>, Option<String>);
 
 fn line(e: &SupervisorEvent) -> Option<String> {
     let f = |forward: &str| forward.to_string();
@@ -100,47 +112,17 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let opts = SupervisorOptions {
         forward: ForwardOptions {
             pod_running_timeout: a.pod_running_timeout,
-            relay: relay.clone(),
+            relay,
             ..Default::default()
         },
         ..Default::default()
     };
-    let base = opts.forward.clone();
+    // The supervisor keeps each entry up; UDP and proxy entries of one cluster share one
+    // relay pod per namespace, deleted when they stop.
     let sup = Supervisor::new(opts);
     let mut rx = sup.subscribe();
-    // UDP and proxy entries of one cluster share one relay pod per namespace.
-    let mut relays: Vec<(RelayKey, SharedRelayPods)> = Vec::new();
     for s in specs {
-        let relayed = s.protocol == Protocol::Udp || s.target.is_proxy();
-        if !relayed {
-            sup.add(s);
-            continue;
-        }
-        let key = (s.kubeconfig.clone(), s.context.clone());
-        let shared = match relays.iter().find(|(k, _)| *k == key) {
-            Some((_, r)) => Some(r.clone()),
-            None => match KubeContext::load(&KubeconfigSource {
-                path: key.0.clone(),
-                context: key.1.clone(),
-            })
-            .await
-            {
-                Ok(ctx) => {
-                    let r = SharedRelayPods(RelayPods::new(ctx, relay.clone()));
-                    relays.push((key, r.clone()));
-                    Some(r)
-                }
-                // The forward reports the problem itself when it starts.
-                Err(_) => None,
-            },
-        };
-        sup.add_with(
-            s,
-            ForwardOptions {
-                relay_pods: shared,
-                ..base.clone()
-            },
-        );
+        sup.add(s);
     }
     let tty = a.output == Output::Text && std::io::stdout().is_terminal();
     let mut redraw = tokio::time::interval(Duration::from_millis(500));
@@ -154,19 +136,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 drawn = table::redraw(&sup.status(), drawn);
             }
             ev = rx.recv() => match ev {
-                Ok(e) => match a.output {
-                    Output::Json => {
-                        if let Ok(l) = serde_json::to_string(&e) {
-                            println!("{l}");
-                        }
-                    }
-                    Output::Text if !tty => {
-                        if let Some(l) = line(&e) {
-                            println!("{l}");
-                        }
-                    }
-                    Output::Text => {}
-                },
+                Ok(e) => print(&e, a.output, tty),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "output fell behind; some events were not printed");
                 }
@@ -175,27 +145,29 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     sup.shutdown().await;
-    for (_, r) in &relays {
-        r.0.delete_all().await;
-    }
     // Print what the shutdown produced.
     while let Ok(e) = rx.try_recv() {
-        match a.output {
-            Output::Json => {
-                if let Ok(l) = serde_json::to_string(&e) {
-                    println!("{l}");
-                }
-            }
-            Output::Text if !tty => {
-                if let Some(l) = line(&e) {
-                    println!("{l}");
-                }
-            }
-            Output::Text => {}
-        }
+        print(&e, a.output, tty);
     }
     if tty {
         table::redraw(&sup.status(), drawn);
     }
     Ok(())
+}
+
+/// Prints one event: as JSON, as a line of text, or not at all while a table is drawn.
+fn print(e: &SupervisorEvent, output: Output, tty: bool) {
+    match output {
+        Output::Json => {
+            if let Ok(l) = serde_json::to_string(e) {
+                println!("{l}");
+            }
+        }
+        Output::Text if !tty => {
+            if let Some(l) = line(e) {
+                println!("{l}");
+            }
+        }
+        Output::Text => {}
+    }
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use crate::proxy_protocol::{Accept, Version};
 use crate::spec::name::{check_dns1123_label, check_dns1123_subdomain, check_host};
 use crate::spec::{
     DEFAULT_ADDRESS, ForwardSpec, LabelSelector, Protocol, SpecError, Target, WorkloadType,
@@ -23,7 +24,7 @@ use crate::spec::{
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The known fields, in the order errors are reported and fields are written.
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 14] = [
     "service",
     "namespace",
     "local_port",
@@ -36,6 +37,8 @@ const FIELDS: [&str; 12] = [
     "alias",
     "kubeconfig",
     "target",
+    "proxy_protocol",
+    "accept_proxy_protocol",
 ];
 
 const LOCAL_PORT_PROBLEM: &str = "is not a port (0-65535, where 0 picks a free port)";
@@ -47,7 +50,8 @@ const REMOTE_PORT_PROBLEM: &str = "is not a port (1-65535)";
 /// may be JSON numbers or numeric strings, `protocol` and `workload_type` are
 /// case-insensitive, and unknown fields (`id`, `domain_enabled`, `http_logs_enabled`, ...)
 /// are kept in [`extra`](Self::extra). Deserializing fails only on a wrong JSON type or an
-/// unknown protocol or workload type; call [`validate`](Self::validate) for the rest, or use
+/// unknown protocol, workload type or PROXY protocol setting; call
+/// [`validate`](Self::validate) for the rest, or use
 /// [`load_configs`], which does both. Writing leaves out unset optional fields.
 ///
 /// # Example
@@ -103,6 +107,14 @@ pub struct ForwardConfig {
     /// For `workload_type: "pod"`, a label selector choosing the pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The PROXY protocol header (`"v1"` or `"v2"`) to send toward the target, so that it
+    /// sees the local client's address (TCP only); missing means none.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
+    pub proxy_protocol: Option<Version>,
+    /// Whether local clients send a PROXY protocol header first: `"strict"` (they must) or
+    /// `"optional"` (TCP only); missing means they do not.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
+    pub accept_proxy_protocol: Option<Accept>,
     /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
     /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
@@ -125,8 +137,21 @@ impl Default for ForwardConfig {
             alias: None,
             kubeconfig: None,
             target: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// Writes a setting as its text (`"v1"`, `"strict"`).
+fn as_text<T: fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => serializer.collect_str(v),
+        None => serializer.serialize_none(),
     }
 }
 
@@ -205,6 +230,23 @@ impl ForwardConfig {
                 }
             },
         };
+        if self.protocol == Protocol::Udp {
+            for (field, set) in [
+                ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
+                (
+                    "accept_proxy_protocol",
+                    self.accept_proxy_protocol.map(|a| a.to_string()),
+                ),
+            ] {
+                if let Some(value) = set {
+                    errors.push(FieldError::new(
+                        field,
+                        value,
+                        "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
+                    ));
+                }
+            }
+        }
         match (target, remote_port, addresses) {
             (Some(target), Some(remote_port), Some(addresses)) if errors.is_empty() => {
                 Ok(Checked {
@@ -275,7 +317,7 @@ impl ForwardConfig {
             }
             WorkloadType::Proxy => match non_empty(self.remote_address.as_deref()) {
                 Some(host) => named("remote_address", host, "host", check_host)
-                    .map(|host| Target::Proxy { host }),
+                    .map(|host| Target::Remote { host }),
                 None => {
                     errors.push(FieldError::missing(
                         "remote_address",
@@ -386,6 +428,14 @@ impl ForwardConfig {
             alias: fields.string("alias"),
             kubeconfig: fields.string("kubeconfig"),
             target: fields.string("target"),
+            proxy_protocol: fields.setting(
+                "proxy_protocol",
+                "is not a PROXY protocol version (expected \"v1\" or \"v2\")",
+            ),
+            accept_proxy_protocol: fields.setting(
+                "accept_proxy_protocol",
+                "is not an accept-proxy-protocol mode (expected \"strict\" or \"optional\")",
+            ),
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
@@ -465,6 +515,23 @@ impl FieldReader {
             self.wrong(field, &value, problem);
         }
         port
+    }
+
+    /// An optional case-insensitive keyword; missing, `null` or empty is unset.
+    fn setting<T: std::str::FromStr>(&mut self, field: &'static str, problem: &str) -> Option<T> {
+        let value = self.map.remove(field)?;
+        match &value {
+            Value::Null => return None,
+            Value::String(text) if text.trim().is_empty() => return None,
+            Value::String(text) => {
+                if let Ok(parsed) = text.trim().parse() {
+                    return Some(parsed);
+                }
+            }
+            _ => {}
+        }
+        self.wrong(field, &value, problem);
+        None
     }
 
     /// A case-insensitive keyword; missing or `null` is the default.
@@ -838,7 +905,7 @@ fn entries_message(total: usize, entries: &[EntryError]) -> String {
 /// # Ok::<(), kforward_core::config::ConfigFileError>(())
 /// ```
 pub fn load_configs(json: &str) -> Result<Vec<ForwardConfig>, ConfigFileError> {
-    load(json, None)
+    load(json, None, &EntryDefaults::default())
 }
 
 /// Reads and parses a config file, as [`load_configs`] does; errors name the file.
@@ -866,15 +933,87 @@ pub fn load_configs(json: &str) -> Result<Vec<ForwardConfig>, ConfigFileError> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn load_config_file(path: impl AsRef<Path>) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+    load_config_file_with(path, &EntryDefaults::default())
+}
+
+/// Values for the entries of a config file that leave them unset (`kforward run`'s
+/// `-n`, `--context` and `--kubeconfig`). A missing or `null` field is unset; so are an
+/// empty `context` and an empty or `"default"` `kubeconfig`, as kftray writes them.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::config::{EntryDefaults, load_config_file_with};
+///
+/// let path = std::env::temp_dir().join(format!("kforward-defaults-{}.json", std::process::id()));
+/// std::fs::write(&path, r#"[{"service": "web", "remote_port": 80},
+///                           {"service": "db", "namespace": "data", "remote_port": 5432}]"#)?;
+/// let defaults = EntryDefaults { namespace: Some("shop".into()), ..Default::default() };
+/// let configs = load_config_file_with(&path, &defaults)?;
+/// assert_eq!(configs[0].namespace, "shop");
+/// assert_eq!(configs[1].namespace, "data");
+/// std::fs::remove_file(&path)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryDefaults {
+    /// For entries without `namespace`.
+    pub namespace: Option<String>,
+    /// For entries without `context`.
+    pub context: Option<String>,
+    /// For entries without `kubeconfig`.
+    pub kubeconfig: Option<String>,
+}
+
+impl EntryDefaults {
+    /// Sets the unset fields of one entry.
+    fn apply(&self, map: &mut Map<String, Value>) {
+        let fields = [
+            ("namespace", &self.namespace),
+            ("context", &self.context),
+            ("kubeconfig", &self.kubeconfig),
+        ];
+        for (field, value) in fields {
+            let Some(value) = value else { continue };
+            let unset = match map.get(field) {
+                None | Some(Value::Null) => true,
+                Some(Value::String(text)) => match field {
+                    "context" => text.trim().is_empty(),
+                    "kubeconfig" => text.trim().is_empty() || text == "default",
+                    _ => false,
+                },
+                Some(_) => false,
+            };
+            if unset {
+                map.insert(field.to_owned(), Value::String(value.clone()));
+            }
+        }
+    }
+}
+
+/// Reads and parses a config file as [`load_config_file`] does, filling what entries
+/// leave unset from `defaults` first.
+///
+/// # Errors
+///
+/// As [`load_config_file`].
+pub fn load_config_file_with(
+    path: impl AsRef<Path>,
+    defaults: &EntryDefaults,
+) -> Result<Vec<ForwardConfig>, ConfigFileError> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    load(&text, Some(path))
+    load(&text, Some(path), defaults)
 }
 
-fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+fn load(
+    json: &str,
+    path: Option<&Path>,
+    defaults: &EntryDefaults,
+) -> Result<Vec<ForwardConfig>, ConfigFileError> {
     let path_buf = || path.map(Path::to_path_buf);
     let json = json.strip_prefix('\u{feff}').unwrap_or(json);
     let document: Value = serde_json::from_str(json).map_err(|e| {
@@ -905,7 +1044,7 @@ fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFil
     let mut configs = Vec::with_capacity(total);
     let mut entries = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        let Value::Object(map) = item else {
+        let Value::Object(mut map) = item else {
             entries.push(EntryError {
                 index,
                 alias: None,
@@ -920,6 +1059,7 @@ fn load(json: &str, path: Option<&Path>) -> Result<Vec<ForwardConfig>, ConfigFil
             .and_then(Value::as_str)
             .filter(|alias| !alias.trim().is_empty())
             .map(str::to_owned);
+        defaults.apply(&mut map);
         match ForwardConfig::from_entry(map) {
             Ok(config) => configs.push(config),
             Err(errors) => entries.push(EntryError {

@@ -122,6 +122,9 @@ pub enum Error {
     /// The forward was already started.
     #[error("the forward is already running")]
     AlreadyStarted,
+    /// The forward has not been started (or has been stopped).
+    #[error("the forward is not running")]
+    NotStarted,
     /// The relay could not resolve the destination's host name.
     #[error(
         "could not resolve {host:?} from inside the cluster ({message}): check the name, and that the cluster's DNS knows it"

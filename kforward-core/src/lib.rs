@@ -2,9 +2,11 @@
 //!
 //! Build a [`ForwardSpec`](spec::ForwardSpec) (or load kftray-style
 //! [`ForwardConfig`](config::ForwardConfig)s), connect with a [`KubeContext`], and start a
-//! [`Forwarder`]: local listeners whose connections each get their own port-forward
-//! [`Tunnel`] to a ready pod of the target, spread over the ready pods as a Service would,
-//! with the set of pods kept current by a watch.
+//! [`Forward`]: local listeners whose connections each get their own port-forward stream
+//! to a ready pod of the target, spread over the ready pods as a Service would, with the
+//! set of pods kept current by a watch; UDP and remote addresses go through a relay pod.
+//! A [`Supervisor`] keeps many forwards up (probes, reconnects, shared relay pods), and
+//! [`Tunnel`] is one port-forward stream for tools that talk to a pod themselves.
 //!
 //! The library takes no global state and runs inside the caller's tokio runtime.
 //!
@@ -15,7 +17,7 @@
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-//! use kforward_core::{Forwarder, KubeContext, KubeconfigSource, TcpForwarder};
+//! use kforward_core::{Forward, Forwarder, KubeContext, KubeconfigSource};
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! let cluster = kforward_testkit::Cluster::demo().await.unwrap();
@@ -24,7 +26,7 @@
 //!
 //! let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
 //!     .with_namespace("demo");
-//! let mut fwd = TcpForwarder::new(ctx, spec, Default::default());
+//! let mut fwd = Forward::new(ctx, spec, Default::default());
 //! let bound = fwd.start().await?;
 //!
 //! let mut conn = tokio::net::TcpStream::connect(bound[0].local_addr).await?;
@@ -43,23 +45,21 @@ pub mod config;
 mod connector;
 pub mod doctor;
 pub mod error;
-pub mod event;
-pub mod forwarder;
+pub mod forward;
 pub mod no_proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod resolve;
 mod single_flight;
 pub mod spec;
 pub mod supervisor;
-pub mod tunnel;
+pub mod transport;
 
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
-pub use event::Event;
-pub use forwarder::{
-    BoundPort, ForwardOptions, ForwardState, Forwarder, PodForwarder, ProxyForwarder,
-    ServiceForwarder, Stats, StatsSnapshot, TcpForwarder, UdpForwarder, forwarder_for,
+pub use forward::{
+    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot,
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};
-pub use tunnel::{Tunnel, TunnelReader, TunnelWriter};
+pub use transport::websocket::{Tunnel, TunnelReader, TunnelWriter};

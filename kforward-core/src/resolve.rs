@@ -269,11 +269,11 @@ impl Endpoints {
                 let svc = call(ctx, api.get(name), "get", "services", ns, Some(name)).await?;
                 service_source(&svc, name, remote)?
             }
-            Target::Proxy { host } => {
+            Target::Remote { host } => {
                 return Err(Error::Api {
                     action: format!("resolve proxy/{host}"),
                     code: 400,
-                    message: "proxy targets go through the relay, not a pod port".into(),
+                    message: "remote addresses go through the relay, not a pod port".into(),
                 });
             }
         };

@@ -25,6 +25,7 @@ pub use target::Target;
 pub use workload::WorkloadType;
 
 use crate::config::{ConfigError, ForwardConfig, non_empty};
+use crate::proxy_protocol::{Accept, Version};
 
 /// Why text could not be turned into a spec value.
 ///
@@ -120,6 +121,15 @@ pub enum SpecError {
         /// The protocol as written.
         value: String,
     },
+    /// A PROXY protocol setting on a UDP forward.
+    #[error(
+        "{setting} works for TCP forwards only: a PROXY header starts a TCP stream, and a UDP \
+         forward carries datagrams"
+    )]
+    ProxyProtocolOverUdp {
+        /// The setting, as the user wrote it (`--proxy-protocol`, `proxy_protocol`, ...).
+        setting: &'static str,
+    },
     /// A workload type other than service, pod or proxy.
     #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
     UnknownWorkloadType {
@@ -176,6 +186,12 @@ pub struct ForwardSpec {
     pub kubeconfig: Option<PathBuf>,
     /// A display name, used instead of the target and ports.
     pub alias: Option<String>,
+    /// The PROXY protocol header to send toward the target before the client's bytes, so
+    /// that it sees the local client's address (TCP only).
+    pub proxy_protocol: Option<Version>,
+    /// Whether local clients send a PROXY protocol header first, and whether they must
+    /// (TCP only).
+    pub accept_proxy_protocol: Option<Accept>,
 }
 
 impl ForwardSpec {
@@ -203,6 +219,8 @@ impl ForwardSpec {
             context: None,
             kubeconfig: None,
             alias: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
         }
     }
 
@@ -310,6 +328,75 @@ impl ForwardSpec {
         self
     }
 
+    /// Sends a PROXY protocol header of `version` toward the target.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_proxy_protocol(Version::V2);
+    /// assert_eq!(spec.proxy_protocol, Some(Version::V2));
+    /// ```
+    #[must_use]
+    pub fn with_proxy_protocol(mut self, version: Version) -> Self {
+        self.proxy_protocol = Some(version);
+        self
+    }
+
+    /// Reads (and removes) a PROXY protocol header from each local client.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Accept;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "web".into() }, [PortMapping::new(0, 80)])
+    ///     .with_accept_proxy_protocol(Accept::Strict);
+    /// assert_eq!(spec.accept_proxy_protocol, Some(Accept::Strict));
+    /// ```
+    #[must_use]
+    pub fn with_accept_proxy_protocol(mut self, mode: Accept) -> Self {
+        self.accept_proxy_protocol = Some(mode);
+        self
+    }
+
+    /// Checks that the settings go together: PROXY protocol settings need TCP.
+    ///
+    /// # Errors
+    ///
+    /// [`SpecError::ProxyProtocolOverUdp`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::proxy_protocol::Version;
+    /// use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+    ///
+    /// let spec = ForwardSpec::new(Target::Service { name: "dns".into() }, [PortMapping::new(0, 53)])
+    ///     .with_protocol(Protocol::Udp)
+    ///     .with_proxy_protocol(Version::V1);
+    /// assert!(spec.check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), SpecError> {
+        if self.protocol == Protocol::Udp {
+            if self.proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--proxy-protocol (proxy_protocol)",
+                });
+            }
+            if self.accept_proxy_protocol.is_some() {
+                return Err(SpecError::ProxyProtocolOverUdp {
+                    setting: "--accept-proxy-protocol (accept_proxy_protocol)",
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A short name for status lines and logs: the alias if set, else the target and its
     /// ports (`svc/web 8080:80`), with `/udp` after UDP ports.
     ///
@@ -351,7 +438,7 @@ impl fmt::Display for ForwardSpec {
 /// - `workload_type: "service"`: [`Target::Service`] named by `service`;
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
-/// - `workload_type: "proxy"`: [`Target::Proxy`] to `remote_address`;
+/// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -398,6 +485,8 @@ impl TryFrom<&ForwardConfig> for ForwardSpec {
                 .filter(|path| *path != "default")
                 .map(PathBuf::from),
             alias: non_empty(config.alias.as_deref()).map(str::to_owned),
+            proxy_protocol: config.proxy_protocol,
+            accept_proxy_protocol: config.accept_proxy_protocol,
         })
     }
 }
@@ -433,6 +522,8 @@ mod tests {
                 context: Some("kind-dev".into()),
                 kubeconfig: Some(PathBuf::from("/home/me/.kube/dev")),
                 alias: Some("shop-web".into()),
+                proxy_protocol: None,
+                accept_proxy_protocol: None,
             }
         );
     }
@@ -460,11 +551,45 @@ mod tests {
         );
         assert_eq!(
             spec.target,
-            Target::Proxy {
+            Target::Remote {
                 host: "db.example.com".into()
             }
         );
         assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
+    }
+
+    #[test]
+    fn proxy_protocol_settings_come_from_the_config_and_need_tcp() {
+        let tcp = spec(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"V2","accept_proxy_protocol":"strict"}"#,
+        );
+        assert_eq!(tcp.proxy_protocol, Some(Version::V2));
+        assert_eq!(tcp.accept_proxy_protocol, Some(Accept::Strict));
+        assert_eq!(tcp.check(), Ok(()));
+        let err = ForwardSpec::try_from(&config(
+            r#"{"service":"dns","remote_port":53,"protocol":"udp","proxy_protocol":"v1"}"#,
+        ))
+        .expect_err("UDP");
+        assert_eq!(
+            err.to_string(),
+            "field \"proxy_protocol\": value \"v1\" works for TCP forwards only (a PROXY header \
+             starts a TCP stream), and this entry is UDP"
+        );
+        let err = serde_json::from_str::<ForwardConfig>(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v3"}"#,
+        )
+        .expect_err("v3 is refused");
+        assert!(
+            err.to_string().starts_with(
+                "field \"proxy_protocol\": value \"v3\" is not a PROXY protocol version"
+            ),
+            "{err}"
+        );
+        let written = serde_json::to_value(config(
+            r#"{"service":"web","remote_port":80,"proxy_protocol":"v1"}"#,
+        ))
+        .expect("serializes");
+        assert_eq!(written["proxy_protocol"], "v1");
     }
 
     #[test]

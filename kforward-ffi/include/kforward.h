@@ -255,11 +255,17 @@ void kf_runtime_free(struct kf_runtime *rt);
  * `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
  * current context. `workload_type` may be `service`, `pod` or `proxy` (with
  * `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
- * relay pod that the forward creates in the namespace and deletes when it stops.
+ * relay pod in the namespace, shared by the forwards of one cluster on this runtime and
+ * deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
+ * protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
+ * `"optional"`) reads one from each local client (TCP only).
  *
  * This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
  * on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
- * `kf_forward_status`; errors in those steps show there (state `failed`), not here.
+ * `kf_forward_status`; errors in those steps show there (state `failed`), not here. Once
+ * ready, the forward is kept up by the runtime's supervisor, as `kforward run` keeps its
+ * forwards: it is probed, and reconnects by itself with backoff (state `reconnecting`)
+ * while its local ports stay bound.
  *
  * `callback` (may be NULL) receives every event of this forward, starting with the first;
  * see `kf_event_callback` for which thread calls it and when. `userdata` is passed to it
@@ -306,8 +312,9 @@ enum kf_result kf_forward_wait_ready(const struct kf_forward *fwd, uint32_t time
  * "stats":{"connections_open":0,"connections_total":1,"connections_failed":0,
  * "bytes_in":120,"bytes_out":80},"last_error":null}`
  *
- * `state` is `starting`, `ready`, `stopping`, `stopped` or `failed` (or another state the
- * running forwarder reports, such as `reconnecting`). `last_error` is the
+ * `state` is `starting`, `ready`, `reconnecting` (listening, and reconnecting to the
+ * cluster after a failure), `stopping`, `stopped` or `failed`. `connections_open` counts
+ * the connections (and UDP peers) open now. `last_error` is the
  * latest error, `{"message":...}`, with `"code"` (a `kf_result` number), `"name"` and
  * `"retryable"` when it is why the forward failed. `bytes_in` counts bytes from the pods,
  * `bytes_out` bytes to them.

@@ -1,24 +1,24 @@
-//! What runs one forward on the runtime: loading its kubeconfig, starting the forwarder,
-//! handing its events to the callback in order, and stopping it; plus the state the status
-//! JSON is made from.
+//! What follows one forward on the runtime: the forward itself runs under the runtime's
+//! `Supervisor` (probes, reconnects, shared relay pods, as everywhere else); this module
+//! hands its events to the callback in order and keeps the state that `kf_forward_status`
+//! and `kf_forward_wait_ready` read.
 
 use std::ffi::{CString, c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use kforward_core::spec::ForwardSpec;
-use kforward_core::{
-    BoundPort, Error, Event, ForwardOptions, Forwarder, KubeContext, KubeconfigSource,
-    StatsSnapshot, forwarder_for,
-};
+use kforward_core::{Event, ForwardState, ForwardStatus, Supervisor, SupervisorEvent};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::result::{Fail, kf_result};
 use crate::runtime::CallbackScope;
+
+/// Events queued for a forward's callback before further ones are counted as missed.
+const CALLBACK_QUEUE: usize = 1024;
 
 /// A function kforward calls with each event of a forward, as JSON.
 ///
@@ -63,7 +63,7 @@ impl Callback {
     }
 }
 
-/// Where a forward is.
+/// Where a forward is, as the C ABI tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Phase {
@@ -71,12 +71,26 @@ pub(crate) enum Phase {
     Starting,
     /// Listening.
     Ready,
+    /// Listening, and reconnecting to the cluster after a failure.
+    Reconnecting,
     /// `kf_forward_stop` was called and the forward is closing.
     Stopping,
     /// Stopped by request; nothing is listening.
     Stopped,
     /// Could not start; nothing is listening.
     Failed,
+}
+
+impl Phase {
+    fn of(state: &ForwardState) -> Phase {
+        match state {
+            ForwardState::Ready => Phase::Ready,
+            ForwardState::Reconnecting { .. } => Phase::Reconnecting,
+            ForwardState::Stopped => Phase::Stopped,
+            ForwardState::Failed { .. } => Phase::Failed,
+            _ => Phase::Starting,
+        }
+    }
 }
 
 /// An error shown in the status: its code when the error came from a call kforward made
@@ -107,16 +121,15 @@ struct State {
     /// Why the forward failed, when it did.
     failure: Option<Fail>,
     last_error: Option<LastError>,
-    ports: Vec<BoundPort>,
-    /// The counters when the forwarder is not live (before the start, after the stop).
-    stats: StatsSnapshot,
-    /// The forwarder while it is ready (TCP, UDP or proxy).
-    live: Option<Box<dyn Forwarder>>,
+    /// The supervisor's last word on the forward, once it is removed from it.
+    last: Option<ForwardStatus>,
 }
 
 /// A forward's state, shared by its handle and its tasks.
 pub(crate) struct Shared {
     label: String,
+    supervisor: Supervisor,
+    id: usize,
     state: Mutex<State>,
     /// Signalled on every phase change, for threads waiting without a runtime.
     changed: Condvar,
@@ -128,16 +141,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(label: String, callback: Option<Callback>) -> Self {
+    pub(crate) fn new(
+        label: String,
+        supervisor: Supervisor,
+        id: usize,
+        callback: Option<Callback>,
+    ) -> Self {
         Shared {
             label,
+            supervisor,
+            id,
             state: Mutex::new(State {
                 phase: Phase::Starting,
                 failure: None,
                 last_error: None,
-                ports: Vec::new(),
-                stats: StatsSnapshot::default(),
-                live: None,
+                last: None,
             }),
             changed: Condvar::new(),
             phase: watch::Sender::new(Phase::Starting),
@@ -163,18 +181,31 @@ impl Shared {
         out
     }
 
-    /// Marks the forward failed because of `e`.
-    fn fail(&self, e: &Error) {
-        let fail = Fail::from(e);
-        let last = LastError {
-            code: Some(fail.code),
-            retryable: Some(e.is_retryable()),
-            message: fail.message.clone(),
+    /// Takes the supervisor's view of the forward: its phase, and why it failed.
+    fn follow(&self, status: &ForwardStatus) {
+        let phase = Phase::of(&status.state);
+        let failure = match (&status.state, status.failure()) {
+            (ForwardState::Failed { .. }, Some(e)) => Some((Fail::from(e), e.is_retryable())),
+            (ForwardState::Failed { error }, None) => {
+                Some((Fail::new(kf_result::KF_INTERNAL, error.clone()), false))
+            }
+            _ => None,
         };
         self.update(|s| {
-            s.phase = Phase::Failed;
-            s.failure = Some(fail);
-            s.last_error = Some(last);
+            // While kf_forward_stop runs, only the end of the stop changes the phase.
+            if s.phase != Phase::Stopping || matches!(phase, Phase::Stopped | Phase::Failed) {
+                s.phase = phase;
+            }
+            if let Some((fail, retryable)) = failure
+                && s.failure.is_none()
+            {
+                s.last_error = Some(LastError {
+                    code: Some(fail.code),
+                    retryable: Some(retryable),
+                    message: fail.message.clone(),
+                });
+                s.failure = Some(fail);
+            }
         });
     }
 
@@ -186,21 +217,27 @@ impl Shared {
     /// The status as JSON.
     pub(crate) fn status_json(&self) -> String {
         let s = self.lock();
-        let stats = s.live.as_ref().map_or(s.stats, |f| f.stats());
-        // While it runs, the forwarder knows best (it may be reconnecting, say).
-        let state = match &s.live {
-            Some(f) => serde_json::to_value(f.state())
-                .ok()
-                .and_then(|v| v.get("state").cloned())
-                .unwrap_or_else(|| json!(s.phase)),
-            None => json!(s.phase),
+        let status = s
+            .last
+            .clone()
+            .or_else(|| self.supervisor.status_of(self.id));
+        let (local_addrs, ports, stats) = match &status {
+            Some(st) => (
+                st.local_addrs.iter().map(ToString::to_string).collect(),
+                json!(st.ports),
+                json!(st.stats),
+            ),
+            None => (
+                Vec::new(),
+                json!([]),
+                json!(kforward_core::StatsSnapshot::default()),
+            ),
         };
-        let local_addrs: Vec<String> = s.ports.iter().map(|p| p.local_addr.to_string()).collect();
         json!({
             "forward": self.label,
-            "state": state,
+            "state": s.phase,
             "local_addrs": local_addrs,
-            "ports": s.ports,
+            "ports": ports,
             "stats": stats,
             "last_error": s.last_error.as_ref().map(LastError::to_json),
         })
@@ -215,7 +252,7 @@ impl Shared {
             .wait_timeout_while(s, timeout, |s| s.phase == Phase::Starting)
             .unwrap_or_else(PoisonError::into_inner);
         match s.phase {
-            Phase::Ready => Ok(()),
+            Phase::Ready | Phase::Reconnecting => Ok(()),
             Phase::Starting => Err(Fail::new(
                 kf_result::KF_TIMEOUT,
                 format!(
@@ -281,147 +318,141 @@ impl Shared {
     }
 }
 
-/// Hands the forwarder's events to the callback, one at a time and in order, until
-/// `finish` is cancelled and nothing is left.
-async fn pump(shared: Arc<Shared>, mut rx: broadcast::Receiver<Event>, finish: CancellationToken) {
+/// What the callback task is handed.
+enum Item {
+    Event(Event),
+    /// Events dropped because the queue was full.
+    Lagged(u64),
+}
+
+/// Hands the queued events to the callback, one at a time and in order. The status agrees
+/// with each event when the callback reads it: `ready` and `error` wait for the start's
+/// outcome to be recorded, `stopped` for the stop to be.
+async fn callback_loop(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<Item>,
+    finish: CancellationToken,
+) {
     let mut phase = shared.phase.subscribe();
-    loop {
-        let next = tokio::select! {
-            biased;
-            r = rx.recv() => r,
-            () = finish.cancelled() => break,
-        };
-        match next {
-            Ok(event) => {
-                // The status must agree with the event when the callback reads it: the
-                // forwarder announces itself ready or failed just before the driver records
-                // it, and stopped just before the driver does.
-                let stopped = matches!(event, Event::Stopped { .. });
-                let caught_up = phase.wait_for(|p| {
-                    if stopped {
-                        *p == Phase::Stopped
-                    } else {
-                        *p != Phase::Starting
-                    }
-                });
-                tokio::select! {
-                    _ = caught_up => {}
-                    () = finish.cancelled() => {}
-                }
-                shared.deliver(&event);
+    let mut stopped = false;
+    while let Some(item) = queue.recv().await {
+        let event = match item {
+            Item::Event(e) => e,
+            Item::Lagged(missed) => {
+                shared.emit_json(
+                    json!({ "event": "lagged", "forward": shared.label, "missed": missed })
+                        .to_string(),
+                );
+                continue;
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => lagged(&shared, missed),
-            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let is_stop = matches!(event, Event::Stopped { .. });
+        let caught_up = phase.wait_for(|p| {
+            if is_stop {
+                *p == Phase::Stopped
+            } else {
+                *p != Phase::Starting
+            }
+        });
+        tokio::select! {
+            _ = caught_up => {}
+            () = finish.cancelled() => {}
         }
+        stopped |= is_stop;
+        shared.deliver(&event);
     }
-    loop {
-        match rx.try_recv() {
-            Ok(event) => shared.deliver(&event),
-            Err(broadcast::error::TryRecvError::Lagged(missed)) => lagged(&shared, missed),
-            Err(_) => return,
-        }
+    // Stopped before it started: nothing else says so.
+    if !stopped && shared.lock().phase == Phase::Stopped {
+        shared.emit(&Event::Stopped {
+            forward: shared.label.clone(),
+        });
     }
 }
 
-fn lagged(shared: &Shared, missed: u64) {
-    shared.emit_json(
-        json!({ "event": "lagged", "forward": shared.label, "missed": missed }).to_string(),
-    );
+/// Queues `event` for the callback, or counts it as missed when the callback is too far
+/// behind; returns the count still to report.
+fn queue_event(queue: &mpsc::Sender<Item>, event: Event, mut missed: u64) -> u64 {
+    if missed > 0 && queue.try_send(Item::Lagged(missed)).is_ok() {
+        missed = 0;
+    }
+    if missed == 0 && queue.try_send(Item::Event(event)).is_ok() {
+        return 0;
+    }
+    missed + 1
 }
 
-/// Runs one forward from its start to its stop.
+/// Whether the C ABI hands `event` to callbacks: the forward's own events; state changes
+/// and counters are in the status instead.
+fn for_callback(event: &Event) -> bool {
+    !matches!(event, Event::State { .. } | Event::Stats { .. })
+}
+
+/// Follows forward `shared.id` (already added to the supervisor, whose events `rx`
+/// receives from before the add) until `stop`, then stops it and delivers what is left.
 pub(crate) async fn drive(
     shared: Arc<Shared>,
-    spec: ForwardSpec,
-    opts: ForwardOptions,
+    mut rx: broadcast::Receiver<SupervisorEvent>,
     stop: CancellationToken,
 ) {
-    let src = KubeconfigSource {
-        path: spec.kubeconfig.clone(),
-        context: spec.context.clone(),
-    };
-    let loaded = tokio::select! {
-        biased;
-        () = stop.cancelled() => None,
-        r = KubeContext::load(&src) => Some(r),
-    };
-    let ctx = match loaded {
-        None => {
-            shared.update(|s| s.phase = Phase::Stopped);
-            shared.emit(&Event::Stopped {
-                forward: shared.label.clone(),
-            });
-            return;
-        }
-        Some(Err(e)) => {
-            shared.fail(&e);
-            shared.emit(&Event::Error {
-                forward: shared.label.clone(),
-                message: e.to_string(),
-            });
-            return;
-        }
-        Some(Ok(ctx)) => ctx,
-    };
-    // UDP and proxy forwards get their relay pod from the forwarder, which deletes it when
-    // stopped (or dropped).
-    let mut fwd = match forwarder_for(ctx, spec, opts) {
-        Ok(f) => f,
-        Err(e) => {
-            shared.fail(&e);
-            shared.emit(&Event::Error {
-                forward: shared.label.clone(),
-                message: e.to_string(),
-            });
-            return;
-        }
-    };
+    let (queue, queued) = mpsc::channel(CALLBACK_QUEUE);
     let finish = CancellationToken::new();
-    let events = tokio::spawn(pump(shared.clone(), fwd.subscribe(), finish.clone()));
-    let started = tokio::select! {
-        biased;
-        () = stop.cancelled() => None,
-        r = fwd.start() => Some(r),
-    };
-    match started {
-        Some(Ok(ports)) => {
-            shared.update(|s| {
-                s.ports = ports;
-                s.live = Some(fwd);
-                s.phase = Phase::Ready;
-            });
-            stop.cancelled().await;
-            let live = shared.update(|s| {
-                s.phase = Phase::Stopping;
-                if let Some(f) = &s.live {
-                    s.stats = f.stats();
+    let callbacks = tokio::spawn(callback_loop(shared.clone(), queued, finish.clone()));
+    let mut missed = 0u64;
+    if let Some(mut status) = shared.supervisor.watch_status(shared.id) {
+        let first = status.borrow_and_update().clone();
+        shared.follow(&first);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                r = status.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let st = status.borrow_and_update().clone();
+                    shared.follow(&st);
                 }
-                s.live.take()
-            });
-            if let Some(mut fwd) = live {
-                fwd.stop().await;
-                let stats = fwd.stats();
-                shared.update(|s| s.stats = stats);
+                r = rx.recv() => match r {
+                    Ok(e) if e.id == shared.id && for_callback(&e.event) => {
+                        missed = queue_event(&queue, e.event, missed);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => missed += n,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
             }
-            shared.update(|s| s.phase = Phase::Stopped);
-            finish.cancel();
-            let _ = events.await;
-        }
-        Some(Err(e)) => {
-            shared.fail(&e);
-            drop(fwd);
-            finish.cancel();
-            let _ = events.await;
-        }
-        None => {
-            // Dropping the forwarder closes whatever the start had opened.
-            drop(fwd);
-            shared.update(|s| s.phase = Phase::Stopped);
-            finish.cancel();
-            let _ = events.await;
-            shared.emit(&Event::Stopped {
-                forward: shared.label.clone(),
-            });
         }
     }
+    shared.update(|s| {
+        if s.phase != Phase::Failed {
+            s.phase = Phase::Stopping;
+        }
+    });
+    let last = shared.supervisor.stop(shared.id).await;
+    if let Some(st) = &last {
+        shared.follow(st);
+    }
+    shared.update(|s| {
+        if s.phase == Phase::Stopping {
+            s.phase = Phase::Stopped;
+        }
+        s.last = last;
+    });
+    // What the stop produced.
+    loop {
+        match rx.try_recv() {
+            Ok(e) if e.id == shared.id && for_callback(&e.event) => {
+                missed = queue_event(&queue, e.event, missed);
+            }
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
+            Err(_) => break,
+        }
+    }
+    if missed > 0 {
+        let _ = queue.send(Item::Lagged(missed)).await;
+    }
+    drop(queue);
+    finish.cancel();
+    let _ = callbacks.await;
 }

@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use kforward_core::Error;
 use kforward_core::config::ForwardConfig;
 use kforward_core::spec::ForwardSpec;
-use kforward_core::{Error, ForwardOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,11 +89,17 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
 /// `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
 /// current context. `workload_type` may be `service`, `pod` or `proxy` (with
 /// `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
-/// relay pod that the forward creates in the namespace and deletes when it stops.
+/// relay pod in the namespace, shared by the forwards of one cluster on this runtime and
+/// deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
+/// protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
+/// `"optional"`) reads one from each local client (TCP only).
 ///
 /// This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
 /// on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
-/// `kf_forward_status`; errors in those steps show there (state `failed`), not here.
+/// `kf_forward_status`; errors in those steps show there (state `failed`), not here. Once
+/// ready, the forward is kept up by the runtime's supervisor, as `kforward run` keeps its
+/// forwards: it is probed, and reconnects by itself with backoff (state `reconnecting`)
+/// while its local ports stay bound.
 ///
 /// `callback` (may be NULL) receives every event of this forward, starting with the first;
 /// see `kf_event_callback` for which thread calls it and when. `userdata` is passed to it
@@ -124,20 +130,23 @@ pub unsafe extern "C" fn kf_forward_start(
         let json = unsafe { str_arg(config_json, "config_json") }?;
         out_arg(out, "out")?;
         let spec = parse_config(json)?;
-        let Some(handle) = rt.owner.handle() else {
+        let (Some(handle), Some(supervisor)) = (rt.owner.handle(), rt.owner.supervisor()) else {
             return Err(Fail::new(
                 kf_result::KF_INTERNAL,
                 "the runtime has already shut down",
             ));
         };
-        let shared = Arc::new(Shared::new(spec.label(), Callback::new(callback, userdata)));
+        let label = spec.label();
+        // Subscribed before the add, so that the forward's first event is seen.
+        let events = supervisor.subscribe();
+        let id = {
+            let _entered = handle.enter();
+            supervisor.add(spec)
+        };
+        let callback = Callback::new(callback, userdata);
+        let shared = Arc::new(Shared::new(label, supervisor.clone(), id, callback));
         let stop = CancellationToken::new();
-        let driver = handle.spawn(drive(
-            shared.clone(),
-            spec,
-            ForwardOptions::default(),
-            stop.clone(),
-        ));
+        let driver = handle.spawn(drive(shared.clone(), events, stop.clone()));
         let fwd = Box::new(kf_forward {
             runtime: rt.owner.clone(),
             shared,
@@ -182,8 +191,9 @@ pub unsafe extern "C" fn kf_forward_wait_ready(
 /// "stats":{"connections_open":0,"connections_total":1,"connections_failed":0,
 /// "bytes_in":120,"bytes_out":80},"last_error":null}`
 ///
-/// `state` is `starting`, `ready`, `stopping`, `stopped` or `failed` (or another state the
-/// running forwarder reports, such as `reconnecting`). `last_error` is the
+/// `state` is `starting`, `ready`, `reconnecting` (listening, and reconnecting to the
+/// cluster after a failure), `stopping`, `stopped` or `failed`. `connections_open` counts
+/// the connections (and UDP peers) open now. `last_error` is the
 /// latest error, `{"message":...}`, with `"code"` (a `kf_result` number), `"name"` and
 /// `"retryable"` when it is why the forward failed. `bytes_in` counts bytes from the pods,
 /// `bytes_out` bytes to them.

@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kforward_core::{Supervisor, SupervisorOptions};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::boundary::{guard, guard_void, out_arg};
@@ -23,8 +24,10 @@ pub struct kf_runtime {
     pub(crate) owner: Arc<RuntimeOwner>,
 }
 
-/// Owns the runtime; the last owner to go shuts it down.
+/// Owns the runtime and the supervisor every forward started on it runs under; the last
+/// owner to go shuts them down.
 pub(crate) struct RuntimeOwner {
+    supervisor: Option<Supervisor>,
     rt: Option<Runtime>,
 }
 
@@ -32,10 +35,17 @@ impl RuntimeOwner {
     pub(crate) fn handle(&self) -> Option<&Handle> {
         self.rt.as_ref().map(Runtime::handle)
     }
+
+    /// The supervisor of this runtime's forwards.
+    pub(crate) fn supervisor(&self) -> Option<&Supervisor> {
+        self.supervisor.as_ref()
+    }
 }
 
 impl Drop for RuntimeOwner {
     fn drop(&mut self) {
+        // Every forward was freed (each holds this owner), so the supervisor has none left.
+        drop(self.supervisor.take());
         if let Some(rt) = self.rt.take() {
             if on_async_thread() {
                 // A runtime cannot wait for threads from inside an async context.
@@ -124,8 +134,20 @@ pub unsafe extern "C" fn kf_runtime_new(
                 format!("cannot start the runtime's threads: {e}"),
             )
         })?;
+        // A forward whose first start fails reports it, as `kubectl port-forward` would;
+        // once started, it is kept up (probes, reconnects) like every supervised forward.
+        let supervisor = {
+            let _entered = rt.enter();
+            Supervisor::new(SupervisorOptions {
+                retry_start: false,
+                ..Default::default()
+            })
+        };
         let handle = Box::new(kf_runtime {
-            owner: Arc::new(RuntimeOwner { rt: Some(rt) }),
+            owner: Arc::new(RuntimeOwner {
+                supervisor: Some(supervisor),
+                rt: Some(rt),
+            }),
         });
         // SAFETY: `out` is not NULL (checked above) and points to a writable pointer (the
         // caller's promise).

@@ -719,3 +719,130 @@ async fn gc_removes_relay_pods_of_dead_sessions_and_exited_relays_only() {
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("no stale relay pods"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_fills_kubeconfig_context_and_namespace_of_entries_that_lack_them() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bare.json");
+    // No namespace, context or kubeconfig in the file: the flags give them.
+    std::fs::write(
+        &file,
+        r#"[{"alias": "web", "service": "web", "local_port": 0, "remote_port": 80,
+             "local_address": "127.0.0.1"},
+            {"alias": "dns", "service": "dns", "local_port": 0, "remote_port": 5353,
+             "protocol": "udp", "local_address": "127.0.0.1", "context": ""}]"#,
+    )
+    .expect("write");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "run",
+            "-o",
+            "json",
+            "-n",
+            "demo",
+            "--context",
+            cluster.name(),
+        ])
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .arg("-f")
+        .arg(&file);
+        c
+    });
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 2 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["namespace"], "demo", "{v}");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_to_a_missing_service_and_udp_with_a_proxy_header_fail_before_forwarding() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let kc = cluster.kubeconfig_path().to_path_buf();
+    let forward = |extra: &[&str]| {
+        let mut c = kforward();
+        c.args(["forward", "--udp", "-n", "demo", "--kubeconfig"])
+            .arg(&kc)
+            .args(extra);
+        tokio::task::block_in_place(|| run_to_end(c))
+    };
+    let (code, out, err) = forward(&["svc/nope", "5353"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("Forwarding from"), "never said ready: {out}");
+    assert!(
+        err.contains("service \"nope\" not found in namespace \"demo\""),
+        "{err}"
+    );
+    let (code, out, err) = forward(&["svc/dns", "5353", "--proxy-protocol", "v2"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("--proxy-protocol (proxy_protocol) works for TCP forwards only"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accept_proxy_protocol_strict_serves_curl_with_a_header_and_drops_it_without() {
+    let curl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("curl"))
+        .find(|p| p.is_file());
+    let Some(curl) = curl else {
+        assert!(std::env::var_os("CI").is_none(), "curl is required on CI");
+        eprintln!("note: skipping a test that needs curl, which is not installed");
+        return;
+    };
+    let cluster = Cluster::demo().await.expect("cluster");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "forward",
+            "svc/web",
+            "0:80",
+            "-n",
+            "demo",
+            "--address",
+            "127.0.0.1",
+            "--accept-proxy-protocol",
+            "strict",
+            "-o",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig_path());
+        c
+    });
+    let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let url = format!("http://{}/", v["local_addr"].as_str().expect("addr"));
+    let get = |header: bool| {
+        let mut c = Command::new(&curl);
+        c.args(["-sS", "--max-time", "20", &url]);
+        if header {
+            c.arg("--haproxy-protocol");
+        }
+        tokio::task::block_in_place(|| run_to_end(c))
+    };
+    let (code, body, err) = get(true);
+    assert_eq!(code, 0, "{err}");
+    assert!(body.starts_with("web-"), "{body}");
+    let (code, body, _) = get(false);
+    assert_ne!(code, 0, "dropped without a header: {body}");
+    let (code, body, err) = get(true);
+    assert_eq!(code, 0, "the next client is served: {err}");
+    assert!(body.starts_with("web-"), "{body}");
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}

@@ -10,7 +10,7 @@ use tracing::debug;
 use super::RelayPods;
 use super::protocol::{Request, Status, Transport, decode_response, encode_request};
 use crate::error::{Error, Result};
-use crate::tunnel::Tunnel;
+use crate::transport::websocket::Tunnel;
 
 /// How long the relay may take to answer a handshake (it resolves and connects within it).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,16 +26,7 @@ const ATTEMPTS: usize = 3;
 /// [`Error::RelayNameNotResolved`], [`Error::RelayConnect`] (refused or timed out),
 /// [`Error::RelayRejected`] (wrong token, bad request), [`Error::RelayHandshake`] (the
 /// stream failed or the answer was not understood).
-///
-/// # Example
-///
-/// ```no_run
-/// # async fn f(mut t: kforward_core::Tunnel) -> kforward_core::Result<()> {
-/// use kforward_core::relay::{handshake, protocol::Transport};
-/// handshake(&mut t, "relay-pod", "token", Transport::Udp, "dns.demo.svc.cluster.local", 5353, "127.0.0.1:4000").await?;
-/// # Ok(()) }
-/// ```
-pub async fn handshake<S>(
+async fn handshake<S>(
     stream: &mut S,
     pod: &str,
     token: &str,
@@ -138,7 +129,7 @@ impl RelayConnector {
     ///
     /// # Errors
     ///
-    /// The errors of [`RelayPods::pod_for`], [`Tunnel::open`] and [`handshake`]; a relay
+    /// The errors of [`RelayPods::pod_for`], [`Tunnel::open`] and the handshake; a relay
     /// pod that went away is replaced and tried again first.
     pub async fn connect(
         &self,
@@ -151,7 +142,7 @@ impl RelayConnector {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let pod = self.pods.pod_for(&self.namespace).await?;
-            let opened = Tunnel::open(ctx, &self.namespace, &pod, self.pods.port()).await;
+            let opened = Tunnel::open(&ctx, &self.namespace, &pod, self.pods.port()).await;
             let err = match opened {
                 Ok(mut t) => {
                     match handshake(
@@ -192,5 +183,36 @@ impl RelayConnector {
             message: "no relay pod could be used".into(),
             retryable: true,
         }))
+    }
+
+    /// Checks the namespace's relay pod for a health probe: makes it when there is none,
+    /// opens a stream to it (no handshake, so no destination is reached) and listens
+    /// `listen` for an error from its port. A pod found gone or exited is forgotten, so that
+    /// the next use makes a new one.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`RelayPods::pod_for`] and [`Tunnel::open`], or [`Error::Tunnel`].
+    pub async fn probe(&self, listen: Duration) -> Result<()> {
+        let pod = self.pods.pod_for(&self.namespace).await?;
+        let ctx = self.pods.context();
+        let checked = async {
+            let mut t = Tunnel::open(&ctx, &self.namespace, &pod, self.pods.port()).await?;
+            t.ready().await?;
+            let (mut rx, _tx) = t.into_split();
+            match tokio::time::timeout(listen, rx.read_chunk()).await {
+                Ok(Err(e)) => Err(Error::Tunnel {
+                    pod: pod.clone(),
+                    port: self.pods.port(),
+                    message: e.to_string(),
+                }),
+                _ => Ok(()),
+            }
+        };
+        let result = checked.await;
+        if result.is_err() {
+            self.pods.check(&self.namespace, &pod).await;
+        }
+        result
     }
 }

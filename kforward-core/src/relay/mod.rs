@@ -22,7 +22,7 @@ mod manifest;
 mod pod;
 mod startup;
 
-pub use client::{RelayConnector, handshake};
+pub use client::RelayConnector;
 pub use kforward_relay::{protocol, server};
 pub use manifest::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, PodPatch, PullPolicy,

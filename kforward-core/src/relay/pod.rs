@@ -29,7 +29,8 @@ const READY_POLL: Duration = Duration::from_millis(100);
 
 /// The relay pods of one session, at most one per namespace.
 pub struct RelayPods {
-    ctx: KubeContext,
+    /// The connection to the cluster; replaced when the forwards reconnect.
+    ctx: std::sync::RwLock<KubeContext>,
     opts: RelayOptions,
     session: String,
     token: String,
@@ -99,7 +100,7 @@ impl RelayPods {
     /// or drop.
     pub fn new(ctx: KubeContext, opts: RelayOptions) -> Arc<Self> {
         let pods = Arc::new(RelayPods {
-            ctx,
+            ctx: std::sync::RwLock::new(ctx),
             opts,
             session: random_hex(8),
             token: random_hex(32),
@@ -138,8 +139,23 @@ impl RelayPods {
     }
 
     /// The connection to the cluster.
-    pub fn context(&self) -> &KubeContext {
-        &self.ctx
+    pub fn context(&self) -> KubeContext {
+        self.ctx
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Uses `ctx` from now on (new credentials after a reconnect).
+    pub fn set_context(&self, ctx: KubeContext) {
+        *self
+            .ctx
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ctx;
+    }
+
+    fn client(&self) -> kube::Client {
+        self.context().client().clone()
     }
 
     /// The relay pods in use now, as `(namespace, pod)`.
@@ -152,7 +168,7 @@ impl RelayPods {
     async fn heartbeat(&self) {
         let patch = serde_json::json!({"metadata": {"annotations": {ANNOTATION_HEARTBEAT: now_secs().to_string()}}});
         for (ns, pod) in self.current() {
-            let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), &ns);
+            let api: Api<Pod> = Api::namespaced(self.client(), &ns);
             if let Err(e) = api
                 .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -177,7 +193,7 @@ impl RelayPods {
         if let Some(p) = pods.get(namespace) {
             return Ok(p.clone());
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
+        let api: Api<Pod> = Api::namespaced(self.client(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
         let pod = relay_pod(&self.opts, &name, &self.session, &self.token)?;
         api.create(&PostParams::default(), &pod)
@@ -200,7 +216,8 @@ impl RelayPods {
     /// `webhook/errors/statuserror.go`, `pod-security-admission`, `resourcequota`), so the
     /// message's RBAC wording decides.
     fn create_error(&self, e: kube::Error, namespace: &str) -> Error {
-        let server = self.ctx.server();
+        let ctx = self.context();
+        let server = ctx.server();
         let refused = |message: String| Error::RelayPod {
             namespace: namespace.to_string(),
             message,
@@ -273,7 +290,7 @@ impl RelayPods {
     /// After a failure through `pod`: forgets it when it is gone or going, so the next
     /// [`pod_for`](Self::pod_for) makes a new one. Returns whether it was gone.
     pub async fn check(&self, namespace: &str, pod: &str) -> bool {
-        let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), namespace);
+        let api: Api<Pod> = Api::namespaced(self.client(), namespace);
         let gone = match api.get_opt(pod).await {
             Ok(None) => true,
             Ok(Some(p)) => {
@@ -304,7 +321,7 @@ impl RelayPods {
         let pods: Vec<(String, String)> = self.pods.lock().await.drain().collect();
         lock(&self.known).clear();
         for (ns, pod) in pods {
-            let api: Api<Pod> = Api::namespaced(self.ctx.client().clone(), &ns);
+            let api: Api<Pod> = Api::namespaced(self.client(), &ns);
             match api.delete(&pod, &DeleteParams::default()).await {
                 Ok(_) => info!(%pod, namespace = %ns, "deleted relay pod"),
                 Err(e) => warn!(%pod, namespace = %ns, error = %e, "cannot delete relay pod"),
@@ -322,7 +339,7 @@ impl Drop for RelayPods {
         }
         // Best effort: the relay also exits by itself when idle, and `gc` cleans up.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let client = self.ctx.client().clone();
+            let client = self.client();
             rt.spawn(async move {
                 for (ns, pod) in pods {
                     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -51,9 +51,10 @@ pub enum Target {
         /// The deployment name (a DNS-1123 subdomain).
         name: String,
     },
-    /// Any host the cluster can reach (a service DNS name, an external host, an IP),
-    /// reached through the in-cluster relay.
-    Proxy {
+    /// A remote address: any host the cluster can reach (a service DNS name, an external
+    /// host, an IP), reached through the in-cluster relay. Written `proxy/HOST`, after
+    /// kftray's `workload_type: "proxy"` and `kforward proxy`.
+    Remote {
         /// The host name or IP address, without scheme or port.
         host: String,
     },
@@ -65,7 +66,7 @@ enum Kind {
     Pod,
     Service,
     Deployment,
-    Proxy,
+    Remote,
 }
 
 impl Kind {
@@ -77,7 +78,7 @@ impl Kind {
             "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps" => {
                 Kind::Deployment
             }
-            "proxy" => Kind::Proxy,
+            "proxy" => Kind::Remote,
             _ => return None,
         })
     }
@@ -168,12 +169,12 @@ impl Target {
                     name: name.to_owned(),
                 }
             }
-            Kind::Proxy => {
+            Kind::Remote => {
                 check_host(name).map_err(|problem| SpecError::InvalidHost {
                     host: name.to_owned(),
                     problem,
                 })?;
-                Target::Proxy {
+                Target::Remote {
                     host: name.to_owned(),
                 }
             }
@@ -195,23 +196,23 @@ impl Target {
             Target::Pod { .. } | Target::PodSelector { .. } => "pod",
             Target::Service { .. } => "svc",
             Target::Deployment { .. } => "deploy",
-            Target::Proxy { .. } => "proxy",
+            Target::Remote { .. } => "proxy",
         }
     }
 
-    /// Whether this target goes through the in-cluster relay whatever the protocol
-    /// (only [`Target::Proxy`]; UDP forwards use the relay for every target).
+    /// Whether this target is a remote address, reached through the in-cluster relay
+    /// whatever the protocol (UDP forwards use the relay for every target).
     ///
     /// # Example
     ///
     /// ```
     /// use kforward_core::spec::Target;
     ///
-    /// assert!(Target::Proxy { host: "db".into() }.is_proxy());
-    /// assert!(!Target::Pod { name: "web-0".into() }.is_proxy());
+    /// assert!(Target::Remote { host: "db".into() }.is_remote());
+    /// assert!(!Target::Pod { name: "web-0".into() }.is_remote());
     /// ```
-    pub fn is_proxy(&self) -> bool {
-        matches!(self, Target::Proxy { .. })
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Target::Remote { .. })
     }
 }
 
@@ -222,7 +223,7 @@ impl fmt::Display for Target {
             Target::Pod { name } | Target::Service { name } | Target::Deployment { name } => {
                 write!(f, "{}/{name}", self.kind())
             }
-            Target::Proxy { host } => write!(f, "proxy/{host}"),
+            Target::Remote { host } => write!(f, "proxy/{host}"),
         }
     }
 }

@@ -1,16 +1,22 @@
 //! The supervisor: many forwards that never need a manual restart.
 //!
-//! Each forward runs in its own task: it starts with backoff, is probed periodically (the
-//! API server answers, and a port-forward to a ready pod opens without an error), turns
-//! unhealthy only after N failed probes in a row and then reconnects (reading the kubeconfig
-//! again) with backoff while its local ports stay bound. Pod restarts need none of this:
-//! the endpoints are watched, and connections wait for a ready pod. A changed kubeconfig
-//! file reconnects the forwards whose context, server or credentials changed; a wall-clock
-//! jump (the laptop slept) or a change of local addresses rechecks every forward at once.
-//! One forward failing never touches the others.
+//! Each forward, whatever its kind (TCP to pods, UDP and remote addresses through a relay
+//! pod), runs in its own task through the [`Forwarder`](crate::Forwarder) trait: it starts
+//! with backoff, is probed periodically (the API server answers, and a stream to a ready
+//! pod, or to the relay pod, opens without an error), turns unhealthy only after N failed
+//! probes in a row and then reconnects (reading the kubeconfig again) with backoff while
+//! its local ports stay bound. Pod restarts need none of this: the endpoints are watched,
+//! and connections wait for a ready pod; a deleted relay pod is replaced. A changed
+//! kubeconfig file reconnects the forwards whose context, server or credentials changed; a
+//! wall-clock jump (the laptop slept) or a change of local addresses rechecks every
+//! forward at once. One forward failing never touches the others.
+//!
+//! The relayed forwards of one cluster share one relay pod per namespace, deleted when the
+//! last of them stops.
 
 mod backoff;
 mod health;
+mod relays;
 mod task;
 mod wake;
 
@@ -21,15 +27,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 pub use backoff::{Backoff, ExponentialBackoff};
 pub use health::{Health, Transition};
 pub use wake::{ClockReading, clock_jumped, network_fingerprint};
 
-use crate::event::Event;
-use crate::forwarder::{ForwardOptions, ForwardState, Stats, StatsSnapshot};
+use crate::error::Error;
+use crate::forward::{BoundPort, Event, ForwardOptions, ForwardState, Stats, StatsSnapshot};
 use crate::spec::ForwardSpec;
+use relays::RelayPool;
 use task::{Command, ForwardTask};
 
 /// Settings of a supervisor.
@@ -54,6 +62,11 @@ pub struct SupervisorOptions {
     pub healthy_period: Duration,
     /// How often the kubeconfig files, the clocks and the local addresses are checked.
     pub watch_interval: Duration,
+    /// Whether a forward whose first start fails is tried again with backoff (`kforward
+    /// run`: a target may appear later), or fails at once, as `kubectl port-forward` does
+    /// (`kforward forward`, the C ABI). Mistakes that need the user (a port in use, a bad
+    /// spec, an unknown context) fail at once either way.
+    pub retry_start: bool,
 }
 
 impl Default for SupervisorOptions {
@@ -65,6 +78,7 @@ impl Default for SupervisorOptions {
             unhealthy_after: 3,
             healthy_period: Duration::from_secs(60),
             watch_interval: Duration::from_secs(1),
+            retry_start: true,
         }
     }
 }
@@ -90,6 +104,8 @@ pub struct ForwardStatus {
     pub target: String,
     /// The local addresses it listens on (empty before it first started).
     pub local_addrs: Vec<SocketAddr>,
+    /// The same addresses with what each leads to.
+    pub ports: Vec<BoundPort>,
     /// Its state.
     #[serde(flatten)]
     pub state: ForwardState,
@@ -99,12 +115,31 @@ pub struct ForwardStatus {
     pub stats: StatsSnapshot,
     #[serde(skip)]
     stats_handle: Option<Arc<Stats>>,
+    /// Why it failed, when it did: the error itself, for classification.
+    #[serde(skip)]
+    failure: Option<Arc<Error>>,
+}
+
+impl ForwardStatus {
+    /// Why the forward failed, when it is `failed`.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.as_deref()
+    }
 }
 
 struct Entry {
-    status: Arc<Mutex<ForwardStatus>>,
+    status: watch::Receiver<ForwardStatus>,
     commands: mpsc::UnboundedSender<Command>,
+    cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Entry {
+    /// Tells the task to stop, wherever it is.
+    fn stop(&self) {
+        self.cancel.cancel();
+        let _ = self.commands.send(Command::Stop);
+    }
 }
 
 struct Inner {
@@ -114,6 +149,8 @@ struct Inner {
     next_id: Mutex<usize>,
     /// Kubeconfig files the forwards read, watched for changes.
     kubeconfigs: Mutex<Vec<PathBuf>>,
+    /// Relay pods shared by the relayed forwards of each cluster.
+    relays: Arc<RelayPool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,6 +218,7 @@ impl Supervisor {
             forwards: Mutex::new(BTreeMap::new()),
             next_id: Mutex::new(0),
             kubeconfigs: Mutex::new(Vec::new()),
+            relays: Arc::default(),
         });
         let watcher = tokio::spawn(watch_environment(Arc::downgrade(&inner)));
         Supervisor {
@@ -196,8 +234,8 @@ impl Supervisor {
         self.add_with(spec, forward)
     }
 
-    /// Adds a forward with its own settings (for instance relay pods shared by several
-    /// forwards: [`ForwardOptions::relay_pods`]); see [`Supervisor::add`].
+    /// Adds a forward with its own settings; see [`Supervisor::add`]. Relay pods given in
+    /// [`ForwardOptions::relay_pods`] are used instead of the supervisor's shared ones.
     pub fn add_with(&self, spec: ForwardSpec, forward: ForwardOptions) -> usize {
         let id = {
             let mut n = lock(&self.inner.next_id);
@@ -212,32 +250,40 @@ impl Supervisor {
                 }
             }
         }
-        let status = Arc::new(Mutex::new(ForwardStatus {
+        let (status, status_rx) = watch::channel(ForwardStatus {
             id,
             label: spec.label(),
             target: spec.target.to_string(),
             local_addrs: Vec::new(),
+            ports: Vec::new(),
             state: ForwardState::Idle,
             last_error: None,
             stats: StatsSnapshot::default(),
             stats_handle: None,
-        }));
+            failure: None,
+        });
         let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
         let t = ForwardTask {
             id,
             spec,
             opts: self.inner.opts.clone(),
             forward,
             events: self.inner.events.clone(),
-            status: status.clone(),
+            status,
             commands: rx,
+            cancel: cancel.clone(),
+            relays: self.inner.relays.clone(),
+            lease: None,
+            relay_events: None,
         };
         let task = tokio::spawn(t.run());
         lock(&self.inner.forwards).insert(
             id,
             Entry {
-                status,
+                status: status_rx,
                 commands: tx,
+                cancel,
                 task,
             },
         );
@@ -253,14 +299,16 @@ impl Supervisor {
     pub fn status(&self) -> Vec<ForwardStatus> {
         lock(&self.inner.forwards)
             .values()
-            .map(|e| {
-                let mut s = lock(&e.status).clone();
-                if let Some(h) = &s.stats_handle {
-                    s.stats = h.snapshot();
-                }
-                s
-            })
+            .map(|e| live(&e.status))
             .collect()
+    }
+
+    /// A receiver of forward `id`'s status, woken at each change of its state (its
+    /// counters there are read with [`Supervisor::status_of`]); `None` for an unknown id.
+    pub fn watch_status(&self, id: usize) -> Option<watch::Receiver<ForwardStatus>> {
+        lock(&self.inner.forwards)
+            .get(&id)
+            .map(|e| e.status.clone())
     }
 
     /// The status of one forward.
@@ -280,22 +328,23 @@ impl Supervisor {
         notify_all(&self.inner, || Command::KubeconfigChanged);
     }
 
-    /// Stops one forward and waits until its ports are closed.
-    pub async fn stop(&self, id: usize) {
-        let entry = lock(&self.inner.forwards).remove(&id);
-        if let Some(e) = entry {
-            let _ = e.commands.send(Command::Stop);
-            let _ = e.task.await;
-        }
+    /// Stops one forward and waits until its ports are closed (and its relay pods deleted
+    /// when it was their last user); returns its last status.
+    pub async fn stop(&self, id: usize) -> Option<ForwardStatus> {
+        let entry = lock(&self.inner.forwards).remove(&id)?;
+        entry.stop();
+        let _ = entry.task.await;
+        Some(live(&entry.status))
     }
 
-    /// Stops every forward and waits until all their ports are closed.
+    /// Stops every forward and waits until all their ports are closed and their relay pods
+    /// deleted.
     pub async fn shutdown(&self) {
         let entries: Vec<Entry> = std::mem::take(&mut *lock(&self.inner.forwards))
             .into_values()
             .collect();
         for e in &entries {
-            let _ = e.commands.send(Command::Stop);
+            e.stop();
         }
         for e in entries {
             let _ = e.task.await;
@@ -320,6 +369,15 @@ impl Supervisor {
         };
         tokio::time::timeout(timeout, work).await.is_ok()
     }
+}
+
+/// A status with its counters read now.
+fn live(status: &watch::Receiver<ForwardStatus>) -> ForwardStatus {
+    let mut s = status.borrow().clone();
+    if let Some(h) = &s.stats_handle {
+        s.stats = h.snapshot();
+    }
+    s
 }
 
 fn notify_all(inner: &Inner, cmd: impl Fn() -> Command) {

@@ -1,21 +1,28 @@
-//! The life of one supervised forward: start with backoff, probe, reconnect when unhealthy
-//! or when the kubeconfig changed, stop on request.
+//! The life of one supervised forward, of any kind: start with backoff, probe, reconnect
+//! when unhealthy or when the kubeconfig changed, stop on request.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::backoff::{Backoff, ExponentialBackoff};
 use super::health::{Health, Transition};
+use super::relays::{Lease, RelayPool};
 use super::{ForwardStatus, SupervisorEvent, SupervisorOptions};
+use crate::client::{KubeContext, KubeconfigSource};
 use crate::error::Error;
-use crate::event::Event;
-use crate::forwarder::{ForwardState, Forwarder, TcpForwarder};
-use crate::spec::ForwardSpec;
-use crate::{KubeContext, KubeconfigSource};
+use crate::forward::{Event, Forward, ForwardOptions, ForwardState, Forwarder};
+use crate::relay::SharedRelayPods;
+use crate::spec::{ForwardSpec, Protocol};
+
+/// How often a running forward's counters are published when they changed.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// The delay when the backoff has none left (the default never runs out).
+const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// What the supervisor asks of a forward's task.
 #[derive(Debug)]
@@ -44,15 +51,19 @@ pub(crate) struct ForwardTask {
     pub(crate) id: usize,
     pub(crate) spec: ForwardSpec,
     pub(crate) opts: SupervisorOptions,
-    /// This forward's own settings (the relay pods it shares, for one).
-    pub(crate) forward: crate::forwarder::ForwardOptions,
+    /// This forward's own settings.
+    pub(crate) forward: ForwardOptions,
     pub(crate) events: broadcast::Sender<SupervisorEvent>,
-    pub(crate) status: Arc<Mutex<ForwardStatus>>,
+    pub(crate) status: watch::Sender<ForwardStatus>,
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// Cancelled to stop the forward wherever it is, even in the middle of a start.
+    pub(crate) cancel: CancellationToken,
+    pub(crate) relays: Arc<RelayPool>,
+    /// The shared relay pods this forward uses, once it started.
+    pub(crate) lease: Option<Lease>,
+    /// The task passing the running forward's events on, awaited at the end so that every
+    /// event is out when the supervisor says the forward stopped.
+    pub(crate) relay_events: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ForwardTask {
@@ -71,29 +82,34 @@ impl ForwardTask {
         let _ = self.events.send(SupervisorEvent { id: self.id, event });
     }
 
-    fn set_state(&self, state: ForwardState) {
-        {
-            let mut st = lock(&self.status);
-            if st.state == state {
-                return;
-            }
-            st.state = state.clone();
+    fn set_state(&self, state: ForwardState, failure: Option<Error>) {
+        let changed = self.status.send_if_modified(|st| {
             if let ForwardState::Reconnecting { error, .. } | ForwardState::Failed { error } =
                 &state
             {
                 st.last_error = Some(error.clone());
             }
-        }
-        self.emit(Event::State {
-            forward: self.label(),
-            state,
+            if let Some(e) = failure {
+                st.failure = Some(Arc::new(e));
+            }
+            if st.state == state {
+                return false;
+            }
+            st.state = state.clone();
+            true
         });
+        if changed {
+            self.emit(Event::State {
+                forward: self.label(),
+                state,
+            });
+        }
     }
 
     /// Waits `delay`, or less when told to recheck; `false` when told to stop.
     async fn pause(&mut self, delay: Duration) -> bool {
         tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
+            () = tokio::time::sleep(delay) => true,
             cmd = self.commands.recv() => match cmd {
                 None | Some(Command::Stop) => false,
                 Some(Command::Recheck | Command::KubeconfigChanged) => true,
@@ -101,14 +117,29 @@ impl ForwardTask {
         }
     }
 
-    async fn try_start(&self) -> Result<TcpForwarder, Error> {
-        let ctx = KubeContext::load(&self.source()).await?;
-        let mut fwd = TcpForwarder::new(ctx, self.spec.clone(), self.forward.clone());
-        // Relay the forwarder's own events under this forward's id.
+    /// Loads the kubeconfig and starts a forward; the error says whether the forward
+    /// already reported it as an event.
+    async fn try_start(&mut self) -> Result<Box<dyn Forwarder>, (Error, bool)> {
+        let ctx = KubeContext::load(&self.source())
+            .await
+            .map_err(|e| (e, false))?;
+        let mut forward = self.forward.clone();
+        let relayed = self.spec.protocol == Protocol::Udp || self.spec.target.is_remote();
+        if relayed && forward.relay_pods.is_none() {
+            // UDP and remote-address forwards of one cluster share one relay pod per
+            // namespace.
+            let lease = match self.lease.take() {
+                Some(l) => l,
+                None => self.relays.acquire(&self.spec, &ctx, &forward.relay),
+            };
+            forward.relay_pods = Some(SharedRelayPods(lease.pods.clone()));
+            self.lease = Some(lease);
+        }
+        let mut fwd = Forward::new(ctx, self.spec.clone(), forward);
+        // Relay the forward's own events under this forward's id.
         let mut rx = fwd.subscribe();
-        let events = self.events.clone();
-        let id = self.id;
-        tokio::spawn(async move {
+        let (events, id) = (self.events.clone(), self.id);
+        let relaying = tokio::spawn(async move {
             loop {
                 match rx.recv().await {
                     Ok(event) => {
@@ -119,52 +150,76 @@ impl ForwardTask {
                 }
             }
         });
-        let bound = fwd.start().await?;
-        let mut st = lock(&self.status);
-        st.local_addrs = bound.iter().map(|b| b.local_addr).collect();
-        st.stats_handle = Some(fwd.stats_handle());
-        Ok(fwd)
+        let bound = fwd.start().await.map_err(|e| (e, true))?;
+        self.relay_events = Some(relaying);
+        let handle = fwd.stats_handle();
+        self.status.send_modify(|st| {
+            st.local_addrs = bound.iter().map(|b| b.local_addr).collect();
+            st.ports = bound;
+            st.stats_handle = Some(handle);
+        });
+        Ok(Box::new(fwd))
     }
 
-    /// Starts the forward, retrying with backoff; `None` when stopped before it could.
-    async fn start(&mut self, backoff: &mut ExponentialBackoff) -> Option<TcpForwarder> {
+    /// Starts the forward, retrying with backoff; `None` when it failed for good or was
+    /// stopped before it could start.
+    async fn start(&mut self, backoff: &mut ExponentialBackoff) -> Option<Box<dyn Forwarder>> {
         let mut attempt = 0u32;
         loop {
-            self.set_state(ForwardState::Starting);
-            match self.try_start().await {
+            self.set_state(ForwardState::Starting, None);
+            let (e, reported) = match self.try_start().await {
                 Ok(f) => return Some(f),
-                Err(e) if is_fatal(&e) => {
-                    self.set_state(ForwardState::Failed {
-                        error: e.to_string(),
-                    });
-                    // Wait for a stop; a fatal error needs the user.
-                    loop {
-                        match self.commands.recv().await {
-                            None | Some(Command::Stop) => return None,
-                            Some(_) => {}
-                        }
+                Err(failed) => failed,
+            };
+            if !reported {
+                self.emit(Event::Error {
+                    forward: self.label(),
+                    message: e.to_string(),
+                });
+            }
+            if is_fatal(&e) || !self.opts.retry_start {
+                let error = e.to_string();
+                self.set_state(ForwardState::Failed { error }, Some(e));
+                // Wait for a stop: this needs the user.
+                while let Some(c) = self.commands.recv().await {
+                    if matches!(c, Command::Stop) {
+                        break;
                     }
                 }
-                Err(e) => {
-                    attempt += 1;
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    self.set_state(ForwardState::Reconnecting {
-                        attempt,
-                        next_delay_ms: delay.as_millis() as u64,
-                        error: e.to_string(),
-                    });
-                    if !self.pause(delay).await {
-                        return None;
-                    }
-                }
+                return None;
+            }
+            attempt += 1;
+            if !self.wait_to_retry(backoff, attempt, &e).await {
+                self.set_state(ForwardState::Stopped, None);
+                return None;
             }
         }
+    }
+
+    /// Reports attempt `attempt` as coming after `error` and waits the backoff's next
+    /// delay (less when told to recheck); `false` when told to stop.
+    async fn wait_to_retry(
+        &mut self,
+        backoff: &mut ExponentialBackoff,
+        attempt: u32,
+        error: &Error,
+    ) -> bool {
+        let delay = backoff.next().unwrap_or(MAX_DELAY);
+        self.set_state(
+            ForwardState::Reconnecting {
+                attempt,
+                next_delay_ms: delay.as_millis() as u64,
+                error: error.to_string(),
+            },
+            None,
+        );
+        self.pause(delay).await
     }
 
     /// Reconnects until a probe passes; `false` when stopped meanwhile.
     async fn recover(
         &mut self,
-        fwd: &mut TcpForwarder,
+        fwd: &mut Box<dyn Forwarder>,
         backoff: &mut ExponentialBackoff,
         first: Error,
     ) -> bool {
@@ -172,13 +227,7 @@ impl ForwardTask {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-            self.set_state(ForwardState::Reconnecting {
-                attempt,
-                next_delay_ms: delay.as_millis() as u64,
-                error: error.to_string(),
-            });
-            if !self.pause(delay).await {
+            if !self.wait_to_retry(backoff, attempt, &error).await {
                 return false;
             }
             let r = match fwd.reconnect(None).await {
@@ -195,98 +244,64 @@ impl ForwardTask {
         }
     }
 
-    /// UDP and proxy forwards: started with backoff like any other; their tunnels go to a
-    /// relay pod that the relay connector replaces by itself when it goes away.
-    async fn run_relayed(mut self) {
-        let mut backoff = ExponentialBackoff::default();
-        let mut attempt = 0u32;
-        let mut fwd = loop {
-            self.set_state(ForwardState::Starting);
-            let started = async {
-                let ctx = KubeContext::load(&self.source()).await?;
-                let mut f =
-                    crate::forwarder::forwarder_for(ctx, self.spec.clone(), self.forward.clone())?;
-                let mut rx = f.subscribe();
-                let (events, id) = (self.events.clone(), self.id);
-                tokio::spawn(async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(event) => {
-                                let _ = events.send(SupervisorEvent { id, event });
-                            }
-                            Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        }
-                    }
-                });
-                let bound = f.start().await?;
-                lock(&self.status).local_addrs = bound.iter().map(|b| b.local_addr).collect();
-                Ok::<_, Error>(f)
-            }
-            .await;
-            match started {
-                Ok(f) => break f,
-                Err(e) if is_fatal(&e) => {
-                    self.set_state(ForwardState::Failed {
-                        error: e.to_string(),
+    /// Reconnects when the kubeconfig now names another server or other credentials.
+    async fn follow_kubeconfig(&self, fwd: &mut Box<dyn Forwarder>) -> bool {
+        match KubeContext::load(&self.source()).await {
+            Ok(ctx) if ctx.fingerprint() != fwd.context().fingerprint() => {
+                info!(forward = %self.label(), context = ctx.context(), server = ctx.server(), "kubeconfig changed; reconnecting");
+                if let Err(e) = fwd.reconnect(Some(ctx)).await {
+                    self.emit(Event::Error {
+                        forward: self.label(),
+                        message: e.to_string(),
                     });
-                    while let Some(c) = self.commands.recv().await {
-                        if matches!(c, Command::Stop) {
-                            break;
-                        }
-                    }
-                    self.set_state(ForwardState::Stopped);
-                    return;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    self.set_state(ForwardState::Reconnecting {
-                        attempt,
-                        next_delay_ms: delay.as_millis() as u64,
-                        error: e.to_string(),
-                    });
-                    if !self.pause(delay).await {
-                        self.set_state(ForwardState::Stopped);
-                        return;
-                    }
+                    return true;
                 }
             }
-        };
-        self.set_state(ForwardState::Ready);
-        while let Some(c) = self.commands.recv().await {
-            if matches!(c, Command::Stop) {
-                break;
-            }
+            Ok(_) => {}
+            Err(e) => debug!(error = %e, "kubeconfig unreadable for now"),
         }
-        fwd.stop().await;
-        self.set_state(ForwardState::Stopped);
+        false
     }
 
-    pub(crate) async fn run(self) {
-        let relayed = self.spec.protocol == crate::spec::Protocol::Udp
-            || matches!(self.spec.target, crate::spec::Target::Proxy { .. });
-        if relayed {
-            self.run_relayed().await;
-        } else {
-            self.run_tcp().await;
+    pub(crate) async fn run(mut self) {
+        let mut backoff = ExponentialBackoff::default();
+        let cancel = self.cancel.clone();
+        let started = tokio::select! {
+            biased;
+            () = cancel.cancelled() => None,
+            f = self.start(&mut backoff) => f,
+        };
+        if let Some(mut fwd) = started {
+            self.set_state(ForwardState::Ready, None);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => {}
+                () = self.supervise(&mut fwd, &mut backoff) => {}
+            }
+            fwd.stop().await;
+            drop(fwd);
+            if let Some(relaying) = self.relay_events.take() {
+                let _ = relaying.await;
+            }
+            self.set_state(ForwardState::Stopped, None);
+        } else if !matches!(self.status.borrow().state, ForwardState::Failed { .. }) {
+            // A forward that failed stays failed; one stopped while starting is stopped.
+            self.set_state(ForwardState::Stopped, None);
+        }
+        if let Some(lease) = self.lease.take() {
+            self.relays.release(lease).await;
         }
     }
 
-    async fn run_tcp(mut self) {
-        let mut backoff = ExponentialBackoff::default();
-        let Some(mut fwd) = self.start(&mut backoff).await else {
-            self.set_state(ForwardState::Stopped);
-            return;
-        };
-        self.set_state(ForwardState::Ready);
+    /// Keeps a started forward healthy until told to stop.
+    async fn supervise(&mut self, fwd: &mut Box<dyn Forwarder>, backoff: &mut ExponentialBackoff) {
         let mut ready_since = Instant::now();
         let mut health = Health::new(self.opts.unhealthy_after);
         let reload = fwd.reload_requested();
         let mut probe = tokio::time::interval(self.opts.probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probe.tick().await;
-        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut stats_tick = tokio::time::interval(STATS_EVERY);
         let mut last_stats = fwd.stats();
         loop {
             let mut check_now = false;
@@ -299,7 +314,7 @@ impl ForwardTask {
                         self.emit(Event::Stats { forward: self.label(), stats: now });
                     }
                 }
-                _ = reload.notified() => {
+                () = reload.notified() => {
                     info!(forward = %self.label(), "credentials rejected; reading the kubeconfig again");
                     if let Err(e) = fwd.reconnect(None).await {
                         self.emit(Event::Error { forward: self.label(), message: e.to_string() });
@@ -307,21 +322,9 @@ impl ForwardTask {
                     }
                 }
                 cmd = self.commands.recv() => match cmd {
-                    None | Some(Command::Stop) => break,
+                    None | Some(Command::Stop) => return,
                     Some(Command::Recheck) => check_now = true,
-                    Some(Command::KubeconfigChanged) => {
-                        match KubeContext::load(&self.source()).await {
-                            Ok(ctx) if ctx.fingerprint() != fwd.context().fingerprint() => {
-                                info!(forward = %self.label(), context = ctx.context(), server = ctx.server(), "kubeconfig changed; reconnecting");
-                                if let Err(e) = fwd.reconnect(Some(ctx)).await {
-                                    self.emit(Event::Error { forward: self.label(), message: e.to_string() });
-                                    check_now = true;
-                                }
-                            }
-                            Ok(_) => {}
-                            Err(e) => debug!(error = %e, "kubeconfig unreadable for now"),
-                        }
-                    }
+                    Some(Command::KubeconfigChanged) => check_now = self.follow_kubeconfig(fwd).await,
                 },
             }
             if !check_now {
@@ -331,24 +334,21 @@ impl ForwardTask {
             if let Err(e) = &result {
                 debug!(forward = %self.label(), error = %e, "probe failed");
             }
-            let ok = result.is_ok();
-            match health.record(ok) {
+            match health.record(result.is_ok()) {
                 Transition::BecameUnhealthy => {
                     if ready_since.elapsed() >= self.opts.healthy_period {
                         backoff.reset();
                     }
                     let Err(e) = result else { continue };
-                    if !self.recover(&mut fwd, &mut backoff, e).await {
-                        break;
+                    if !self.recover(fwd, backoff, e).await {
+                        return;
                     }
                     health = Health::new(self.opts.unhealthy_after);
-                    self.set_state(ForwardState::Ready);
+                    self.set_state(ForwardState::Ready, None);
                     ready_since = Instant::now();
                 }
                 Transition::None | Transition::BecameHealthy => {}
             }
         }
-        fwd.stop().await;
-        self.set_state(ForwardState::Stopped);
     }
 }

@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{
-    BoundPort, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
-};
+use kforward_core::{BoundPort, Forward, ForwardOptions, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,8 +39,8 @@ pub fn quick() -> ForwardOptions {
     }
 }
 
-pub async fn start(ctx: &KubeContext, spec: ForwardSpec) -> (TcpForwarder, Vec<BoundPort>) {
-    let mut f = TcpForwarder::new(ctx.clone(), spec, quick());
+pub async fn start(ctx: &KubeContext, spec: ForwardSpec) -> (Forward, Vec<BoundPort>) {
+    let mut f = Forward::new(ctx.clone(), spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("start in time")

@@ -3,14 +3,12 @@
 use std::time::Duration;
 
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{
-    Error, ForwardOptions, Forwarder, KubeContext, KubeconfigSource, TcpForwarder,
-};
+use kforward_core::{Error, Forward, ForwardOptions, Forwarder, KubeContext, KubeconfigSource};
 
 use crate::common::*;
 
 async fn start_err(ctx: &KubeContext, spec: ForwardSpec, opts: ForwardOptions) -> Error {
-    let mut f = TcpForwarder::new(ctx.clone(), spec, opts);
+    let mut f = Forward::new(ctx.clone(), spec, opts);
     tokio::time::timeout(WAIT, f.start())
         .await
         .expect("answer in time")
@@ -49,6 +47,31 @@ async fn missing_service_and_pod_name_namespace_and_name() {
     assert_eq!(
         e.to_string(),
         "deployment \"nope\" not found in namespace \"demo\""
+    );
+}
+
+#[tokio::test]
+async fn a_udp_forward_to_a_missing_target_fails_at_start_as_tcp_does() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    for target in ["svc/nope", "pod/nope"] {
+        let udp = spec(target, 0, 53).with_protocol(kforward_core::spec::Protocol::Udp);
+        let e = start_err(&ctx, udp, quick()).await;
+        let kind = if target.starts_with("svc") {
+            "service"
+        } else {
+            "pod"
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("{kind} \"nope\" not found in namespace \"demo\""),
+        );
+    }
+    // No relay pod is made for a target that does not exist.
+    assert!(
+        cluster
+            .pods("demo", Some("app.kubernetes.io/name=kforward-relay"))
+            .is_empty()
     );
 }
 

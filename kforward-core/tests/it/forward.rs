@@ -150,7 +150,7 @@ async fn named_port_pod_by_name_selector_and_deployment() {
     let web = cluster.pods("demo", Some("app=web"));
     let name = web[0].metadata.name.clone().expect("pod name");
     // A pod by name, with the container port's name.
-    let mut by_name = kforward_core::TcpForwarder::new(
+    let mut by_name = kforward_core::Forward::new(
         ctx.clone(),
         kforward_core::spec::ForwardSpec::new(
             kforward_core::spec::Target::Pod { name: name.clone() },

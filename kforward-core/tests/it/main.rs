@@ -4,6 +4,8 @@ mod common;
 mod doctor;
 mod errors;
 mod forward;
+mod peers;
+mod proxy_protocol;
 mod relay;
 mod relay_pods;
 mod supervisor;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kforward_core::relay::protocol::Transport;
 use kforward_core::relay::{RelayConnector, RelayOptions, RelayPods};
 use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
-use kforward_core::{Forwarder, ProxyForwarder, UdpForwarder};
+use kforward_core::{Forward, Forwarder};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -22,11 +22,8 @@ fn udp_spec(target: Target, remote: u16) -> ForwardSpec {
         .with_protocol(Protocol::Udp)
 }
 
-async fn start_udp(
-    ctx: &kforward_core::KubeContext,
-    spec: ForwardSpec,
-) -> (UdpForwarder, SocketAddr) {
-    let mut f = UdpForwarder::new(ctx.clone(), spec, quick());
+async fn start_udp(ctx: &kforward_core::KubeContext, spec: ForwardSpec) -> (Forward, SocketAddr) {
+    let mut f = Forward::new(ctx.clone(), spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("start in time")
@@ -160,11 +157,11 @@ async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
         "a direct connection is refused"
     );
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");
-    let mut f = ProxyForwarder::new(ctx, spec, quick());
+    let mut f = Forward::new(ctx, spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -193,12 +190,12 @@ async fn udp_proxy_reaches_a_host_only_pods_can_reach() {
     let host = kforward_testkit::DEMO_EXTERNAL_HOST;
     let real = cluster.external_host_udp_addr(host).expect("external udp");
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo")
     .with_protocol(Protocol::Udp);
-    let mut f = kforward_core::forwarder_for(ctx, spec, quick()).expect("a forwarder");
+    let mut f = Forward::new(ctx, spec, quick());
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")
@@ -304,11 +301,11 @@ async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
     let host = kforward_testkit::DEMO_EXTERNAL_HOST;
     let real = cluster.external_host_addr(host).expect("external host");
     let spec = ForwardSpec::new(
-        Target::Proxy { host: host.into() },
+        Target::Remote { host: host.into() },
         [PortMapping::new(0, real.port())],
     )
     .with_namespace("demo");
-    let mut f = ProxyForwarder::new(ctx, spec, opts);
+    let mut f = Forward::new(ctx, spec, opts);
     let bound = tokio::time::timeout(WAIT, f.start())
         .await
         .expect("in time")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kforward_core::relay::{PodPatch, RelayOptions, RelayPods, default_image};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
-use kforward_core::{Error, ForwardOptions, Forwarder, ProxyForwarder};
+use kforward_core::{Error, Forward, ForwardOptions, Forwarder};
 use kforward_testkit::{Cluster, DEMO_EXTERNAL_HOST, POD_SECURITY_ENFORCE};
 
 use crate::common::*;
@@ -20,7 +20,7 @@ fn proxy_spec(cluster: &Cluster) -> ForwardSpec {
         .external_host_addr(DEMO_EXTERNAL_HOST)
         .expect("external host");
     ForwardSpec::new(
-        Target::Proxy {
+        Target::Remote {
             host: DEMO_EXTERNAL_HOST.into(),
         },
         [PortMapping::new(0, real.port())],
@@ -32,10 +32,10 @@ fn proxy_spec(cluster: &Cluster) -> ForwardSpec {
 async fn start_proxy(
     cluster: &Cluster,
     relay: RelayOptions,
-) -> (ProxyForwarder, Result<Vec<kforward_core::BoundPort>, Error>) {
+) -> (Forward, Result<Vec<kforward_core::BoundPort>, Error>) {
     let ctx = context(cluster).await;
     let opts = ForwardOptions { relay, ..quick() };
-    let mut f = ProxyForwarder::new(ctx, proxy_spec(cluster), opts);
+    let mut f = Forward::new(ctx, proxy_spec(cluster), opts);
     let r = tokio::time::timeout(REPORTED_WITHIN, f.start())
         .await
         .expect("the outcome is known within 10 s");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
 use kforward_core::supervisor::{Supervisor, SupervisorOptions};
 use kforward_core::{Event, ForwardOptions, ForwardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -459,4 +460,193 @@ async fn forwards_of_one_service_share_one_watch_and_their_probes() {
             .expect("echo");
     }
     sup.shutdown().await;
+}
+
+/// The relay pods of namespace demo that are not being deleted.
+fn relay_pod_names(cluster: &kforward_testkit::Cluster) -> Vec<String> {
+    cluster
+        .pods("demo", Some("app.kubernetes.io/name=kforward-relay"))
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_forward_whose_relay_pod_is_deleted_comes_back_by_itself() {
+    let cluster = demo().await;
+    let kc = cluster.kubeconfig_path();
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let ext = cluster.external_host_addr(host).expect("external host");
+    let sup = Supervisor::new(fast());
+    let remote = sup.add(
+        ForwardSpec::new(
+            Target::Remote { host: host.into() },
+            [PortMapping::new(0, ext.port())],
+        )
+        .with_namespace("demo")
+        .with_kubeconfig(kc),
+    );
+    let dns = sup.add(
+        spec("svc/dns", 0, 5353)
+            .with_protocol(Protocol::Udp)
+            .with_kubeconfig(kc),
+    );
+    let remote_addr = ready(&sup, remote).await;
+    let dns_addr = ready(&sup, dns).await;
+    let old = relay_pod_names(&cluster);
+    assert_eq!(old.len(), 1, "both forwards share one relay pod: {old:?}");
+    cluster
+        .delete_pod("demo", &old[0])
+        .expect("delete the relay pod");
+    // Nobody connects: the forwards' probes find the pod gone and make a new one.
+    cluster
+        .wait_for("a new relay pod, made by the probes", WAIT, |c| {
+            let now = relay_pod_names(c);
+            now.len() == 1
+                && now[0] != old[0]
+                && !c
+                    .ready_pods("demo", "app.kubernetes.io/name=kforward-relay")
+                    .is_empty()
+        })
+        .await
+        .expect("the relay pod comes back by itself");
+    // And both forwards carry traffic through it, on the same local ports.
+    let reply = tokio::time::timeout(WAIT, http_through(remote_addr, host))
+        .await
+        .expect("in time");
+    assert!(reply.contains(&format!("hello from {host}")), "{reply}");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    assert_eq!(udp_echo(&sock, dns_addr, b"after").await, b"after");
+    for id in [remote, dns] {
+        let st = sup.status_of(id).expect("status");
+        assert_eq!(st.state, ForwardState::Ready, "{st:?}");
+    }
+    sup.shutdown().await;
+    cluster
+        .wait_for("the relay pod to be deleted at shutdown", WAIT, |c| {
+            relay_pod_names(c).is_empty()
+        })
+        .await
+        .expect("deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_bytes_and_open_connections_of_tcp_udp_and_remote_forwards() {
+    let cluster = demo().await;
+    let kc = cluster.kubeconfig_path();
+    let host = kforward_testkit::DEMO_EXTERNAL_HOST;
+    let ext = cluster.external_host_addr(host).expect("external host");
+    let sup = Supervisor::new(fast());
+    let echo = sup.add(spec("svc/echo", 0, 7000).with_kubeconfig(kc));
+    let dns = sup.add(
+        spec("svc/dns", 0, 5353)
+            .with_protocol(Protocol::Udp)
+            .with_kubeconfig(kc),
+    );
+    let remote = sup.add(
+        ForwardSpec::new(
+            Target::Remote { host: host.into() },
+            [PortMapping::new(0, ext.port())],
+        )
+        .with_namespace("demo")
+        .with_kubeconfig(kc),
+    );
+    let (echo_addr, dns_addr, remote_addr) = (
+        ready(&sup, echo).await,
+        ready(&sup, dns).await,
+        ready(&sup, remote).await,
+    );
+    let stats = |id: usize| sup.status_of(id).expect("status").stats;
+    let eventually =
+        |what: &'static str, id: usize, f: fn(&kforward_core::StatsSnapshot) -> bool| {
+            let sup = sup.clone();
+            async move {
+                let work = async {
+                    loop {
+                        let s = sup.status_of(id).expect("status").stats;
+                        if f(&s) {
+                            return s;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::time::timeout(WAIT, work)
+                    .await
+                    .unwrap_or_else(|_| panic!("{what}: {:?}", sup.status_of(id)))
+            }
+        };
+
+    // TCP: two connections held open count 2; each echoes 100 bytes.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(echo_addr).await.expect("connect");
+        s.write_all(&[7u8; 100]).await.expect("write");
+        let mut b = [0u8; 100];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .expect("in time")
+            .expect("echo");
+        held.push(s);
+    }
+    let s = stats(echo);
+    assert_eq!((s.connections_open, s.connections_total), (2, 2), "{s:?}");
+    assert_eq!((s.bytes_out, s.bytes_in), (200, 200), "{s:?}");
+    // Closed by their clients: no longer open, though the totals stay.
+    drop(held);
+    let s = eventually("echo connections closed", echo, |s| s.connections_open == 0).await;
+    assert_eq!(s.connections_total, 2, "{s:?}");
+
+    // UDP: five 100-byte datagrams and their echoes, counted as they pass; one peer is one
+    // open session.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    for _ in 0..5 {
+        assert_eq!(udp_echo(&sock, dns_addr, &[9u8; 100]).await, vec![9u8; 100]);
+    }
+    let s = eventually("udp bytes", dns, |s| s.bytes_in >= 500).await;
+    assert_eq!(s.connections_open, 1, "{s:?}");
+    assert!(s.bytes_out >= 500 && s.bytes_out % 100 == 0, "{s:?}");
+
+    // Remote address through the relay: real bytes both ways, nothing left open.
+    let reply = tokio::time::timeout(WAIT, http_through(remote_addr, host))
+        .await
+        .expect("in time");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let s = eventually("remote connection closed", remote, |s| {
+        s.connections_total == 1 && s.connections_open == 0
+    })
+    .await;
+    assert!(
+        s.bytes_out > 30 && s.bytes_in as usize == reply.len(),
+        "{s:?}"
+    );
+    sup.shutdown().await;
+}
+
+/// One `GET /` with `Host: host` and `Connection: close` through `addr`; the whole reply.
+async fn http_through(addr: SocketAddr, host: &str) -> String {
+    let mut c = TcpStream::connect(addr).await.expect("connect");
+    c.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await.expect("read");
+    reply
+}
+
+/// Sends `msg` to `to` and waits for its echo, sending again now and then (the first
+/// datagram of a session waits for its stream).
+async fn udp_echo(sock: &tokio::net::UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..10 {
+        sock.send_to(msg, to).await.expect("send");
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf)).await {
+            return buf[..r.expect("recv")].to_vec();
+        }
+    }
+    panic!("no echo from {to}");
 }

@@ -1,6 +1,6 @@
-//! The tunnel: the one module that speaks the port-forward protocol. It opens
-//! `pods/portforward` through kube (auth, TLS and the WebSocket upgrade are kube's) and
-//! exposes one port as `AsyncRead + AsyncWrite`.
+//! The `v4.channel.k8s.io` WebSocket transport: [`Tunnel`] opens `pods/portforward`
+//! through kube (auth, TLS and the WebSocket upgrade are kube's) and exposes one port as
+//! `AsyncRead + AsyncWrite`.
 //!
 //! Framing (`v4.channel.k8s.io`, from `kubernetes/kubernetes`
 //! `staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go` and the kubelet's
@@ -32,7 +32,7 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 
 /// How long opening a tunnel (the HTTP upgrade) may take.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest message written at once: large messages keep framing cheap at GiB rates.
 const MAX_WRITE: usize = 256 * 1024;
 /// Most bytes read from the connection at once: two TLS records' worth of plaintext.
@@ -127,7 +127,7 @@ impl std::fmt::Debug for TunnelWriter {
 
 /// Extracts the message from an error-channel payload: JSON
 /// `{"closeConnection":..,"message":".."}` from current kubelets, plain text from older ones.
-pub fn error_channel_message(payload: &[u8]) -> String {
+fn error_channel_message(payload: &[u8]) -> String {
     let text = String::from_utf8_lossy(payload);
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v["message"]

@@ -75,13 +75,13 @@ pub enum Event {
         /// What failed.
         message: String,
     },
-    /// The forward's state changed (see [`crate::ForwardState`]).
+    /// The forward's state changed (see [`super::state::ForwardState`]).
     State {
         /// The forward's label.
         forward: String,
         /// The new state.
         #[serde(flatten)]
-        state: crate::ForwardState,
+        state: super::state::ForwardState,
     },
     /// The forward's counters, published when they change.
     Stats {
@@ -89,7 +89,7 @@ pub enum Event {
         forward: String,
         /// The counters.
         #[serde(flatten)]
-        stats: crate::StatsSnapshot,
+        stats: super::stats::StatsSnapshot,
     },
     /// The forward stopped and its ports are closed.
     Stopped {

@@ -1,0 +1,235 @@
+//! The cluster side of a forward: one connection to the cluster, the route of each port
+//! mapping, and the dialer. It is replaced whole when the forward reconnects (new
+//! credentials, another context) while the local listeners stay bound; every task of the
+//! forward holds a `watch` receiver of it and sees a new one at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tracing::debug;
+
+use super::dialer::{Destination, Dialer};
+use super::route::Route;
+use crate::client::KubeContext;
+use crate::error::{Error, Result};
+use crate::proxy_protocol::{self, Version};
+use crate::relay::RelayPods;
+use crate::spec::ForwardSpec;
+use crate::transport::Stream;
+
+/// Streams tried for one connection before it is given up.
+const ATTEMPTS: usize = 4;
+/// After a stream to a pod failed, how long to wait for the watch to drop that pod.
+const RETRY_WAIT: Duration = Duration::from_secs(3);
+/// How long a connection that met a 401 waits for the reloaded credentials.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+/// How long a probe listens for an error from the pod's port after the stream opens.
+const PROBE_LISTEN: Duration = Duration::from_millis(300);
+
+/// The cluster side of a forward.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    /// The namespace of the target.
+    pub(crate) namespace: String,
+    /// One per port mapping, in the spec's order.
+    pub(crate) routes: Vec<Route>,
+    pub(crate) dialer: Dialer,
+}
+
+/// The backend a forward's tasks share: replaced whole on reconnect.
+pub(crate) type SharedBackend = watch::Receiver<Arc<Backend>>;
+
+impl Backend {
+    /// Works out every port mapping of `spec` against `ctx`, waiting up to `wait` for a
+    /// ready pod behind each.
+    ///
+    /// # Errors
+    ///
+    /// The target is missing, no pod is ready in time, or the API server refuses.
+    pub(crate) async fn resolve(
+        ctx: &KubeContext,
+        spec: &ForwardSpec,
+        wait: Duration,
+        relay: Option<Arc<RelayPods>>,
+    ) -> Result<Backend> {
+        let namespace = namespace_of(spec, ctx);
+        let target = spec.target.to_string();
+        let mut routes = Vec::with_capacity(spec.ports.len());
+        for pm in &spec.ports {
+            let route = Route::resolve(ctx, &namespace, spec, pm).await?;
+            route.wait_ready(&target, &namespace, wait).await?;
+            routes.push(route);
+        }
+        Ok(Backend {
+            namespace,
+            routes,
+            dialer: Dialer::new(ctx.clone(), relay),
+        })
+    }
+
+    /// The connection to the cluster.
+    pub(crate) fn ctx(&self) -> &KubeContext {
+        self.dialer.context()
+    }
+
+    /// Checks the forward end to end: the API server answers, a stream to a ready pod of
+    /// each port opens without an error from the pod's port (starting with `header`'s
+    /// `LOCAL`/`UNKNOWN` header, so the pod does not count it as a client), and the relay
+    /// pod of relayed ports takes a stream. No pod ready right now (a restart in progress)
+    /// is the endpoint watch's business, not a failure: connections wait for the next pod.
+    ///
+    /// # Errors
+    ///
+    /// The first failure met.
+    pub(crate) async fn probe(&self, timeout: Duration, header: Option<Version>) -> Result<()> {
+        let ctx = self.ctx();
+        let ns = &self.namespace;
+        let server = ctx.server().to_string();
+        let slow = |what: &str| Error::Unreachable {
+            server: server.clone(),
+            message: format!("{what} took longer than {}s", timeout.as_secs_f32()),
+        };
+        // Checks are shared with the context's other forwards (`single_flight`): 200
+        // forwards of one service make one `/version` call and one stream per round.
+        let probes = ctx.probes();
+        probes
+            .run(format!("version {server}"), || async {
+                match tokio::time::timeout(timeout, ctx.client().apiserver_version()).await {
+                    Err(_) => Err(slow("asking for the version")),
+                    Ok(Err(e)) => Err(Error::from_kube(e, &server, "get", "version", ns, None)),
+                    Ok(Ok(_)) => Ok(()),
+                }
+            })
+            .await?;
+        for route in &self.routes {
+            let (key, dest) = match route {
+                Route::Pods(eps) => {
+                    let Some(ep) = eps.current().into_iter().next() else {
+                        continue;
+                    };
+                    let key = format!("stream {ns}/{}:{} {header:?}", ep.pod, ep.port);
+                    let dest = Destination::Pod {
+                        namespace: ns.clone(),
+                        pod: ep.pod,
+                        port: ep.port,
+                    };
+                    (key, Some(dest))
+                }
+                Route::Host { .. } | Route::PodAddress(_) => {
+                    let relay = self.dialer.relay(ns)?;
+                    (format!("relay {} {ns}", relay.pods().session()), None)
+                }
+            };
+            let work = async {
+                match &dest {
+                    Some(d) => {
+                        let client = SocketAddr::from(([0, 0, 0, 0], 0));
+                        listen(self.dialer.dial(d, client).await?, header).await
+                    }
+                    None => self.dialer.relay(ns)?.probe(PROBE_LISTEN).await,
+                }
+            };
+            probes
+                .run(key, || async {
+                    tokio::time::timeout(timeout, work)
+                        .await
+                        .map_err(|_| slow("the port-forward probe"))?
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the stream to be up, sends `header`'s header for a connection of kforward's
+/// own, and listens briefly for an error from the pod's port (it arrives right after the
+/// stream opens).
+async fn listen(mut s: Stream, header: Option<Version>) -> Result<()> {
+    s.ready().await?;
+    let (pod, port) = (s.pod().to_string(), s.port());
+    let broken = |e: std::io::Error| Error::Tunnel {
+        pod: pod.clone(),
+        port,
+        message: e.to_string(),
+    };
+    let (mut reader, mut writer) = s.into_split();
+    if let Some(v) = header {
+        writer
+            .write_all(&proxy_protocol::encode(v, None))
+            .await
+            .map_err(&broken)?;
+    }
+    match tokio::time::timeout(PROBE_LISTEN, reader.read_chunk()).await {
+        Ok(Err(e)) => Err(broken(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The namespace `spec` targets with `ctx`.
+fn namespace_of(spec: &ForwardSpec, ctx: &KubeContext) -> String {
+    spec.namespace
+        .clone()
+        .unwrap_or_else(|| ctx.default_namespace().to_string())
+}
+
+/// What [`open_stream`] needs besides the backend.
+pub(crate) struct Open<'a> {
+    /// Names the target in errors.
+    pub(crate) label: &'a str,
+    /// How long to wait for a ready pod.
+    pub(crate) wait: Duration,
+    /// Asks the forward to read the kubeconfig again (after a 401).
+    pub(crate) reload: &'a Notify,
+}
+
+/// Opens a stream for a new connection or UDP session of port mapping `index` from
+/// `client`. A pod that fails is given a moment to leave the endpoints and another is
+/// tried; rejected credentials make the forward read the kubeconfig again, and the stream
+/// is tried with the new ones.
+///
+/// # Errors
+///
+/// No ready pod in time, or the last failure after [`ATTEMPTS`] tries.
+pub(crate) async fn open_stream(
+    shared: &SharedBackend,
+    index: usize,
+    client: SocketAddr,
+    o: &Open<'_>,
+) -> Result<Stream> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let backend = shared.borrow().clone();
+        let route = &backend.routes[index];
+        let (dest, ep) = route
+            .pick(backend.ctx(), &backend.namespace, o.label, o.wait)
+            .await?;
+        let e = match backend.dialer.dial(&dest, client).await {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        if e.is_unauthorized() {
+            // Expired credentials: have the kubeconfig read again (exec plugins re-run),
+            // and wait briefly for the new cluster side.
+            o.reload.notify_one();
+            let mut rx = shared.clone();
+            let swapped = rx.wait_for(|b| !Arc::ptr_eq(b, &backend));
+            let _ = tokio::time::timeout(RELOAD_WAIT, swapped).await;
+        } else if let (true, Route::Pods(eps), Some(ep)) = (e.is_retryable(), route, ep) {
+            // The pod may have just gone away: give the watch a moment to drop it, then
+            // try the next one.
+            debug!(pod = %ep.pod, error = %e, "stream failed; trying another pod");
+            let mut rx = eps.subscribe();
+            let _ = tokio::time::timeout(RETRY_WAIT, rx.wait_for(|v| !v.contains(&ep))).await;
+        } else {
+            return Err(e);
+        }
+        last = Some(e);
+    }
+    Err(last.unwrap_or(Error::NoReadyPod {
+        target: o.label.to_string(),
+        namespace: shared.borrow().namespace.clone(),
+        waited: o.wait,
+    }))
+}

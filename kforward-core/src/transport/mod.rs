@@ -1,0 +1,158 @@
+//! Transports: the ways to open a stream to one port of a pod through the API server's
+//! `pods/portforward`. Today one, the `v4.channel.k8s.io` WebSocket ([`websocket`]).
+//!
+//! The rest of the crate holds a `Stream`, never a transport's own type, so another
+//! transport is one more variant here and in its halves. Each transport says whether it
+//! passes a half-close on (`StreamWriter::passes_half_close`): the v4 WebSocket cannot,
+//! so the pump keeps reading replies for a while after the local client stopped writing;
+//! a transport that can (SPDY) lets the pod see the end of the client's writes instead.
+
+pub mod websocket;
+
+use std::io;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::Result;
+use websocket::{DATA_CHANNEL, Tunnel, TunnelReader, TunnelWriter};
+
+/// The largest message [`StreamWriter::write_all`] sends at once.
+const MAX_COPY: usize = 128 * 1024;
+
+/// One stream to a pod's port (or through a relay pod to a destination), whichever
+/// transport opened it.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(Tunnel),
+}
+
+/// The receiving half of a [`Stream`].
+pub(crate) enum StreamReader {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(TunnelReader),
+}
+
+/// The sending half of a [`Stream`].
+pub(crate) enum StreamWriter {
+    /// A `v4.channel.k8s.io` WebSocket.
+    WebSocket(TunnelWriter),
+}
+
+impl Stream {
+    /// The pod the stream reaches (for a relay stream, the relay's pod).
+    pub(crate) fn pod(&self) -> &str {
+        match self {
+            Stream::WebSocket(t) => t.pod(),
+        }
+    }
+
+    /// The pod's port.
+    pub(crate) fn port(&self) -> u16 {
+        match self {
+            Stream::WebSocket(t) => t.port(),
+        }
+    }
+
+    /// Waits until the stream is known to be up, or for the error the pod's port answered
+    /// with.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Tunnel`] with the transport's or the pod's message.
+    pub(crate) async fn ready(&mut self) -> Result<()> {
+        match self {
+            Stream::WebSocket(t) => t.ready().await,
+        }
+    }
+
+    /// The two halves, for a reading and a writing task.
+    pub(crate) fn into_split(self) -> (StreamReader, StreamWriter) {
+        match self {
+            Stream::WebSocket(t) => {
+                let (r, w) = t.into_split();
+                (StreamReader::WebSocket(r), StreamWriter::WebSocket(w))
+            }
+        }
+    }
+}
+
+impl StreamReader {
+    /// The next bytes from the pod, as the transport received them (no copy); `None` once
+    /// the stream has ended.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error, or the pod's port answering with an error.
+    pub(crate) async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self {
+            StreamReader::WebSocket(r) => r.read_chunk().await,
+        }
+    }
+}
+
+impl StreamWriter {
+    /// How many bytes the transport puts in front of the data of each message it sends: a
+    /// frame given to [`send`](Self::send) starts with that many bytes for it to fill, so
+    /// that data read straight into a frame is never copied again.
+    pub(crate) fn headroom(&self) -> usize {
+        match self {
+            StreamWriter::WebSocket(_) => 1,
+        }
+    }
+
+    /// A frame with room for the transport's bytes and `capacity` bytes of data.
+    pub(crate) fn frame(&self, capacity: usize) -> BytesMut {
+        let mut f = BytesMut::with_capacity(self.headroom() + capacity);
+        f.put_bytes(0, self.headroom());
+        f
+    }
+
+    /// Sends one message: `frame` is [`headroom`](Self::headroom) bytes, then the data.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error; `BrokenPipe` after [`finish`](Self::finish).
+    pub(crate) async fn send(&mut self, mut frame: BytesMut) -> io::Result<()> {
+        match self {
+            StreamWriter::WebSocket(w) => {
+                frame[0] = DATA_CHANNEL;
+                w.send_frame(frame.freeze()).await
+            }
+        }
+    }
+
+    /// Sends `data`, copied into messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        for part in data.chunks(MAX_COPY) {
+            let mut f = self.frame(part.len());
+            f.put_slice(part);
+            self.send(f).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the writes. On a transport that cannot pass a half-close on this only stops
+    /// writes; the far side learns nothing.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error.
+    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+        match self {
+            StreamWriter::WebSocket(w) => w.shutdown().await,
+        }
+    }
+
+    /// Whether [`finish`](Self::finish) reaches the pod as the end of the client's data.
+    pub(crate) fn passes_half_close(&self) -> bool {
+        match self {
+            StreamWriter::WebSocket(_) => false,
+        }
+    }
+}
