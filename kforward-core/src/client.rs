@@ -13,8 +13,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::connector::Reachability;
 use crate::error::{Error, Result, error_chain};
-use crate::resolve::WatchRegistry;
 use crate::single_flight::SingleFlight;
+use crate::watches::WatchRegistry;
 
 /// How long connecting to the API server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,7 +95,6 @@ struct Inner {
     fingerprint: u64,
     watches: WatchRegistry,
     probes: SingleFlight,
-    reach: Arc<Reachability>,
 }
 
 /// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
@@ -235,12 +234,11 @@ impl KubeContext {
         let inner = Arc::new(Inner {
             client,
             namespace,
+            watches: WatchRegistry::new(&server, reach),
             server,
             context,
             fingerprint,
-            watches: WatchRegistry::default(),
             probes: SingleFlight::default(),
-            reach,
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, w| w.strong_count() > 0);
@@ -257,9 +255,8 @@ impl KubeContext {
                 server: server.to_string(),
                 context: context.to_string(),
                 fingerprint: 0,
-                watches: WatchRegistry::default(),
+                watches: WatchRegistry::new(server, Arc::new(Reachability::default())),
                 probes: SingleFlight::default(),
-                reach: Default::default(),
             }),
         }
     }
@@ -278,12 +275,6 @@ impl KubeContext {
     /// The watches shared by every user of this context.
     pub(crate) fn watches(&self) -> &WatchRegistry {
         &self.inner.watches
-    }
-
-    /// Notified when the API server can be reached again after connections to it failed
-    /// (kforward's client stack only; never with kube's stock one).
-    pub(crate) fn api_back(&self) -> &tokio::sync::Notify {
-        self.inner.reach.back()
     }
 
     /// The probe checks shared by every forward of this context.

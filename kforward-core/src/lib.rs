@@ -54,6 +54,7 @@ mod single_flight;
 pub mod spec;
 pub mod supervisor;
 pub mod transport;
+mod watches;
 
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};

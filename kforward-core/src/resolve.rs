@@ -1,36 +1,29 @@
 //! Target resolution: turns a target and a remote port into the ready `(pod, port)`
 //! endpoints behind it, and keeps that set current by watching (EndpointSlices for a
 //! service, pods for a pod, a selector or a deployment), so the next connection goes to a
-//! live pod without a lookup on its path.
+//! live pod without a lookup on its path. The watches are shared by every forward of one
+//! cluster connection that asks the same question (`watches.rs`).
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use serde::de::DeserializeOwned;
+use kube::api::Api;
+use kube::core::{Expression, Selector};
 use tokio::sync::watch;
-use tracing::{debug, warn};
 
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
-use crate::single_flight::SingleFlight;
-use crate::spec::{RemotePort, Target};
+use crate::spec::{RemotePort, SpecError, Target};
+use crate::watches::Watched;
 
 /// How long one API call made while resolving may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// A watch that has sent nothing (not even a bookmark) for this long is started again.
-const WATCH_IDLE: Duration = Duration::from_secs(120);
-/// Server-side watch timeout asked for.
-const WATCH_SECONDS: u32 = 290;
 
 /// One place a connection can go: a pod and the port on it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,7 +78,7 @@ enum PortChoice {
 #[derive(Debug, Clone)]
 enum Source {
     Pods {
-        labels: Option<String>,
+        labels: Option<Selector>,
         name: Option<String>,
         port: PortChoice,
         require_ready: bool,
@@ -249,7 +242,7 @@ impl Endpoints {
                 }
             }
             Target::PodSelector { selector } => Source::Pods {
-                labels: Some(selector.to_string()),
+                labels: Some(Selector::from(selector)),
                 name: None,
                 port: choice,
                 require_ready: true,
@@ -258,7 +251,7 @@ impl Endpoints {
                 let api: Api<Deployment> = Api::namespaced(ctx.client().clone(), ns);
                 let d = call(ctx, api.get(name), "get", "deployments", ns, Some(name)).await?;
                 Source::Pods {
-                    labels: Some(selector_string(&d.spec.selector)),
+                    labels: Some(deployment_selector(&d, name)?),
                     name: None,
                     port: choice,
                     require_ready: true,
@@ -280,52 +273,47 @@ impl Endpoints {
         let (tx, rx) = watch::channel(Vec::new());
         // The first list happens before this returns (or was done by whoever started the
         // shared watch), so the caller starts with the current endpoints.
-        let task = match &source {
+        let task = match source {
             Source::Pods {
                 labels,
                 name,
                 port,
                 require_ready,
             } => {
-                let api: Api<Pod> = Api::namespaced(ctx.client().clone(), ns);
-                let mut lp = ListParams::default();
-                if let Some(l) = labels {
-                    lp = lp.labels(l);
-                }
-                if let Some(n) = name {
-                    lp = lp.fields(&format!("metadata.name={n}"));
-                }
-                let (port, ready) = (port.clone(), *require_ready);
-                let compute = move |m: &BTreeMap<String, Pod>| pod_endpoints(m, &port, ready);
-                let w = Watched {
-                    ctx: ctx.clone(),
-                    api,
-                    ns: ns.to_string(),
+                let watched = Watched {
+                    api: Api::<Pod>::namespaced(ctx.client().clone(), ns),
                     resource: "pods",
-                    lp,
+                    namespace: ns.to_owned(),
+                    labels,
+                    fields: name.map(|n| format!("metadata.name={n}")),
                 };
-                follow(ctx.watches().get_or_start(w).await?, compute, tx)
+                let compute =
+                    move |m: &BTreeMap<String, Pod>| pod_endpoints(m, &port, require_ready);
+                ctx.watches()
+                    .get_or_start(watched)
+                    .await?
+                    .follow(compute, tx)
             }
             Source::Slices {
                 service,
                 port_name,
                 fixed,
             } => {
-                let api: Api<EndpointSlice> = Api::namespaced(ctx.client().clone(), ns);
-                let lp =
-                    ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
-                let (port_name, fixed) = (port_name.clone(), *fixed);
+                let labels = Expression::Equal("kubernetes.io/service-name".to_owned(), service);
+                let watched = Watched {
+                    api: Api::<EndpointSlice>::namespaced(ctx.client().clone(), ns),
+                    resource: "endpointslices",
+                    namespace: ns.to_owned(),
+                    labels: Some(labels.into()),
+                    fields: None,
+                };
                 let compute = move |m: &BTreeMap<String, EndpointSlice>| {
                     slice_endpoints(m, port_name.as_deref(), fixed)
                 };
-                let w = Watched {
-                    ctx: ctx.clone(),
-                    api,
-                    ns: ns.to_string(),
-                    resource: "endpointslices",
-                    lp,
-                };
-                follow(ctx.watches().get_or_start(w).await?, compute, tx)
+                ctx.watches()
+                    .get_or_start(watched)
+                    .await?
+                    .follow(compute, tx)
             }
         };
         Ok(Endpoints {
@@ -377,23 +365,18 @@ fn port_not_found_in_pod(pod: &Pod, target: &Target, port: &str) -> Error {
     }
 }
 
-fn selector_string(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
+/// The pods a deployment manages, as kube's typed selector.
+fn deployment_selector(deployment: &Deployment, name: &str) -> Result<Selector> {
+    let selector = &deployment.spec.selector;
+    Selector::try_from(selector.clone()).map_err(|e| {
+        Error::Spec(SpecError::InvalidSelector {
+            selector: format!(
+                "deploy/{name} spec.selector {}",
+                serde_json::to_string(selector).unwrap_or_default()
+            ),
+            problem: e.to_string(),
+        })
+    })
 }
 
 /// Maps the remote port through the service: a service port by number or name gives its
@@ -439,253 +422,6 @@ fn service_source(svc: &Service, name: &str, remote: &RemotePort) -> Result<Sour
         port_name: sp.name.clone(),
         fixed,
     })
-}
-
-/// A list that keeps the objects by name, with the list's resourceVersion.
-struct Listed<K> {
-    objects: BTreeMap<String, K>,
-    rv: String,
-}
-
-async fn list<K>(
-    ctx: &KubeContext,
-    api: &Api<K>,
-    lp: &ListParams,
-    ns: &str,
-    resource: &str,
-) -> Result<Listed<K>>
-where
-    K: kube::Resource + Clone + DeserializeOwned + Debug,
-{
-    let l = call(ctx, api.list(lp), "list", resource, ns, None).await?;
-    let rv = l.metadata.resource_version.clone().unwrap_or_default();
-    let objects = l
-        .items
-        .into_iter()
-        .filter_map(|o| Some((o.meta().name.clone()?, o)))
-        .collect();
-    Ok(Listed { objects, rv })
-}
-
-/// What one watch lists and watches.
-#[derive(Clone)]
-struct Watched<K: Clone> {
-    ctx: KubeContext,
-    api: Api<K>,
-    ns: String,
-    resource: &'static str,
-    lp: ListParams,
-}
-
-/// Watches shared by every user of one [`KubeContext`]: one list and one watch per resource,
-/// namespace and selector, however many forwards follow it (a `kforward run` with 200
-/// forwards to one service holds one watch, not 200 connections).
-#[derive(Default)]
-pub(crate) struct WatchRegistry {
-    watches: Mutex<HashMap<WatchKey, Weak<dyn Any + Send + Sync>>>,
-    /// Starts in progress, one per key.
-    starting: SingleFlight,
-}
-
-/// Resource, namespace, label selector, field selector.
-type WatchKey = (&'static str, String, Option<String>, Option<String>);
-
-/// The objects one watch keeps current; the watch stops when the last user drops this.
-struct SharedWatch<K> {
-    objects: watch::Receiver<BTreeMap<String, K>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl<K> Drop for SharedWatch<K> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl WatchRegistry {
-    /// The running watch of `w`'s resource and selectors, or a new one (listed first, so it
-    /// starts with the current objects).
-    async fn get_or_start<K>(&self, w: Watched<K>) -> Result<Arc<SharedWatch<K>>>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    {
-        let key: WatchKey = (
-            w.resource,
-            w.ns.clone(),
-            w.lp.label_selector.clone(),
-            w.lp.field_selector.clone(),
-        );
-        if let Some(shared) = self.running::<K>(&key) {
-            return Ok(shared);
-        }
-        // Forwards started together all miss at first: one of them lists and starts the
-        // watch while the others wait for it (`SingleFlight`), instead of each starting
-        // its own (seen: 69 watches and 138 lists for 200 forwards of one service).
-        let mut mine = None;
-        {
-            let (mine, w, key) = (&mut mine, w.clone(), key.clone());
-            self.starting
-                .run(format!("{key:?}"), move || async move {
-                    *mine = Some(self.start(w, key).await?);
-                    Ok::<(), Error>(())
-                })
-                .await?;
-        }
-        match mine.or_else(|| self.running::<K>(&key)) {
-            Some(shared) => Ok(shared),
-            // Whoever started it has already let it go.
-            None => self.start(w, key).await,
-        }
-    }
-
-    /// The running watch of `key`, if any.
-    fn running<K: Send + Sync + 'static>(&self, key: &WatchKey) -> Option<Arc<SharedWatch<K>>> {
-        self.watches
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .and_then(Weak::upgrade)
-            .and_then(|a| a.downcast::<SharedWatch<K>>().ok())
-    }
-
-    /// Lists, starts the watch and registers it under `key`.
-    async fn start<K>(&self, w: Watched<K>, key: WatchKey) -> Result<Arc<SharedWatch<K>>>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    {
-        let first = list(&w.ctx, &w.api, &w.lp, &w.ns, w.resource).await?;
-        let shared = Arc::new(spawn_watch(w, first));
-        let erased: Arc<dyn Any + Send + Sync> = shared.clone();
-        let mut map = self.watches.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|_, v| v.strong_count() > 0);
-        map.insert(key, Arc::downgrade(&erased));
-        Ok(shared)
-    }
-}
-
-/// Keeps `tx` at `compute` of the shared watch's objects, until the receivers are gone.
-fn follow<K, F>(
-    shared: Arc<SharedWatch<K>>,
-    compute: F,
-    tx: watch::Sender<Vec<Endpoint>>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: Send + Sync + 'static,
-    F: Fn(&BTreeMap<String, K>) -> Vec<Endpoint> + Send + Sync + 'static,
-{
-    let mut objects = shared.objects.clone();
-    let publish = move |objects: &mut watch::Receiver<BTreeMap<String, K>>| {
-        let next = compute(&objects.borrow_and_update());
-        tx.send_if_modified(|cur| {
-            if *cur == next {
-                false
-            } else {
-                *cur = next;
-                true
-            }
-        });
-    };
-    publish(&mut objects);
-    tokio::spawn(async move {
-        // Holding the shared watch keeps it running for as long as this follows it.
-        let _shared = shared;
-        while objects.changed().await.is_ok() {
-            publish(&mut objects);
-        }
-    })
-}
-
-fn spawn_watch<K>(w: Watched<K>, first: Listed<K>) -> SharedWatch<K>
-where
-    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let Watched {
-        ctx,
-        api,
-        ns,
-        resource,
-        lp,
-    } = w;
-    let Listed { objects, mut rv } = first;
-    let (tx, rx) = watch::channel(objects);
-    let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let mut wp = WatchParams::default().timeout(WATCH_SECONDS);
-            if let Some(l) = &lp.label_selector {
-                wp = wp.labels(l);
-            }
-            if let Some(f) = &lp.field_selector {
-                wp = wp.fields(f);
-            }
-            let relist = match tokio::time::timeout(CALL_TIMEOUT, api.watch(&wp, &rv)).await {
-                Ok(Ok(stream)) => {
-                    let mut stream = stream.boxed();
-                    let mut relist = false;
-                    loop {
-                        let ev = match tokio::time::timeout(WATCH_IDLE, stream.try_next()).await {
-                            Err(_) => break,
-                            Ok(Err(e)) => {
-                                debug!(error = %e, "watch stream broke");
-                                break;
-                            }
-                            Ok(Ok(None)) => break,
-                            Ok(Ok(Some(ev))) => ev,
-                        };
-                        backoff = Duration::from_millis(200);
-                        match ev {
-                            WatchEvent::Added(o) | WatchEvent::Modified(o) => {
-                                rv = o.meta().resource_version.clone().unwrap_or(rv);
-                                if let Some(n) = o.meta().name.clone() {
-                                    tx.send_modify(|m| {
-                                        m.insert(n, o);
-                                    });
-                                }
-                            }
-                            WatchEvent::Deleted(o) => {
-                                rv = o.meta().resource_version.clone().unwrap_or(rv);
-                                if let Some(n) = &o.meta().name {
-                                    tx.send_if_modified(|m| m.remove(n).is_some());
-                                }
-                            }
-                            WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
-                            WatchEvent::Error(e) => {
-                                debug!(code = e.code, message = %e.message, "watch error event");
-                                relist = true;
-                                break;
-                            }
-                        }
-                    }
-                    relist
-                }
-                Ok(Err(e)) => {
-                    debug!(error = %e, "watch failed to start");
-                    true
-                }
-                Err(_) => true,
-            };
-            if tx.is_closed() {
-                return;
-            }
-            if relist {
-                // Cut short when the API server is reachable again after an outage.
-                let back = ctx.api_back().notified();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = back => debug!("API server reachable again; relisting now"),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                match list(&ctx, &api, &lp, &ns, resource).await {
-                    Ok(l) => {
-                        rv = l.rv;
-                        tx.send_replace(l.objects);
-                    }
-                    Err(e) => warn!(error = %e, "relisting failed; retrying"),
-                }
-            }
-        }
-    });
-    SharedWatch { objects: rx, task }
 }
 
 #[cfg(test)]

@@ -260,6 +260,37 @@ impl fmt::Display for LabelSelector {
     }
 }
 
+/// kube's typed form of the same selector, which its list and watch parameters and its
+/// watcher take.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::spec::LabelSelector;
+///
+/// let selector = LabelSelector::parse("app=web,tier in (web,api),!legacy")?;
+/// let kube_selector = kube::core::Selector::from(&selector);
+/// assert_eq!(kube_selector.to_string(), selector.to_string());
+/// # Ok::<(), kforward_core::spec::SpecError>(())
+/// ```
+impl From<&LabelSelector> for kube::core::Selector {
+    fn from(selector: &LabelSelector) -> Self {
+        use kube::core::Expression;
+        selector
+            .requirements
+            .iter()
+            .map(|requirement| match requirement.clone() {
+                Requirement::Equals { key, value } => Expression::Equal(key, value),
+                Requirement::NotEquals { key, value } => Expression::NotEqual(key, value),
+                Requirement::In { key, values } => Expression::In(key, values),
+                Requirement::NotIn { key, values } => Expression::NotIn(key, values),
+                Requirement::Exists { key } => Expression::Exists(key),
+                Requirement::DoesNotExist { key } => Expression::DoesNotExist(key),
+            })
+            .collect()
+    }
+}
+
 impl FromStr for LabelSelector {
     type Err = SpecError;
 
@@ -671,5 +702,32 @@ mod tests {
             "app=web".parse::<LabelSelector>(),
             LabelSelector::parse("app=web")
         );
+    }
+
+    #[test]
+    fn kube_form_has_the_same_text_and_selects_the_same_labels() {
+        use kube::core::SelectorExt;
+        let label_sets = [
+            labels(&[]),
+            labels(&[("app", "web")]),
+            labels(&[("app", "db"), ("tier", "a")]),
+            labels(&[("app", "web"), ("tier", "b"), ("legacy", "1")]),
+        ];
+        for text in [
+            "app=web",
+            "app!=web",
+            "tier in (b,a)",
+            "tier notin (a)",
+            "app",
+            "!legacy",
+            "app==web,tier in (b,a),!legacy",
+        ] {
+            let ours = parse(text);
+            let theirs = kube::core::Selector::from(&ours);
+            assert_eq!(theirs.to_string(), ours.to_string(), "{text}");
+            for set in &label_sets {
+                assert_eq!(theirs.matches(set), ours.matches(set), "{text} on {set:?}");
+            }
+        }
     }
 }

@@ -24,7 +24,6 @@ pub use selector::{LabelSelector, Requirement};
 pub use target::Target;
 pub use workload::WorkloadType;
 
-use crate::config::{ConfigError, ForwardConfig, non_empty};
 use crate::proxy_protocol::{Accept, Version};
 
 /// Why text could not be turned into a spec value.
@@ -149,7 +148,8 @@ fn address_message(list: &str, item: &str, problem: &str) -> String {
 /// Everything needed to start one forward: what to reach, where, and on which local ports.
 ///
 /// Build one from command line arguments with [`ForwardSpec::new`] and the `with_*`
-/// methods, or from a config file entry with `ForwardSpec::try_from(&config)`.
+/// methods, or from a config file entry with `ForwardSpec::try_from(&config)` (see
+/// [`ForwardConfig`](crate::config::ForwardConfig)).
 /// `namespace`, `context` and `kubeconfig` left as `None` mean the kubeconfig's defaults.
 ///
 /// # Example
@@ -433,216 +433,15 @@ impl fmt::Display for ForwardSpec {
     }
 }
 
-/// Turns a config file entry into a spec, with kftray's meaning of each field:
-///
-/// - `workload_type: "service"`: [`Target::Service`] named by `service`;
-/// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
-///   [`Target::Pod`] named by `service`;
-/// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
-/// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
-///   port as `remote_port` (as kubectl), 0 picks a free port;
-/// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
-/// - empty `context`, `alias` and `kubeconfig` count as unset, and so does kftray's
-///   `kubeconfig: "default"`.
-///
-/// # Errors
-///
-/// Every problem [`ForwardConfig::validate`] finds, as one [`ConfigError`].
-///
-/// # Example
-///
-/// ```
-/// use kforward_core::config::ForwardConfig;
-/// use kforward_core::spec::{ForwardSpec, PortMapping, Target, WorkloadType};
-///
-/// let config = ForwardConfig {
-///     workload_type: WorkloadType::Pod,
-///     service: Some("web-0".into()),
-///     target: Some("app=web".into()),
-///     remote_port: Some(8080),
-///     ..ForwardConfig::default()
-/// };
-/// let spec = ForwardSpec::try_from(&config)?;
-/// assert_eq!(spec.target.to_string(), "pod?app=web");
-/// assert_eq!(spec.ports, [PortMapping::new(8080, 8080)]);
-/// assert_eq!(spec.namespace.as_deref(), Some("default"));
-/// # Ok::<(), kforward_core::config::ConfigError>(())
-/// ```
-impl TryFrom<&ForwardConfig> for ForwardSpec {
-    type Error = ConfigError;
-
-    fn try_from(config: &ForwardConfig) -> Result<Self, Self::Error> {
-        let checked = config.check()?;
-        let local = config.local_port.unwrap_or(checked.remote_port);
-        Ok(ForwardSpec {
-            target: checked.target,
-            namespace: Some(config.namespace.clone()),
-            ports: vec![PortMapping::new(local, checked.remote_port)],
-            addresses: checked.addresses,
-            protocol: config.protocol,
-            context: non_empty(config.context.as_deref()).map(str::to_owned),
-            kubeconfig: non_empty(config.kubeconfig.as_deref())
-                .filter(|path| *path != "default")
-                .map(PathBuf::from),
-            alias: non_empty(config.alias.as_deref()).map(str::to_owned),
-            proxy_protocol: config.proxy_protocol,
-            accept_proxy_protocol: config.accept_proxy_protocol,
-        })
-    }
+/// The text of an optional field, if it is set and not blank (kftray saves empty inputs as
+/// `""`).
+pub(crate) fn non_empty(field: Option<&str>) -> Option<&str> {
+    field.filter(|text| !text.trim().is_empty())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
     use super::*;
-
-    fn config(json: &str) -> ForwardConfig {
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
-    }
-
-    fn spec(json: &str) -> ForwardSpec {
-        ForwardSpec::try_from(&config(json)).unwrap_or_else(|e| panic!("{json}: {e}"))
-    }
-
-    #[test]
-    fn service_config_becomes_service_target() {
-        let spec = spec(
-            r#"{"service":"web","namespace":"shop","local_port":8080,"remote_port":80,
-                "context":"kind-dev","alias":"shop-web","kubeconfig":"/home/me/.kube/dev"}"#,
-        );
-        assert_eq!(
-            spec,
-            ForwardSpec {
-                target: Target::Service { name: "web".into() },
-                namespace: Some("shop".into()),
-                ports: vec![PortMapping::new(8080, 80)],
-                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-                protocol: Protocol::Tcp,
-                context: Some("kind-dev".into()),
-                kubeconfig: Some(PathBuf::from("/home/me/.kube/dev")),
-                alias: Some("shop-web".into()),
-                proxy_protocol: None,
-                accept_proxy_protocol: None,
-            }
-        );
-    }
-
-    #[test]
-    fn pod_config_prefers_the_selector_over_the_name() {
-        let by_selector = spec(
-            r#"{"workload_type":"pod","service":"web-0","target":"app=web,tier!=db","remote_port":80}"#,
-        );
-        assert_eq!(by_selector.target.to_string(), "pod?app=web,tier!=db");
-        let by_name =
-            spec(r#"{"workload_type":"pod","service":"web-0","target":"","remote_port":80}"#);
-        assert_eq!(
-            by_name.target,
-            Target::Pod {
-                name: "web-0".into()
-            }
-        );
-    }
-
-    #[test]
-    fn proxy_config_becomes_proxy_target_with_same_local_port() {
-        let spec = spec(
-            r#"{"workload_type":"proxy","service":null,"remote_address":"db.example.com","remote_port":5432}"#,
-        );
-        assert_eq!(
-            spec.target,
-            Target::Remote {
-                host: "db.example.com".into()
-            }
-        );
-        assert_eq!(spec.ports, [PortMapping::new(5432, 5432)]);
-    }
-
-    #[test]
-    fn proxy_protocol_settings_come_from_the_config_and_need_tcp() {
-        let tcp = spec(
-            r#"{"service":"web","remote_port":80,"proxy_protocol":"V2","accept_proxy_protocol":"strict"}"#,
-        );
-        assert_eq!(tcp.proxy_protocol, Some(Version::V2));
-        assert_eq!(tcp.accept_proxy_protocol, Some(Accept::Strict));
-        assert_eq!(tcp.check(), Ok(()));
-        let err = ForwardSpec::try_from(&config(
-            r#"{"service":"dns","remote_port":53,"protocol":"udp","proxy_protocol":"v1"}"#,
-        ))
-        .expect_err("UDP");
-        assert_eq!(
-            err.to_string(),
-            "field \"proxy_protocol\": value \"v1\" works for TCP forwards only (a PROXY header \
-             starts a TCP stream), and this entry is UDP"
-        );
-        let err = serde_json::from_str::<ForwardConfig>(
-            r#"{"service":"web","remote_port":80,"proxy_protocol":"v3"}"#,
-        )
-        .expect_err("v3 is refused");
-        assert!(
-            err.to_string().starts_with(
-                "field \"proxy_protocol\": value \"v3\" is not a PROXY protocol version"
-            ),
-            "{err}"
-        );
-        let written = serde_json::to_value(config(
-            r#"{"service":"web","remote_port":80,"proxy_protocol":"v1"}"#,
-        ))
-        .expect("serializes");
-        assert_eq!(written["proxy_protocol"], "v1");
-    }
-
-    #[test]
-    fn local_port_zero_picks_a_free_port() {
-        let spec = spec(r#"{"service":"web","local_port":0,"remote_port":80}"#);
-        assert!(spec.ports[0].picks_free_port());
-    }
-
-    #[test]
-    fn local_address_and_udp() {
-        let udp = spec(
-            r#"{"service":"dns","remote_port":53,"local_address":"localhost","protocol":"UDP"}"#,
-        );
-        assert_eq!(
-            udp.addresses,
-            [
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST)
-            ]
-        );
-        assert_eq!(udp.protocol, Protocol::Udp);
-        assert_eq!(udp.label(), "svc/dns 53:53/udp");
-        let loopback = spec(r#"{"service":"web","remote_port":80,"local_address":"127.0.0.9"}"#);
-        assert_eq!(
-            loopback.addresses,
-            [IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9))]
-        );
-    }
-
-    #[test]
-    fn empty_and_default_settings_count_as_unset() {
-        let spec = spec(
-            r#"{"service":"web","remote_port":80,"context":"","alias":"","kubeconfig":"default","local_address":""}"#,
-        );
-        assert_eq!(spec.context, None);
-        assert_eq!(spec.alias, None);
-        assert_eq!(spec.kubeconfig, None);
-        assert_eq!(spec.addresses, [DEFAULT_ADDRESS]);
-        assert_eq!(spec.label(), "svc/web 80:80");
-    }
-
-    #[test]
-    fn invalid_config_reports_every_problem() {
-        let err = ForwardSpec::try_from(&config(
-            r#"{"service":"Web","namespace":"-x","remote_port":0,"local_address":"nowhere"}"#,
-        ))
-        .expect_err("invalid");
-        let fields: Vec<_> = err.errors.iter().map(|e| e.field).collect();
-        assert_eq!(
-            fields,
-            ["service", "namespace", "remote_port", "local_address"]
-        );
-    }
 
     #[test]
     fn builder_and_display() {
