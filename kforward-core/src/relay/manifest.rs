@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, LocalObjectReference, Pod, PodSecurityContext,
@@ -297,6 +297,28 @@ fn merge_container(pod: &mut Value, patch: Value) {
     }
 }
 
+/// Seconds since the Unix epoch (0 on a clock before it): the heartbeat and creation time.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `user@host` of whoever runs kforward, for the `created-by` annotation.
+fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{user}@{host}")
+}
+
 fn env(name: &str, value: String) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -332,10 +354,10 @@ pub(crate) fn relay_pod(
 }
 
 fn base_pod(opts: &RelayOptions, name: &str, session: &str) -> Pod {
-    let now = super::pod::now_secs().to_string();
+    let now = now_secs().to_string();
     let mut annotations = BTreeMap::from([
         (ANNOTATION_CREATED_AT.to_string(), now.clone()),
-        (ANNOTATION_CREATED_BY.to_string(), super::pod::who()),
+        (ANNOTATION_CREATED_BY.to_string(), who()),
         (ANNOTATION_HEARTBEAT.to_string(), now),
     ]);
     for (k, v) in SIDECAR_OPT_OUT {
