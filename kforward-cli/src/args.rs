@@ -247,8 +247,9 @@ pub struct RunArgs {
     /// How long to wait for a ready pod.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
-    /// The relay pods (UDP and proxy entries).
-    #[command(flatten)]
+    /// The relay pods (UDP and proxy entries), for the entries whose `relay_*` fields do
+    /// not say.
+    #[command(flatten, next_help_heading = "Relay pods, for entries that do not say")]
     pub relay: RelayArgs,
     /// Where to find the cluster, for the entries that do not say.
     #[command(flatten, next_help_heading = "Defaults for entries that lack them")]

@@ -15,14 +15,17 @@ use crate::args::{Output, RunArgs};
 use crate::{signal, table};
 
 /// Loads and checks the whole file before anything starts: every bad entry is reported.
-/// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, and the PROXY
-/// protocol flags what TCP entries leave unset.
+/// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, the PROXY protocol
+/// flags what TCP entries leave unset, and the relay flags what entries' `relay_*` fields
+/// leave unset. Each spec comes with the relay settings of its entry.
 ///
 /// # Errors
 ///
-/// The file cannot be read or parsed, an entry is invalid, or `--only` names an alias the
-/// file does not have.
-pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
+/// The file cannot be read or parsed, an entry is invalid, a relay flag is bad, or
+/// `--only` names an alias the file does not have.
+pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<(ForwardSpec, RelayOptions)>> {
+    let mut flags = RelayOptions::default();
+    crate::relay::apply(&a.relay, &mut flags)?;
     let defaults = EntryDefaults {
         namespace: a.cluster.namespace.clone(),
         context: a.cluster.context.clone(),
@@ -44,7 +47,11 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<ForwardSpec>> {
             Protocol::Tcp => a.proxy.apply(spec),
             Protocol::Udp => spec,
         };
-        specs.push(spec);
+        let mut relay = flags.clone();
+        c.relay
+            .apply_to(&mut relay)
+            .with_context(|| format!("entry {}", c.label()))?;
+        specs.push((spec, relay));
     }
     let unknown: Vec<&String> = a
         .only
@@ -107,22 +114,23 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let specs = load_specs(&a)?;
-    let mut relay = RelayOptions::default();
-    crate::relay::apply(&a.relay, &mut relay)?;
     let opts = SupervisorOptions {
         forward: ForwardOptions {
             pod_running_timeout: a.pod_running_timeout,
-            relay,
             ..Default::default()
         },
         ..Default::default()
     };
-    // The supervisor keeps each entry up; UDP and proxy entries of one cluster share one
-    // relay pod per namespace, deleted when they stop.
-    let sup = Supervisor::new(opts);
+    // The supervisor keeps each entry up; UDP and proxy entries of one cluster with the
+    // same relay settings share one relay pod per namespace, deleted when they stop.
+    let sup = Supervisor::new(opts.clone());
     let mut rx = sup.subscribe();
-    for s in specs {
-        sup.add(s);
+    for (spec, relay) in specs {
+        let forward = ForwardOptions {
+            relay,
+            ..opts.forward.clone()
+        };
+        sup.add_with(spec, forward);
     }
     let tty = a.output == Output::Text && std::io::stdout().is_terminal();
     let mut redraw = tokio::time::interval(Duration::from_millis(500));

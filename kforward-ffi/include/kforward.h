@@ -258,7 +258,12 @@ void kf_runtime_free(struct kf_runtime *rt);
  * relay pod in the namespace, shared by the forwards of one cluster on this runtime and
  * deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
  * protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
- * `"optional"`) reads one from each local client (TCP only).
+ * `"optional"`) reads one from each local client (TCP only). The relay pod is shaped by
+ * `relay_image` (e.g. a mirror of the default `ghcr.io/kforward/kforward-relay:<version>`),
+ * `relay_pull_policy` (`"Always"`, `"IfNotPresent"`, the default, or `"Never"`),
+ * `relay_pull_secrets` (a list of secret names in the namespace) and `relay_pod_patch` (a
+ * JSON merge patch over the pod, such as `{"spec":{"nodeSelector":{"pool":"tools"}}}`);
+ * forwards with other relay settings get relay pods of their own.
  *
  * This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
  * on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read

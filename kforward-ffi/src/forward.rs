@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kforward_core::Error;
 use kforward_core::config::ForwardConfig;
 use kforward_core::spec::ForwardSpec;
+use kforward_core::{Error, ForwardOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ impl kf_forward {
 }
 
 /// Parses one entry of a kftray config.
-fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
+fn parse_config(json: &str) -> Result<(ForwardSpec, ForwardOptions), Fail> {
     let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         Fail::new(
             kf_result::KF_INVALID_JSON,
@@ -77,7 +77,12 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
         )
     })?;
     let spec = ForwardSpec::try_from(&config).map_err(|e| Fail::from(&Error::from(e)))?;
-    Ok(spec)
+    let mut opts = ForwardOptions::default();
+    config
+        .relay
+        .apply_to(&mut opts.relay)
+        .map_err(|e| Fail::from(&Error::from(e)))?;
+    Ok((spec, opts))
 }
 
 /// Starts a forward described by `config_json` on runtime `rt` and writes its handle to
@@ -92,7 +97,12 @@ fn parse_config(json: &str) -> Result<ForwardSpec, Fail> {
 /// relay pod in the namespace, shared by the forwards of one cluster on this runtime and
 /// deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
 /// protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
-/// `"optional"`) reads one from each local client (TCP only).
+/// `"optional"`) reads one from each local client (TCP only). The relay pod is shaped by
+/// `relay_image` (e.g. a mirror of the default `ghcr.io/kforward/kforward-relay:<version>`),
+/// `relay_pull_policy` (`"Always"`, `"IfNotPresent"`, the default, or `"Never"`),
+/// `relay_pull_secrets` (a list of secret names in the namespace) and `relay_pod_patch` (a
+/// JSON merge patch over the pod, such as `{"spec":{"nodeSelector":{"pool":"tools"}}}`);
+/// forwards with other relay settings get relay pods of their own.
 ///
 /// This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
 /// on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read
@@ -129,7 +139,7 @@ pub unsafe extern "C" fn kf_forward_start(
         // SAFETY: `config_json` is NULL or a NUL-terminated string valid during this call.
         let json = unsafe { str_arg(config_json, "config_json") }?;
         out_arg(out, "out")?;
-        let spec = parse_config(json)?;
+        let (spec, opts) = parse_config(json)?;
         let (Some(handle), Some(supervisor)) = (rt.owner.handle(), rt.owner.supervisor()) else {
             return Err(Fail::new(
                 kf_result::KF_INTERNAL,
@@ -141,7 +151,7 @@ pub unsafe extern "C" fn kf_forward_start(
         let events = supervisor.subscribe();
         let id = {
             let _entered = handle.enter();
-            supervisor.add(spec)
+            supervisor.add_with(spec, opts)
         };
         let callback = Callback::new(callback, userdata);
         let shared = Arc::new(Shared::new(label, supervisor.clone(), id, callback));

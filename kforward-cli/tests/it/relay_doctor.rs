@@ -267,3 +267,99 @@ async fn the_pod_patch_and_pull_secret_show_up_on_the_relay_pod_in_kubectl() {
         "restricted stays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_takes_relay_settings_from_entries_and_flags_and_gives_each_its_own_pods() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    cluster.air_gap();
+    cluster.preload_image(MIRRORED);
+    let kc = cluster.kubeconfig_path().display().to_string();
+    let port = cluster
+        .external_host_addr(DEMO_EXTERNAL_HOST)
+        .expect("external host")
+        .port();
+    let entry = |alias: &str| {
+        serde_json::json!({"alias": alias, "workload_type": "proxy",
+            "remote_address": DEMO_EXTERNAL_HOST, "namespace": "demo", "local_port": 0,
+            "remote_port": port, "local_address": "127.0.0.1", "kubeconfig": kc})
+    };
+    let mut own = entry("own");
+    for (field, value) in [
+        ("relay_image", serde_json::json!(MIRRORED)),
+        ("relay_pull_policy", serde_json::json!("Never")),
+        ("relay_pull_secrets", serde_json::json!(["corp-registry"])),
+        (
+            "relay_pod_patch",
+            serde_json::json!({"metadata": {"annotations": {"team": "platform"}}}),
+        ),
+    ] {
+        own[field] = value;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("relays.json");
+    std::fs::write(&file, serde_json::json!([own, entry("flags")]).to_string()).expect("write");
+    let run = |extra: &[&str]| {
+        let mut c = kforward();
+        c.args(["run", "-o", "json", "-f"]).arg(&file).args(extra);
+        c
+    };
+
+    // Without --relay-image, the entry that names no image gets the default one, which an
+    // air-gapped cluster cannot pull: named, with the fields and flag that change it.
+    let r = Running::spawn(run(&[]));
+    let default = kforward_core::relay::default_image();
+    let failed = tokio::task::block_in_place(|| r.line_with(&default));
+    assert!(
+        failed.contains("\"forward\":\"flags\"") && failed.contains("--relay-image"),
+        "{failed}"
+    );
+    r.signal("-INT");
+    let _ = tokio::task::block_in_place(|| r.wait());
+
+    // With the flag, both run: the entry's own settings on one relay pod, the flag's on
+    // another.
+    let r = Running::spawn(run(&["--relay-image", MIRRORED]));
+    let mut ready = std::collections::BTreeMap::new();
+    while ready.len() < 2 {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        ready.insert(
+            v["forward"].as_str().expect("forward").to_string(),
+            v["local_addr"].as_str().expect("addr").to_string(),
+        );
+    }
+    for addr in ready.values() {
+        let reply = http_get(addr).await;
+        assert!(
+            reply.contains("hello from private.example.internal"),
+            "{reply}"
+        );
+    }
+    let pods = cluster.pods("demo", Some(RELAYS));
+    assert_eq!(pods.len(), 2, "one relay pod per relay settings");
+    let own_pod = pods
+        .iter()
+        .find(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.get("team").map(String::as_str) == Some("platform"))
+        })
+        .expect("the entry's patch is on one pod");
+    let spec = own_pod.spec.as_ref().expect("spec");
+    assert_eq!(
+        spec.image_pull_secrets.as_ref().expect("secrets")[0].name,
+        "corp-registry"
+    );
+    assert_eq!(
+        spec.containers[0].image_pull_policy.as_deref(),
+        Some("Never")
+    );
+    for p in &pods {
+        let image = p.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+        assert_eq!(image.as_deref(), Some(MIRRORED));
+    }
+    r.signal("-INT");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+}

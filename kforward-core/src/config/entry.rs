@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ConfigError;
+use super::relay::RelayConfig;
 use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
 
@@ -84,6 +85,10 @@ pub struct ForwardConfig {
     /// `"optional"` (TCP only); missing means they do not.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub accept_proxy_protocol: Option<Accept>,
+    /// How the relay pod of a UDP or `proxy` entry is made (`relay_image`,
+    /// `relay_pull_policy`, `relay_pull_secrets`, `relay_pod_patch`).
+    #[serde(flatten)]
+    pub relay: RelayConfig,
     /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
     /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
@@ -108,6 +113,7 @@ impl Default for ForwardConfig {
             target: None,
             proxy_protocol: None,
             accept_proxy_protocol: None,
+            relay: RelayConfig::default(),
             extra: BTreeMap::new(),
         }
     }

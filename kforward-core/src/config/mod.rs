@@ -8,7 +8,9 @@
 //! The parts, in the order an entry passes them: the entry itself (`entry`), reading it out of
 //! JSON (`read`), the rules it must follow (`rules`), whole files (`load`) and what an entry
 //! means as a [`ForwardSpec`](crate::spec::ForwardSpec) (`to_spec`); `error` holds the errors
-//! of all of them. This module depends on [`spec`](crate::spec), never the other way round.
+//! of all of them, and `relay` the fields that shape an entry's relay pod ([`RelayConfig`]).
+//! This module depends on [`spec`](crate::spec) and [`relay`](crate::relay), never the other
+//! way round.
 
 mod entry;
 mod error;
@@ -16,9 +18,11 @@ mod error;
 mod fixture;
 mod load;
 mod read;
+mod relay;
 mod rules;
 mod to_spec;
 
 pub use entry::{DEFAULT_NAMESPACE, ForwardConfig};
 pub use error::{ConfigError, ConfigFileError, EntryError, EntryProblem, FieldError};
 pub use load::{EntryDefaults, load_config_file, load_config_file_with, load_configs};
+pub use relay::RelayConfig;

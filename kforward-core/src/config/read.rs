@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::entry::{DEFAULT_NAMESPACE, ForwardConfig};
 use super::error::{ConfigError, FieldError};
+use super::relay::RelayConfig;
 
 const LOCAL_PORT_PROBLEM: &str = "is not a port (0-65535, where 0 picks a free port)";
 pub(super) const REMOTE_PORT_PROBLEM: &str = "is not a port (1-65535)";
@@ -49,6 +50,15 @@ impl ForwardConfig {
                 "accept_proxy_protocol",
                 "is not an accept-proxy-protocol mode (expected \"strict\" or \"optional\")",
             ),
+            relay: RelayConfig {
+                image: fields.string("relay_image"),
+                pull_policy: fields.setting(
+                    "relay_pull_policy",
+                    "is not an image pull policy (expected \"Always\", \"IfNotPresent\" or \"Never\")",
+                ),
+                pull_secrets: fields.strings("relay_pull_secrets"),
+                pod_patch: fields.object("relay_pod_patch"),
+            },
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
@@ -87,6 +97,43 @@ impl FieldReader {
             Value::String(text) => Some(text),
             other => {
                 let problem = format!("is {}, not a string", json_kind(&other));
+                self.wrong(field, &other, problem);
+                None
+            }
+        }
+    }
+
+    /// A list of strings; one string is a list of one, missing or `null` is empty.
+    fn strings(&mut self, field: &'static str) -> Vec<String> {
+        let Some(value) = self.map.remove(field) else {
+            return Vec::new();
+        };
+        match value {
+            Value::Null => Vec::new(),
+            Value::String(text) if text.trim().is_empty() => Vec::new(),
+            Value::String(text) => vec![text],
+            Value::Array(items) if items.iter().all(Value::is_string) => items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            other => {
+                let problem = match &other {
+                    Value::Array(_) => "is not a list of strings".to_owned(),
+                    kind => format!("is {}, not a list of strings", json_kind(kind)),
+                };
+                self.wrong(field, &other, problem);
+                Vec::new()
+            }
+        }
+    }
+
+    /// A JSON object, kept as it is; missing or `null` is unset.
+    fn object(&mut self, field: &'static str) -> Option<Value> {
+        match self.map.remove(field)? {
+            Value::Null => None,
+            object @ Value::Object(_) => Some(object),
+            other => {
+                let problem = format!("is {}, not an object", json_kind(&other));
                 self.wrong(field, &other, problem);
                 None
             }
