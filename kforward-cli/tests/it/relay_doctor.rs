@@ -6,7 +6,7 @@ use std::process::Command;
 
 use kforward_testkit::{Cluster, DEMO_EXTERNAL_HOST};
 
-use crate::{Running, http_get, kforward, run_to_end};
+use crate::{Running, WAIT, http_get, kforward, run_to_end};
 
 const MIRRORED: &str = "registry.corp.example:5000/tools/kforward-relay:0.1.0";
 const RELAYS: &str = "app.kubernetes.io/name=kforward-relay";
@@ -315,6 +315,11 @@ async fn run_takes_relay_settings_from_entries_and_flags_and_gives_each_its_own_
     );
     r.signal("-INT");
     let _ = tokio::task::block_in_place(|| r.wait());
+    let relays = |c: &Cluster| c.pods("demo", Some(RELAYS)).len();
+    cluster
+        .wait_for("the first run's relay pods to go", WAIT, |c| relays(c) == 0)
+        .await
+        .expect("relay pods deleted after SIGINT");
 
     // With the flag, both run: the entry's own settings on one relay pod, the flag's on
     // another.

@@ -138,7 +138,8 @@ impl RelayPods {
         self.context().client().clone()
     }
 
-    /// The relay pods in use now, as `(namespace, pod)`.
+    /// The relay pods of this session, as `(namespace, pod)`: those in use and those still
+    /// starting.
     pub fn current(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = lock(&self.known).clone().into_iter().collect();
         v.sort();
@@ -176,16 +177,20 @@ impl RelayPods {
         let api: Api<Pod> = Api::namespaced(self.client(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
         let pod = relay_pod(&self.opts, &name, &self.session, &self.token)?;
-        api.create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| self.create_error(e, namespace))?;
+        // Known before it exists: a forward stopped while its pod is being created or is
+        // starting drops this future, and `delete_all` (or `Drop`) must still find the pod.
+        lock(&self.known).insert(namespace.to_string(), name.clone());
+        if let Err(e) = api.create(&PostParams::default(), &pod).await {
+            lock(&self.known).remove(namespace);
+            return Err(self.create_error(e, namespace));
+        }
         info!(pod = %name, %namespace, "created relay pod");
         if let Err(e) = self.wait_ready(&api, namespace, &name).await {
+            lock(&self.known).remove(namespace);
             let _ = api.delete(&name, &DeleteParams::default()).await;
             return Err(e);
         }
         pods.insert(namespace.to_string(), name.clone());
-        lock(&self.known).insert(namespace.to_string(), name.clone());
         Ok(name)
     }
 
@@ -295,15 +300,20 @@ impl RelayPods {
         gone
     }
 
-    /// Deletes every relay pod of this session and stops the heartbeat.
+    /// Deletes every relay pod of this session, the ready ones and those still starting
+    /// for a forward that stopped meanwhile, and stops the heartbeat.
     pub async fn delete_all(&self) {
         self.stop.cancel();
-        let pods: Vec<(String, String)> = self.pods.lock().await.drain().collect();
-        lock(&self.known).clear();
+        let mut pods: HashMap<String, String> = self.pods.lock().await.drain().collect();
+        pods.extend(lock(&self.known).drain());
         for (ns, pod) in pods {
             let api: Api<Pod> = Api::namespaced(self.client(), &ns);
             match api.delete(&pod, &DeleteParams::default()).await {
                 Ok(_) => info!(%pod, namespace = %ns, "deleted relay pod"),
+                // A creation that the stop cut short before the API server had it.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    debug!(%pod, namespace = %ns, "relay pod was never created");
+                }
                 Err(e) => warn!(%pod, namespace = %ns, error = %e, "cannot delete relay pod"),
             }
         }
