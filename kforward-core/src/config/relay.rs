@@ -88,7 +88,8 @@ impl RelayConfig {
     ///
     /// # Errors
     ///
-    /// The problems [`check`](Self::check) finds, each naming its field and value.
+    /// A [`ConfigError`] naming each bad field and its value: an image with spaces, a secret
+    /// name Kubernetes refuses, a patch that is no object or gives no valid pod.
     pub fn apply_to(&self, opts: &mut RelayOptions) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         self.check(&mut errors);
