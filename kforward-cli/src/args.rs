@@ -120,8 +120,8 @@ pub struct ClusterArgs {
 /// `kforward forward`.
 #[derive(Debug, Clone, Args)]
 pub struct ForwardArgs {
-    /// `pod/NAME`, `NAME` (a pod), `svc/NAME`, `service/NAME`, `deploy/NAME` or
-    /// `deployment/NAME`.
+    /// `pod/NAME`, `NAME` (a pod), `svc/NAME`, `service/NAME`, `deploy/NAME`,
+    /// `deployment/NAME`, `sts/NAME`, `statefulset/NAME`, `rs/NAME` or `replicaset/NAME`.
     pub target: String,
     /// `LOCAL:REMOTE`, `REMOTE` (the same local port), or `:REMOTE` / `0:REMOTE` (a free
     /// local port); REMOTE may be a port name.

@@ -36,14 +36,21 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         });
     }
     let mut bound: Vec<SocketAddr> = Vec::new();
-    for (svc, port) in [("web", 80u16), ("echo", 7000)] {
-        let spec = ForwardSpec::new(
-            Target::Service { name: svc.into() },
-            [PortMapping::new(0, port)],
-        )
-        .with_namespace("demo")
-        .with_addresses([localhost])
-        .with_kubeconfig(cluster.kubeconfig_path());
+    let targets = [
+        (Target::Service { name: "web".into() }, 80u16),
+        (
+            Target::Service {
+                name: "echo".into(),
+            },
+            7000,
+        ),
+        (Target::StatefulSet { name: "db".into() }, 5432),
+    ];
+    for (target, port) in targets {
+        let spec = ForwardSpec::new(target.clone(), [PortMapping::new(0, port)])
+            .with_namespace("demo")
+            .with_addresses([localhost])
+            .with_kubeconfig(cluster.kubeconfig_path());
         let id = sup.add(spec);
         let mut status = sup
             .watch_status(id)
@@ -52,13 +59,13 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             status.wait_for(|s| !matches!(s.state, ForwardState::Idle | ForwardState::Starting));
         let st = tokio::time::timeout(START, settled)
             .await
-            .with_context(|| format!("svc/{svc} did not start in {}s", START.as_secs()))?
+            .with_context(|| format!("{target} did not start in {}s", START.as_secs()))?
             .context("the forward ended")?
             .clone();
         match (&st.state, st.local_addrs.first()) {
             (ForwardState::Ready, Some(addr)) => bound.push(*addr),
             _ => anyhow::bail!(
-                "forwarding svc/{svc}: {}",
+                "forwarding {target}: {}",
                 st.last_error.unwrap_or_else(|| "it did not start".into())
             ),
         }
@@ -82,6 +89,15 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
             "  try: echo hello | nc -q1 {} {}",
             bound[1].ip(),
             bound[1].port()
+        );
+        println!(
+            "Forwarding from {} -> sts/db:5432 (db-0 of a StatefulSet behind a headless service; a TCP echo)",
+            bound[2]
+        );
+        println!(
+            "  try: echo hello | nc -q1 {} {}",
+            bound[2].ip(),
+            bound[2].port()
         );
         println!();
         println!("Press Ctrl-C to stop.");

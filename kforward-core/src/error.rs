@@ -42,7 +42,7 @@ pub enum Error {
     /// An object does not exist.
     #[error("{kind} {name:?} not found in namespace {namespace:?}")]
     NotFound {
-        /// `pod`, `service`, `deployment` or `namespace`.
+        /// `pod`, `service`, `deployment`, `statefulset`, `replicaset` or `namespace`.
         kind: &'static str,
         /// The namespace looked in.
         namespace: String,
@@ -255,6 +255,8 @@ impl Error {
                             "pods" => "pod",
                             "services" => "service",
                             "deployments" => "deployment",
+                            "statefulsets" => "statefulset",
+                            "replicasets" => "replicaset",
                             "namespaces" => "namespace",
                             _ => "object",
                         },

@@ -47,6 +47,7 @@ pub mod doctor;
 pub mod error;
 pub mod forward;
 pub mod no_proxy;
+mod pod_order;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod resolve;

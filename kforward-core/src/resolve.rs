@@ -1,17 +1,21 @@
 //! Target resolution: turns a target and a remote port into the ready `(pod, port)`
 //! endpoints behind it, and keeps that set current by watching (EndpointSlices for a
-//! service, pods for a pod, a selector or a deployment), so the next connection goes to a
-//! live pod without a lookup on its path. The watches are shared by every forward of one
+//! service, pods for a pod, a selector or a workload: deployment, statefulset, replicaset),
+//! so the next connection goes to a live pod without a lookup on its path. A statefulset's
+//! endpoints are one pod, the one `kubectl port-forward` takes (`pod_order.rs`), kept while
+//! it stays ready. The watches are shared by every forward of one
 //! cluster connection that asks the same question (`watches.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::Api;
 use kube::core::{Expression, Selector};
@@ -19,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
+use crate::pod_order;
 use crate::spec::{RemotePort, SpecError, Target};
 use crate::watches::Watched;
 
@@ -74,6 +79,16 @@ enum PortChoice {
     Name(String),
 }
 
+/// Which of a target's pods connections go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Every ready pod, round robin, as a Service spreads connections.
+    All,
+    /// One ready pod, the one `kubectl port-forward` takes, kept while it stays ready
+    /// (a statefulset's pods are not interchangeable).
+    One,
+}
+
 /// What to watch.
 #[derive(Debug, Clone)]
 enum Source {
@@ -82,6 +97,7 @@ enum Source {
         name: Option<String>,
         port: PortChoice,
         require_ready: bool,
+        pick: Pick,
     },
     Slices {
         service: String,
@@ -143,6 +159,25 @@ fn pod_endpoints(
         .collect();
     out.sort();
     out
+}
+
+/// The endpoint of the pod kubectl would take among `ready` (of `pods`), or of `kept` while
+/// it is still among them.
+fn one_endpoint(
+    pods: &BTreeMap<String, Pod>,
+    ready: Vec<Endpoint>,
+    kept: Option<&str>,
+) -> Option<Endpoint> {
+    if let Some(e) = ready.iter().find(|e| Some(e.pod.as_str()) == kept) {
+        return Some(e.clone());
+    }
+    let best = ready
+        .iter()
+        .filter_map(|e| pods.get(&e.pod))
+        .min_by(|a, b| pod_order::prefer(a, b))?;
+    ready
+        .into_iter()
+        .find(|e| Some(&e.pod) == best.metadata.name.as_ref())
 }
 
 fn slice_endpoints(
@@ -211,7 +246,7 @@ impl Endpoints {
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] when the pod, service or deployment does not exist,
+    /// [`Error::NotFound`] when the pod, service or workload does not exist,
     /// [`Error::PortNotFound`] for a port name nobody declares, and the API errors
     /// (403, 401, unreachable).
     pub async fn resolve(
@@ -239,6 +274,7 @@ impl Endpoints {
                     name: Some(name.clone()),
                     port: choice,
                     require_ready: false,
+                    pick: Pick::All,
                 }
             }
             Target::PodSelector { selector } => Source::Pods {
@@ -246,16 +282,26 @@ impl Endpoints {
                 name: None,
                 port: choice,
                 require_ready: true,
+                pick: Pick::All,
             },
             Target::Deployment { name } => {
                 let api: Api<Deployment> = Api::namespaced(ctx.client().clone(), ns);
                 let d = call(ctx, api.get(name), "get", "deployments", ns, Some(name)).await?;
-                Source::Pods {
-                    labels: Some(deployment_selector(&d, name)?),
-                    name: None,
-                    port: choice,
-                    require_ready: true,
-                }
+                let spec = d.spec;
+                workload_source(target, &spec.selector, &spec.template, choice, Pick::All)?
+            }
+            Target::StatefulSet { name } => {
+                let api: Api<StatefulSet> = Api::namespaced(ctx.client().clone(), ns);
+                let s = call(ctx, api.get(name), "get", "statefulsets", ns, Some(name)).await?;
+                let spec = s.spec;
+                workload_source(target, &spec.selector, &spec.template, choice, Pick::One)?
+            }
+            Target::ReplicaSet { name } => {
+                let api: Api<ReplicaSet> = Api::namespaced(ctx.client().clone(), ns);
+                let r = call(ctx, api.get(name), "get", "replicasets", ns, Some(name)).await?;
+                let spec = r.spec;
+                let template = spec.template.unwrap_or_default();
+                workload_source(target, &spec.selector, &template, choice, Pick::All)?
             }
             Target::Service { name } => {
                 let api: Api<Service> = Api::namespaced(ctx.client().clone(), ns);
@@ -279,6 +325,7 @@ impl Endpoints {
                 name,
                 port,
                 require_ready,
+                pick,
             } => {
                 let watched = Watched {
                     api: Api::<Pod>::namespaced(ctx.client().clone(), ns),
@@ -287,8 +334,19 @@ impl Endpoints {
                     labels,
                     fields: name.map(|n| format!("metadata.name={n}")),
                 };
-                let compute =
-                    move |m: &BTreeMap<String, Pod>| pod_endpoints(m, &port, require_ready);
+                // The pod kept by `Pick::One`, by name: a statefulset's pod that comes back
+                // under its name is the same member, and is kept.
+                let kept = Mutex::new(None::<String>);
+                let compute = move |m: &BTreeMap<String, Pod>| {
+                    let ready = pod_endpoints(m, &port, require_ready);
+                    if pick == Pick::All {
+                        return ready;
+                    }
+                    let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                    let one = one_endpoint(m, ready, kept.as_deref());
+                    kept.clone_from(&one.as_ref().map(|e| e.pod.clone()));
+                    one.into_iter().collect()
+                };
                 ctx.watches()
                     .get_or_start(watched)
                     .await?
@@ -348,9 +406,13 @@ impl Endpoints {
 }
 
 fn port_not_found_in_pod(pod: &Pod, target: &Target, port: &str) -> Error {
-    let available = pod
-        .spec
-        .iter()
+    port_not_found(pod.spec.as_ref(), target, port)
+}
+
+/// A port name that no container of `spec` declares.
+fn port_not_found(spec: Option<&PodSpec>, target: &Target, port: &str) -> Error {
+    let available = spec
+        .into_iter()
         .flat_map(|s| s.containers.iter())
         .flat_map(|c| c.ports.iter().flatten())
         .map(|p| match &p.name {
@@ -365,17 +427,43 @@ fn port_not_found_in_pod(pod: &Pod, target: &Target, port: &str) -> Error {
     }
 }
 
-/// The pods a deployment manages, as kube's typed selector.
-fn deployment_selector(deployment: &Deployment, name: &str) -> Result<Selector> {
-    let selector = &deployment.spec.selector;
-    Selector::try_from(selector.clone()).map_err(|e| {
+/// The ready pods of a workload (deployment, statefulset, replicaset): those of its
+/// selector, as kubectl's `SelectorsForObject` takes them. A port name that the pod
+/// template does not declare fails here, as it does for a pod, rather than as no ready pod
+/// after the wait.
+fn workload_source(
+    target: &Target,
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+    port: PortChoice,
+    pick: Pick,
+) -> Result<Source> {
+    if let PortChoice::Name(name) = &port {
+        let spec = template.spec.as_ref();
+        let declared = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| p.name.as_deref() == Some(name.as_str()));
+        if !declared {
+            return Err(port_not_found(spec, target, name));
+        }
+    }
+    let labels = Selector::try_from(selector.clone()).map_err(|e| {
         Error::Spec(SpecError::InvalidSelector {
             selector: format!(
-                "deploy/{name} spec.selector {}",
+                "{target} spec.selector {}",
                 serde_json::to_string(selector).unwrap_or_default()
             ),
             problem: e.to_string(),
         })
+    })?;
+    Ok(Source::Pods {
+        labels: Some(labels),
+        name: None,
+        port,
+        require_ready: true,
+        pick,
     })
 }
 
@@ -431,6 +519,50 @@ mod tests {
 
     fn slice(v: serde_json::Value) -> EndpointSlice {
         serde_json::from_value(v).expect("slice")
+    }
+
+    fn ready_pod(name: &str, ready_at: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "db", "containerPort": 5432}]}]},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": ready_at}
+            ]},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn one_pod_is_kubectls_choice_and_is_kept_while_ready() {
+        let pods = BTreeMap::from([
+            (
+                "db-0".to_string(),
+                ready_pod("db-0", "2026-01-01T00:00:00Z"),
+            ),
+            (
+                "db-1".to_string(),
+                ready_pod("db-1", "2026-01-01T00:05:00Z"),
+            ),
+        ]);
+        let port = PortChoice::Name("db".into());
+        let ready = pod_endpoints(&pods, &port, true);
+        let pod = |e: Option<Endpoint>| e.map(|e| e.pod);
+        assert_eq!(
+            pod(one_endpoint(&pods, ready.clone(), None)).as_deref(),
+            Some("db-0"),
+            "ready the longest"
+        );
+        assert_eq!(
+            pod(one_endpoint(&pods, ready.clone(), Some("db-1"))).as_deref(),
+            Some("db-1"),
+            "the kept pod stays while it is ready"
+        );
+        let only_db0: Vec<Endpoint> = ready.into_iter().filter(|e| e.pod == "db-0").collect();
+        assert_eq!(
+            pod(one_endpoint(&pods, only_db0, Some("db-1"))).as_deref(),
+            Some("db-0")
+        );
+        assert_eq!(one_endpoint(&pods, Vec::new(), Some("db-0")), None);
     }
 
     #[test]

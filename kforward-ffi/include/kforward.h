@@ -253,8 +253,9 @@ void kf_runtime_free(struct kf_runtime *rt);
  * `{"service":"web","namespace":"demo","local_port":0,"remote_port":80,
  * "kubeconfig":"/path/to/kubeconfig","context":"dev"}`; `local_port` 0 picks a free port,
  * `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
- * current context. `workload_type` may be `service`, `pod` or `proxy` (with
- * `remote_address`), and `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
+ * current context. `workload_type` may be `service`, `pod`, `proxy` (with
+ * `remote_address`), `deployment`, `statefulset` or `replicaset` (named by `service`), and
+ * `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
  * relay pod in the namespace, shared by the forwards of one cluster on this runtime and
  * deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
  * protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or

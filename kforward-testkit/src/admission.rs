@@ -53,6 +53,7 @@ pub(crate) fn admit_pod(shared: &Shared, ns: &str, pod: &mut Value) -> Result<()
             message: format!("admission webhook \"{webhook}\" denied the request: {message}"),
             name: Some(name),
             kind: Some(Kind::Pod.plural().to_string()),
+            more: Box::default(),
         });
     }
     Ok(())
@@ -110,6 +111,7 @@ fn pod_security(shared: &Shared, ns: &str, name: &str, pod: &Value) -> Result<()
         ),
         name: Some(name.to_string()),
         kind: Some(Kind::Pod.plural().to_string()),
+        more: Box::default(),
     })
 }
 

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,9 +15,7 @@ use serde_json::{Value, json};
 use crate::kubeconfig::{KubeconfigEntry, write_kubeconfig};
 use crate::network::{DnsServer, ExternalHost, PodResolver};
 use crate::scenario::{DEMO_EXTERNAL_HOST, DEMO_NAMESPACE, demo_objects};
-use crate::server::ApiServer;
 use crate::state::{Shared, StatsSnapshot, lock};
-use crate::store::now_rfc3339;
 use crate::tls::Tls;
 use crate::{ApiError, Error, Kind, controller, faults};
 
@@ -159,9 +156,8 @@ impl ClusterBuilder {
                 json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
             )?;
         }
-        let server = ApiServer::start(shared.clone(), self.api_addr, shared.tls.clone()).await?;
-        *lock(&shared.api_addr) = server.addr;
-        *shared.api.lock().await = Some(server);
+        let api_addr = crate::server::start(&shared, self.api_addr).await?;
+        *lock(&shared.api_addr) = api_addr;
         faults::write_own_kubeconfig(&shared)?;
         controller::spawn(shared.clone());
         // Cluster DNS on the conventional port when allowed, else on a free one.
@@ -201,7 +197,7 @@ impl ClusterBuilder {
 /// # });
 /// ```
 pub struct Cluster {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     dns: Option<DnsServer>,
     externals: Mutex<Vec<ExternalHost>>,
     _dir: tempfile::TempDir,
@@ -214,11 +210,11 @@ impl Drop for Cluster {
 }
 
 fn to_value<T: Serialize>(obj: &T) -> Result<Value, Error> {
-    serde_json::to_value(obj).map_err(|e| Error::Api(ApiError::bad_request(e.to_string())))
+    serde_json::to_value(obj).map_err(|e| Error::from(ApiError::bad_request(e.to_string())))
 }
 
 fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, Error> {
-    serde_json::from_value(v).map_err(|e| Error::Api(ApiError::internal(e.to_string())))
+    serde_json::from_value(v).map_err(|e| Error::from(ApiError::internal(e.to_string())))
 }
 
 impl Cluster {
@@ -352,33 +348,10 @@ impl Cluster {
         }
     }
 
-    fn create(&self, kind: Kind, ns: &str, obj: Value) -> Result<Value, Error> {
-        let mut obj = obj;
-        if kind == Kind::Service && !obj["spec"]["clusterIP"].is_string() {
-            obj["spec"]["clusterIP"] = json!(self.shared.pool.next_service_ip().to_string());
-            obj["spec"]["clusterIPs"] = json!([obj["spec"]["clusterIP"]]);
-            obj["spec"]["type"] = json!("ClusterIP");
-            if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
-                for p in ports {
-                    if p["targetPort"].is_null() {
-                        p["targetPort"] = p["port"].clone();
-                    }
-                }
-            }
-        }
-        if kind == Kind::Pod {
-            obj["status"] = json!({"phase": "Pending"});
-        }
+    /// Creates an object the way the API server does: defaults filled in, checked, stored.
+    pub(crate) fn create(&self, kind: Kind, ns: &str, obj: Value) -> Result<Value, Error> {
+        let obj = crate::registry::prepare_create(&self.shared, kind, obj)?;
         Ok(self.shared.store.create(kind, ns, obj)?)
-    }
-
-    /// Creates a deployment in `ns`.
-    ///
-    /// # Errors
-    ///
-    /// 409 when it exists, 404 when the namespace does not.
-    pub fn create_deployment(&self, ns: &str, d: &Deployment) -> Result<Deployment, Error> {
-        from_value(self.create(Kind::Deployment, ns, to_value(d)?)?)
     }
 
     /// Creates a service in `ns`; a ClusterIP is given to it.
@@ -403,7 +376,7 @@ impl Cluster {
     /// by creation.
     pub fn pods(&self, ns: &str, selector: Option<&str>) -> Vec<Pod> {
         let sel = selector
-            .and_then(|s| crate::server::Selector::parse(s).ok())
+            .and_then(|s| crate::selector::Selector::parse(s).ok())
             .unwrap_or_default();
         let (items, _) = self.shared.store.list(Kind::Pod, Some(ns));
         let mut pods: Vec<Value> = items
@@ -452,7 +425,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_pod(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Pod, ns, name)?;
+        crate::registry::delete(&self.shared, Kind::Pod, ns, name)?;
         Ok(())
     }
 
@@ -462,39 +435,7 @@ impl Cluster {
     ///
     /// 404 when it does not exist.
     pub fn delete_service(&self, ns: &str, name: &str) -> Result<(), Error> {
-        crate::server::delete_object(&self.shared, Kind::Service, ns, name)?;
-        Ok(())
-    }
-
-    /// What `kubectl rollout restart` does: stamps the pod template with the time, which
-    /// makes the deployment controller replace every pod, one at a time.
-    ///
-    /// # Errors
-    ///
-    /// 404 when the deployment does not exist.
-    pub fn rollout_restart(&self, ns: &str, name: &str) -> Result<(), Error> {
-        self.shared.store.update(Kind::Deployment, ns, name, |d| {
-            crate::server::merge_patch(
-                d,
-                &json!({"spec": {"template": {"metadata": {"annotations": {
-                    "kubectl.kubernetes.io/restartedAt": format!("{}-{}", now_rfc3339(), crate::store::random_suffix(4)),
-                }}}}}),
-            );
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// Scales a deployment.
-    ///
-    /// # Errors
-    ///
-    /// 404 when the deployment does not exist.
-    pub fn scale(&self, ns: &str, name: &str, replicas: u32) -> Result<(), Error> {
-        self.shared.store.update(Kind::Deployment, ns, name, |d| {
-            d["spec"]["replicas"] = json!(replicas);
-            Ok(())
-        })?;
+        crate::registry::delete(&self.shared, Kind::Service, ns, name)?;
         Ok(())
     }
 
@@ -526,37 +467,6 @@ impl Cluster {
             .map_err(|_| Error::Timeout(timeout, what.to_string()))
     }
 
-    /// Waits until a deployment has all its replicas Ready and of the current template.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Timeout`].
-    pub async fn wait_deployment_ready(
-        &self,
-        ns: &str,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<(), Error> {
-        self.wait_for(
-            &format!("deployment {ns}/{name} to be ready"),
-            timeout,
-            |c| {
-                c.shared
-                    .store
-                    .get(Kind::Deployment, ns, name)
-                    .is_ok_and(|d| {
-                        let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-                        let s = &d["status"];
-                        s["observedGeneration"] == d["metadata"]["generation"]
-                            && s["updatedReplicas"].as_u64() == Some(want)
-                            && s["readyReplicas"].as_u64() == Some(want)
-                            && s["replicas"].as_u64() == Some(want)
-                    })
-            },
-        )
-        .await
-    }
-
     /// Creates the demo scenario and waits until it is Ready.
     ///
     /// # Errors
@@ -564,18 +474,27 @@ impl Cluster {
     /// When an object cannot be created or the demo does not turn Ready in 30 s.
     pub async fn apply_demo(&self) -> Result<(), Error> {
         self.create_namespace(DEMO_NAMESPACE)?;
-        let (deployments, services) = demo_objects();
-        for d in &deployments {
+        let demo = demo_objects();
+        for d in &demo.deployments {
             self.create_deployment(DEMO_NAMESPACE, d)?;
         }
-        for s in &services {
+        for s in &demo.statefulsets {
+            self.create_statefulset(DEMO_NAMESPACE, s)?;
+        }
+        for s in &demo.services {
             self.create_service(DEMO_NAMESPACE, s)?;
         }
         self.add_external_host(DEMO_EXTERNAL_HOST, 80, Some(5353))
             .await?;
-        for d in &deployments {
+        let limit = Duration::from_secs(30);
+        for d in &demo.deployments {
             let name = d.metadata.name.as_deref().unwrap_or_default();
-            self.wait_deployment_ready(DEMO_NAMESPACE, name, Duration::from_secs(30))
+            self.wait_deployment_ready(DEMO_NAMESPACE, name, limit)
+                .await?;
+        }
+        for s in &demo.statefulsets {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            self.wait_statefulset_ready(DEMO_NAMESPACE, name, limit)
                 .await?;
         }
         // A deployment turns Ready in the same pass that kube-proxy learns of its pods,
@@ -653,7 +572,7 @@ impl Cluster {
     ///
     /// When the address cannot be bound again.
     pub async fn restart_api(&self) -> Result<(), Error> {
-        faults::restart_api(&self.shared).await
+        crate::server::restart(&self.shared).await
     }
 
     /// Adds latency before every API answer.

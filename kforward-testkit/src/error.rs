@@ -18,10 +18,17 @@ pub enum Error {
     /// The simulated network failed.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
-    /// An API call made through the Rust API failed.
+    /// An API call made through the Rust API failed (boxed: a Status with its details is
+    /// large, and every `Result` of the testkit carries this type).
     #[error("API: {0}")]
-    Api(#[from] crate::ApiError),
+    Api(Box<crate::ApiError>),
     /// Waiting for a condition took too long.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, String),
+}
+
+impl From<crate::ApiError> for Error {
+    fn from(e: crate::ApiError) -> Self {
+        Error::Api(Box::new(e))
+    }
 }

@@ -1,10 +1,8 @@
 //! The fault switches, shared by the Rust API ([`crate::Cluster`]) and the admin endpoints.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::kubeconfig::{KubeconfigEntry, write_kubeconfig};
-use crate::server::ApiServer;
 use crate::state::{Shared, lock};
 use crate::{ApiError, Error, Kind};
 
@@ -81,36 +79,4 @@ pub(crate) fn set_pod_ready(
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
     crate::controller::set_ready(shared, ns, name, uid, ready);
     Ok(())
-}
-
-/// Stops the API server, cutting every connection, and starts it again on the same address.
-/// Stored objects survive, as they would in etcd.
-///
-/// The future is boxed to break the type cycle server -> admin endpoint -> restart -> server.
-pub(crate) fn restart_api(
-    shared: &Arc<Shared>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + '_>> {
-    Box::pin(restart_api_inner(shared))
-}
-
-async fn restart_api_inner(shared: &Arc<Shared>) -> Result<(), Error> {
-    let mut api = shared.api.lock().await;
-    let addr = *lock(&shared.api_addr);
-    if let Some(old) = api.take() {
-        old.stop();
-    }
-    let mut last = None;
-    for _ in 0..50 {
-        match ApiServer::start(shared.clone(), addr, shared.tls.clone()).await {
-            Ok(s) => {
-                *api = Some(s);
-                return Ok(());
-            }
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::Timeout(Duration::from_secs(1), "API restart".into())))
 }

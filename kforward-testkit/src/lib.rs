@@ -29,13 +29,18 @@ mod faults;
 mod kubeconfig;
 pub mod network;
 pub mod portforward;
+mod registry;
 mod resource;
+mod response;
 mod scenario;
+mod schema;
+mod selector;
 mod server;
 mod state;
 mod status;
 mod store;
 mod tls;
+mod workloads;
 
 pub use admission::POD_SECURITY_ENFORCE;
 pub use cluster::{Cluster, ClusterBuilder};
@@ -43,9 +48,10 @@ pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};
 pub use resource::Kind;
 pub use scenario::{
-    DEMO_EXTERNAL_HOST, DEMO_NAMESPACE, ECHO_IMAGE, HTTP_IMAGE, PASSTHROUGH_IMAGE, PortSpec,
-    SLEEP_IMAGE, UDP_ECHO_IMAGE, demo_objects, deployment, service,
+    DEMO_EXTERNAL_HOST, DEMO_NAMESPACE, DemoObjects, ECHO_IMAGE, HTTP_IMAGE, PASSTHROUGH_IMAGE,
+    PortSpec, SLEEP_IMAGE, UDP_ECHO_IMAGE, demo_objects, deployment, headless_service, service,
+    statefulset,
 };
 pub use state::{StatsSnapshot, USER};
-pub use status::ApiError;
+pub use status::{ApiError, Cause, MoreDetails};
 pub use store::{EventType, Store, StoreEvent};

@@ -23,24 +23,43 @@ pub enum Kind {
     EndpointSlice,
     /// `apps/v1` Deployment.
     Deployment,
+    /// `apps/v1` ReplicaSet (made and scaled by the deployment controller).
+    ReplicaSet,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` ControllerRevision (a StatefulSet's template history).
+    ControllerRevision,
 }
 
 impl Kind {
     /// Every kind, in discovery order.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::StatefulSet,
+        Kind::ControllerRevision,
     ];
+
+    /// The workload kinds whose pods come from a template, with a `scale` subresource.
+    pub(crate) fn scalable(self) -> bool {
+        matches!(
+            self,
+            Kind::Deployment | Kind::ReplicaSet | Kind::StatefulSet
+        )
+    }
 
     /// The API group ("" for the core group).
     pub fn group(self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service => "",
             Kind::EndpointSlice => "discovery.k8s.io",
-            Kind::Deployment => "apps",
+            Kind::Deployment | Kind::ReplicaSet | Kind::StatefulSet | Kind::ControllerRevision => {
+                "apps"
+            }
         }
     }
 
@@ -49,7 +68,9 @@ impl Kind {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::Deployment => "apps/v1",
+            Kind::Deployment | Kind::ReplicaSet | Kind::StatefulSet | Kind::ControllerRevision => {
+                "apps/v1"
+            }
         }
     }
 
@@ -61,6 +82,9 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Deployment => "Deployment",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::ControllerRevision => "ControllerRevision",
         }
     }
 
@@ -72,6 +96,9 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Deployment => "deployments",
+            Kind::ReplicaSet => "replicasets",
+            Kind::StatefulSet => "statefulsets",
+            Kind::ControllerRevision => "controllerrevisions",
         }
     }
 
@@ -92,12 +119,14 @@ impl Kind {
             Kind::Namespace => &["ns"],
             Kind::Pod => &["po"],
             Kind::Service => &["svc"],
-            Kind::EndpointSlice => &[],
+            Kind::EndpointSlice | Kind::ControllerRevision => &[],
             Kind::Deployment => &["deploy"],
+            Kind::ReplicaSet => &["rs"],
+            Kind::StatefulSet => &["sts"],
         }
     }
 
-    fn verbs(self) -> &'static [&'static str] {
+    pub(crate) fn verbs(self) -> &'static [&'static str] {
         match self {
             Kind::Namespace => &["create", "delete", "get", "list", "watch"],
             Kind::EndpointSlice => &["get", "list", "watch"],
@@ -119,7 +148,7 @@ impl Kind {
         if !self.short_names().is_empty() {
             v["shortNames"] = json!(self.short_names());
         }
-        if self == Kind::Pod || self == Kind::Deployment || self == Kind::Service {
+        if matches!(self, Kind::Pod | Kind::Service) || self.scalable() {
             v["categories"] = json!(["all"]);
         }
         v

@@ -114,8 +114,9 @@ pub(crate) struct Shared {
     pub(crate) not_ready: Mutex<BTreeSet<String>>,
     /// Cancelled when the cluster stops.
     pub(crate) shutdown: CancellationToken,
-    /// The running API server (replaced on restart).
-    pub(crate) api: tokio::sync::Mutex<Option<crate::server::ApiServer>>,
+    /// Cancelled to stop the running API server and cut its connections (replaced on
+    /// restart; held while a restart runs, so restarts do not overlap).
+    pub(crate) api_conns: tokio::sync::Mutex<Option<CancellationToken>>,
     /// Where the API server listens; kept across restarts.
     pub(crate) api_addr: Mutex<std::net::SocketAddr>,
     /// The TLS configuration, `None` for plain HTTP.
@@ -171,7 +172,7 @@ impl Shared {
             termination_grace: Mutex::new(Duration::from_millis(100)),
             shutdown: CancellationToken::new(),
             dns_addr: Mutex::new(None),
-            api: tokio::sync::Mutex::new(None),
+            api_conns: tokio::sync::Mutex::new(None),
             api_addr: Mutex::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             tls,
             ca_pem,

@@ -24,8 +24,68 @@ pub struct ApiError {
     pub message: String,
     /// `details.name`, when the error is about one object.
     pub name: Option<String>,
-    /// `details.kind` (the plural resource), when the error is about one object.
+    /// `details.kind`: the plural resource (the kind for `Invalid`), when the error is about
+    /// one object.
     pub kind: Option<String>,
+    /// `details.group` and `details.causes`, boxed: they are seldom set, and every
+    /// `Result` of the testkit carries this type (clippy's `result_large_err`).
+    pub more: Box<MoreDetails>,
+}
+
+/// The parts of a `Status`'s `details` that few errors have.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoreDetails {
+    /// `details.group`, the API group of `kind` ("" for the core group).
+    pub group: Option<String>,
+    /// `details.causes`: the fields an `Invalid` error is about.
+    pub causes: Vec<Cause>,
+}
+
+/// One `details.causes` entry: a field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// The field's path, such as `spec.selector`.
+    pub field: String,
+    /// The reason, such as `FieldValueRequired`.
+    pub reason: &'static str,
+    /// What is wrong, such as `Required value`.
+    pub message: String,
+}
+
+impl Cause {
+    /// A cause from the text of a `field.Error`: `FIELD: TYPE[: DETAIL]`, as in
+    /// `spec.containers: Required value`.
+    pub fn parse(text: &str) -> Cause {
+        let (field, body) = text.split_once(": ").unwrap_or(("", text));
+        // `field.ErrorType`'s strings and reasons (apimachinery/pkg/util/validation/field).
+        const TYPES: [(&str, &str); 7] = [
+            ("Required value", "FieldValueRequired"),
+            ("Invalid value", "FieldValueInvalid"),
+            ("Unsupported value", "FieldValueNotSupported"),
+            ("Duplicate value", "FieldValueDuplicate"),
+            ("Forbidden", "FieldValueForbidden"),
+            ("Too long", "FieldValueTooLong"),
+            ("Not found", "FieldValueNotFound"),
+        ];
+        let reason = TYPES
+            .iter()
+            .find(|(t, _)| body.starts_with(t))
+            .map_or("FieldValueInvalid", |(_, r)| r);
+        Cause {
+            field: field.to_string(),
+            reason,
+            message: body.to_string(),
+        }
+    }
+}
+
+/// A resource as the API server names it in messages: `pods`, `deployments.apps`.
+fn qualified(kind: Kind) -> String {
+    if kind.group().is_empty() {
+        kind.plural().to_string()
+    } else {
+        format!("{}.{}", kind.plural(), kind.group())
+    }
 }
 
 impl ApiError {
@@ -36,23 +96,25 @@ impl ApiError {
             message: message.into(),
             name: None,
             kind: None,
+            more: Box::default(),
         }
     }
 
-    fn about(mut self, kind: &str, name: &str) -> Self {
-        self.kind = Some(kind.to_string());
+    fn about(mut self, kind: Kind, name: &str) -> Self {
+        self.kind = Some(kind.plural().to_string());
+        self.more.group = Some(kind.group().to_string());
         self.name = Some(name.to_string());
         self
     }
 
-    /// 404: `pods "x" not found`.
+    /// 404: `pods "x" not found`, `deployments.apps "x" not found`.
     pub fn not_found(kind: Kind, name: &str) -> Self {
         Self::new(
             404,
             "NotFound",
-            format!("{} \"{name}\" not found", kind.plural()),
+            format!("{} \"{name}\" not found", qualified(kind)),
         )
-        .about(kind.plural(), name)
+        .about(kind, name)
     }
 
     /// 404 for a path the testkit does not serve.
@@ -69,9 +131,9 @@ impl ApiError {
         Self::new(
             409,
             "AlreadyExists",
-            format!("{} \"{name}\" already exists", kind.plural()),
+            format!("{} \"{name}\" already exists", qualified(kind)),
         )
-        .about(kind.plural(), name)
+        .about(kind, name)
     }
 
     /// 409: the resourceVersion given with an update is not the current one.
@@ -81,20 +143,52 @@ impl ApiError {
             "Conflict",
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                kind.plural()
+                qualified(kind)
             ),
         )
-        .about(kind.plural(), name)
+        .about(kind, name)
     }
 
-    /// 422: the object is invalid.
+    /// 422: the object is invalid, for the reasons given as `field.Error` texts
+    /// (`spec.selector: Required value`); `details` names the kind, as `NewInvalid` does.
     pub fn invalid(kind: Kind, name: &str, why: &str) -> Self {
-        Self::new(
+        Self::invalid_fields(kind, name, &[why])
+    }
+
+    /// 422 for several field errors at once: `Deployment.apps "web" is invalid: [a, b]`.
+    pub fn invalid_fields(kind: Kind, name: &str, errors: &[&str]) -> Self {
+        let qualified_kind = if kind.group().is_empty() {
+            kind.name().to_string()
+        } else {
+            format!("{}.{}", kind.name(), kind.group())
+        };
+        let mut e = Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {why}", kind.name()),
-        )
-        .about(kind.plural(), name)
+            format!(
+                "{qualified_kind} \"{name}\" is invalid: {}",
+                aggregate(errors)
+            ),
+        );
+        e.kind = Some(kind.name().to_string());
+        e.more.group = Some(kind.group().to_string());
+        e.name = Some(name.to_string());
+        e.more.causes = errors.iter().map(|t| Cause::parse(t)).collect();
+        e
+    }
+
+    /// 422 about no object: what a failed patch answers (`NewInvalid(schema.GroupKind{}, "",
+    /// errs)` in `handlers/patch.go`), message ` "" is invalid: ...`.
+    pub fn invalid_request(errors: &[&str]) -> Self {
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!(" \"\" is invalid: {}", aggregate(errors)),
+        );
+        e.kind = Some(String::new());
+        e.name = Some(String::new());
+        e.more.causes = errors.iter().map(|t| Cause::parse(t)).collect();
+        e
     }
 
     /// 400 with reason `BadRequest`.
@@ -117,9 +211,14 @@ impl ApiError {
         name: Option<&str>,
     ) -> Self {
         let base = resource.split('/').next().unwrap_or(resource);
+        let qualified = if group.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}.{group}")
+        };
         let subject = match name {
-            Some(n) => format!("{base} \"{n}\" is forbidden"),
-            None => format!("{base} is forbidden"),
+            Some(n) => format!("{qualified} \"{n}\" is forbidden"),
+            None => format!("{qualified} is forbidden"),
         };
         let scope = match namespace {
             Some(ns) => format!(" in the namespace \"{ns}\""),
@@ -133,6 +232,7 @@ impl ApiError {
             ),
         );
         e.kind = Some(base.to_string());
+        e.more.group = Some(group.to_string());
         e.name = name.map(str::to_string);
         e
     }
@@ -183,16 +283,36 @@ impl ApiError {
             "code": self.code,
         });
         if self.name.is_some() || self.kind.is_some() {
+            // Go leaves empty strings and lists out (`omitempty`).
             let mut d = json!({});
-            if let Some(n) = &self.name {
-                d["name"] = json!(n);
+            for (field, value) in [
+                ("name", &self.name),
+                ("group", &self.more.group),
+                ("kind", &self.kind),
+            ] {
+                if let Some(value) = value.as_ref().filter(|v| !v.is_empty()) {
+                    d[field] = json!(value);
+                }
             }
-            if let Some(k) = &self.kind {
-                d["kind"] = json!(k);
+            if !self.more.causes.is_empty() {
+                d["causes"] = self
+                    .more
+                    .causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
             }
             v["details"] = d;
         }
         v
+    }
+}
+
+/// `utilerrors.NewAggregate(errs).Error()`: one error as it is, several in brackets.
+fn aggregate(errors: &[&str]) -> String {
+    match errors {
+        [one] => (*one).to_string(),
+        many => format!("[{}]", many.join(", ")),
     }
 }
 

@@ -212,13 +212,7 @@ impl Store {
                 .objects
                 .contains_key(&(Kind::Namespace, String::new(), ns.to_string()))
         {
-            return Err(ApiError {
-                code: 404,
-                reason: "NotFound",
-                message: format!("namespaces \"{ns}\" not found"),
-                name: Some(ns.to_string()),
-                kind: Some("namespaces".into()),
-            });
+            return Err(ApiError::not_found(Kind::Namespace, ns));
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -229,7 +223,7 @@ impl Store {
         meta["uid"] = json!(new_uid());
         meta["creationTimestamp"] = json!(now_rfc3339());
         meta["resourceVersion"] = json!(rv.to_string());
-        if kind == Kind::Deployment {
+        if kind.scalable() {
             meta["generation"] = json!(1);
         }
         inner.objects.insert(key, obj.clone());
@@ -298,7 +292,7 @@ impl Store {
         if next == *current {
             return Ok(next);
         }
-        if kind == Kind::Deployment && next["spec"] != current["spec"] {
+        if kind.scalable() && next["spec"] != current["spec"] {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
             next["metadata"]["generation"] = json!(g + 1);
         }

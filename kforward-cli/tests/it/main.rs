@@ -8,6 +8,8 @@ use std::time::Duration;
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod workloads;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 mod relay_doctor;
@@ -154,11 +156,16 @@ async fn demo_serves_and_stops_on_ctrl_c() {
 
 /// `kforward forward svc/web :80 -n demo --address 127.0.0.1 -o json` on `cluster`.
 fn forward_web_json(cluster: &Cluster) -> Command {
+    forward_json(cluster, "svc/web", ":80")
+}
+
+/// `kforward forward TARGET PORT -n demo --address 127.0.0.1 -o json` on `cluster`.
+fn forward_json(cluster: &Cluster, target: &str, port: &str) -> Command {
     let mut c = kforward();
     c.args([
         "forward",
-        "svc/web",
-        ":80",
+        target,
+        port,
         "-n",
         "demo",
         "--address",

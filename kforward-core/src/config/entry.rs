@@ -165,6 +165,9 @@ impl ForwardConfig {
                 Some(selector) => format!("pod?{selector}"),
                 None => format!("pod/{}", or_unknown(&self.service)),
             },
+            WorkloadType::Deployment => format!("deploy/{}", or_unknown(&self.service)),
+            WorkloadType::StatefulSet => format!("sts/{}", or_unknown(&self.service)),
+            WorkloadType::ReplicaSet => format!("rs/{}", or_unknown(&self.service)),
             WorkloadType::Proxy => {
                 let host = or_unknown(&self.remote_address);
                 if host.contains(':') {

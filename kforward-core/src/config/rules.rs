@@ -29,6 +29,8 @@ impl ForwardConfig {
     /// - `service` workloads need `service` (a DNS-1123 label); `pod` workloads need a label
     ///   selector in `target` or a pod name (a DNS-1123 subdomain) in `service`; `proxy`
     ///   workloads need `remote_address` (a host name or IP, without scheme or port);
+    ///   `deployment`, `statefulset` and `replicaset` workloads need the object's name (a
+    ///   DNS-1123 subdomain) in `service`;
     /// - every workload needs `remote_port` (1-65535);
     /// - `local_address`, if set, is an IP address or `localhost` (or a comma list of them).
     ///
@@ -172,6 +174,23 @@ impl ForwardConfig {
                     ));
                     None
                 }
+            }
+            WorkloadType::Deployment | WorkloadType::StatefulSet | WorkloadType::ReplicaSet => {
+                let workload = self.workload_type;
+                let Some(name) = non_empty(self.service.as_deref()) else {
+                    errors.push(FieldError::missing(
+                        "service",
+                        format!("workload_type \"{workload}\" needs the {workload}'s name"),
+                    ));
+                    return None;
+                };
+                let what = format!("{workload} name");
+                let name = named("service", name, &what, check_dns1123_subdomain)?;
+                Some(match workload {
+                    WorkloadType::Deployment => Target::Deployment { name },
+                    WorkloadType::StatefulSet => Target::StatefulSet { name },
+                    _ => Target::ReplicaSet { name },
+                })
             }
             WorkloadType::Proxy => match non_empty(self.remote_address.as_deref()) {
                 Some(host) => named("remote_address", host, "host", check_host)

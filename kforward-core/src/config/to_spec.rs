@@ -12,6 +12,9 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
 /// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
+/// - `workload_type: "deployment"`, `"statefulset"` or `"replicaset"` (kforward's, beyond
+///   kftray's): [`Target::Deployment`], [`Target::StatefulSet`] or [`Target::ReplicaSet`]
+///   named by `service`;
 /// - one port mapping, `local_port` to `remote_port`; a missing `local_port` means the same
 ///   port as `remote_port` (as kubectl), 0 picks a free port;
 /// - `local_address` missing means `127.0.0.1`, `localhost` means `127.0.0.1` and `::1`;
@@ -46,6 +49,9 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// [`Target::PodSelector`]: crate::spec::Target::PodSelector
 /// [`Target::Pod`]: crate::spec::Target::Pod
 /// [`Target::Remote`]: crate::spec::Target::Remote
+/// [`Target::Deployment`]: crate::spec::Target::Deployment
+/// [`Target::StatefulSet`]: crate::spec::Target::StatefulSet
+/// [`Target::ReplicaSet`]: crate::spec::Target::ReplicaSet
 impl TryFrom<&ForwardConfig> for ForwardSpec {
     type Error = ConfigError;
 
@@ -123,6 +129,39 @@ mod tests {
             Target::Pod {
                 name: "web-0".into()
             }
+        );
+    }
+
+    #[test]
+    fn workload_configs_name_their_object_in_service() {
+        for (workload, target) in [
+            ("statefulset", "sts/db"),
+            ("StatefulSet", "sts/db"),
+            ("replicaset", "rs/db"),
+            ("deployment", "deploy/db"),
+        ] {
+            let json = format!(
+                r#"{{"workload_type":"{workload}","service":"db","namespace":"data","remote_port":5432}}"#
+            );
+            assert_eq!(spec(&json).target.to_string(), target, "{json}");
+        }
+        let err = ForwardSpec::try_from(&config(
+            r#"{"workload_type":"statefulset","service":"","remote_port":5432}"#,
+        ))
+        .expect_err("no name");
+        assert_eq!(
+            err.to_string(),
+            r#"field "service": is missing; workload_type "statefulset" needs the statefulset's name"#
+        );
+        let err = ForwardSpec::try_from(&config(
+            r#"{"workload_type":"replicaset","service":"Web_1","remote_port":80}"#,
+        ))
+        .expect_err("a bad name");
+        assert!(
+            err.to_string().starts_with(
+                r#"field "service": value "Web_1" is not a valid replicaset name: it "#
+            ),
+            "{err}"
         );
     }
 

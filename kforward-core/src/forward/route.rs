@@ -62,13 +62,21 @@ impl Route {
             },
             Target::Service { name } if udp => {
                 // The relay sends to the service's ClusterIP (kube-proxy spreads it), so
-                // the port is the service port.
-                let port = service_port(ctx, namespace, name, &pm.remote).await?;
-                Ok(Route::Host {
-                    host: format!("{name}.{namespace}.svc.cluster.local"),
-                    port,
-                    transport,
-                })
+                // the port is the service port. A headless service has no ClusterIP: its
+                // name resolves to the pods themselves, which listen on the target port,
+                // so it goes to a ready pod's address as the other targets do.
+                match service_port(ctx, namespace, name, &pm.remote).await? {
+                    Some(port) => Ok(Route::Host {
+                        host: format!("{name}.{namespace}.svc.cluster.local"),
+                        port,
+                        transport,
+                    }),
+                    None => {
+                        let target = &spec.target;
+                        let eps = Endpoints::resolve(ctx, namespace, target, &pm.remote).await?;
+                        Ok(Route::PodAddress(Arc::new(eps)))
+                    }
+                }
             }
             target => {
                 let eps = Arc::new(Endpoints::resolve(ctx, namespace, target, &pm.remote).await?);
@@ -182,20 +190,26 @@ impl Route {
     }
 }
 
-/// The number of `remote` among service `name`'s ports, which proves the service exists.
+/// The number of `remote` among service `name`'s ports, which proves the service exists;
+/// `None` for a headless service (`clusterIP: None`), which has no address of its own to send
+/// to.
 async fn service_port(
     ctx: &KubeContext,
     namespace: &str,
     name: &str,
     remote: &RemotePort,
-) -> Result<u16> {
+) -> Result<Option<u16>> {
     let api: Api<Service> = Api::namespaced(ctx.client().clone(), namespace);
     let svc = api
         .get(name)
         .await
         .map_err(|e| Error::from_kube(e, ctx.server(), "get", "services", namespace, Some(name)))?;
+    let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+    if headless {
+        return Ok(None);
+    }
     let port_name = match remote {
-        RemotePort::Number(n) => return Ok(*n),
+        RemotePort::Number(n) => return Ok(Some(*n)),
         RemotePort::Name(n) => n,
     };
     let ports = svc.spec.and_then(|s| s.ports).unwrap_or_default();
@@ -203,6 +217,7 @@ async fn service_port(
         .iter()
         .find(|p| p.name.as_deref() == Some(port_name))
         .and_then(|p| u16::try_from(p.port).ok())
+        .map(Some)
         .ok_or_else(|| Error::PortNotFound {
             target: format!("svc/{name}"),
             port: port_name.clone(),

@@ -41,7 +41,9 @@ use crate::proxy_protocol::{Accept, Version};
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The target text is empty.
-    #[error("target is empty (expected pod/NAME, svc/NAME, deploy/NAME, or NAME for a pod)")]
+    #[error(
+        "target is empty (expected pod/NAME, svc/NAME, deploy/NAME, sts/NAME, rs/NAME, or NAME for a pod)"
+    )]
     EmptyTarget,
     /// `KIND/` with nothing after the slash.
     #[error("target {input:?} has no name after \"{kind}/\" (expected {kind}/NAME)")]
@@ -59,10 +61,10 @@ pub enum SpecError {
         /// The whole target text.
         input: String,
     },
-    /// A pod, service or deployment name that breaks the Kubernetes naming rules.
+    /// A pod, service or workload name that breaks the Kubernetes naming rules.
     #[error("invalid {kind} name {name:?}: {problem}")]
     InvalidName {
-        /// `pod`, `service` or `deployment`.
+        /// `pod`, `service`, `deployment`, `statefulset` or `replicaset`.
         kind: &'static str,
         /// The name as written.
         name: String,
@@ -129,8 +131,10 @@ pub enum SpecError {
         /// The setting, as the user wrote it (`--proxy-protocol`, `proxy_protocol`, ...).
         setting: &'static str,
     },
-    /// A workload type other than service, pod or proxy.
-    #[error("unknown workload type {value:?} (expected \"service\", \"pod\" or \"proxy\")")]
+    /// A workload type other than service, pod, proxy, deployment, statefulset or replicaset.
+    #[error(
+        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\" or \"replicaset\")"
+    )]
     UnknownWorkloadType {
         /// The workload type as written.
         value: String,

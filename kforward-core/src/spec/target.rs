@@ -1,4 +1,5 @@
-//! What a forward reaches: a pod (by name or selector), a service, a deployment or any host (proxy).
+//! What a forward reaches: a pod (by name or selector), a service, a workload (deployment,
+//! statefulset, replicaset) or any host (proxy).
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,13 +10,14 @@ use super::selector::LabelSelector;
 
 /// The resource kinds [`Target::parse_kubectl`] accepts, for error messages.
 pub(crate) const ACCEPTED_KINDS: &str = "pod (po, pods), svc (service, services), \
-     deploy (deployment, deployments, deployment.apps) and proxy";
+     deploy (deployment, deployments, deployment.apps), sts (statefulset, statefulsets, \
+     statefulset.apps), rs (replicaset, replicasets, replicaset.apps) and proxy";
 
 /// What a forward connects to, inside one namespace.
 ///
 /// [`Display`](fmt::Display) gives the canonical form: `pod/NAME`, `pod?SELECTOR` (a pod
-/// chosen by label selector, e.g. `pod?app=web,tier=api`), `svc/NAME`, `deploy/NAME` and
-/// `proxy/HOST`. Every canonical form parses back with [`Target::parse_kubectl`].
+/// chosen by label selector, e.g. `pod?app=web,tier=api`), `svc/NAME`, `deploy/NAME`,
+/// `sts/NAME`, `rs/NAME` and `proxy/HOST`. Every canonical form parses back with [`Target::parse_kubectl`].
 ///
 /// # Example
 ///
@@ -51,6 +53,18 @@ pub enum Target {
         /// The deployment name (a DNS-1123 subdomain).
         name: String,
     },
+    /// One ready pod of a statefulset, the one `kubectl port-forward sts/NAME` picks, kept
+    /// while it stays ready: a statefulset's pods are not interchangeable (a database's
+    /// primary and replicas), so connections do not spread over them.
+    StatefulSet {
+        /// The statefulset name (a DNS-1123 subdomain).
+        name: String,
+    },
+    /// A ready pod of a replicaset.
+    ReplicaSet {
+        /// The replicaset name (a DNS-1123 subdomain).
+        name: String,
+    },
     /// A remote address: any host the cluster can reach (a service DNS name, an external
     /// host, an IP), reached through the in-cluster relay. Written `proxy/HOST`, after
     /// kftray's `workload_type: "proxy"` and `kforward proxy`.
@@ -66,6 +80,8 @@ enum Kind {
     Pod,
     Service,
     Deployment,
+    StatefulSet,
+    ReplicaSet,
     Remote,
 }
 
@@ -78,6 +94,13 @@ impl Kind {
             "deploy" | "deployment" | "deployments" | "deployment.apps" | "deployments.apps" => {
                 Kind::Deployment
             }
+            // kubectl's resource names and short names for them (`kubectl api-resources`).
+            "sts" | "statefulset" | "statefulsets" | "statefulset.apps" | "statefulsets.apps" => {
+                Kind::StatefulSet
+            }
+            "rs" | "replicaset" | "replicasets" | "replicaset.apps" | "replicasets.apps" => {
+                Kind::ReplicaSet
+            }
             "proxy" => Kind::Remote,
             _ => return None,
         })
@@ -87,7 +110,9 @@ impl Kind {
 impl Target {
     /// Parses a target the way `kubectl port-forward` takes it: `pod/NAME`, `pods/NAME`,
     /// `po/NAME` or a bare `NAME` (a pod); `svc/NAME`, `service/NAME`, `services/NAME`;
-    /// `deploy/NAME`, `deployment/NAME`, `deployments/NAME`, `deployment.apps/NAME`.
+    /// `deploy/NAME`, `deployment/NAME`, `deployments/NAME`, `deployment.apps/NAME`;
+    /// `sts/NAME`, `statefulset/NAME`, `statefulsets/NAME`, `statefulset.apps/NAME`;
+    /// `rs/NAME`, `replicaset/NAME`, `replicasets/NAME`, `replicaset.apps/NAME`.
     /// Also accepts this type's own canonical forms `pod?SELECTOR` and `proxy/HOST`.
     /// Kinds are case-insensitive; names are checked against the Kubernetes rules.
     ///
@@ -103,6 +128,7 @@ impl Target {
     /// use kforward_core::spec::Target;
     ///
     /// assert_eq!(Target::parse_kubectl("deploy/api")?, Target::Deployment { name: "api".into() });
+    /// assert_eq!(Target::parse_kubectl("statefulset/db")?, Target::StatefulSet { name: "db".into() });
     /// assert_eq!(Target::parse_kubectl("proxy/db.internal")?.to_string(), "proxy/db.internal");
     /// let err = Target::parse_kubectl("job/x").unwrap_err();
     /// assert!(err.to_string().contains("svc (service, services)"));
@@ -169,6 +195,18 @@ impl Target {
                     name: name.to_owned(),
                 }
             }
+            Kind::StatefulSet => {
+                check_dns1123_subdomain(name).map_err(invalid("statefulset"))?;
+                Target::StatefulSet {
+                    name: name.to_owned(),
+                }
+            }
+            Kind::ReplicaSet => {
+                check_dns1123_subdomain(name).map_err(invalid("replicaset"))?;
+                Target::ReplicaSet {
+                    name: name.to_owned(),
+                }
+            }
             Kind::Remote => {
                 check_host(name).map_err(|problem| SpecError::InvalidHost {
                     host: name.to_owned(),
@@ -181,7 +219,7 @@ impl Target {
         })
     }
 
-    /// The short kind of the canonical form: `pod`, `svc`, `deploy` or `proxy`.
+    /// The short kind of the canonical form: `pod`, `svc`, `deploy`, `sts`, `rs` or `proxy`.
     ///
     /// # Example
     ///
@@ -196,6 +234,8 @@ impl Target {
             Target::Pod { .. } | Target::PodSelector { .. } => "pod",
             Target::Service { .. } => "svc",
             Target::Deployment { .. } => "deploy",
+            Target::StatefulSet { .. } => "sts",
+            Target::ReplicaSet { .. } => "rs",
             Target::Remote { .. } => "proxy",
         }
     }
@@ -220,9 +260,11 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::PodSelector { selector } => write!(f, "pod?{selector}"),
-            Target::Pod { name } | Target::Service { name } | Target::Deployment { name } => {
-                write!(f, "{}/{name}", self.kind())
-            }
+            Target::Pod { name }
+            | Target::Service { name }
+            | Target::Deployment { name }
+            | Target::StatefulSet { name }
+            | Target::ReplicaSet { name } => write!(f, "{}/{name}", self.kind()),
             Target::Remote { host } => write!(f, "proxy/{host}"),
         }
     }
@@ -251,6 +293,10 @@ mod tests {
         };
         let svc = Target::Service { name: "web".into() };
         let deploy = Target::Deployment { name: "api".into() };
+        let sts = Target::StatefulSet { name: "db".into() };
+        let rs = Target::ReplicaSet {
+            name: "api-5d4f8c7b9".into(),
+        };
         for (text, want) in [
             ("web-0", &pod),
             ("pod/web-0", &pod),
@@ -266,6 +312,15 @@ mod tests {
             ("deployment/api", &deploy),
             ("deployments/api", &deploy),
             ("deployment.apps/api", &deploy),
+            ("sts/db", &sts),
+            ("statefulset/db", &sts),
+            ("statefulsets/db", &sts),
+            ("statefulset.apps/db", &sts),
+            ("StatefulSet/db", &sts),
+            ("rs/api-5d4f8c7b9", &rs),
+            ("replicaset/api-5d4f8c7b9", &rs),
+            ("replicasets/api-5d4f8c7b9", &rs),
+            ("replicaset.apps/api-5d4f8c7b9", &rs),
         ] {
             assert_eq!(&parse(text), want, "{text}");
         }
@@ -278,6 +333,8 @@ mod tests {
             ("web-0.ns", "pod/web-0.ns"),
             ("service/web", "svc/web"),
             ("deployment/api", "deploy/api"),
+            ("statefulset/db", "sts/db"),
+            ("replicasets.apps/api-1", "rs/api-1"),
             ("proxy/db.example.com", "proxy/db.example.com"),
             ("proxy/10.0.0.7", "proxy/10.0.0.7"),
             ("proxy/fd00::7", "proxy/fd00::7"),
@@ -296,6 +353,8 @@ mod tests {
         assert_eq!(parse("pod?app=web").kind(), "pod");
         assert_eq!(parse("svc/web").kind(), "svc");
         assert_eq!(parse("deploy/web").kind(), "deploy");
+        assert_eq!(parse("statefulset/db").kind(), "sts");
+        assert_eq!(parse("replicaset/web-1").kind(), "rs");
         assert_eq!(parse("proxy/web").kind(), "proxy");
     }
 
@@ -324,9 +383,9 @@ mod tests {
 
     #[test]
     fn unknown_kind_lists_the_accepted_kinds() {
-        let err = Target::parse_kubectl("statefulset/db").expect_err("unknown");
+        let err = Target::parse_kubectl("job/db").expect_err("unknown");
         let text = err.to_string();
-        assert!(text.contains("\"statefulset\""), "{text}");
+        assert!(text.contains("\"job\""), "{text}");
         assert!(text.contains(ACCEPTED_KINDS), "{text}");
         assert!(matches!(
             Target::parse_kubectl("svc?app=web"),
@@ -348,6 +407,8 @@ mod tests {
         // Service names are labels (no dots); pods and deployments are subdomains.
         assert!(Target::parse_kubectl("svc/web.ns").is_err());
         assert!(Target::parse_kubectl("deploy/web.v2").is_ok());
+        assert!(Target::parse_kubectl("sts/Db").is_err());
+        assert!(Target::parse_kubectl("rs/").is_err());
         assert!(Target::parse_kubectl("pod/a/b").is_err());
         let long_label = format!("svc/{}", "a".repeat(64));
         assert!(Target::parse_kubectl(&long_label).is_err());

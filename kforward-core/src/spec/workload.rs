@@ -1,4 +1,5 @@
-//! The kind of thing a kftray-style config forwards to: a service, a pod, or any address (proxy).
+//! The kind of thing a kftray-style config forwards to: a service, a pod, a workload
+//! (deployment, statefulset, replicaset), or any address (proxy).
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,7 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::SpecError;
 
 /// kftray's `workload_type`: what the `service`/`target`/`remote_address` fields of a config
-/// name.
+/// name. kftray's own values are `service`, `pod` and `proxy`; `deployment`, `statefulset` and
+/// `replicaset` are kforward's, for the other targets `kubectl port-forward` takes (the name
+/// goes in `service`, as a pod's does).
 ///
 /// Written in lowercase, read case-insensitively; the default is [`WorkloadType::Service`].
 ///
@@ -31,9 +34,26 @@ pub enum WorkloadType {
     Pod,
     /// `remote_address` is a host reached from inside the cluster, through the relay.
     Proxy,
+    /// `service` names a Deployment; traffic goes to one of its ready pods.
+    Deployment,
+    /// `service` names a StatefulSet; traffic goes to the ready pod `kubectl port-forward`
+    /// would take, kept while it stays ready.
+    StatefulSet,
+    /// `service` names a ReplicaSet; traffic goes to one of its ready pods.
+    ReplicaSet,
 }
 
 impl WorkloadType {
+    /// Every workload type, in the order error messages list them.
+    pub(crate) const ALL: [WorkloadType; 6] = [
+        WorkloadType::Service,
+        WorkloadType::Pod,
+        WorkloadType::Proxy,
+        WorkloadType::Deployment,
+        WorkloadType::StatefulSet,
+        WorkloadType::ReplicaSet,
+    ];
+
     /// The lowercase name, as written in config files.
     ///
     /// # Example
@@ -48,6 +68,9 @@ impl WorkloadType {
             WorkloadType::Service => "service",
             WorkloadType::Pod => "pod",
             WorkloadType::Proxy => "proxy",
+            WorkloadType::Deployment => "deployment",
+            WorkloadType::StatefulSet => "statefulset",
+            WorkloadType::ReplicaSet => "replicaset",
         }
     }
 }
@@ -63,16 +86,12 @@ impl FromStr for WorkloadType {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        [
-            WorkloadType::Service,
-            WorkloadType::Pod,
-            WorkloadType::Proxy,
-        ]
-        .into_iter()
-        .find(|w| s.eq_ignore_ascii_case(w.as_str()))
-        .ok_or_else(|| SpecError::UnknownWorkloadType {
-            value: s.to_owned(),
-        })
+        WorkloadType::ALL
+            .into_iter()
+            .find(|w| s.eq_ignore_ascii_case(w.as_str()))
+            .ok_or_else(|| SpecError::UnknownWorkloadType {
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -101,6 +120,9 @@ mod tests {
             ("pod", WorkloadType::Pod),
             ("POD", WorkloadType::Pod),
             ("proxy", WorkloadType::Proxy),
+            ("StatefulSet", WorkloadType::StatefulSet),
+            ("replicaset", WorkloadType::ReplicaSet),
+            ("deployment", WorkloadType::Deployment),
         ] {
             assert_eq!(text.parse::<WorkloadType>(), Ok(want), "{text}");
         }
@@ -109,18 +131,22 @@ mod tests {
     #[test]
     fn rejects_unknown_kinds_listing_the_choices() {
         let text = "job".parse::<WorkloadType>().expect_err("job").to_string();
-        for word in ["\"job\"", "service", "pod", "proxy"] {
+        for word in [
+            "\"job\"",
+            "service",
+            "pod",
+            "proxy",
+            "deployment",
+            "statefulset",
+            "replicaset",
+        ] {
             assert!(text.contains(word), "{text}");
         }
     }
 
     #[test]
     fn serde_round_trip() {
-        for w in [
-            WorkloadType::Service,
-            WorkloadType::Pod,
-            WorkloadType::Proxy,
-        ] {
+        for w in WorkloadType::ALL {
             let json = serde_json::to_string(&w).expect("serialize");
             assert_eq!(json, format!("\"{w}\""));
             assert_eq!(

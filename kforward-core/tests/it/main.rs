@@ -9,3 +9,4 @@ mod proxy_protocol;
 mod relay;
 mod relay_pods;
 mod supervisor;
+mod workloads;

@@ -335,3 +335,34 @@ async fn an_idle_relay_exits_and_the_next_connection_gets_a_new_pod() {
     f.stop().await;
     wait_no_relay_pods(&cluster).await;
 }
+
+/// A headless service has no ClusterIP to send to, and its name resolves to the pods, which
+/// listen on the target port, not the service port: a UDP forward goes to a ready pod's
+/// address and target port, as for the other pod targets.
+#[tokio::test]
+async fn udp_to_a_headless_service_reaches_its_pods_target_port() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "dns-direct"},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"app": "dns"},
+            "ports": [{"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}],
+        },
+    }))
+    .expect("a service");
+    cluster
+        .create_service("demo", &svc)
+        .expect("create the headless service");
+    let target = Target::Service {
+        name: "dns-direct".into(),
+    };
+    let (mut f, addr) = start_udp(&ctx, udp_spec(target, 53)).await;
+    let sock = client().await;
+    assert_eq!(
+        ask(&sock, addr, b"through dns-direct").await,
+        b"through dns-direct"
+    );
+    f.stop().await;
+}

@@ -559,7 +559,6 @@ async fn status_counts_bytes_and_open_connections_of_tcp_udp_and_remote_forwards
         ready(&sup, dns).await,
         ready(&sup, remote).await,
     );
-    let stats = |id: usize| sup.status_of(id).expect("status").stats;
     let eventually =
         |what: &'static str, id: usize, f: fn(&kforward_core::StatsSnapshot) -> bool| {
             let sup = sup.clone();
@@ -591,7 +590,9 @@ async fn status_counts_bytes_and_open_connections_of_tcp_udp_and_remote_forwards
             .expect("echo");
         held.push(s);
     }
-    let s = stats(echo);
+    // The pump counts a chunk once it is written, which may come after the client has read
+    // it: wait for the counters rather than read them once.
+    let s = eventually("echo bytes", echo, |s| s.bytes_in >= 200).await;
     assert_eq!((s.connections_open, s.connections_total), (2, 2), "{s:?}");
     assert_eq!((s.bytes_out, s.bytes_in), (200, 200), "{s:?}");
     // Closed by their clients: no longer open, though the totals stay.

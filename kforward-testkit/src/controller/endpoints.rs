@@ -1,5 +1,11 @@
 //! The EndpointSlice controller, kube-proxy (a real TCP/UDP forwarder on each ClusterIP)
 //! and the DNS records of services.
+//!
+//! DNS as CoreDNS's `kubernetes` plugin answers it: `SVC.NS.svc.cluster.local` is the
+//! ClusterIP; for a headless service (`clusterIP: None`) it is the address of every ready
+//! endpoint, and `HOSTNAME.SVC.NS.svc.cluster.local` is the address of the ready endpoint
+//! with that hostname (a pod whose `hostname` is set and whose `subdomain` names the
+//! service, as the EndpointSlice controller's `ShouldSetHostname` puts it in the slice).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +17,7 @@ use tracing::warn;
 
 use super::kubelet::{NODE, pod_is_ready};
 use crate::network::{Protocol, ServiceProxy};
-use crate::server::Selector;
+use crate::selector::Selector;
 use crate::state::Shared;
 use crate::{ApiError, Kind};
 
@@ -51,6 +57,18 @@ fn selected_pods<'a>(svc: &Value, pods: &'a [Value]) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The hostname an endpoint of `svc` carries for pod `p` (`ShouldSetHostname`).
+fn endpoint_hostname<'a>(svc: &Value, p: &'a Value) -> Option<&'a str> {
+    let hostname = p["spec"]["hostname"].as_str().filter(|h| !h.is_empty())?;
+    let same_ns = p["metadata"]["namespace"] == svc["metadata"]["namespace"];
+    (same_ns && p["spec"]["subdomain"] == svc["metadata"]["name"]).then_some(hostname)
+}
+
+/// Whether a service is headless (`clusterIP: None`).
+fn is_headless(svc: &Value) -> bool {
+    svc["spec"]["clusterIP"] == "None"
+}
+
 /// The endpoints and ports a service's slice should hold.
 fn desired_slice(svc: &Value, pods: &[&Value]) -> (Value, Value) {
     let svc_ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
@@ -73,7 +91,7 @@ fn desired_slice(svc: &Value, pods: &[&Value]) -> (Value, Value) {
         .map(|p| {
             let ready = pod_is_ready(p);
             let terminating = !p["metadata"]["deletionTimestamp"].is_null();
-            json!({
+            let mut endpoint = json!({
                 "addresses": [p["status"]["podIP"]],
                 "conditions": {"ready": ready, "serving": ready || (terminating && p["status"]["phase"] == "Running"), "terminating": terminating},
                 "targetRef": {
@@ -83,10 +101,26 @@ fn desired_slice(svc: &Value, pods: &[&Value]) -> (Value, Value) {
                     "uid": p["metadata"]["uid"],
                 },
                 "nodeName": NODE,
-            })
+            });
+            if let Some(h) = endpoint_hostname(svc, p) {
+                endpoint["hostname"] = json!(h);
+            }
+            endpoint
         })
         .collect();
     (json!(endpoints), json!(ports))
+}
+
+/// A slice's labels; the EndpointSlice controller marks the slices of headless services.
+fn slice_labels(svc: &Value, name: &str) -> Value {
+    let mut labels = json!({
+        "kubernetes.io/service-name": name,
+        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+    });
+    if is_headless(svc) {
+        labels["service.kubernetes.io/headless"] = json!("");
+    }
+    labels
 }
 
 pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
@@ -126,6 +160,7 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
                     .update(Kind::EndpointSlice, &ns, &slice_name, |o| {
                         o["endpoints"] = endpoints;
                         o["ports"] = ports;
+                        o["metadata"]["labels"] = slice_labels(svc, &name);
                         Ok(())
                     })?;
             }
@@ -133,10 +168,7 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
                 let slice = json!({
                     "metadata": {
                         "generateName": format!("{name}-"),
-                        "labels": {
-                            "kubernetes.io/service-name": name,
-                            "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-                        },
+                        "labels": slice_labels(svc, &name),
                         "ownerReferences": [{
                             "apiVersion": "v1", "kind": "Service", "name": name,
                             "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
@@ -160,6 +192,35 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The names of a headless service: the service name with every ready pod's address,
+/// and each ready pod's `HOSTNAME.SVC...` name; none while no pod is ready (NXDOMAIN).
+fn headless_names(
+    shared: &Shared,
+    svc: &Value,
+    fqdn: &str,
+    ready: &[&Value],
+    names: &mut HashSet<String>,
+) {
+    let ip = |p: &Value| {
+        p["status"]["podIP"]
+            .as_str()
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+    };
+    let all: Vec<Ipv4Addr> = ready.iter().filter_map(|p| ip(p)).collect();
+    if all.is_empty() {
+        return;
+    }
+    shared.dns_records.set(fqdn, all);
+    names.insert(fqdn.to_string());
+    for p in ready {
+        if let (Some(host), Some(addr)) = (endpoint_hostname(svc, p), ip(p)) {
+            let pod_name = format!("{host}.{fqdn}");
+            shared.dns_records.set(&pod_name, vec![addr]);
+            names.insert(pod_name);
+        }
+    }
+}
+
 /// A service's uid, port and protocol.
 type ProxyKey = (String, u16, Protocol);
 
@@ -181,19 +242,23 @@ impl Network {
             let uid = svc["metadata"]["uid"].as_str().unwrap_or("").to_string();
             let ns = svc["metadata"]["namespace"].as_str().unwrap_or("");
             let name = svc["metadata"]["name"].as_str().unwrap_or("");
+            let fqdn = format!("{name}.{ns}.svc.cluster.local");
+            let ready: Vec<&Value> = selected_pods(svc, &pods)
+                .into_iter()
+                .filter(|p| pod_is_ready(p))
+                .collect();
+            if is_headless(svc) {
+                headless_names(shared, svc, &fqdn, &ready, &mut names);
+                continue;
+            }
             let Some(ip) = svc["spec"]["clusterIP"]
                 .as_str()
                 .and_then(|s| s.parse::<Ipv4Addr>().ok())
             else {
                 continue;
             };
-            let fqdn = format!("{name}.{ns}.svc.cluster.local");
             shared.dns_records.set(&fqdn, vec![ip]);
             names.insert(fqdn);
-            let ready: Vec<&Value> = selected_pods(svc, &pods)
-                .into_iter()
-                .filter(|p| pod_is_ready(p))
-                .collect();
             for sp in svc["spec"]["ports"].as_array().into_iter().flatten() {
                 let Some(port) = sp["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
                     continue;

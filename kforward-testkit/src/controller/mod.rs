@@ -1,14 +1,19 @@
-//! The control plane behind the API: a kubelet that runs pods as loopback servers, a
-//! deployment controller, the EndpointSlice controller, kube-proxy and cluster DNS.
+//! The control plane behind the API: the deployment, ReplicaSet and StatefulSet controllers,
+//! the garbage collector, a kubelet that runs pods as loopback servers, the EndpointSlice
+//! controller, kube-proxy and cluster DNS.
 //!
 //! One task reconciles everything after every batch of store events, in a fixed order, so
 //! there is never a race between controllers.
 
 mod deployment;
 mod endpoints;
+mod gc;
 mod images;
 mod kubelet;
+mod owner;
+mod replicaset;
 mod scheduler;
+mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +68,9 @@ async fn reconcile(
     net: &mut endpoints::Network,
 ) -> Result<(), crate::ApiError> {
     deployment::reconcile(shared)?;
+    replicaset::reconcile(shared)?;
+    statefulset::reconcile(shared)?;
+    gc::reconcile(shared)?;
     kubelet.reconcile(shared).await;
     endpoints::reconcile_slices(shared)?;
     net.reconcile(shared).await;

@@ -19,7 +19,7 @@ pub use codec::{
 pub use resolver::PodResolver;
 
 use super::error::Result;
-use super::relay::MAX_DATAGRAM;
+use super::protocol::MAX_DATAGRAM;
 use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp};
 
 /// Largest DNS message over TCP (the length prefix is 16 bits).

@@ -6,7 +6,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use super::relay::MAX_DATAGRAM;
+use super::protocol::MAX_DATAGRAM;
 
 /// Buffer for TCP echo: benchmarks push GiBs through echo pods, and 64 KiB keeps the number
 /// of syscalls per GiB low without costing much memory per connection.

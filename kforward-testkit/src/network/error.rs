@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use super::workload::Protocol;
+use super::protocol::Protocol;
 
 /// Result alias for the network module.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::echo::echo_udp;
 use super::error::Result;
-use super::http::{Response, serve_http};
+use super::http::{Reply, serve_http};
 use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp, reset};
 
 /// A host outside the cluster (a database, an internet API) that answers pods only, so a
@@ -86,8 +86,11 @@ impl ExternalHost {
                         reset(stream);
                         return;
                     }
-                    serve_http(stream, peer, move |_, peer| {
-                        Response::text(200, format!("hello from {greeting} to {}\n", peer.ip()))
+                    serve_http(stream, peer, move |_, _, peer| {
+                        Reply::text(
+                            http::StatusCode::OK,
+                            format!("hello from {greeting} to {}\n", peer.ip()),
+                        )
                     })
                     .await;
                 }

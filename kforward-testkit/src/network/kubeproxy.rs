@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::error::Result;
+use super::protocol::Protocol;
 use super::relay::{UdpRelayConfig, UdpRoute, relay_tcp, relay_udp};
 use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp, reset};
-use super::workload::Protocol;
 
 /// A UDP flow with no traffic for this long is forgotten (the conntrack UDP timeout is of
 /// the same order).

@@ -7,6 +7,7 @@ mod error;
 mod external;
 mod http;
 mod kubeproxy;
+mod protocol;
 mod relay;
 mod tasks;
 mod workload;
@@ -22,7 +23,8 @@ pub use error::{DnsError, NetworkError, Result};
 pub use external::ExternalHost;
 pub use http::pattern_byte;
 pub use kubeproxy::ServiceProxy;
+pub use protocol::Protocol;
 pub use workload::{
-    ContainerPort, MAX_PATTERN_BYTES, PASSTHROUGH_TARGET, POD_DNS_ENV, Protocol,
-    RELAY_IDLE_EXIT_ENV, WorkloadHandle, WorkloadKind, WorkloadSpec, start_workload,
+    ContainerPort, MAX_PATTERN_BYTES, PASSTHROUGH_TARGET, POD_DNS_ENV, RELAY_IDLE_EXIT_ENV,
+    WorkloadHandle, WorkloadKind, WorkloadSpec, start_workload,
 };

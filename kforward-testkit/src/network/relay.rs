@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::protocol::MAX_DATAGRAM;
 use super::tasks::reset;
 
 /// How long an upstream TCP connect may take before the client is reset.
@@ -18,8 +19,6 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Buffer per direction of a TCP relay: benchmarks push GiBs through passthrough pods and
 /// services, and 64 KiB (instead of tokio's 8 KiB default) cuts syscalls per GiB eightfold.
 const RELAY_BUFFER: usize = 64 * 1024;
-/// Largest UDP payload over IPv4.
-pub(crate) const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued per UDP session before new ones are dropped, as a full socket would.
 const SESSION_QUEUE: usize = 256;
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::{NetworkError, Result};
-use super::workload::Protocol;
+use super::protocol::Protocol;
 
 /// Pause after a failed `accept` (for example EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

@@ -1,7 +1,6 @@
 //! Real servers for a pod's containers, chosen by image name and bound to the pod's IP.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -9,7 +8,8 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use super::echo::{echo_tcp, echo_udp};
 use super::error::{NetworkError, Result};
-use super::http::{Body, RequestHead, Response, serve_http};
+use super::http::{Reply, ReplyBody, serve_http};
+use super::protocol::Protocol;
 use super::relay::{UdpRelayConfig, UdpRoute, relay_tcp, relay_udp};
 use super::tasks::{TaskGroup, accept_loop, bind_tcp, bind_udp};
 
@@ -25,40 +25,6 @@ pub const RELAY_IDLE_EXIT_ENV: &str = kforward_relay::server::IDLE_EXIT_ENV;
 const PASSTHROUGH_UDP_IDLE: Duration = Duration::from_secs(60);
 /// Largest body `GET /bytes/N` serves.
 pub const MAX_PATTERN_BYTES: u64 = 4 << 30;
-
-/// A port's transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// Parses the Kubernetes spelling (`"TCP"`, `"UDP"`); `None` for anything else.
-    pub fn from_k8s(name: &str) -> Option<Self> {
-        match name {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            _ => None,
-        }
-    }
-
-    /// The Kubernetes spelling.
-    pub fn as_k8s(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_k8s())
-    }
-}
 
 /// One port a container declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,7 +240,9 @@ pub async fn start_workload(spec: WorkloadSpec) -> Result<WorkloadHandle> {
                 let pod = spec.pod_name.clone();
                 tasks.spawn(accept_loop(listener, token, "http", move |stream, peer| {
                     let pod = pod.clone();
-                    serve_http(stream, peer, move |head, _| pod_route(&pod, head))
+                    serve_http(stream, peer, move |method, path, _| {
+                        pod_route(&pod, method, path)
+                    })
                 }));
             }
             (Bound::Tcp(listener, port), WorkloadKind::Passthrough) => {
@@ -421,29 +389,43 @@ async fn passthrough_target(spec: &WorkloadSpec, port: u16) -> Result<SocketAddr
 }
 
 /// The routes of an `http` pod.
-fn pod_route(pod: &str, head: &RequestHead) -> Response {
-    let path = head.path.as_str();
-    let mut response = match (head.method.as_str(), path) {
-        ("GET", "/") => Response::text(200, format!("{pod}\n")),
-        ("GET", _) if path.starts_with("/bytes/") => match path["/bytes/".len()..].parse() {
-            Ok(n) if n <= MAX_PATTERN_BYTES => Response {
-                status: 200,
-                headers: vec![("Content-Type", "application/octet-stream".to_owned())],
-                body: Body::Pattern(n),
+fn pod_route(pod: &str, method: &http::Method, path: &str) -> Reply {
+    use http::{Method, StatusCode};
+    let mut reply = match (method, path) {
+        (&Method::GET, "/") => Reply::text(StatusCode::OK, format!("{pod}\n")),
+        (&Method::GET, _) if path.starts_with("/bytes/") => match path["/bytes/".len()..].parse() {
+            Ok(n) if n <= MAX_PATTERN_BYTES => Reply {
+                status: StatusCode::OK,
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_owned(),
+                )],
+                body: ReplyBody::Pattern(n),
             },
-            _ => Response::text(400, format!("N must be 0..={MAX_PATTERN_BYTES}\n")),
+            _ => Reply::text(
+                StatusCode::BAD_REQUEST,
+                format!("N must be 0..={MAX_PATTERN_BYTES}\n"),
+            ),
         },
-        ("POST", "/echo") => Response {
-            status: 200,
-            headers: vec![("Content-Type", "application/octet-stream".to_owned())],
-            body: Body::Echo,
+        (&Method::POST, "/echo") => Reply {
+            status: StatusCode::OK,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            )],
+            body: ReplyBody::Echo,
         },
-        (_, "/" | "/echo") => Response::text(405, "method not allowed\n"),
-        (_, _) if path.starts_with("/bytes/") => Response::text(405, "method not allowed\n"),
-        _ => Response::text(404, "not found\n"),
+        (_, "/" | "/echo") => Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (_, _) if path.starts_with("/bytes/") => {
+            Reply::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
     };
-    response.headers.push(("X-Pod-Name", pod.to_owned()));
-    response
+    reply.headers.push((
+        http::header::HeaderName::from_static("x-pod-name"),
+        pod.to_owned(),
+    ));
+    reply
 }
 
 #[cfg(test)]

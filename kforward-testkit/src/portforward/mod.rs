@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::server::Body;
+use crate::response::Body;
 use crate::state::Shared;
 use crate::{ApiError, Kind};
 
@@ -60,7 +60,7 @@ fn running_pod(pod: &serde_json::Value, name: &str) -> Result<(Ipv4Addr, String)
 /// The 101 answer to a WebSocket upgrade, with the subprotocol chosen ("" for none).
 fn websocket_101(key: &[u8], protocol: &'static str) -> Response<Body> {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
-    let mut resp = Response::new(crate::server::full(""));
+    let mut resp = Response::new(crate::response::full(""));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(
@@ -92,7 +92,7 @@ fn spdy_upgrade(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let (ip, uid) = running_pod(pod, name)?;
-    let mut resp = Response::new(crate::server::full(""));
+    let mut resp = Response::new(crate::response::full(""));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(

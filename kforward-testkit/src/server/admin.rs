@@ -9,9 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::{Body, error_response, json_response};
 use crate::ApiError;
 use crate::faults;
+use crate::response::{Body, error_response, json_response};
 use crate::state::Shared;
 
 /// Handles `/testkit/<rest>`. These endpoints need no token (the server is on loopback),
@@ -54,7 +54,7 @@ pub(crate) async fn handle(
             // Restarting cuts this very connection, so answer first.
             let s = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = faults::restart_api(&s).await {
+                if let Err(e) = super::restart(&s).await {
                     tracing::error!(error = %e, "restart failed");
                 }
             });

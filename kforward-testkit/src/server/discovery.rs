@@ -90,12 +90,24 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
             ));
         }
         "apps" => {
-            list.push(sub(
-                "deployments/status",
-                "Deployment",
-                true,
-                &["get", "patch", "update"],
-            ));
+            for kind in [Kind::Deployment, Kind::ReplicaSet, Kind::StatefulSet] {
+                let plural = kind.plural();
+                let mut scale = sub(
+                    &format!("{plural}/scale"),
+                    "Scale",
+                    true,
+                    &["get", "patch", "update"],
+                );
+                scale["group"] = json!("autoscaling");
+                scale["version"] = json!("v1");
+                list.push(scale);
+                list.push(sub(
+                    &format!("{plural}/status"),
+                    kind.name(),
+                    true,
+                    &["get", "patch", "update"],
+                ));
+            }
         }
         "authorization.k8s.io" => {
             list.push(sub(

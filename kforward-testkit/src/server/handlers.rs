@@ -8,14 +8,13 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::labels::FieldSelector;
 use super::route::{self, Route};
 use super::watch::{self, WatchRequest};
-use super::{
-    Body, Selector, discovery, error_response, json_response, patch, protobuf, read_body, table,
-};
+use super::write::{self, FieldValidation, WriteOptions};
+use super::{discovery, protobuf, read_body, scale, table};
+use crate::response::{Body, error_response, json_response};
+use crate::selector::{FieldSelector, Selector};
 use crate::state::{Shared, USER, lock};
-use crate::store::now_rfc3339;
 use crate::{ApiError, Kind};
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -143,7 +142,9 @@ async fn access_review(
         json!({"allowed": false, "denied": true, "reason": "denied by a testkit fault"})
     };
     if proto_out {
-        let mut r = Response::new(super::full(protobuf::encode_access_review(&review)));
+        let mut r = Response::new(crate::response::full(protobuf::encode_access_review(
+            &review,
+        )));
         *r.status_mut() = StatusCode::CREATED;
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -203,27 +204,27 @@ async fn object(
     let ns_str = ns.unwrap_or("");
     match subresource.as_deref() {
         None | Some("status") => {}
+        Some("scale") => {
+            let name = name.unwrap_or_default();
+            return scale::handle(&shared, req, verb, kind, ns_str, &name).await;
+        }
         Some(other) => {
-            return Err(ApiError {
-                code: 404,
-                reason: "NotFound",
-                message: format!("the server could not find the requested resource ({other})"),
-                name: None,
-                kind: None,
-            });
+            let mut e = ApiError::no_route();
+            e.message = format!("the server could not find the requested resource ({other})");
+            return Err(e);
         }
     }
+    let write = || -> Result<WriteOptions, ApiError> {
+        Ok(WriteOptions {
+            validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+            dry_run: q.contains_key("dryRun"),
+        })
+    };
     let accept = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
-        .to_string();
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("application/json")
         .to_string();
     match (verb, name) {
         ("watch", name) => {
@@ -289,140 +290,16 @@ async fn object(
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
-        ("create", None) => {
-            let body = read_body(req).await?;
-            let obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-            let mut obj = prepare_create(&shared, kind, obj)?;
-            if kind == Kind::Pod {
-                crate::admission::admit_pod(&shared, ns_str, &mut obj)?;
-            }
-            if q.contains_key("dryRun") {
-                return Ok(json_response(StatusCode::CREATED, &obj));
-            }
-            let created = shared.store.create(kind, ns_str, obj)?;
-            Ok(json_response(StatusCode::CREATED, &created))
-        }
+        ("create", None) => write::create(&shared, req, kind, ns_str, write()?).await,
         ("update", Some(name)) => {
-            let body = read_body(req).await?;
-            let obj: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-            if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request(
-                    "the name of the object does not match the name on the URL",
-                ));
-            }
-            let updated = shared.store.replace(kind, ns_str, &name, obj)?;
-            Ok(json_response(StatusCode::OK, &updated))
+            let sub = subresource.as_deref();
+            write::update(&shared, req, kind, ns_str, &name, sub, write()?).await
         }
         ("patch", Some(name)) => {
-            let body = read_body(req).await?;
-            let p: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-            let ct = content_type
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            let updated = shared
-                .store
-                .update(kind, ns_str, &name, |obj| match ct.as_str() {
-                    "application/merge-patch+json" => {
-                        patch::merge(obj, &p);
-                        Ok(())
-                    }
-                    "application/strategic-merge-patch+json" => {
-                        patch::strategic_merge(obj, &p);
-                        Ok(())
-                    }
-                    "application/json-patch+json" => patch::json_patch(obj, &p),
-                    other => Err(ApiError::unsupported_media_type(other)),
-                })?;
-            Ok(json_response(StatusCode::OK, &updated))
+            let sub = subresource.as_deref();
+            write::patch(&shared, req, kind, ns_str, &name, sub, write()?).await
         }
-        ("delete", Some(name)) => {
-            let obj = delete(&shared, kind, ns_str, &name)?;
-            Ok(json_response(StatusCode::OK, &obj))
-        }
+        ("delete", Some(name)) => write::delete(&shared, req, kind, ns_str, &name).await,
         _ => Err(ApiError::method_not_allowed()),
     }
-}
-
-/// Fills in what the API server defaults on create.
-fn prepare_create(shared: &Shared, kind: Kind, mut obj: Value) -> Result<Value, ApiError> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    match kind {
-        Kind::Pod => {
-            let containers = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
-            if containers == 0 {
-                return Err(ApiError::invalid(
-                    kind,
-                    &name,
-                    "spec.containers: Required value",
-                ));
-            }
-            obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
-        }
-        Kind::Service => {
-            if !obj["spec"]["clusterIP"].is_string() {
-                obj["spec"]["clusterIP"] = json!(shared.pool.next_service_ip().to_string());
-            }
-            let ip = obj["spec"]["clusterIP"].clone();
-            obj["spec"]["clusterIPs"] = json!([ip]);
-            if !obj["spec"]["type"].is_string() {
-                obj["spec"]["type"] = json!("ClusterIP");
-            }
-            if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
-                for p in ports {
-                    if !p["protocol"].is_string() {
-                        p["protocol"] = json!("TCP");
-                    }
-                    if p["targetPort"].is_null() {
-                        p["targetPort"] = p["port"].clone();
-                    }
-                }
-            }
-        }
-        Kind::Deployment => {
-            if obj["spec"]["replicas"].is_null() {
-                obj["spec"]["replicas"] = json!(1);
-            }
-            obj["status"] = json!({});
-        }
-        Kind::Namespace => {
-            obj["status"] = json!({"phase": "Active"});
-        }
-        Kind::EndpointSlice => {}
-    }
-    Ok(obj)
-}
-
-/// Deletes an object. A pod is first marked for deletion; the kubelet then stops its
-/// containers and removes it, as a graceful deletion does.
-pub(crate) fn delete(shared: &Shared, kind: Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
-    if kind == Kind::Pod {
-        return shared.store.update(kind, ns, name, |o| {
-            if o["metadata"]["deletionTimestamp"].is_null() {
-                o["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                o["metadata"]["deletionGracePeriodSeconds"] = json!(30);
-            }
-            Ok(())
-        });
-    }
-    if kind == Kind::Namespace {
-        for k in [
-            Kind::Pod,
-            Kind::Service,
-            Kind::Deployment,
-            Kind::EndpointSlice,
-        ] {
-            for o in shared.store.list(k, Some(name)).0 {
-                if let Some(n) = o["metadata"]["name"].as_str() {
-                    let _ = delete(shared, k, name, n);
-                }
-            }
-        }
-    }
-    shared.store.delete(kind, ns, name)
 }

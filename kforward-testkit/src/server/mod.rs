@@ -3,94 +3,102 @@
 mod admin;
 mod discovery;
 mod handlers;
-mod labels;
+mod openapi;
 mod patch;
 mod protobuf;
 mod route;
+mod scale;
 mod table;
 mod watch;
+mod write;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
+use crate::response::{Body, error_response};
 use crate::state::{Shared, lock};
 use crate::{ApiError, Error};
 
-pub(crate) use handlers::delete as delete_object;
-pub(crate) use labels::Selector;
 pub(crate) use patch::merge as merge_patch;
 
-/// The body type every handler answers with.
-pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
-
-/// A full body from bytes.
-pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
-}
-
-/// A JSON answer.
-pub(crate) fn json_response(code: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(full(v.to_string()));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-/// The `Status` answer of an API error.
-pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(
-        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &e.to_status(),
-    )
-}
-
-/// A running API server; it stops when dropped.
-pub(crate) struct ApiServer {
-    pub(crate) addr: SocketAddr,
-    /// Cancelled to stop the listener and every connection it accepted.
-    conns: CancellationToken,
-}
-
-impl ApiServer {
-    /// Binds `addr` (port 0 for a free one) and serves.
-    pub(crate) async fn start(
-        shared: Arc<Shared>,
-        addr: SocketAddr,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<ApiServer, Error> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::Bind(addr, e))?;
-        let addr = listener.local_addr().map_err(|e| Error::Bind(addr, e))?;
-        let conns = shared.shutdown.child_token();
-        tokio::spawn(accept_loop(shared, listener, tls, conns.clone()));
-        Ok(ApiServer { addr, conns })
+/// Binds `addr` (port 0 for a free one) and serves there until the cluster shuts down or
+/// the server is restarted; returns the address bound.
+///
+/// # Errors
+///
+/// [`Error::Bind`] when the address cannot be bound.
+pub(crate) async fn start(shared: &Arc<Shared>, addr: SocketAddr) -> Result<SocketAddr, Error> {
+    let mut running = shared.api_conns.lock().await;
+    let (addr, conns) = listen(shared, addr).await?;
+    if let Some(old) = running.replace(conns) {
+        old.cancel();
     }
-
-    /// Stops the listener and cuts every connection (watches and port-forwards included).
-    pub(crate) fn stop(&self) {
-        self.conns.cancel();
-    }
+    Ok(addr)
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.conns.cancel();
-    }
+/// Stops the API server, cutting every connection (watches and port-forwards included),
+/// and starts it again on the same address. Stored objects survive, as they would in etcd.
+///
+/// The future is boxed to break the type cycle server -> admin endpoint -> restart -> server.
+pub(crate) fn restart(
+    shared: &Arc<Shared>,
+) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send + '_>> {
+    Box::pin(async move {
+        let mut running = shared.api_conns.lock().await;
+        if let Some(old) = running.take() {
+            old.cancel();
+        }
+        let addr = *lock(&shared.api_addr);
+        let mut last = None;
+        // The old listener closes as its accept loop sees the cancellation: retry briefly.
+        for _ in 0..50 {
+            match listen(shared, addr).await {
+                Ok((_, conns)) => {
+                    *running = Some(conns);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::Timeout(std::time::Duration::from_secs(1), "API restart".into())
+        }))
+    })
+}
+
+/// Binds and spawns the accept loop; the token stops it and every connection it accepted.
+async fn listen(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, CancellationToken), Error> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Bind(addr, e))?;
+    let addr = listener.local_addr().map_err(|e| Error::Bind(addr, e))?;
+    let conns = shared.shutdown.child_token();
+    tokio::spawn(accept_loop(
+        shared.clone(),
+        listener,
+        shared.tls.clone(),
+        conns.clone(),
+    ));
+    Ok((addr, conns))
 }
 
 async fn accept_loop(
@@ -178,6 +186,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.faults.wait_unpaused().await;
     if !authenticated(&shared, &req) {
         return error_response(&ApiError::unauthorized());
+    }
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(r) = openapi::handle(&path, req.uri().query(), accept) {
+        return r;
     }
     handlers::dispatch(shared, req).await
 }

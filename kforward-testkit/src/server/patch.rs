@@ -1,9 +1,24 @@
 //! PATCH bodies: JSON merge patch (RFC 7386), strategic merge patch (for the lists the
 //! served kinds have) and JSON patch (RFC 6902).
 
+use http::{Request, header};
 use serde_json::Value;
 
 use crate::ApiError;
+
+/// The media type of a request body (which patch it is), without parameters; JSON when
+/// the request names none.
+pub(crate) fn content_type<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
 
 /// Applies an RFC 7386 merge patch.
 pub(crate) fn merge(target: &mut Value, patch: &Value) {
@@ -26,41 +41,42 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// The `patchMergeKey` of a list field of the served kinds (from the `patchMergeKey` tags in
-/// `k8s.io/api`), or `None` for lists a strategic merge replaces whole.
+/// The `patchMergeKey` of a list field of the served kinds ([`crate::schema::MERGE_KEYS`]),
+/// or `None` for lists a strategic merge replaces whole. The field name decides, except
+/// for `ports`: container ports merge on `containerPort`, service ports on `port`.
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
-    match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets"
-        | "resourceClaims"
-        | "schedulingGates" => Some("name"),
-        "volumeMounts" => Some("mountPath"),
-        "volumeDevices" => Some("devicePath"),
-        "hostAliases" => Some("ip"),
-        "conditions" => Some("type"),
-        "ownerReferences" => Some("uid"),
-        // Container ports merge on containerPort, service ports on port.
-        "ports" if items.iter().any(|i| i.get("containerPort").is_some()) => Some("containerPort"),
-        "ports" => Some("port"),
-        _ => None,
+    let mut keys = crate::schema::MERGE_KEYS
+        .iter()
+        .filter(|(_, f, key)| *f == field && !key.is_empty())
+        .map(|(_, _, key)| *key);
+    if field == "ports" {
+        let container = items.iter().any(|i| i.get("containerPort").is_some());
+        return Some(if container { "containerPort" } else { "port" });
     }
+    keys.next()
 }
 
 /// Applies a strategic merge patch (`k8s.io/apimachinery/pkg/util/strategicpatch`): a merge
 /// patch, except that a list with a patch merge key (containers by `name`, container ports
 /// by `containerPort`, ...) is merged element by element, so `kubectl set image` keeps a
 /// container's ports. An element with `"$patch": "delete"` is removed and one with
-/// `"$patch": "replace"` makes the list the patch's; the other `$` directives
-/// (`$setElementOrder/...`, `$retainKeys`) only order or prune and are ignored.
+/// `"$patch": "replace"` makes the list the patch's; a map with `"$patch": "replace"`
+/// replaces the map and one with `"$patch": "delete"` removes it; the other `$`
+/// directives (`$setElementOrder/...`, `$retainKeys`) only order or prune and are ignored.
 pub(crate) fn strategic_merge(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return;
     };
+    // `"$patch": "replace"` in a map: the map becomes the patch's (how a StatefulSet's
+    // ControllerRevision restores a whole template).
+    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+        *target = Value::Null;
+        let mut rest = p.clone();
+        rest.remove("$patch");
+        strategic_merge(target, &Value::Object(rest));
+        return;
+    }
     if !target.is_object() {
         *target = Value::Object(Default::default());
     }
@@ -69,7 +85,7 @@ pub(crate) fn strategic_merge(target: &mut Value, patch: &Value) {
         if k.starts_with('$') {
             continue;
         }
-        if v.is_null() {
+        if v.is_null() || v.get("$patch").and_then(Value::as_str) == Some("delete") {
             t.remove(k);
             continue;
         }
@@ -246,6 +262,15 @@ mod tests {
                 {"name": "new", "image": "c:1"}
             ], "tolerations": [{"key": "y"}]}}}})
         );
+        let mut t =
+            json!({"spec": {"template": {"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1}}}});
+        strategic_merge(
+            &mut t,
+            &json!({"spec": {"template": {"$patch": "replace", "spec": {"y": 2}}}}),
+        );
+        assert_eq!(t, json!({"spec": {"template": {"spec": {"y": 2}}}}));
+        strategic_merge(&mut t, &json!({"spec": {"template": {"$patch": "delete"}}}));
+        assert_eq!(t, json!({"spec": {}}));
         let mut v = json!({"env": [{"name": "A"}, {"name": "B"}]});
         strategic_merge(
             &mut v,

@@ -119,8 +119,102 @@ fn columns(kind: Kind) -> Vec<Value> {
                 "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             age,
+            containers(),
+            images(),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        Kind::ReplicaSet => vec![
+            name,
+            col(
+                "Desired",
+                "integer",
+                0,
+                "Replicas is the number of desired pods.",
+            ),
+            col(
+                "Current",
+                "integer",
+                0,
+                "Replicas is the most recently observed number of non-terminating pods.",
+            ),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
+            ),
+            age,
+            containers(),
+            images(),
+            col(
+                "Selector",
+                "string",
+                1,
+                "Selector is a label query over pods that should match the replica count.",
+            ),
+        ],
+        Kind::StatefulSet => vec![
+            name,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            age,
+            containers(),
+            images(),
+        ],
+        Kind::ControllerRevision => vec![
+            name,
+            col("Controller", "string", 0, "Controller of the object"),
+            col(
+                "Revision",
+                "string",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            age,
         ],
     }
+}
+
+fn containers() -> Value {
+    col(
+        "Containers",
+        "string",
+        1,
+        "Names of each container in the template.",
+    )
+}
+
+fn images() -> Value {
+    col(
+        "Images",
+        "string",
+        1,
+        "Images referenced by each container in the template.",
+    )
+}
+
+/// The template's container names and images, comma-separated, as the wide columns show.
+fn template_columns(o: &Value) -> (Value, Value) {
+    let list = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let join = |field: &str| {
+        list.iter()
+            .map(|c| c[field].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (json!(join("name")), json!(join("image")))
+}
+
+/// A selector as `metav1.FormatLabelSelector` writes it (`<none>` when empty).
+fn selector_text(selector: &Value) -> Value {
+    let text = crate::selector::Selector::from_label_selector(selector).to_string();
+    json!(if text.is_empty() {
+        "<none>".to_string()
+    } else {
+        text
+    })
 }
 
 fn s(v: &Value) -> String {
@@ -237,11 +331,62 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
         Kind::Deployment => {
             let n = |k: &str| o["status"][k].as_i64().unwrap_or(0);
             let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            let (names, images) = template_columns(o);
             vec![
                 json!(name),
                 json!(format!("{}/{want}", n("readyReplicas"))),
                 json!(n("updatedReplicas")),
                 json!(n("availableReplicas")),
+                json!(age),
+                names,
+                images,
+                selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        Kind::ReplicaSet => {
+            let n = |k: &str| o["status"][k].as_i64().unwrap_or(0);
+            let (names, images) = template_columns(o);
+            vec![
+                json!(name),
+                json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
+                json!(n("replicas")),
+                json!(n("readyReplicas")),
+                json!(age),
+                names,
+                images,
+                selector_text(&o["spec"]["selector"]),
+            ]
+        }
+        Kind::StatefulSet => {
+            let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            let ready = o["status"]["readyReplicas"].as_i64().unwrap_or(0);
+            let (names, images) = template_columns(o);
+            vec![
+                json!(name),
+                json!(format!("{ready}/{want}")),
+                json!(age),
+                names,
+                images,
+            ]
+        }
+        Kind::ControllerRevision => {
+            let controller = o["metadata"]["ownerReferences"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["controller"] == true))
+                .map_or("<none>".to_string(), |r| {
+                    let group = r["apiVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .split('/')
+                        .next()
+                        .unwrap_or("");
+                    let kind = r["kind"].as_str().unwrap_or("").to_ascii_lowercase();
+                    format!("{kind}.{group}/{}", r["name"].as_str().unwrap_or(""))
+                });
+            vec![
+                json!(name),
+                json!(controller),
+                json!(o["revision"].as_i64().unwrap_or(0)),
                 json!(age),
             ]
         }

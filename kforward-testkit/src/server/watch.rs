@@ -10,9 +10,9 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::labels::FieldSelector;
-use super::{Body, Selector};
 use crate::Kind;
+use crate::response::Body;
+use crate::selector::{FieldSelector, Selector};
 use crate::state::Shared;
 use crate::store::StoreEvent;
 

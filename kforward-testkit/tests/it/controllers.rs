@@ -212,3 +212,131 @@ async fn endpoint_slices_follow_pod_readiness() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn statefulset_pods_start_in_order_and_come_back_under_their_names() {
+    use std::time::Duration;
+    let cluster = bounded(
+        "a cluster",
+        kforward_testkit::Cluster::builder()
+            .ready_delay(Duration::from_millis(200))
+            .start(),
+    )
+    .await
+    .expect("start a cluster");
+    cluster.create_namespace("data").expect("namespace");
+    let pods: Api<Pod> = Api::namespaced(client(&cluster).await, "data");
+    let mut events = bounded(
+        "watch pods",
+        pods.watch(&WatchParams::default().labels("app=pg"), "0"),
+    )
+    .await
+    .expect("watch")
+    .boxed();
+    let sts = kforward_testkit::statefulset(
+        "pg",
+        kforward_testkit::ECHO_IMAGE,
+        3,
+        "pg",
+        &[("pg", 5432, "TCP")],
+    );
+    cluster.create_statefulset("data", &sts).expect("create pg");
+    // OrderedReady: a pod is created only once every lower ordinal is Running and Ready.
+    let mut seen: BTreeMap<String, Pod> = BTreeMap::new();
+    bounded("three ready pods, in order", async {
+        while seen.values().filter(|p| serving(p)).count() < 3 {
+            let ev = events
+                .next()
+                .await
+                .expect("an event")
+                .expect("a good event");
+            if let WatchEvent::Added(p) = &ev {
+                let n = name(p);
+                let ordinal: usize = n.trim_start_matches("pg-").parse().expect("an ordinal");
+                for lower in 0..ordinal {
+                    let before = seen.get(&format!("pg-{lower}"));
+                    assert!(
+                        before.is_some_and(serving),
+                        "pg-{ordinal} made before pg-{lower} was ready"
+                    );
+                }
+            }
+            if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev {
+                seen.insert(name(&p), p);
+            }
+        }
+    })
+    .await;
+    let pg1 = cluster.pod("data", "pg-1").expect("pg-1");
+    let spec = pg1.spec.clone().expect("spec");
+    assert_eq!(
+        (spec.hostname.as_deref(), spec.subdomain.as_deref()),
+        (Some("pg-1"), Some("pg"))
+    );
+    let labels = pg1.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("statefulset.kubernetes.io/pod-name")
+            .map(String::as_str),
+        Some("pg-1")
+    );
+    assert_eq!(
+        labels
+            .get("apps.kubernetes.io/pod-index")
+            .map(String::as_str),
+        Some("1")
+    );
+    let status = cluster
+        .statefulset("data", "pg")
+        .expect("pg")
+        .status
+        .expect("status");
+    assert_eq!((status.replicas, status.ready_replicas), (3, Some(3)));
+    assert_eq!(status.current_revision, status.update_revision);
+    assert_eq!(
+        labels.get("controller-revision-hash"),
+        status.update_revision.as_ref()
+    );
+
+    cluster.delete_pod("data", "pg-1").expect("delete pg-1");
+    bounded(
+        "pg-1 back under its name",
+        cluster.wait_for("a new pg-1", WAIT, |c| {
+            c.ready_pods("data", "app=pg")
+                .iter()
+                .any(|p| name(p) == "pg-1" && p.metadata.uid != pg1.metadata.uid)
+        }),
+    )
+    .await
+    .expect("pg-1 recreated");
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_deletes_its_replicaset_and_pods() {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    let cluster = demo().await;
+    let kube = client(&cluster).await;
+    let sets: Api<ReplicaSet> = Api::namespaced(kube.clone(), DEMO_NAMESPACE);
+    let web = ListParams::default().labels("app=web");
+    assert_eq!(
+        bounded("list", sets.list(&web))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    let deployments: Api<Deployment> = Api::namespaced(kube, DEMO_NAMESPACE);
+    bounded("delete web", deployments.delete("web", &Default::default()))
+        .await
+        .expect("delete web");
+    bounded(
+        "the garbage collector",
+        cluster.wait_for("web's ReplicaSet and pods gone", WAIT, |c| {
+            c.replicasets(DEMO_NAMESPACE, Some("app=web")).is_empty()
+                && c.pods(DEMO_NAMESPACE, Some("app=web")).is_empty()
+        }),
+    )
+    .await
+    .expect("web's dependents deleted");
+}

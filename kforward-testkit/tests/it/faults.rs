@@ -107,7 +107,7 @@ async fn restart_api_ends_watches_and_serves_again_on_the_same_url() {
     let list = bounded("list after the restart", pods.list(&ListParams::default()))
         .await
         .expect("the same client works after the restart");
-    assert_eq!(list.items.len(), 4, "stored objects survive");
+    assert_eq!(list.items.len(), 6, "stored objects survive");
 }
 
 #[tokio::test]
@@ -433,5 +433,5 @@ async fn a_kube_client_works_over_plain_http() {
     let list = bounded("list", pods.list(&ListParams::default()))
         .await
         .expect("list over plain HTTP");
-    assert_eq!(list.items.len(), 4);
+    assert_eq!(list.items.len(), 6, "web x2, echo, dns, db-0, db-1");
 }

@@ -60,7 +60,7 @@ async fn pods_list_with_label_and_field_selectors() {
     let all = bounded("list pods", pods.list(&ListParams::default()))
         .await
         .expect("list pods");
-    assert_eq!(all.items.len(), 4, "web x2, echo, dns");
+    assert_eq!(all.items.len(), 6, "web x2, echo, dns, db-0, db-1");
     assert!(
         all.metadata
             .resource_version

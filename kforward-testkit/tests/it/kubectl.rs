@@ -72,7 +72,7 @@ fn find_kubectl() -> Result<PathBuf, String> {
 }
 
 /// The kubectl to test with, or `None` (after a note) when it cannot be had outside CI.
-async fn kubectl() -> Option<PathBuf> {
+pub(crate) async fn kubectl() -> Option<PathBuf> {
     let found = tokio::task::spawn_blocking(|| KUBECTL.get_or_init(find_kubectl).clone())
         .await
         .expect("the kubectl lookup ran");
@@ -87,14 +87,14 @@ async fn kubectl() -> Option<PathBuf> {
 }
 
 /// One kubectl invocation against a cluster.
-struct Kubectl {
+pub(crate) struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
     cache: tempfile::TempDir,
 }
 
 impl Kubectl {
-    fn new(bin: PathBuf, cluster: &Cluster) -> Self {
+    pub(crate) fn new(bin: PathBuf, cluster: &Cluster) -> Self {
         Kubectl {
             bin,
             kubeconfig: cluster.kubeconfig_path().to_path_buf(),
@@ -103,7 +103,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl with `args` (bounded) and returns its output.
-    async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -121,7 +121,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl and returns its stdout, failing the test when it exits non-zero.
-    async fn ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args, &[]).await;
         assert!(
             out.status.success(),
@@ -134,7 +134,7 @@ impl Kubectl {
     }
 }
 
-async fn setup() -> Option<(Cluster, Kubectl)> {
+pub(crate) async fn setup() -> Option<(Cluster, Kubectl)> {
     let bin = kubectl().await?;
     let cluster = demo().await;
     let k = Kubectl::new(bin, &cluster);
@@ -142,7 +142,7 @@ async fn setup() -> Option<(Cluster, Kubectl)> {
 }
 
 /// The rows of a table whose first column starts with `prefix`, split into columns.
-fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
+pub(crate) fn rows<'a>(table: &'a str, prefix: &str) -> Vec<Vec<&'a str>> {
     table
         .lines()
         .filter(|l| l.starts_with(prefix))
@@ -187,12 +187,18 @@ async fn kubectl_get_pods_and_services_prints_tables() {
         assert_eq!(&row[1..4], &["1/1", "Running", "0"], "{out}");
     }
     let services = rows(&out, "service/");
-    assert_eq!(services.len(), 3, "{out}");
-    for (svc, ports) in [("dns", "5353/UDP"), ("echo", "7000/TCP"), ("web", "80/TCP")] {
+    assert_eq!(services.len(), 4, "{out}");
+    for (svc, ports) in [
+        ("db", "5432/TCP"),
+        ("dns", "5353/UDP"),
+        ("echo", "7000/TCP"),
+        ("web", "80/TCP"),
+    ] {
         let row = services
             .iter()
             .find(|r| r[0] == format!("service/{svc}"))
             .unwrap_or_else(|| panic!("no row for {svc}: {out}"));
+        // The headless `db` has no ClusterIP: kubectl shows "None".
         let ip = cluster_ip(&cluster, svc);
         assert_eq!(
             &row[1..5],
@@ -368,7 +374,7 @@ async fn kubectl_auth_can_i_follows_deny() {
 }
 
 /// A running `kubectl port-forward` (killed on drop) and the local port it chose.
-async fn port_forward(
+pub(crate) async fn port_forward(
     k: &Kubectl,
     target: &str,
     remote: &str,
@@ -420,7 +426,7 @@ async fn port_forward(
     (child, port)
 }
 
-async fn http_get_pod_name(port: u16) -> String {
+pub(crate) async fn http_get_pod_name(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let work = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -5,10 +5,12 @@
 
 mod controllers;
 mod faults;
+mod headless;
 mod kube_client;
 mod kubectl;
 mod network;
 mod python;
+mod rollouts;
 mod watch;
 
 use std::future::Future;

@@ -156,7 +156,7 @@ async fn resource_version_zero_starts_with_added_for_existing_objects() {
         .iter()
         .map(name)
         .collect();
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 6);
     let mut stream = bounded("start the watch", pods.watch(&WatchParams::default(), "0"))
         .await
         .expect("watch pods from 0")

@@ -1,4 +1,4 @@
-//! Label and field selectors, as the API server evaluates them.
+//! Label and field selectors, as the API server evaluates them for lists, watches and controllers.
 
 use serde_json::Value;
 
@@ -88,6 +88,34 @@ impl Selector {
         )
     }
 
+    /// Builds the selector a `LabelSelector` (`matchLabels` and `matchExpressions`) stands
+    /// for; requirements sorted by key, as `LabelSelectorAsSelector` sorts them.
+    pub(crate) fn from_label_selector(selector: &Value) -> Selector {
+        let mut reqs = Selector::from_map(&selector["matchLabels"]).0;
+        for e in selector["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let key = e["key"].as_str().unwrap_or("").to_string();
+            let mut values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            values.sort();
+            reqs.push(match e["operator"].as_str() {
+                Some("In") => Req::In(key, values),
+                Some("NotIn") => Req::NotIn(key, values),
+                Some("Exists") => Req::Exists(key),
+                _ => Req::NotExists(key),
+            });
+        }
+        reqs.sort_by(|a, b| a.key().cmp(b.key()));
+        Selector(reqs)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -103,6 +131,39 @@ impl Selector {
             Req::Exists(k) => get(k).is_some(),
             Req::NotExists(k) => get(k).is_none(),
         })
+    }
+}
+
+impl Req {
+    fn key(&self) -> &str {
+        match self {
+            Req::Eq(k, _)
+            | Req::Ne(k, _)
+            | Req::In(k, _)
+            | Req::NotIn(k, _)
+            | Req::Exists(k)
+            | Req::NotExists(k) => k,
+        }
+    }
+}
+
+/// The selector as the API server writes one (`labels.Selector.String()`):
+/// `app=web,tier in (a,b),!legacy`.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r {
+                Req::Eq(k, v) => format!("{k}={v}"),
+                Req::Ne(k, v) => format!("{k}!={v}"),
+                Req::In(k, vs) => format!("{k} in ({})", vs.join(",")),
+                Req::NotIn(k, vs) => format!("{k} notin ({})", vs.join(",")),
+                Req::Exists(k) => k.clone(),
+                Req::NotExists(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
     }
 }
 
@@ -168,6 +229,17 @@ mod tests {
         assert!(!ok("legacy"));
         assert!(ok(""));
         assert!(Selector::parse("app in web").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects_and_their_text() {
+        let s = Selector::from_label_selector(&json!({
+            "matchLabels": {"tier": "front", "app": "web"},
+            "matchExpressions": [{"key": "env", "operator": "In", "values": ["b", "a"]}],
+        }));
+        assert_eq!(s.to_string(), "app=web,env in (a,b),tier=front");
+        assert!(s.matches(&json!({"app": "web", "tier": "front", "env": "a"})));
+        assert!(!s.matches(&json!({"app": "web", "tier": "front"})));
     }
 
     #[test]
