@@ -13,16 +13,24 @@
 //! TLS, `kforward-core/src/connector.rs`) saves.
 //! `kforward-tunnel` is the library's `Tunnel` used in this process, as a tool that embeds
 //! kforward reaches a pod: kforward's client path without the local socket.
+//! `kforward-socks` is the forward proxy (`kforward socks`) in this process, asked for the
+//! same pods by address; the `socks` section opens 1,000 connections at once through one
+//! proxy to services by name and to an external name through the relay.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,socks,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
+//! The `wan` section ([`wan`]) puts the API server `--wan-rtt-ms` away, straight and behind
+//! an HTTP proxy (tinyproxy, when installed).
 
 mod baseline;
 mod delay;
+mod dns;
 mod kubectl;
 mod measure;
+mod socks;
+mod wan;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,8 +69,8 @@ impl Opts {
 
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
-  [--paths direct,kforward,kforward-tunnel,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
-  [--only bulk1,bulk8,ttfb,rtt,relay,hop,idle]
+  [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
+  [--only bulk1,bulk8,ttfb,rtt,wan,relay,dns,socks,hop,idle] [--wan-rtt-ms 10] [--wan-conns 100]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
 COMPARE_CHILD_STDERR=1 passes the forwarding processes' stderr through (with RUST_LOG)";
@@ -226,7 +234,22 @@ async fn main() -> anyhow::Result<()> {
         http: Dial::Tcp(b_http.addr),
         echo: Dial::Tcp(b_echo.addr),
     };
-    let mut paths = vec![direct, kf, kf_tunnel, kube_pf];
+    let (socks_addr, _socks_stop) = socks::start(&ctx).await?;
+    let kf_socks = Path {
+        name: "kforward-socks",
+        pid: None,
+        http: Dial::Socks5 {
+            proxy: socks_addr,
+            host: ip(&web)?,
+            port: 8080,
+        },
+        echo: Dial::Socks5 {
+            proxy: socks_addr,
+            host: ip(&echo)?,
+            port: 7000,
+        },
+    };
+    let mut paths = vec![direct, kf, kf_tunnel, kf_socks, kube_pf];
     let kubectl_bin = if o.path("kubectl") {
         kubectl::find()
     } else {
@@ -380,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
             ("kforward", "kubectl"),
             ("kforward", "kube-pf"),
             ("kforward", "direct"),
+            ("kforward-socks", "kforward"),
             ("kforward-cli", "kubectl"),
             ("kforward-cli", "kforward-cli-stock"),
             ("kforward-tunnel", "kubectl"),
@@ -458,10 +482,16 @@ async fn main() -> anyhow::Result<()> {
 
     if o.section("wan") {
         let bin = kubectl_bin.as_ref().ok();
-        wan_rows(&cluster, &o, &web_name, bin, &cli).await?;
+        wan::rows(&cluster, &o, &web_name, bin, &cli).await?;
     }
     if o.section("relay") {
         relay_rows(&cluster, &ctx, &o, &ip(&web)?, direct_http).await?;
+    }
+    if o.section("socks") {
+        socks::burst_rows(socks_addr, o.conns).await?;
+    }
+    if o.section("dns") {
+        dns::rows(&cluster, &o, &cli).await?;
     }
     if o.section("hop") {
         hop_rows(&o, direct_http).await?;
@@ -494,94 +524,6 @@ fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> Forward {
 async fn stock_client(kc: kube::config::Kubeconfig) -> anyhow::Result<kube::Client> {
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
-}
-
-/// First byte of new connections when the API server is `--wan-rtt-ms` away: every
-/// client's API traffic goes through a [`delay::DelayProxy`], so what each one does per
-/// connection before the pod answers counts in round trips, as against a real cluster.
-async fn wan_rows(
-    cluster: &Cluster,
-    o: &Opts,
-    web: &str,
-    kubectl_bin: Option<&std::path::PathBuf>,
-    cli: &std::path::Path,
-) -> anyhow::Result<()> {
-    eprintln!("first byte, API server {} ms away ...", o.wan_rtt_ms);
-    let rtt = Duration::from_secs_f64(o.wan_rtt_ms / 1e3);
-    let proxy = delay::start(cluster.api_addr(), rtt / 2).await?;
-    let mut kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig_path())?;
-    for c in &mut kc.clusters {
-        if let Some(c) = c.cluster.as_mut() {
-            c.server = Some(format!("https://{}", proxy.addr));
-        }
-    }
-    // JSON is YAML: kubectl and kube read it as a kubeconfig.
-    let kubeconfig = cluster.kubeconfig_path().with_file_name("kubeconfig-wan");
-    std::fs::write(&kubeconfig, serde_json::to_vec(&kc)?)?;
-
-    let mut paths: Vec<(&str, SocketAddr)> = Vec::new();
-    let mut keep = Vec::new();
-    let ctx = KubeContext::load(&KubeconfigSource::default().with_path(&kubeconfig)).await?;
-    let mut fwd = pod_forward(&ctx, web, 8080);
-    if o.path("kforward") {
-        paths.push(("kforward", fwd.start().await?[0].local_addr));
-    }
-    let stock = stock_client(kc).await?;
-    let baseline = baseline::start(stock, web, 8080).await?;
-    if o.path("kube-pf") {
-        paths.push(("kube-pf", baseline.addr));
-    }
-    if let (Some(bin), true) = (kubectl_bin, o.path("kubectl")) {
-        let (child, addr) =
-            kubectl::port_forward(bin, &kubeconfig, &format!("pod/{web}"), 8080).await?;
-        keep.push(child);
-        paths.push(("kubectl", addr));
-    }
-    if o.path("kforward-cli") && cli.exists() {
-        let (child, addr) =
-            kubectl::kforward_forward(cli, &kubeconfig, format!("pod/{web}"), 8080, false).await?;
-        keep.push(child);
-        paths.push(("kforward-cli", addr));
-    }
-    let mut times = vec![Vec::new(); paths.len()];
-    // One connection each first, so that every path has done its one-time setup (kubectl
-    // opens its tunnel on the first connection).
-    for (_, addr) in &paths {
-        measure::first_byte(&Dial::Tcp(*addr)).await?;
-    }
-    for _ in 0..o.wan_conns {
-        for (i, (_, addr)) in paths.iter().enumerate() {
-            times[i].push(measure::first_byte(&Dial::Tcp(*addr)).await?);
-        }
-    }
-    let p50: Vec<Option<Duration>> = times.iter_mut().map(|t| pct(t, 0.5)).collect();
-    let kubectl_p50 = paths
-        .iter()
-        .position(|(n, _)| *n == "kubectl")
-        .and_then(|i| p50[i]);
-    println!(
-        "\n| API server {} ms away | first byte p50 | p99 | p50 in round trips | / kubectl |",
-        o.wan_rtt_ms
-    );
-    println!("|---|---:|---:|---:|---:|");
-    for (i, (name, _)) in paths.iter().enumerate() {
-        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-        let ratio = match (p50[i], kubectl_p50) {
-            (Some(a), Some(k)) => a.as_secs_f64() / k.as_secs_f64(),
-            _ => f64::NAN,
-        };
-        println!(
-            "| {name} | {} | {} | {} | {} |",
-            cell(ms(p50[i]), 1, " ms"),
-            cell(ms(pct(&mut times[i], 0.99)), 1, " ms"),
-            cell(ms(p50[i]) / o.wan_rtt_ms, 1, ""),
-            cell(ratio, 2, "x")
-        );
-    }
-    println!("({} new connections per path, one at a time)", o.wan_conns);
-    fwd.stop().await;
-    drop(keep);
-    Ok(())
 }
 
 async fn relay_rows(

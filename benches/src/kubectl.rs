@@ -73,7 +73,7 @@ pub async fn kforward_forward(
 }
 
 /// Runs a forwarding command that prints `Forwarding from ADDR -> PORT` once listening.
-async fn spawn_forward(
+pub async fn spawn_forward(
     mut cmd: tokio::process::Command,
 ) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
     let mut child = cmd

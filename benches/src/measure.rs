@@ -22,6 +22,37 @@ pub enum Dial {
         pod: String,
         port: u16,
     },
+    /// Through a SOCKS5 proxy (kforward's forward proxy) to `host:port`, named as a domain
+    /// (the proxy resolves it).
+    Socks5 {
+        proxy: SocketAddr,
+        host: String,
+        port: u16,
+    },
+}
+
+/// A SOCKS5 CONNECT without credentials (RFC 1928): greeting, method, request, reply.
+pub async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(proxy).await?;
+    s.set_nodelay(true)?;
+    let mut req = vec![5, 1, 0, 5, 1, 0, 3, u8::try_from(host.len())?];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    // Greeting and request in one write: the proxy reads them in turn.
+    s.write_all(&req).await?;
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).await?;
+    if reply[..2] != [5, 0] || reply[3] != 0 {
+        bail!(
+            "SOCKS5 CONNECT to {host}:{port} refused: reply {}",
+            reply[3]
+        );
+    }
+    // The reply's bound address: IPv4 (the proxy listens on 127.0.0.1), 6 more bytes, of
+    // which 2 came with the 12 read.
+    let mut rest = [0u8; 4];
+    s.read_exact(&mut rest).await?;
+    Ok(s)
 }
 
 /// A connection of either kind.
@@ -42,6 +73,9 @@ impl Dial {
                 pod,
                 port,
             } => Box::new(Tunnel::open(ctx, namespace, pod, *port).await?),
+            Dial::Socks5 { proxy, host, port } => {
+                Box::new(socks5_connect(*proxy, host, *port).await?)
+            }
         })
     }
 }

@@ -12,9 +12,18 @@ Environment:
   KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
   KFORWARD_RELAY_IMAGE  the relay pods' image when --relay-image is not given
   RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
+  KFORWARD_PROXY_AUTH   USER:PASS for `kforward socks` (instead of --auth)
   KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
                         through a larger buffer, sets TCP_NODELAY and keeps a spare
-                        connection to the API server ready for the next tunnel)";
+                        connection to the API server ready for the next tunnel)
+  HTTPS_PROXY, ALL_PROXY, NO_PROXY
+                        the proxy toward the API server when the kubeconfig's cluster has no
+                        proxy-url, as kubectl takes them: http, https, socks5 and socks5h
+                        proxies; NO_PROXY takes hosts, .suffixes, CIDRs and host:port; a
+                        loopback server is never proxied (RUST_LOG=kforward_core=debug shows
+                        each connection's route)
+  KFORWARD_PROXY_CA     a PEM file of the CA that signed an https:// proxy's certificate
+                        (also trusted: the system's CAs and the kubeconfig's)";
 
 /// Forward local ports to pods, services and deployments; forwards that stay up.
 #[derive(Debug, Parser)]
@@ -47,6 +56,10 @@ pub enum Command {
     /// Forward a local port to any host the cluster can reach (a service DNS name, a
     /// database outside the cluster, an IP), through a relay pod in the namespace.
     Proxy(ProxyArgs),
+    /// A forward proxy into the cluster on one local port: SOCKS5, SOCKS4a and HTTP
+    /// (CONNECT and plain requests) to services, pods and any host the cluster can reach,
+    /// with a PAC file for browsers at /proxy.pac.
+    Socks(SocksArgs),
     /// Delete relay pods left behind by sessions that are gone.
     Gc(GcArgs),
     /// Check what works with this context: the API server, credentials, permissions,
@@ -180,7 +193,7 @@ pub struct ProxyArgs {
     pub proxy: ProxyProtocolArgs,
 }
 
-/// How relay pods (UDP and `proxy` forwards) are made.
+/// How relay pods (UDP and `proxy` forwards, the SOCKS proxy's outside names) are made.
 #[derive(Debug, Clone, Default, Args)]
 pub struct RelayArgs {
     /// The relay's container image, e.g. from a mirror registry (default:
@@ -190,13 +203,20 @@ pub struct RelayArgs {
     /// An image pull secret in the namespace for the relay image's registry (repeatable).
     #[arg(long = "relay-pull-secret", value_name = "SECRET")]
     pub relay_pull_secrets: Vec<String>,
-    /// When the kubelet pulls the relay image: Always, IfNotPresent or Never.
-    #[arg(long, value_name = "POLICY", default_value = "IfNotPresent")]
-    pub relay_pull_policy: String,
+    /// When the kubelet pulls the relay image: Always, IfNotPresent or Never (default:
+    /// IfNotPresent).
+    #[arg(long, value_name = "POLICY")]
+    pub relay_pull_policy: Option<String>,
     /// A JSON merge patch file applied to the relay pod: node selector, tolerations,
     /// annotations, resources (containers merge by name; the relay's is `relay`).
     #[arg(long, value_name = "FILE")]
     pub relay_pod_patch: Option<PathBuf>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
+    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
+    /// ranges stay direct).
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
 }
 
 /// `kforward doctor`.
@@ -220,6 +240,48 @@ pub struct DoctorArgs {
     pub request_timeout: Duration,
 }
 
+/// `kforward socks`.
+#[derive(Debug, Clone, Args)]
+pub struct SocksArgs {
+    /// The local address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    pub listen: String,
+    /// Where to find the cluster; `-n` is the namespace of bare service names (`web`) and
+    /// of the relay pod.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Destinations to connect to from this machine instead of the cluster, in NO_PROXY
+    /// syntax: `host`, `.suffix`, `*`, `10.0.0.0/8`, `host:port`, comma separated.
+    #[arg(long, default_value = "")]
+    pub direct: String,
+    /// Refuse destinations that would need the relay pod (anything that is not a service,
+    /// ClusterIP or pod), for clusters where creating pods is not allowed.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Credentials clients must give (SOCKS5 username/password, HTTP Proxy-Authorization);
+    /// required to listen on a non-loopback address.
+    #[arg(
+        long,
+        env = "KFORWARD_PROXY_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASS"
+    )]
+    pub auth: Option<String>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// How long a connection to a service waits for a ready pod.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub pod_running_timeout: Duration,
+    /// The relay pod: it reaches names outside the cluster, so its egress proxy
+    /// (`--relay-env HTTPS_PROXY=...`) matters here most.
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// How events are printed (json: a `ready` line first, then one line per connection).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
 /// `kforward gc`.
 #[derive(Debug, Clone, Args)]
 pub struct GcArgs {
@@ -234,7 +296,8 @@ pub struct GcArgs {
 /// `kforward run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// The config file: a JSON array of forwards with kftray's fields.
+    /// The config file: a JSON array of forwards with kftray's fields, or
+    /// `{"relay": {"env": {...}}, "forwards": [...]}` with a relay section.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
     /// Start only the entries with these aliases (comma separated).
@@ -247,8 +310,9 @@ pub struct RunArgs {
     /// How long to wait for a ready pod.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
-    /// The relay pods (UDP and proxy entries), for the entries whose `relay_*` fields do
-    /// not say.
+    /// The relay pods (UDP and proxy entries), for the entries whose `relay_*` fields and
+    /// the file's `relay` section do not say; `--relay-env` replaces the same variable of
+    /// the file's `relay.env`.
     #[command(flatten, next_help_heading = "Relay pods, for entries that do not say")]
     pub relay: RelayArgs,
     /// Where to find the cluster, for the entries that do not say.
@@ -269,6 +333,33 @@ pub struct DemoArgs {
     /// Also write the demo cluster's kubeconfig here, for kubectl or a second kforward.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// Parses `KEY=VALUE` (the value may hold `=` and be empty).
+///
+/// # Errors
+///
+/// A message naming the argument when it has no `=` or no key.
+pub fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?} is not KEY=VALUE, e.g. HTTPS_PROXY=http://proxy.corp:3128"
+        )),
+    }
+}
+
+/// The relay pods' environment from `--relay-env` pairs, checked as kforward will use it.
+///
+/// # Errors
+///
+/// A variable kforward sets itself, a bad name, or an egress proxy the relay cannot use.
+pub fn relay_env(
+    pairs: &[(String, String)],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let env: std::collections::BTreeMap<String, String> = pairs.iter().cloned().collect();
+    kforward_core::relay::check_relay_env(&env).map_err(|e| anyhow::anyhow!("--relay-env: {e}"))?;
+    Ok(env)
 }
 
 impl ProxyVersion {
@@ -363,6 +454,30 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn relay_env_pairs_are_checked() {
+        let c = Cli::try_parse_from([
+            "kforward",
+            "proxy",
+            "db.internal:5432",
+            "--relay-env",
+            "HTTPS_PROXY=http://proxy.corp:3128",
+            "--relay-env",
+            "NO_PROXY=.svc,10.0.0.0/8",
+        ])
+        .expect("parses");
+        let Command::Proxy(p) = c.command else {
+            panic!("proxy")
+        };
+        let env = relay_env(&p.relay.relay_env).expect("usable");
+        assert_eq!(env["NO_PROXY"], ".svc,10.0.0.0/8");
+        assert!(parse_env_pair("HTTPS_PROXY").is_err());
+        assert!(parse_env_pair("=x").is_err());
+        let socks = [("HTTPS_PROXY".to_string(), "socks5://p:1080".to_string())];
+        let e = relay_env(&socks).expect_err("socks is no HTTP proxy");
+        assert!(e.to_string().starts_with("--relay-env: "), "{e}");
     }
 
     #[test]

@@ -68,22 +68,18 @@ pub(crate) fn one_forward(
     })
 }
 
-/// Prints events as they come until the supervisor is gone. Errors before the forward is
-/// first ready are left out: a failed start is the command's own error.
+/// Prints events as they come until the supervisor is gone. Errors and states before the
+/// forward is first ready are left out: a failed start is the command's own error, and with
+/// `-o json` the first line is the `ready` event, as scripts expect.
 async fn print_events(mut rx: broadcast::Receiver<SupervisorEvent>, output: Output) {
     let mut started = false;
     loop {
         match rx.recv().await {
             Ok(e) => {
-                started |= matches!(
-                    e.event,
-                    Event::Ready { .. }
-                        | Event::State {
-                            state: ForwardState::Ready,
-                            ..
-                        }
-                );
-                if started || !matches!(e.event, Event::Error { .. }) {
+                // The forward's own `ready` event and the supervisor's `state` may come in
+                // either order: the `ready` event opens the output.
+                started |= matches!(e.event, Event::Ready { .. });
+                if started || !matches!(e.event, Event::Error { .. } | Event::State { .. }) {
                     output::print(output, &e.event);
                 }
             }

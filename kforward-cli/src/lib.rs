@@ -10,6 +10,7 @@ mod proxy;
 mod relay;
 mod run;
 mod signal;
+mod socks;
 mod table;
 
 use std::process::ExitCode;
@@ -73,6 +74,7 @@ async fn run(cli: Cli, bin_name: &str) -> anyhow::Result<()> {
         #[cfg(feature = "demo")]
         Command::Demo(a) => demo::run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
+        Command::Socks(a) => socks::run(a).await,
         Command::Gc(a) => proxy::gc(a).await,
         Command::Doctor(a) => doctor::run(a).await,
         Command::Completions { shell } => {

@@ -20,6 +20,22 @@ pub fn print(output: Output, event: &Event) {
         Output::Text => match event {
             Event::Ready {
                 local_addr,
+                target,
+                namespace,
+                ..
+            } if target == "socks" => {
+                let _ = writeln!(
+                    out,
+                    "Proxying on {local_addr} (SOCKS5, SOCKS4a, HTTP; namespace {namespace}); PAC file at http://{local_addr}/proxy.pac"
+                );
+            }
+            Event::Routed {
+                destination, route, ..
+            } => {
+                let _ = writeln!(out, "Handling connection for {destination} -> {route}");
+            }
+            Event::Ready {
+                local_addr,
                 remote_port,
                 pod_port,
                 ..

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kforward_core::config::{EntryDefaults, load_config_file_with};
+use kforward_core::config::{EntryDefaults, load_config_document_file};
 use kforward_core::relay::RelayOptions;
 use kforward_core::spec::{ForwardSpec, Protocol};
 use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
@@ -15,17 +15,16 @@ use crate::args::{Output, RunArgs};
 use crate::{signal, table};
 
 /// Loads and checks the whole file before anything starts: every bad entry is reported.
-/// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, the PROXY protocol
-/// flags what TCP entries leave unset, and the relay flags what entries' `relay_*` fields
-/// leave unset. Each spec comes with the relay settings of its entry.
+/// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, and the PROXY
+/// protocol flags what TCP entries leave unset. Each spec comes with the relay settings of
+/// its entry: the file's `relay` section, then the relay flags (`--relay-env` replacing the
+/// variables of `relay.env` it names), then the entry's own `relay_*` fields.
 ///
 /// # Errors
 ///
-/// The file cannot be read or parsed, an entry is invalid, a relay flag is bad, or
-/// `--only` names an alias the file does not have.
+/// The file cannot be read or parsed, an entry or the relay section is invalid, a relay
+/// flag is bad, or `--only` names an alias the file does not have.
 pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<(ForwardSpec, RelayOptions)>> {
-    let mut flags = RelayOptions::default();
-    crate::relay::apply(&a.relay, &mut flags)?;
     let defaults = EntryDefaults {
         namespace: a.cluster.namespace.clone(),
         context: a.cluster.context.clone(),
@@ -35,13 +34,25 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<(ForwardSpec, RelayOptions)
             .as_ref()
             .map(|p| p.display().to_string()),
     };
-    let configs = load_config_file_with(&a.file, &defaults)?;
+    let document = load_config_document_file(&a.file, &defaults)?;
+    let mut flags = RelayOptions::default();
+    document
+        .relay
+        .apply_to(&mut flags)
+        .with_context(|| format!("{}: the relay section", a.file.display()))?;
+    crate::relay::apply(&a.relay, &mut flags).with_context(|| {
+        format!(
+            "the relay settings ({}'s relay section with the relay flags)",
+            a.file.display()
+        )
+    })?;
+    let configs = document.forwards;
     let mut specs = Vec::new();
     for c in &configs {
         if !a.only.is_empty() && !c.alias.as_ref().is_some_and(|al| a.only.contains(al)) {
             continue;
         }
-        // Validated by load_config_file_with; a failure here is still reported, not unwrapped.
+        // Validated by load_config_document_file; a failure here is still reported, not unwrapped.
         let spec = ForwardSpec::try_from(c).with_context(|| format!("entry {}", c.label()))?;
         let spec = match spec.protocol {
             Protocol::Tcp => a.proxy.apply(spec),
@@ -114,11 +125,12 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let specs = load_specs(&a)?;
+    let forward = ForwardOptions {
+        pod_running_timeout: a.pod_running_timeout,
+        ..Default::default()
+    };
     let opts = SupervisorOptions {
-        forward: ForwardOptions {
-            pod_running_timeout: a.pod_running_timeout,
-            ..Default::default()
-        },
+        forward,
         ..Default::default()
     };
     // The supervisor keeps each entry up; UDP and proxy entries of one cluster with the

@@ -12,6 +12,7 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::connector::Reachability;
+pub use crate::connector::{ApiRoute, DirectReason, PROXY_CA_ENV, ProxyOrigin, ProxySetupError};
 use crate::error::{Error, Result, error_chain};
 use crate::single_flight::SingleFlight;
 use crate::watches::WatchRegistry;
@@ -95,6 +96,8 @@ struct Inner {
     fingerprint: u64,
     watches: WatchRegistry,
     probes: SingleFlight,
+    /// How connections reach the API server (unknown for a client from elsewhere).
+    route: Option<ApiRoute>,
 }
 
 /// The environment variable that, set to `stock`, makes [`KubeContext::load`] build kube's
@@ -136,6 +139,24 @@ fn fingerprint(kc: &Kubeconfig, context: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
+}
+
+/// The name and `proxy-url` of the cluster `context` names.
+fn cluster_of(kc: &Kubeconfig, context: &str) -> (String, Option<String>) {
+    let name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .unwrap_or_default();
+    let proxy_url = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.proxy_url.clone());
+    (name, proxy_url)
 }
 
 impl std::fmt::Debug for KubeContext {
@@ -196,15 +217,42 @@ impl KubeContext {
         {
             return Ok(KubeContext { inner });
         }
+        let (cluster, proxy_url) = cluster_of(&kc, &context);
         let opts = KubeConfigOptions {
             context: Some(context.clone()),
             ..Default::default()
         };
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &opts)
-            .await
-            .map_err(|e| Error::Kubeconfig {
-                message: error_chain(&e),
-            })?;
+        let mut config = match kube::Config::from_custom_kubeconfig(kc.clone(), &opts).await {
+            Ok(c) => c,
+            // kube parses NO_PROXY more strictly than Go; the route below decides anyway.
+            Err(kube::config::KubeconfigError::ParseNoProxy(e)) => {
+                tracing::debug!(error = %e, "kube refuses NO_PROXY; loading the kubeconfig without its proxy step");
+                crate::kube_config::without_proxy(&kc, &context)
+                    .map_err(|message| Error::Kubeconfig { message })?
+            }
+            Err(e) => {
+                return Err(Error::Kubeconfig {
+                    message: error_chain(&e),
+                });
+            }
+        };
+        let route = ApiRoute::choose(&config.cluster_url, &cluster, proxy_url.as_deref(), |k| {
+            std::env::var(k).ok()
+        })
+        .map_err(|e| Error::Proxy {
+            server: config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+            proxy: format!("the proxy set in {}", e.origin),
+            message: e.source.to_string(),
+            retryable: false,
+        })?;
+        // kube read a proxy too (from `proxy-url` or `HTTPS_PROXY`, with its own `NO_PROXY`
+        // matching, against the proxy's URL instead of the server's); the route replaces it,
+        // for kube's own stack as for kforward's.
+        config.proxy_url = route.kube_proxy_url();
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         // Port-forward streams may be idle for hours; every API call made here has its
         // own deadline instead.
@@ -220,17 +268,27 @@ impl KubeContext {
         tracing::debug!(
             context,
             stack = if stock { "kube's stock" } else { "kforward's" },
-            "client for {server}"
+            "client for {server}, {route}"
         );
         let reach = Arc::new(Reachability::default());
-        let client = if stock {
-            kube::Client::try_from(config)
-        } else {
-            crate::connector::client(&config, reach.clone())
-        }
-        .map_err(|e| Error::Kubeconfig {
+        let kube_error = |e: kube::Error| Error::Kubeconfig {
             message: error_chain(&e),
-        })?;
+        };
+        let client = if stock {
+            kube::Client::try_from(config).map_err(kube_error)?
+        } else {
+            crate::connector::client(&config, route.clone(), reach.clone()).map_err(
+                |e| match e {
+                    crate::connector::ClientError::Kube(e) => kube_error(e),
+                    crate::connector::ClientError::Proxy(f) => Error::Proxy {
+                        server: server.clone(),
+                        proxy: f.proxy,
+                        message: f.message,
+                        retryable: f.retryable,
+                    },
+                },
+            )?
+        };
         let inner = Arc::new(Inner {
             client,
             namespace,
@@ -239,6 +297,7 @@ impl KubeContext {
             context,
             fingerprint,
             probes: SingleFlight::default(),
+            route: Some(route),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
         cache.retain(|_, w| w.strong_count() > 0);
@@ -257,6 +316,7 @@ impl KubeContext {
                 fingerprint: 0,
                 watches: WatchRegistry::new(server, Arc::new(Reachability::default())),
                 probes: SingleFlight::default(),
+                route: None,
             }),
         }
     }
@@ -290,6 +350,22 @@ impl KubeContext {
     /// The API server URL.
     pub fn server(&self) -> &str {
         &self.inner.server
+    }
+
+    /// How connections reach the API server: directly or through which proxy, and why
+    /// (`None` for a context made [`from_client`](Self::from_client)).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # async fn f(ctx: kforward_core::KubeContext) {
+    /// if let Some(route) = ctx.api_route() {
+    ///     println!("{} is reached {route}", ctx.server());
+    /// }
+    /// # }
+    /// ```
+    pub fn api_route(&self) -> Option<&ApiRoute> {
+        self.inner.route.as_ref()
     }
 
     /// The context's name.

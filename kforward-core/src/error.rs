@@ -99,6 +99,20 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// The API server could not be reached through the proxy toward it, or the proxy's
+    /// setting cannot be used.
+    #[error("cannot reach the API server at {server} through {proxy}: {message}")]
+    Proxy {
+        /// The API server URL.
+        server: String,
+        /// The proxy without its password, and where it was set:
+        /// `the proxy http://alice@proxy:3128 (HTTPS_PROXY)`.
+        proxy: String,
+        /// What failed and what to check.
+        message: String,
+        /// Whether trying again may help (the proxy down), as opposed to a setting to fix.
+        retryable: bool,
+    },
     /// The API server answered with an error not covered above.
     #[error("the API server refused to {action}: {message} ({code})")]
     Api {
@@ -211,7 +225,7 @@ impl Error {
         match self {
             Error::Unreachable { .. } | Error::NoReadyPod { .. } | Error::Tunnel { .. } => true,
             Error::RelayConnect { .. } | Error::RelayHandshake { .. } => true,
-            Error::RelayPod { retryable, .. } => *retryable,
+            Error::RelayPod { retryable, .. } | Error::Proxy { retryable, .. } => *retryable,
             Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 410,
             Error::NotFound { kind, .. } => *kind == "pod",
             _ => false,
@@ -278,9 +292,17 @@ impl Error {
             kube::Error::Auth(a) => Error::Unauthorized {
                 server: format!("{server} ({a})"),
             },
-            other => Error::Unreachable {
-                server: server.to_string(),
-                message: error_chain(&other),
+            other => match crate::connector::ProxyFailure::find(&other) {
+                Some(f) => Error::Proxy {
+                    server: server.to_string(),
+                    proxy: f.proxy.clone(),
+                    message: f.message.clone(),
+                    retryable: f.retryable,
+                },
+                None => Error::Unreachable {
+                    server: server.to_string(),
+                    message: error_chain(&other),
+                },
             },
         }
     }

@@ -46,7 +46,8 @@ mod connector;
 pub mod doctor;
 pub mod error;
 pub mod forward;
-pub mod no_proxy;
+pub mod forward_proxy;
+mod kube_config;
 mod pod_order;
 pub mod proxy_protocol;
 pub mod relay;
@@ -57,10 +58,12 @@ pub mod supervisor;
 pub mod transport;
 mod watches;
 
+pub use kforward_relay::no_proxy;
+
 pub use client::{KubeContext, KubeconfigSource};
 pub use error::{Error, Result};
 pub use forward::{
-    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Stats, StatsSnapshot,
+    BoundPort, Event, Forward, ForwardOptions, ForwardState, Forwarder, Shell, Stats, StatsSnapshot,
 };
 pub use resolve::{Endpoint, Endpoints};
 pub use supervisor::{ForwardStatus, Supervisor, SupervisorEvent, SupervisorOptions};

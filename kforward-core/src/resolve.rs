@@ -315,6 +315,13 @@ impl Endpoints {
                     message: "remote addresses go through the relay, not a pod port".into(),
                 });
             }
+            Target::Socks(_) => {
+                return Err(Error::Api {
+                    action: "resolve socks".into(),
+                    code: 400,
+                    message: "a forward proxy's clients name their destinations".into(),
+                });
+            }
         };
         let (tx, rx) = watch::channel(Vec::new());
         // The first list happens before this returns (or was done by whoever started the

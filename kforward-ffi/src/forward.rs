@@ -62,14 +62,28 @@ impl kf_forward {
     }
 }
 
-/// Parses one entry of a kftray config.
+/// Parses one entry of a kftray config, with kforward's `relay_env` (an object of strings:
+/// the relay pod's environment).
 fn parse_config(json: &str) -> Result<(ForwardSpec, ForwardOptions), Fail> {
-    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
         Fail::new(
             kf_result::KF_INVALID_JSON,
             format!("config_json is not JSON: {e}"),
         )
     })?;
+    let mut opts = ForwardOptions::default();
+    if let Some(env) = value.as_object_mut().and_then(|o| o.remove("relay_env")) {
+        let env: std::collections::BTreeMap<String, String> = serde_json::from_value(env)
+            .map_err(|e| {
+                Fail::new(
+                    kf_result::KF_INVALID_CONFIG,
+                    format!("relay_env must be an object of strings, like {{\"HTTPS_PROXY\": \"http://proxy:3128\"}}: {e}"),
+                )
+            })?;
+        kforward_core::relay::check_relay_env(&env)
+            .map_err(|e| Fail::new(kf_result::KF_INVALID_CONFIG, format!("relay_env: {e}")))?;
+        opts.relay.env = env;
+    }
     let config: ForwardConfig = serde_json::from_value(value).map_err(|e| {
         Fail::new(
             kf_result::KF_INVALID_CONFIG,
@@ -77,7 +91,6 @@ fn parse_config(json: &str) -> Result<(ForwardSpec, ForwardOptions), Fail> {
         )
     })?;
     let spec = ForwardSpec::try_from(&config).map_err(|e| Fail::from(&Error::from(e)))?;
-    let mut opts = ForwardOptions::default();
     config
         .relay
         .apply_to(&mut opts.relay)
@@ -94,16 +107,20 @@ fn parse_config(json: &str) -> Result<(ForwardSpec, ForwardOptions), Fail> {
 /// `kubeconfig` missing means `KUBECONFIG` or `~/.kube/config`, `context` missing means the
 /// current context. `workload_type` may be `service`, `pod`, `proxy` (with
 /// `remote_address`), `deployment`, `statefulset` or `replicaset` (named by `service`), and
-/// `protocol` `tcp` or `udp`: UDP and proxy forwards go through a
-/// relay pod in the namespace, shared by the forwards of one cluster on this runtime and
-/// deleted when the last of them stops. `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY
-/// protocol header toward the target, and `accept_proxy_protocol` (`"strict"` or
-/// `"optional"`) reads one from each local client (TCP only). The relay pod is shaped by
+/// `protocol` `tcp` or `udp`: UDP and proxy forwards go through a relay pod in the
+/// namespace, shared by the forwards of one cluster and the same relay settings on this
+/// runtime and deleted when the last of them stops. The relay pod is shaped by
 /// `relay_image` (e.g. a mirror of the default `ghcr.io/kforward/kforward-relay:<version>`),
 /// `relay_pull_policy` (`"Always"`, `"IfNotPresent"`, the default, or `"Never"`),
-/// `relay_pull_secrets` (a list of secret names in the namespace) and `relay_pod_patch` (a
-/// JSON merge patch over the pod, such as `{"spec":{"nodeSelector":{"pool":"tools"}}}`);
-/// forwards with other relay settings get relay pods of their own.
+/// `relay_pull_secrets` (a list of secret names in the namespace), `relay_pod_patch` (a
+/// JSON merge patch over the pod, such as `{"spec":{"nodeSelector":{"pool":"tools"}}}`) and
+/// `relay_env` (an object of strings, such as `{"HTTPS_PROXY": "http://proxy.corp:3128"}`:
+/// the pod's environment, for a cluster whose pods reach the outside only through a
+/// proxy); forwards with other relay settings get relay pods of their own.
+/// `proxy_protocol` (`"v1"` or `"v2"`) sends a PROXY protocol header toward the target, and
+/// `accept_proxy_protocol` (`"strict"` or `"optional"`) reads one from each local client
+/// (TCP only). The API server is reached through the kubeconfig cluster's `proxy-url`, else
+/// `HTTPS_PROXY`/`ALL_PROXY` unless `NO_PROXY` matches, as kubectl does.
 ///
 /// This returns at once: the kubeconfig is loaded, the target resolved and the ports bound
 /// on the runtime's threads. Wait with `kf_forward_wait_ready`, watch the events, or read

@@ -157,7 +157,9 @@ pub(crate) fn code_of(e: &Error) -> kf_result {
         Error::NoReadyPod { .. } => KF_NO_READY_POD,
         Error::Forbidden { .. } => KF_FORBIDDEN,
         Error::Unauthorized { .. } => KF_UNAUTHORIZED,
-        Error::Unreachable { .. } => KF_UNREACHABLE,
+        // Through the proxy toward the API server: unreachable as far as the caller goes;
+        // the message names the proxy and what to check.
+        Error::Unreachable { .. } | Error::Proxy { .. } => KF_UNREACHABLE,
         Error::Api { code: 501, .. } => KF_UNSUPPORTED,
         Error::Api { .. } => KF_API,
         Error::Tunnel { .. } => KF_TUNNEL,

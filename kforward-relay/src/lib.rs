@@ -2,8 +2,12 @@
 //!
 //! A relay pod runs [`server::RelayServer`] on its loopback address; kforward reaches it
 //! through a Kubernetes port-forward and, per connection, names the destination in a small
-//! versioned handshake ([`protocol`]). TCP connections are then relayed byte for byte; UDP
-//! datagrams cross the stream with a 2-byte length prefix.
+//! versioned handshake ([`protocol`]). TCP connections are then relayed byte for byte
+//! (through an HTTP proxy when the pod's egress needs one: [`egress`]); UDP datagrams cross
+//! the stream with a 2-byte length prefix ([`datagrams`]).
+//!
+//! The proxy pieces ([`proxy_url`], [`http_connect`], [`no_proxy`]) live here so that the
+//! relay and `kforward-core`'s client stack toward the API server share them.
 //!
 //! This crate is small on purpose: both `kforward-core` (the client, which re-exports it as
 //! `kforward_core::relay::{protocol, server}`) and `kforward-testkit` (whose relay pods run
@@ -22,5 +26,11 @@
 //! ```
 
 mod copy;
+pub mod datagrams;
+pub mod egress;
+pub mod http_connect;
+pub mod no_proxy;
 pub mod protocol;
+pub mod proxy_url;
 pub mod server;
+mod udp;

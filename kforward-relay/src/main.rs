@@ -1,15 +1,17 @@
 //! `kforward-relay`: the in-cluster relay. Listens on the pod's loopback only
-//! (`127.0.0.1:PORT`), checks each client's token (`KFORWARD_RELAY_TOKEN`), and exits on
-//! SIGTERM or when no client has been connected for 10 minutes.
+//! (`127.0.0.1:PORT`), checks each client's token (`KFORWARD_RELAY_TOKEN`), reaches TCP
+//! destinations through `HTTPS_PROXY` (or `ALL_PROXY`) unless `NO_PROXY` keeps them direct,
+//! and exits on SIGTERM or when no client has been connected for 10 minutes.
 
+use kforward_relay::egress::Egress;
 use kforward_relay::server::{
-    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer, SystemResolver,
-    parse_idle_exit,
+    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer, RelaySettings,
+    SystemResolver, parse_idle_exit,
 };
 
 fn usage() -> ! {
     eprintln!(
-        "usage: kforward-relay [--port PORT] [--idle-exit SECONDS (decimals allowed)]   (env: KFORWARD_RELAY_PORT, KFORWARD_RELAY_TOKEN, KFORWARD_RELAY_IDLE_EXIT)"
+        "usage: kforward-relay [--port PORT] [--idle-exit SECONDS (decimals allowed)]   (env: KFORWARD_RELAY_PORT, KFORWARD_RELAY_TOKEN, KFORWARD_RELAY_IDLE_EXIT, HTTPS_PROXY, ALL_PROXY, NO_PROXY)"
     );
     std::process::exit(2)
 }
@@ -39,6 +41,13 @@ fn main() {
         eprintln!("error: KFORWARD_RELAY_TOKEN is not set");
         std::process::exit(2);
     };
+    let egress = match Egress::from_env(|k| std::env::var(k).ok()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,7 +74,10 @@ fn main() {
             shutdown_signal().await;
             stop.cancel();
         });
-        RelayServer::run(listener, token, SystemResolver, None, idle_exit, shutdown).await;
+        let settings = RelaySettings::new(token, SystemResolver)
+            .with_idle_exit(idle_exit)
+            .with_egress(egress);
+        RelayServer::serve(listener, settings, shutdown).await;
         0
     });
     std::process::exit(code);

@@ -14,10 +14,8 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::protocol::{
-    MAX_DATAGRAM, ProtocolError, Request, Response, Status, Transport, decode_datagram,
-    decode_request, encode_datagram, encode_response,
-};
+use crate::egress::{Egress, connect_via_proxy};
+use crate::protocol::{Request, Response, Status, Transport, decode_request, encode_response};
 
 /// The shutdown signal [`RelayServer::run`] takes (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
@@ -114,11 +112,68 @@ impl Resolve for SystemResolver {
 #[derive(Debug)]
 pub struct RelayServer;
 
-struct Shared<R> {
-    token: String,
-    resolver: R,
-    bind_source: Option<IpAddr>,
+/// What a relay serves with: [`RelayServer::serve`]'s settings.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use kforward_relay::egress::Egress;
+/// use kforward_relay::server::{RelaySettings, SystemResolver};
+/// let settings = RelaySettings::new("token", SystemResolver)
+///     .with_idle_exit(Duration::from_secs(60))
+///     .with_egress(Egress::direct());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RelaySettings<R> {
+    /// The secret each client must present.
+    pub token: String,
+    /// Resolves destination host names (and the egress proxy's).
+    pub resolver: R,
+    /// The address outbound sockets bind to, when set.
+    pub bind_source: Option<IpAddr>,
+    /// How long the relay waits without any client before it exits.
+    pub idle_exit: Duration,
+    /// How TCP destinations are reached: directly or through a proxy.
+    pub egress: Egress,
 }
+
+impl<R> RelaySettings<R> {
+    /// Settings with `token` and `resolver`, no source address, [`DEFAULT_IDLE_EXIT`] and a
+    /// direct egress.
+    pub fn new(token: impl Into<String>, resolver: R) -> Self {
+        RelaySettings {
+            token: token.into(),
+            resolver,
+            bind_source: None,
+            idle_exit: DEFAULT_IDLE_EXIT,
+            egress: Egress::direct(),
+        }
+    }
+
+    /// Binds outbound sockets to `ip`.
+    #[must_use]
+    pub fn with_bind_source(mut self, ip: Option<IpAddr>) -> Self {
+        self.bind_source = ip;
+        self
+    }
+
+    /// Exits after `idle` without clients.
+    #[must_use]
+    pub fn with_idle_exit(mut self, idle: Duration) -> Self {
+        self.idle_exit = idle;
+        self
+    }
+
+    /// Reaches TCP destinations as `egress` says.
+    #[must_use]
+    pub fn with_egress(mut self, egress: Egress) -> Self {
+        self.egress = egress;
+        self
+    }
+}
+
+type Shared<R> = RelaySettings<R>;
 
 /// Counts live connections; the count drops when the guard does.
 struct Live(Arc<watch::Sender<usize>>);
@@ -143,11 +198,25 @@ impl RelayServer {
         idle_exit: Duration,
         shutdown: CancellationToken,
     ) {
-        let shared = Arc::new(Shared {
-            token,
-            resolver,
-            bind_source,
-        });
+        let settings = RelaySettings::new(token, resolver)
+            .with_bind_source(bind_source)
+            .with_idle_exit(idle_exit);
+        Self::serve(listener, settings, shutdown).await;
+    }
+
+    /// Serves `listener` with `settings` until `shutdown`, or until no client has been
+    /// connected for the settings' idle exit; as [`run`](Self::run), with the egress proxy
+    /// the settings name.
+    pub async fn serve<R: Resolve>(
+        listener: TcpListener,
+        settings: RelaySettings<R>,
+        shutdown: CancellationToken,
+    ) {
+        let idle_exit = settings.idle_exit;
+        if let Some(proxy) = settings.egress.proxy() {
+            info!(%proxy, no_proxy = ?settings.egress.no_proxy().rules().iter().map(ToString::to_string).collect::<Vec<_>>(), "TCP destinations through the egress proxy");
+        }
+        let shared = Arc::new(settings);
         let (count, mut count_rx) = watch::channel(0usize);
         let count = Arc::new(count);
         let tracker = TaskTracker::new();
@@ -284,26 +353,109 @@ async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
         let _ = answer(&mut stream, Status::NotAllowed, "wrong relay token").await;
         return;
     }
-    let ips = match shared.resolver.resolve(&req.host).await {
+    let resolved = shared.resolver.resolve(&req.host).await;
+    if req.transport == Transport::Tcp && shared.egress.proxy().is_some() {
+        let rule = shared.egress.rule_for(&req.host, req.port).or_else(|| {
+            resolved
+                .as_ref()
+                .ok()
+                .and_then(|ips| shared.egress.rule_for_addresses(ips, req.port))
+        });
+        match rule {
+            Some(rule) => debug!(host = %req.host, %rule, "direct: a NO_PROXY rule matches"),
+            None => return serve_tcp_via_proxy(stream, leftover, &req, shared).await,
+        }
+    }
+    // UDP never goes through the egress proxy: say so when it cannot go direct either.
+    let udp_note = if req.transport == Transport::Udp && shared.egress.proxy().is_some() {
+        " (UDP is never sent through the egress proxy, which carries TCP only)"
+    } else {
+        ""
+    };
+    let ips = match resolved {
         Ok(ips) if !ips.is_empty() => ips,
         Ok(_) => {
             let _ = answer(
                 &mut stream,
                 Status::NameNotResolved,
-                format!("{} has no address", req.host),
+                format!("{} has no address{udp_note}", req.host),
             )
             .await;
             return;
         }
         Err(e) => {
-            let _ = answer(&mut stream, Status::NameNotResolved, e.to_string()).await;
+            let _ = answer(
+                &mut stream,
+                Status::NameNotResolved,
+                format!("{e}{udp_note}"),
+            )
+            .await;
             return;
         }
     };
     debug!(host = %req.host, port = req.port, transport = req.transport.as_str(), client = %req.client_addr, "relaying");
     match req.transport {
         Transport::Tcp => serve_tcp(stream, leftover, &req, &ips, shared.bind_source).await,
-        Transport::Udp => serve_udp(stream, leftover, &req, &ips, shared.bind_source).await,
+        Transport::Udp => {
+            serve_udp(stream, leftover, &req, &ips, shared.bind_source, udp_note).await;
+        }
+    }
+}
+
+/// Relays a TCP connection through the egress proxy.
+async fn serve_tcp_via_proxy<R: Resolve>(
+    mut stream: TcpStream,
+    leftover: Vec<u8>,
+    req: &Request,
+    shared: &Shared<R>,
+) {
+    let Some(proxy) = shared.egress.proxy() else {
+        return;
+    };
+    let proxy_ips = match shared.resolver.resolve(proxy.host()).await {
+        Ok(ips) => ips,
+        Err(e) => {
+            let message = format!(
+                "cannot resolve the egress proxy {proxy}'s host from inside the cluster: {e}"
+            );
+            let _ = answer(&mut stream, Status::Refused, message).await;
+            return;
+        }
+    };
+    debug!(host = %req.host, port = req.port, %proxy, client = %req.client_addr, "relaying through the egress proxy");
+    let connected = connect_via_proxy(
+        &shared.egress,
+        &proxy_ips,
+        shared.bind_source,
+        &req.host,
+        req.port,
+        CONNECT_TIMEOUT,
+    )
+    .await;
+    let (mut upstream, early) = match connected {
+        Ok(c) => c,
+        Err(f) => {
+            let status = if f.timed_out {
+                Status::TimedOut
+            } else {
+                Status::Refused
+            };
+            let _ = answer(&mut stream, status, f.message).await;
+            return;
+        }
+    };
+    if answer(&mut stream, Status::Ok, "").await.is_err() {
+        return;
+    }
+    if !early.is_empty() && stream.write_all(&early).await.is_err() {
+        return;
+    }
+    if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
+        return;
+    }
+    match crate::copy::both_ways(&mut stream, &mut upstream).await {
+        Ok((up, down)) => debug!(up, down, "tcp relay through the proxy finished"),
+        Err(e) => debug!(error = %e, "tcp relay through the proxy ended with an error"),
     }
 }
 
@@ -380,10 +532,11 @@ async fn serve_tcp(
 
 async fn serve_udp(
     mut stream: TcpStream,
-    mut buf: Vec<u8>,
+    buf: Vec<u8>,
     req: &Request,
     ips: &[IpAddr],
     bind_source: Option<IpAddr>,
+    note: &str,
 ) {
     // Prefer IPv4, as sources and cluster networks mostly are.
     let ip = ips.iter().find(|i| i.is_ipv4()).or(ips.first()).copied();
@@ -406,64 +559,21 @@ async fn serve_udp(
         }
     };
     if let Err(e) = socket.connect(target).await {
-        let _ = answer(&mut stream, failure_status(&e), e.to_string()).await;
+        let _ = answer(&mut stream, failure_status(&e), format!("{e}{note}")).await;
         return;
     }
     if answer(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
-    if let Err(e) = udp_loop(stream, &mut buf, &socket).await {
+    if let Err(e) = crate::udp::relay(stream, buf, &socket, UDP_IDLE_TIMEOUT).await {
         debug!(error = %e, %target, "udp session ended with an error");
     }
-}
-
-async fn udp_loop(stream: TcpStream, buf: &mut Vec<u8>, socket: &UdpSocket) -> io::Result<()> {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut dgram = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM + 2);
-    loop {
-        // Send every complete datagram received so far.
-        let mut used = 0;
-        while let Some((d, n)) = decode_datagram(&buf[used..]).map_err(invalid)? {
-            if let Err(e) = socket.send(d).await {
-                // ECONNREFUSED from an earlier datagram, and the like: UDP may drop.
-                debug!(error = %e, "udp send failed");
-            }
-            used += n;
-        }
-        buf.drain(..used);
-        tokio::select! {
-            r = rd.read(&mut chunk) => {
-                let n = r?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            r = socket.recv(&mut dgram) => match r {
-                Ok(n) => {
-                    out.clear();
-                    encode_datagram(&dgram[..n], &mut out).map_err(invalid)?;
-                    wr.write_all(&out).await?;
-                }
-                Err(e) => debug!(error = %e, "udp receive failed"),
-            },
-            () = tokio::time::sleep(UDP_IDLE_TIMEOUT) => {
-                debug!("udp session idle; closing");
-                return Ok(());
-            }
-        }
-    }
-}
-
-fn invalid(e: ProtocolError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::egress::Egress;
     use crate::protocol::{decode_response, encode_request};
 
     async fn start(
@@ -529,6 +639,67 @@ mod tests {
         s.read_exact(&mut b).await.expect("echo");
         assert_eq!(&b, b"ping");
         drop(s);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .expect("joins");
+    }
+
+    /// Resolves nothing: a name only the egress proxy could resolve.
+    struct NoNames;
+
+    impl Resolve for NoNames {
+        async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+            match host.parse() {
+                Ok(ip) => Ok(vec![ip]),
+                Err(_) => Err(io::Error::other(format!("{host}: no such host"))),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_goes_to_the_egress_proxy_and_udp_never_does() {
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let env = |k: &str| (k == "HTTPS_PROXY").then(|| format!("http://alice:s3cret@{closed}"));
+        let egress = Egress::from_env(env).expect("egress");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let settings = RelaySettings::new("tok", NoNames).with_egress(egress);
+        let task = tokio::spawn(RelayServer::serve(listener, settings, stop.clone()));
+        // TCP to a name the cluster cannot resolve goes to the proxy, which is down here.
+        let (_, r) = ask(
+            addr,
+            Request::new("tok", Transport::Tcp, "db.corp.example", 5432),
+        )
+        .await;
+        assert_eq!(r.status, Status::Refused, "{r:?}");
+        assert!(
+            r.message.contains(&format!(
+                "egress proxy http://alice@{closed} (HTTPS_PROXY of the relay pod)"
+            )) && r.message.contains("cannot connect to the proxy")
+                && !r.message.contains("s3cret"),
+            "{}",
+            r.message
+        );
+        // UDP never goes through it, and the error says so.
+        let (_, r) = ask(
+            addr,
+            Request::new("tok", Transport::Udp, "dns.corp.example", 53),
+        )
+        .await;
+        assert_eq!(r.status, Status::NameNotResolved, "{r:?}");
+        assert!(
+            r.message
+                .contains("UDP is never sent through the egress proxy"),
+            "{}",
+            r.message
+        );
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(10), task)
             .await

@@ -47,6 +47,7 @@ pub struct ClusterBuilder {
     kubeconfig: Option<PathBuf>,
     namespace: Option<String>,
     api_addr: SocketAddr,
+    tls_names: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -60,6 +61,7 @@ impl Default for ClusterBuilder {
             kubeconfig: None,
             namespace: None,
             api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_names: Vec::new(),
         }
     }
 }
@@ -115,6 +117,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts `name` in the API server's certificate too (a name a test resolves to the API
+    /// server's address, such as one behind a proxy).
+    pub fn tls_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_names.push(name.into());
+        self
+    }
+
     /// Starts the cluster.
     ///
     /// # Errors
@@ -135,7 +144,15 @@ impl ClusterBuilder {
             .clone()
             .unwrap_or_else(|| dir.path().join("kubeconfig"));
         let tls = if self.tls {
-            let t = Tls::generate(&name)?;
+            // An API server on a specific address (not loopback, such as one a test puts on
+            // `lo` to be proxied from the environment) has it in its certificate too.
+            let ip = self.api_addr.ip();
+            let extra: Vec<String> = (!ip.is_unspecified() && !ip.is_loopback())
+                .then(|| ip.to_string())
+                .into_iter()
+                .chain(self.tls_names.iter().cloned())
+                .collect();
+            let t = Tls::generate(&name, &extra)?;
             Some((t.server_config, t.ca_pem))
         } else {
             None
@@ -319,8 +336,13 @@ impl Cluster {
         udp_port: Option<u16>,
     ) -> Result<SocketAddr, Error> {
         let ip = self.shared.pool.next_external_ip();
-        let pool = self.shared.pool.clone();
-        let allow = move |peer: IpAddr| pool.is_pod_ip(peer);
+        let shared = self.shared.clone();
+        // Pods may connect, unless the cluster's egress goes through a proxy only
+        // (`egress_only_from`): then only the proxy's address may.
+        let allow = move |peer: IpAddr| match lock(&shared.faults.egress_only_from).as_ref() {
+            Some(proxies) => proxies.contains(&peer),
+            None => shared.pool.is_pod_ip(peer),
+        };
         let host = match ExternalHost::start(name, ip, http_port, udp_port, allow.clone()).await {
             Ok(h) => h,
             Err(_) => ExternalHost::start(name, ip, 0, udp_port.map(|_| 0), allow).await?,
@@ -575,6 +597,94 @@ impl Cluster {
         crate::server::restart(&self.shared).await
     }
 
+    /// Makes the API server accept TCP connections only from `peers`, such as a proxy's
+    /// outbound address: any other connection is reset at once, as a firewall that lets only
+    /// the proxy through would. A client that reaches the API server then went through the
+    /// proxy. [`Cluster::api_from_anywhere`] lifts it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// cluster.api_only_from(["127.253.0.1".parse().unwrap()]);
+    /// // The reset may come before the connect is seen as done, or on the first read.
+    /// if let Ok(mut c) = tokio::net::TcpStream::connect(cluster.api_addr()).await {
+    ///     let mut buf = [0u8; 1];
+    ///     let read = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+    ///     assert!(read.is_err() || read.unwrap() == 0, "reset");
+    /// }
+    /// # });
+    /// ```
+    pub fn api_only_from(&self, peers: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.api_only_from) = Some(peers.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::api_only_from`].
+    pub fn api_from_anywhere(&self) {
+        *lock(&self.shared.faults.api_only_from) = None;
+    }
+
+    /// Makes external hosts ([`Cluster::add_external_host`]) answer only `proxies` (an
+    /// egress proxy's outbound addresses) instead of pods: a cluster whose pods reach the
+    /// outside only through a proxy. Pods, services and cluster DNS are not affected.
+    /// [`Cluster::egress_direct`] lifts it.
+    pub fn egress_only_through(&self, proxies: impl IntoIterator<Item = IpAddr>) {
+        *lock(&self.shared.faults.egress_only_from) = Some(proxies.into_iter().collect());
+    }
+
+    /// Lifts [`Cluster::egress_only_through`]: pods reach external hosts directly again.
+    pub fn egress_direct(&self) {
+        *lock(&self.shared.faults.egress_only_from) = None;
+    }
+
+    /// Writes a kubeconfig for this cluster whose cluster entry has `proxy-url: proxy_url`
+    /// (kubectl's and kforward's proxy toward the API server).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    pub fn write_kubeconfig_with_proxy(&self, path: &Path, proxy_url: &str) -> Result<(), Error> {
+        self.write_kubeconfig_behind(path, &BehindProxy::new().proxy_url(proxy_url))
+    }
+
+    /// Writes a kubeconfig for this cluster as a user behind a proxy writes it (see
+    /// [`BehindProxy`]).
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use kforward_testkit::BehindProxy;
+    /// let cluster = kforward_testkit::Cluster::start().await.unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("kubeconfig");
+    /// let how = BehindProxy::new().proxy_url("socks5h://127.0.0.1:1080").server("https://api.proxied.test:6443");
+    /// cluster.write_kubeconfig_behind(&path, &how).unwrap();
+    /// assert!(std::fs::read_to_string(&path).unwrap().contains("socks5h://"));
+    /// # });
+    /// ```
+    pub fn write_kubeconfig_behind(&self, path: &Path, how: &BehindProxy) -> Result<(), Error> {
+        let mut entry = self.kubeconfig_entry();
+        if let Some(server) = &how.server {
+            entry.server = server.clone();
+        }
+        if let (Some(ca), Some(extra)) = (entry.ca_pem.as_mut(), &how.extra_ca) {
+            ca.push_str(extra);
+        }
+        let mut config = crate::kubeconfig_json(&[entry]);
+        if let Some(proxy_url) = &how.proxy_url {
+            config["clusters"][0]["cluster"]["proxy-url"] = json!(proxy_url);
+        }
+        let text = serde_json::to_string_pretty(&config)
+            .map_err(|e| Error::Io(path.to_path_buf(), std::io::Error::other(e)))?;
+        std::fs::write(path, text).map_err(|e| Error::Io(path.to_path_buf(), e))
+    }
+
     /// Adds latency before every API answer.
     pub fn set_latency(&self, latency: Duration) {
         faults::set_latency(&self.shared, latency);
@@ -623,5 +733,50 @@ impl Cluster {
     /// The counters: requests served, live and total port-forward streams.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats()
+    }
+}
+
+/// How a kubeconfig written by [`Cluster::write_kubeconfig_behind`] differs from the
+/// cluster's own: a `proxy-url`, another server URL (a name only a proxy resolves), and more
+/// CAs in the bundle (an `https://` proxy's, where kubectl looks for it).
+///
+/// # Example
+///
+/// ```
+/// let how = kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128");
+/// assert_eq!(how, kforward_testkit::BehindProxy::new().proxy_url("http://127.0.0.1:3128"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BehindProxy {
+    proxy_url: Option<String>,
+    server: Option<String>,
+    extra_ca: Option<String>,
+}
+
+impl BehindProxy {
+    /// The cluster's own kubeconfig entry, unchanged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the cluster's `proxy-url`.
+    #[must_use]
+    pub fn proxy_url(mut self, url: impl Into<String>) -> Self {
+        self.proxy_url = Some(url.into());
+        self
+    }
+
+    /// Points the cluster at `url` instead of its own URL.
+    #[must_use]
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.server = Some(url.into());
+        self
+    }
+
+    /// Adds `pem` to the cluster's CA bundle.
+    #[must_use]
+    pub fn extra_ca(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca = Some(pem.into());
+        self
     }
 }

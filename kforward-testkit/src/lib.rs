@@ -29,6 +29,7 @@ mod faults;
 mod kubeconfig;
 pub mod network;
 pub mod portforward;
+pub mod proxies;
 mod registry;
 mod resource;
 mod response;
@@ -43,7 +44,7 @@ mod tls;
 mod workloads;
 
 pub use admission::POD_SECURITY_ENFORCE;
-pub use cluster::{Cluster, ClusterBuilder};
+pub use cluster::{BehindProxy, Cluster, ClusterBuilder};
 pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};
 pub use resource::Kind;

@@ -82,6 +82,12 @@ pub(crate) struct Faults {
     pub(crate) latency: Mutex<Duration>,
     /// Cancelled to drop every live port-forward stream; replaced after each use.
     pub(crate) drop_streams: Mutex<CancellationToken>,
+    /// When set, the API server resets every TCP connection from another address, as a
+    /// firewall that lets only a proxy through would.
+    pub(crate) api_only_from: Mutex<Option<Vec<std::net::IpAddr>>>,
+    /// When set, external hosts answer these addresses (an egress proxy's) instead of pods:
+    /// a cluster whose pods reach the outside only through a proxy.
+    pub(crate) egress_only_from: Mutex<Option<Vec<std::net::IpAddr>>>,
 }
 
 impl Faults {
@@ -163,6 +169,8 @@ impl Shared {
                 paused,
                 latency: Mutex::new(Duration::ZERO),
                 drop_streams: Mutex::new(CancellationToken::new()),
+                api_only_from: Mutex::new(None),
+                egress_only_from: Mutex::new(None),
             },
             stats: Stats::default(),
             pool: AddressPool::new(),

@@ -16,12 +16,13 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Makes a new CA and a server certificate for `127.0.0.1`, `::1` and `localhost`.
+    /// Makes a new CA and a server certificate for `127.0.0.1`, `::1`, `localhost` and
+    /// `extra` names or addresses (an API server on an address that is not loopback).
     ///
     /// # Errors
     ///
     /// [`Error::Tls`] when a certificate cannot be made.
-    pub fn generate(cluster_name: &str) -> Result<Tls, Error> {
+    pub fn generate(cluster_name: &str, extra: &[String]) -> Result<Tls, Error> {
         let tls = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
         let ca_key = KeyPair::generate().map_err(|e| tls(&e))?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(|e| tls(&e))?;
@@ -38,13 +39,20 @@ impl Tls {
         let issuer = Issuer::new(ca_params, ca_key);
 
         let server_key = KeyPair::generate().map_err(|e| tls(&e))?;
-        let mut params = CertificateParams::new(vec![
+        let mut names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
             "kubernetes.default.svc".to_string(),
-        ])
-        .map_err(|e| tls(&e))?;
+        ];
+        names.extend(
+            extra
+                .iter()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let mut params = CertificateParams::new(names).map_err(|e| tls(&e))?;
         params
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
@@ -123,7 +131,7 @@ mod tests {
     /// the server still picks AES-128-GCM, as the real API server does.
     #[tokio::test]
     async fn server_order_picks_aes_128_gcm_like_go() {
-        let tls = Tls::generate("t").expect("certificates");
+        let tls = Tls::generate("t", &[]).expect("certificates");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod proxy;
 mod workloads;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -58,6 +59,21 @@ impl Running {
         }
     }
 
+    /// The local address of each of the first `n` forwards to say `ready` (`-o json`), by
+    /// forward name.
+    fn ready_addrs(&self, n: usize) -> std::collections::BTreeMap<String, String> {
+        let mut ready = std::collections::BTreeMap::new();
+        while ready.len() < n {
+            let line = self.line_with("\"event\":\"ready\"");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+            ready.insert(
+                v["forward"].as_str().expect("forward").to_string(),
+                v["local_addr"].as_str().expect("addr").to_string(),
+            );
+        }
+        ready
+    }
+
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
@@ -100,6 +116,24 @@ async fn http_get(addr: &str) -> String {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    };
+    tokio::time::timeout(WAIT, work)
+        .await
+        .expect("reply in time")
+}
+
+/// `GET http://HOST/` through the forward proxy at `proxy`, in absolute form.
+async fn http_get_via(proxy: &str, host: &str) -> String {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        let req =
+            format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
@@ -370,15 +404,7 @@ async fn run_loads_a_kftray_export_and_starts_every_entry() {
         c.args(["run", "-o", "json", "-f"]).arg(&file);
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 3 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(3));
     assert_eq!(
         ready.keys().cloned().collect::<Vec<_>>(),
         vec!["echo", "web", "web-pod"]
@@ -485,15 +511,7 @@ async fn run_mixes_tcp_udp_and_proxy_entries_on_one_relay_pod() {
         c.args(["run", "-o", "json", "-f"]).arg(&file);
         c
     });
-    let mut ready = std::collections::BTreeMap::new();
-    while ready.len() < 3 {
-        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"ready\""));
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        ready.insert(
-            v["forward"].as_str().expect("forward").to_string(),
-            v["local_addr"].as_str().expect("addr").to_string(),
-        );
-    }
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(3));
     assert!(http_get(&ready["web"]).await.contains("\r\n\r\nweb-"));
     let reply = http_get(&ready["private"]).await;
     assert!(
@@ -852,4 +870,134 @@ async fn accept_proxy_protocol_strict_serves_curl_with_a_header_and_drops_it_wit
     r.signal("-TERM");
     let (status, _) = tokio::task::block_in_place(|| r.wait());
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socks_prints_ready_first_routes_connections_and_refuses_exposure_without_auth() {
+    let cluster = Cluster::demo().await.expect("demo");
+    let kc = cluster.kubeconfig_path().display().to_string();
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args([
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "-o",
+            "json",
+            "--kubeconfig",
+            &kc,
+            "-n",
+            "demo",
+        ]);
+        c
+    });
+    let ready: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.lines.recv_timeout(WAIT).expect("a first line")
+    }))
+    .expect("json");
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let addr = ready["local_addr"]
+        .as_str()
+        .expect("local_addr")
+        .to_string();
+    // A plain HTTP request in absolute form, to a bare service name of namespace demo.
+    let out = http_get_via(&addr, "web").await;
+    assert!(out.contains("\r\n\r\nweb-"), "{out}");
+    let opened: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.line_with("\"event\":\"routed\"")
+    }))
+    .expect("json");
+    assert_eq!(opened["destination"], "web:80");
+    assert_eq!(
+        (opened["route"].as_str(), opened["service"].as_str()),
+        (Some("pod"), Some("web"))
+    );
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+
+    let (code, _, err) = run_to_end({
+        let mut c = kforward();
+        c.args(["socks", "--listen", "0.0.0.0:0", "--kubeconfig", &kc]);
+        c.env_remove("KFORWARD_PROXY_AUTH");
+        c
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without credentials")
+            && err.contains("--auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_serves_a_socks_entry_beside_a_forward_and_counts_its_connections() {
+    let cluster = Cluster::demo().await.expect("cluster");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("socks.json");
+    std::fs::write(
+        &file,
+        r#"[{"alias": "proxy", "workload_type": "socks", "namespace": "demo", "local_port": 0},
+            {"alias": "web", "service": "web", "namespace": "demo", "local_port": 0, "remote_port": 80}]"#,
+    )
+    .expect("write");
+    let r = Running::spawn({
+        let mut c = kforward();
+        c.args(["run", "-o", "json", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path())
+            .arg("-f")
+            .arg(&file);
+        c
+    });
+    let ready = tokio::task::block_in_place(|| r.ready_addrs(2));
+    // A plain HTTP request through the proxy, to the service by its short name.
+    let out = http_get_via(&ready["proxy"], "web").await;
+    assert!(out.contains("\r\n\r\nweb-"), "{out}");
+    let routed: serde_json::Value = serde_json::from_str(&tokio::task::block_in_place(|| {
+        r.line_with("\"event\":\"routed\"")
+    }))
+    .expect("json");
+    assert_eq!(routed["forward"], "proxy", "{routed}");
+    assert_eq!(routed["route"], "pod", "{routed}");
+    // The supervisor publishes the proxy's counters like any forward's (run's table shows
+    // the same figures).
+    let stats = loop {
+        let line = tokio::task::block_in_place(|| r.line_with("\"event\":\"stats\""));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        if v["forward"] == "proxy" && v["connections_open"] == 0 {
+            break v;
+        }
+    };
+    assert_eq!(stats["connections_total"], 1, "{stats}");
+    assert!(
+        stats["bytes_in"].as_u64().expect("bytes_in") >= out.len() as u64 / 2,
+        "{stats}"
+    );
+    assert!(
+        stats["bytes_out"].as_u64().expect("bytes_out") > 0,
+        "{stats}"
+    );
+    r.signal("-TERM");
+    let (status, _) = tokio::task::block_in_place(|| r.wait());
+    assert!(status.success(), "{status:?}");
+
+    // A bad socks entry is refused before anything starts, naming the field.
+    std::fs::write(
+        &file,
+        r#"[{"workload_type": "socks", "local_address": "0.0.0.0", "remote_port": 80}]"#,
+    )
+    .expect("write");
+    let (code, _, err) = run_to_end({
+        let mut c = kforward();
+        c.args(["run", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path())
+            .arg("-f")
+            .arg(&file);
+        c
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("field \"remote_port\"") && err.contains("field \"local_address\""),
+        "{err}"
+    );
 }

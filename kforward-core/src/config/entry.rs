@@ -7,9 +7,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ConfigError;
-use super::relay::RelayConfig;
+use super::relay_entry::RelayConfig;
 use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
+
+/// The local port of a `socks` entry that names none, as SOCKS proxies use.
+pub const SOCKS_PORT: u16 = 1080;
 
 /// The namespace of an entry that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -89,6 +92,20 @@ pub struct ForwardConfig {
     /// `relay_pull_policy`, `relay_pull_secrets`, `relay_pod_patch`).
     #[serde(flatten)]
     pub relay: RelayConfig,
+    /// For `workload_type: "socks"`, the `USER:PASS` clients must give (required beyond
+    /// loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// For `workload_type: "socks"`, destinations to connect to from this machine
+    /// (`NO_PROXY` syntax).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<String>,
+    /// For `workload_type: "socks"`, refuse what would need the relay pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_relay: Option<bool>,
+    /// For `workload_type: "socks"`, the cluster's DNS domain (`cluster.local`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
     /// Fields this crate does not use, kept so that a file round-trips. Keys here must not
     /// repeat a known field's name, or the written object would have it twice.
     #[serde(flatten)]
@@ -114,6 +131,10 @@ impl Default for ForwardConfig {
             proxy_protocol: None,
             accept_proxy_protocol: None,
             relay: RelayConfig::default(),
+            auth: None,
+            direct: None,
+            no_relay: None,
+            cluster_domain: None,
             extra: BTreeMap::new(),
         }
     }
@@ -159,6 +180,10 @@ impl ForwardConfig {
         }
         let or_unknown =
             |field: &Option<String>| non_empty(field.as_deref()).unwrap_or("?").to_owned();
+        if self.workload_type == WorkloadType::Socks {
+            let port = self.local_port.unwrap_or(SOCKS_PORT);
+            return format!("socks:{port}");
+        }
         let what = match self.workload_type {
             WorkloadType::Service => format!("svc/{}", or_unknown(&self.service)),
             WorkloadType::Pod => match non_empty(self.target.as_deref()) {
@@ -176,6 +201,7 @@ impl ForwardConfig {
                     format!("proxy/{host}")
                 }
             }
+            WorkloadType::Socks => "socks".to_owned(),
         };
         let port = self
             .remote_port

@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 /// The known fields, in the order errors are reported and fields are written.
-const FIELDS: [&str; 18] = [
+const FIELDS: [&str; 22] = [
     "service",
     "namespace",
     "local_port",
@@ -24,6 +24,10 @@ const FIELDS: [&str; 18] = [
     "relay_pull_policy",
     "relay_pull_secrets",
     "relay_pod_patch",
+    "auth",
+    "direct",
+    "no_relay",
+    "cluster_domain",
 ];
 
 /// One problem with one field of a config entry.
@@ -279,6 +283,32 @@ pub enum ConfigFileError {
         /// Every bad entry, in file order.
         entries: Vec<EntryError>,
     },
+    /// The `relay` section is invalid; every problem is listed.
+    #[error("{}{}", prefix(path.as_deref()), relay_message(errors))]
+    InvalidRelay {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// Every problem, each naming its field and value.
+        errors: Vec<FieldError>,
+    },
+    /// The file is an object with fields other than `forwards` and `relay`.
+    #[error("{}unknown top-level field(s) {} (a config file has \"forwards\" and \"relay\")", prefix(path.as_deref()), quoted(fields))]
+    UnknownFields {
+        /// The file, when loaded from one.
+        path: Option<PathBuf>,
+        /// The fields, as written.
+        fields: Vec<String>,
+    },
+}
+
+fn relay_message(errors: &[FieldError]) -> String {
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("the relay section is invalid: {}", all.join("; "))
+}
+
+fn quoted(fields: &[String]) -> String {
+    let all: Vec<String> = fields.iter().map(|f| format!("{f:?}")).collect();
+    all.join(", ")
 }
 
 fn prefix(path: Option<&Path>) -> String {

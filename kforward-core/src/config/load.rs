@@ -8,6 +8,16 @@ use serde_json::{Map, Value};
 use super::entry::ForwardConfig;
 use super::error::{ConfigError, ConfigFileError, EntryError, EntryProblem};
 use super::read::json_kind;
+use super::relay_section::{RelaySection, split_document};
+
+/// A whole config file: its entries and its `relay` section (empty when it has none).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigDocument {
+    /// The entries, in file order.
+    pub forwards: Vec<ForwardConfig>,
+    /// Settings of the relay pods the entries share.
+    pub relay: RelaySection,
+}
 
 /// Parses a config file's text: a JSON array of forward objects, or one object.
 ///
@@ -42,7 +52,52 @@ use super::read::json_kind;
 /// # Ok::<(), kforward_core::config::ConfigFileError>(())
 /// ```
 pub fn load_configs(json: &str) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+    load(json, None, &EntryDefaults::default()).map(|d| d.forwards)
+}
+
+/// Parses a config file's text as [`load_configs`] does, with its `relay` section: the
+/// file may be `{"relay": {...}, "forwards": [...]}` as well as a plain array of entries.
+///
+/// # Errors
+///
+/// Those of [`load_configs`], [`ConfigFileError::InvalidRelay`] naming each bad field and
+/// value of the `relay` section, and [`ConfigFileError::UnknownFields`] for other fields
+/// beside `forwards` and `relay`.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::config::load_config_document;
+///
+/// let doc = load_config_document(r#"{"relay": {"env": {"NO_PROXY": ".corp"}}, "forwards": []}"#)?;
+/// assert_eq!(doc.relay.env["NO_PROXY"], ".corp");
+///
+/// let err = load_config_document(r#"{"relay": {"env": {"HTTPS_PROXY": "socks5://p:1080"}}}"#)
+///     .unwrap_err();
+/// assert!(err.to_string().contains(r#"field "relay.env": value "HTTPS_PROXY=socks5://p:1080""#));
+/// # Ok::<(), kforward_core::config::ConfigFileError>(())
+/// ```
+pub fn load_config_document(json: &str) -> Result<ConfigDocument, ConfigFileError> {
     load(json, None, &EntryDefaults::default())
+}
+
+/// Reads and parses a config file as [`load_config_document`] does, filling what entries
+/// leave unset from `defaults` first; errors name the file.
+///
+/// # Errors
+///
+/// [`ConfigFileError::Read`] naming the path if it cannot be read, and every error of
+/// [`load_config_document`], with the path.
+pub fn load_config_document_file(
+    path: impl AsRef<Path>,
+    defaults: &EntryDefaults,
+) -> Result<ConfigDocument, ConfigFileError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load(&text, Some(path), defaults)
 }
 
 /// Reads and parses a config file, as [`load_configs`] does; errors name the file.
@@ -138,19 +193,14 @@ pub fn load_config_file_with(
     path: impl AsRef<Path>,
     defaults: &EntryDefaults,
 ) -> Result<Vec<ForwardConfig>, ConfigFileError> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    load(&text, Some(path), defaults)
+    load_config_document_file(path, defaults).map(|d| d.forwards)
 }
 
 fn load(
     json: &str,
     path: Option<&Path>,
     defaults: &EntryDefaults,
-) -> Result<Vec<ForwardConfig>, ConfigFileError> {
+) -> Result<ConfigDocument, ConfigFileError> {
     let path_buf = || path.map(Path::to_path_buf);
     let json = json.strip_prefix('\u{feff}').unwrap_or(json);
     let document: Value = serde_json::from_str(json).map_err(|e| {
@@ -167,9 +217,25 @@ fn load(
             message,
         }
     })?;
-    let items = match document {
+    let parts = split_document(document);
+    if !parts.unknown.is_empty() {
+        return Err(ConfigFileError::UnknownFields {
+            path: path_buf(),
+            fields: parts.unknown,
+        });
+    }
+    let relay = match parts.relay.map(RelaySection::read).transpose() {
+        Ok(relay) => relay.unwrap_or_default(),
+        Err(errors) => {
+            return Err(ConfigFileError::InvalidRelay {
+                path: path_buf(),
+                errors,
+            });
+        }
+    };
+    let items = match parts.forwards {
         Value::Array(items) => items,
-        Value::Object(map) => vec![Value::Object(map)],
+        Value::Object(map) if !parts.sectioned => vec![Value::Object(map)],
         other => {
             return Err(ConfigFileError::NotAList {
                 path: path_buf(),
@@ -207,7 +273,10 @@ fn load(
         }
     }
     if entries.is_empty() {
-        Ok(configs)
+        Ok(ConfigDocument {
+            forwards: configs,
+            relay,
+        })
     } else {
         Err(ConfigFileError::InvalidEntries {
             path: path_buf(),
@@ -418,7 +487,7 @@ mod tests {
         assert!(
             config.errors[0]
                 .problem
-                .contains("\"service\", \"pod\" or \"proxy\"")
+                .contains("\"replicaset\" or \"socks\"")
         );
     }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::entry::{DEFAULT_NAMESPACE, ForwardConfig};
 use super::error::{ConfigError, FieldError};
-use super::relay::RelayConfig;
+use super::relay_entry::RelayConfig;
 
 const LOCAL_PORT_PROBLEM: &str = "is not a port (0-65535, where 0 picks a free port)";
 pub(super) const REMOTE_PORT_PROBLEM: &str = "is not a port (1-65535)";
@@ -31,7 +31,7 @@ impl ForwardConfig {
             context: fields.string("context"),
             workload_type: fields.keyword(
                 "workload_type",
-                "is not a workload type (expected \"service\", \"pod\" or \"proxy\")",
+                "is not a workload type (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\", \"replicaset\" or \"socks\")",
             ),
             protocol: fields.keyword(
                 "protocol",
@@ -50,20 +50,29 @@ impl ForwardConfig {
                 "accept_proxy_protocol",
                 "is not an accept-proxy-protocol mode (expected \"strict\" or \"optional\")",
             ),
-            relay: RelayConfig {
-                image: fields.string("relay_image"),
-                pull_policy: fields.setting(
-                    "relay_pull_policy",
-                    "is not an image pull policy (expected \"Always\", \"IfNotPresent\" or \"Never\")",
-                ),
-                pull_secrets: fields.strings("relay_pull_secrets"),
-                pod_patch: fields.object("relay_pod_patch"),
-            },
+            relay: fields.relay(),
+            auth: fields.string("auth"),
+            direct: fields.string("direct"),
+            no_relay: fields.flag("no_relay"),
+            cluster_domain: fields.string("cluster_domain"),
             extra: BTreeMap::new(),
         };
         let FieldReader { map, errors } = fields;
         let extra = map.into_iter().collect();
         (ForwardConfig { extra, ..config }, errors)
+    }
+}
+
+impl RelayConfig {
+    /// Reads the `relay_*` fields out of a JSON object, returning what is left of it. Fields
+    /// of the wrong type are reported and left unset.
+    pub(super) fn read_fields(map: Map<String, Value>) -> (Self, Map<String, Value>, Vec<FieldError>) {
+        let mut fields = FieldReader {
+            map,
+            errors: Vec::new(),
+        };
+        let relay = fields.relay();
+        (relay, fields.map, fields.errors)
     }
 }
 
@@ -86,6 +95,18 @@ struct FieldReader {
 }
 
 impl FieldReader {
+    fn relay(&mut self) -> RelayConfig {
+        RelayConfig {
+            image: self.string("relay_image"),
+            pull_policy: self.setting(
+                "relay_pull_policy",
+                "is not an image pull policy (expected \"Always\", \"IfNotPresent\" or \"Never\")",
+            ),
+            pull_secrets: self.strings("relay_pull_secrets"),
+            pod_patch: self.object("relay_pod_patch"),
+        }
+    }
+
     fn wrong(&mut self, field: &'static str, value: &Value, problem: impl Into<String>) {
         self.errors
             .push(FieldError::new(field, render(value), problem));
@@ -173,6 +194,23 @@ impl FieldReader {
         None
     }
 
+    /// A boolean, or `"true"`/`"false"` in any case; missing or `null` is unset.
+    fn flag(&mut self, field: &'static str) -> Option<bool> {
+        let value = self.map.remove(field)?;
+        match &value {
+            Value::Null => return None,
+            Value::Bool(b) => return Some(*b),
+            Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "true" => return Some(true),
+                "false" => return Some(false),
+                _ => {}
+            },
+            _ => {}
+        }
+        self.wrong(field, &value, "is not a boolean (expected true or false)");
+        None
+    }
+
     /// A case-insensitive keyword; missing or `null` is the default.
     fn keyword<T: std::str::FromStr + Default>(&mut self, field: &'static str, problem: &str) -> T {
         let Some(value) = self.map.remove(field) else {
@@ -193,7 +231,7 @@ impl FieldReader {
 }
 
 /// A JSON value as shown in messages: strings without quotes, the rest as JSON.
-fn render(value: &Value) -> String {
+pub(super) fn render(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
         other => other.to_string(),

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 use super::entry::ForwardConfig;
 use super::error::{ConfigError, FieldError};
 use super::read::REMOTE_PORT_PROBLEM;
+use crate::forward_proxy::ProxyAuth;
 use crate::spec::name::{check_dns1123_label, check_dns1123_subdomain, check_host};
 use crate::spec::{
-    DEFAULT_ADDRESS, LabelSelector, Protocol, SpecError, Target, WorkloadType, non_empty,
-    parse_addresses,
+    DEFAULT_ADDRESS, LabelSelector, Protocol, SocksSettings, SpecError, Target, WorkloadType,
+    non_empty, parse_addresses,
 };
 
 /// What [`ForwardConfig::check`] proves about a valid entry.
@@ -66,6 +67,16 @@ impl ForwardConfig {
         let target = self.check_target(&mut errors);
         let workload = self.workload_type;
         let remote_port = match self.remote_port {
+            // A forward proxy's clients name their ports.
+            None if workload == WorkloadType::Socks => Some(0),
+            Some(port) if workload == WorkloadType::Socks => {
+                errors.push(FieldError::new(
+                    "remote_port",
+                    port.to_string(),
+                    "does not apply to workload_type \"socks\": each client names its destination and port",
+                ));
+                None
+            }
             None => {
                 errors.push(FieldError::missing(
                     "remote_port",
@@ -89,22 +100,14 @@ impl ForwardConfig {
                 }
             },
         };
-        if self.protocol == Protocol::Udp {
-            for (field, set) in [
-                ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
-                (
-                    "accept_proxy_protocol",
-                    self.accept_proxy_protocol.map(|a| a.to_string()),
-                ),
-            ] {
-                if let Some(value) = set {
-                    errors.push(FieldError::new(
-                        field,
-                        value,
-                        "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
-                    ));
-                }
-            }
+        if let (Some(Target::Socks(settings)), Some(addresses)) = (&target, &addresses) {
+            self.check_socks(settings, addresses, &mut errors);
+        }
+        if self.protocol == Protocol::Udp && workload != WorkloadType::Socks {
+            self.refuse_proxy_protocol(
+                "works for TCP forwards only (a PROXY header starts a TCP stream), and this entry is UDP",
+                &mut errors,
+            );
         }
         self.relay.check(&mut errors);
         match (target, remote_port, addresses) {
@@ -116,6 +119,55 @@ impl ForwardConfig {
                 })
             }
             _ => Err(ConfigError::new(errors)),
+        }
+    }
+
+    /// Reports each PROXY protocol setting the entry has, with `problem`.
+    fn refuse_proxy_protocol(&self, problem: &str, errors: &mut Vec<FieldError>) {
+        for (field, set) in [
+            ("proxy_protocol", self.proxy_protocol.map(|v| v.to_string())),
+            (
+                "accept_proxy_protocol",
+                self.accept_proxy_protocol.map(|a| a.to_string()),
+            ),
+        ] {
+            if let Some(value) = set {
+                errors.push(FieldError::new(field, value, problem));
+            }
+        }
+    }
+
+    /// What a forward proxy entry cannot have: UDP, PROXY protocol settings, several
+    /// addresses, or an address beyond loopback without `auth`.
+    fn check_socks(
+        &self,
+        settings: &SocksSettings,
+        addresses: &[IpAddr],
+        errors: &mut Vec<FieldError>,
+    ) {
+        if self.protocol == Protocol::Udp {
+            errors.push(FieldError::new(
+                "protocol",
+                "udp",
+                "does not apply to workload_type \"socks\": it listens on TCP, and SOCKS5 clients send UDP through UDP ASSOCIATE",
+            ));
+        }
+        self.refuse_proxy_protocol("does not apply to workload_type \"socks\"", errors);
+        let list = non_empty(self.local_address.as_deref()).unwrap_or("127.0.0.1");
+        match addresses {
+            [ip] if !ip.is_loopback() && settings.auth.is_none() => {
+                errors.push(FieldError::new(
+                    "local_address",
+                    list,
+                    "is beyond this machine, and a forward proxy there needs \"auth\": anyone who can reach it could use your cluster permissions",
+                ));
+            }
+            [_] => {}
+            _ => errors.push(FieldError::new(
+                "local_address",
+                list,
+                "must be one address for workload_type \"socks\" (it listens on one port)",
+            )),
         }
     }
 
@@ -174,6 +226,31 @@ impl ForwardConfig {
                     ));
                     None
                 }
+            }
+            WorkloadType::Socks => {
+                let auth = match non_empty(self.auth.as_deref()) {
+                    None => None,
+                    Some(text) => match text.parse::<ProxyAuth>() {
+                        Ok(a) => Some(a),
+                        Err(problem) => {
+                            // The value is a password: it stays out of the message.
+                            errors.push(FieldError::new(
+                                "auth",
+                                "(hidden)",
+                                format!("is not valid: {problem}"),
+                            ));
+                            return None;
+                        }
+                    },
+                };
+                let defaults = SocksSettings::default();
+                Some(Target::Socks(SocksSettings {
+                    auth,
+                    direct: self.direct.clone().unwrap_or_default(),
+                    relay: !self.no_relay.unwrap_or(false),
+                    cluster_domain: non_empty(self.cluster_domain.as_deref())
+                        .map_or(defaults.cluster_domain, str::to_owned),
+                }))
             }
             WorkloadType::Deployment | WorkloadType::StatefulSet | WorkloadType::ReplicaSet => {
                 let workload = self.workload_type;
@@ -371,5 +448,61 @@ mod tests {
         );
         let err = ConfigError::new(errors);
         assert_eq!(err.to_string().matches("; field ").count(), 3);
+    }
+
+    #[test]
+    fn socks_workload_makes_a_forward_proxy_and_names_each_bad_field() {
+        let config: ForwardConfig = serde_json::from_str(
+            r#"{"workload_type": "socks", "namespace": "demo", "local_port": 0,
+                "local_address": "0.0.0.0", "auth": "dev:s3cret", "direct": ".corp.example",
+                "no_relay": "true", "cluster_domain": "corp.local"}"#,
+        )
+        .expect("json");
+        let spec = config.to_spec().expect("valid");
+        let Target::Socks(settings) = &spec.target else {
+            panic!("not a forward proxy: {spec:?}");
+        };
+        assert_eq!(settings.auth.as_ref().map(|a| a.username()), Some("dev"));
+        assert_eq!(settings.direct, ".corp.example");
+        assert!(!settings.relay);
+        assert_eq!(settings.cluster_domain, "corp.local");
+        assert_eq!(spec.label(), "socks 0.0.0.0:0");
+        assert_eq!(spec.check(), Ok(()));
+        let bare: ForwardConfig =
+            serde_json::from_str(r#"{"workload_type": "SOCKS"}"#).expect("json");
+        assert_eq!(bare.label(), "socks:1080");
+        assert_eq!(
+            bare.to_spec().expect("valid").label(),
+            "socks 127.0.0.1:1080"
+        );
+
+        let errors = problems(
+            r#"{"workload_type": "socks", "remote_port": 80, "protocol": "udp",
+                "local_address": "0.0.0.0", "proxy_protocol": "v2"}"#,
+        );
+        assert_eq!(
+            fields(&errors),
+            ["remote_port", "protocol", "local_address", "proxy_protocol"]
+        );
+        assert!(
+            errors[2].problem.contains("needs \"auth\""),
+            "{}",
+            errors[2]
+        );
+        let errors = problems(r#"{"workload_type": "socks", "auth": "nopassword"}"#);
+        assert_eq!(fields(&errors), ["auth"]);
+        assert!(
+            !errors[0].to_string().contains("nopassword"),
+            "{}",
+            errors[0]
+        );
+        let err =
+            serde_json::from_str::<ForwardConfig>(r#"{"workload_type": "socks", "no_relay": 3}"#)
+                .expect_err("not a boolean");
+        assert!(
+            err.to_string()
+                .contains("field \"no_relay\": value \"3\" is not a boolean"),
+            "{err}"
+        );
     }
 }

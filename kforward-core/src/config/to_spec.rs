@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::entry::ForwardConfig;
+use super::entry::{ForwardConfig, SOCKS_PORT};
 use super::error::ConfigError;
-use crate::spec::{ForwardSpec, PortMapping, non_empty};
+use crate::spec::{ForwardSpec, PortMapping, Target, non_empty};
 
 /// Turns a config file entry into a spec, with kftray's meaning of each field:
 ///
@@ -12,6 +12,8 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// - `workload_type: "pod"`: [`Target::PodSelector`] from `target` if set, else
 ///   [`Target::Pod`] named by `service`;
 /// - `workload_type: "proxy"`: [`Target::Remote`] to `remote_address`;
+/// - `workload_type: "socks"`: [`Target::Socks`], a forward proxy on `local_port` (1080
+///   when missing) with `auth`, `direct`, `no_relay` and `cluster_domain`;
 /// - `workload_type: "deployment"`, `"statefulset"` or `"replicaset"` (kforward's, beyond
 ///   kftray's): [`Target::Deployment`], [`Target::StatefulSet`] or [`Target::ReplicaSet`]
 ///   named by `service`;
@@ -49,6 +51,7 @@ use crate::spec::{ForwardSpec, PortMapping, non_empty};
 /// [`Target::PodSelector`]: crate::spec::Target::PodSelector
 /// [`Target::Pod`]: crate::spec::Target::Pod
 /// [`Target::Remote`]: crate::spec::Target::Remote
+/// [`Target::Socks`]: crate::spec::Target::Socks
 /// [`Target::Deployment`]: crate::spec::Target::Deployment
 /// [`Target::StatefulSet`]: crate::spec::Target::StatefulSet
 /// [`Target::ReplicaSet`]: crate::spec::Target::ReplicaSet
@@ -57,7 +60,10 @@ impl TryFrom<&ForwardConfig> for ForwardSpec {
 
     fn try_from(config: &ForwardConfig) -> Result<Self, Self::Error> {
         let checked = config.check()?;
-        let local = config.local_port.unwrap_or(checked.remote_port);
+        let local = match checked.target {
+            Target::Socks(_) => config.local_port.unwrap_or(SOCKS_PORT),
+            _ => config.local_port.unwrap_or(checked.remote_port),
+        };
         Ok(ForwardSpec {
             target: checked.target,
             namespace: Some(config.namespace.clone()),

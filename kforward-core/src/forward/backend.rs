@@ -91,18 +91,8 @@ impl Backend {
             server: server.clone(),
             message: format!("{what} took longer than {}s", timeout.as_secs_f32()),
         };
-        // Checks are shared with the context's other forwards (`single_flight`): 200
-        // forwards of one service make one `/version` call and one stream per round.
+        probe_version(ctx, ns, timeout).await?;
         let probes = ctx.probes();
-        probes
-            .run(format!("version {server}"), || async {
-                match tokio::time::timeout(timeout, ctx.client().apiserver_version()).await {
-                    Err(_) => Err(slow("asking for the version")),
-                    Ok(Err(e)) => Err(Error::from_kube(e, &server, "get", "version", ns, None)),
-                    Ok(Ok(_)) => Ok(()),
-                }
-            })
-            .await?;
         for route in &self.routes {
             let (key, dest) = match route {
                 Route::Pods(eps) => {
@@ -141,6 +131,32 @@ impl Backend {
         }
         Ok(())
     }
+}
+
+/// Checks that the API server of `ctx` answers within `timeout`. Checks are shared with
+/// the context's other forwards (`single_flight`): 200 forwards of one cluster make one
+/// `/version` call per round.
+///
+/// # Errors
+///
+/// [`Error::Unreachable`] when it is slow, or the API server's error.
+pub(crate) async fn probe_version(ctx: &KubeContext, ns: &str, timeout: Duration) -> Result<()> {
+    let server = ctx.server().to_string();
+    ctx.probes()
+        .run(format!("version {server}"), || async {
+            match tokio::time::timeout(timeout, ctx.client().apiserver_version()).await {
+                Err(_) => Err(Error::Unreachable {
+                    server: server.clone(),
+                    message: format!(
+                        "asking for the version took longer than {}s",
+                        timeout.as_secs_f32()
+                    ),
+                }),
+                Ok(Err(e)) => Err(Error::from_kube(e, &server, "get", "version", ns, None)),
+                Ok(Ok(_)) => Ok(()),
+            }
+        })
+        .await
 }
 
 /// Waits for the stream to be up, sends `header`'s header for a connection of kforward's

@@ -54,6 +54,20 @@ pub enum Event {
         /// The port on the pod.
         pod_port: u16,
     },
+    /// A forward proxy's client named a destination, and the way there was decided.
+    Routed {
+        /// The forward's label.
+        forward: String,
+        /// The local client.
+        peer: SocketAddr,
+        /// `socks5`, `socks4`, `http-connect`, `http` or `socks5-udp`.
+        protocol: String,
+        /// The destination as the client named it.
+        destination: String,
+        /// Where it goes.
+        #[serde(flatten)]
+        route: crate::forward_proxy::Route,
+    },
     /// A connection ended.
     ConnectionClosed {
         /// The forward's label.

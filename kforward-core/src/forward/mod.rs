@@ -23,6 +23,7 @@ mod layer;
 mod options;
 mod pump;
 mod route;
+mod shell;
 mod state;
 mod stats;
 
@@ -35,23 +36,22 @@ use tokio_util::sync::CancellationToken;
 
 pub use event::Event;
 pub use options::ForwardOptions;
+pub use shell::Shell;
 pub use state::{BoundPort, ForwardState};
 pub use stats::{Stats, StatsSnapshot};
+
+pub(crate) use backend::probe_version;
+pub(crate) use dialer::{Destination, Dialer};
+pub(crate) use frontend::Tasks;
+pub(crate) use stats::Connection;
 
 use crate::client::{KubeContext, KubeconfigSource};
 use crate::error::{Error, Result};
 use crate::relay::RelayPods;
 use crate::spec::{ForwardSpec, PortMapping, Protocol, Target};
 use backend::{Backend, SharedBackend};
-use frontend::{Lane, Tasks};
+use frontend::Lane;
 use layer::Layers;
-
-/// Events a forward buffers for a slow subscriber before it starts missing some (told
-/// as `RecvError::Lagged`). tokio's broadcast channel allocates every slot up front, about
-/// 170 bytes each: 1,024 of them were 33 of the 60 MiB that a `kforward run` of 200 idle
-/// forwards held (`compare --only idle`). A subscriber that keeps up (the supervisor, the
-/// CLI) never has more than a few waiting.
-const EVENT_BUFFER: usize = 256;
 
 /// A forward: local listeners carrying connections to one target.
 ///
@@ -82,17 +82,28 @@ pub trait Forwarder: Send + Sync {
     /// Stops accepting, gives open connections a moment to finish, then closes them.
     async fn stop(&mut self);
 
+    /// The state, events and counters this forward keeps (read by the methods below).
+    fn shell(&self) -> &Shell;
+
     /// The current state.
-    fn state(&self) -> ForwardState;
+    fn state(&self) -> ForwardState {
+        self.shell().state()
+    }
 
     /// A receiver of this forward's events from now on.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shell().subscribe()
+    }
 
     /// The counters now.
-    fn stats(&self) -> StatsSnapshot;
+    fn stats(&self) -> StatsSnapshot {
+        self.shell().stats()
+    }
 
     /// The counters, readable while the forward is owned elsewhere.
-    fn stats_handle(&self) -> Arc<Stats>;
+    fn stats_handle(&self) -> Arc<Stats> {
+        self.shell().stats_handle()
+    }
 
     /// The forward's label (its alias, or target and ports).
     fn label(&self) -> String;
@@ -120,7 +131,9 @@ pub trait Forwarder: Send + Sync {
 
     /// Fires when a connection met rejected credentials and the kubeconfig should be read
     /// again (then call [`reconnect`](Self::reconnect)).
-    fn reload_requested(&self) -> Arc<Notify>;
+    fn reload_requested(&self) -> Arc<Notify> {
+        self.shell().reload_requested()
+    }
 }
 
 /// What a started forward holds.
@@ -149,13 +162,8 @@ pub struct Forward {
     ctx: KubeContext,
     spec: ForwardSpec,
     opts: ForwardOptions,
-    events: broadcast::Sender<Event>,
-    state: watch::Sender<ForwardState>,
-    stats: Arc<Stats>,
-    reload: Arc<Notify>,
+    shell: Shell,
     running: Option<Running>,
-    /// The relay pods in use, and whether this forward owns (and so deletes) them.
-    relay: Option<(Arc<RelayPods>, bool)>,
 }
 
 impl Forward {
@@ -165,12 +173,8 @@ impl Forward {
             ctx,
             spec,
             opts,
-            events: broadcast::channel(EVENT_BUFFER).0,
-            state: watch::channel(ForwardState::Idle).0,
-            stats: Arc::new(Stats::default()),
-            reload: Arc::new(Notify::new()),
+            shell: Shell::default(),
             running: None,
-            relay: None,
         }
     }
 
@@ -229,12 +233,12 @@ impl Forward {
 
     /// A receiver of every state change.
     pub fn watch_state(&self) -> watch::Receiver<ForwardState> {
-        self.state.subscribe()
+        self.shell.watch_state()
     }
 
     /// The relay pods in use, once started (UDP and remote-address forwards).
     pub fn relay_pods(&self) -> Option<Arc<RelayPods>> {
-        self.relay.as_ref().map(|(p, _)| p.clone())
+        self.shell.relay_pods()
     }
 
     /// Where this forward's kubeconfig comes from.
@@ -246,7 +250,7 @@ impl Forward {
     }
 
     fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        self.shell.emit(event);
     }
 
     /// Whether the spec's connections go through the relay.
@@ -257,14 +261,8 @@ impl Forward {
     async fn start_inner(&mut self) -> Result<Vec<BoundPort>> {
         self.spec.check()?;
         if self.relayed() {
-            let pods = match &self.opts.relay_pods {
-                Some(shared) => (shared.0.clone(), false),
-                None => (
-                    RelayPods::new(self.ctx.clone(), self.opts.relay.clone()),
-                    true,
-                ),
-            };
-            self.relay = Some(pods);
+            let (shared, opts) = (self.opts.relay_pods.as_ref(), &self.opts.relay);
+            self.shell.use_relay(shared, &self.ctx, opts);
         }
         let relay = self.relay_pods();
         // Resolve every port first, so that nothing listens when the target is wrong.
@@ -304,9 +302,9 @@ impl Forward {
                 label: label.clone(),
                 opts: self.opts.clone(),
                 layers,
-                events: self.events.clone(),
-                stats: self.stats.clone(),
-                reload: self.reload.clone(),
+                events: self.shell.events(),
+                stats: self.shell.stats_handle(),
+                reload: self.shell.reload_requested(),
             });
             tasks.serve(listener, lane);
             self.emit(Event::Ready {
@@ -323,7 +321,7 @@ impl Forward {
             tasks.tasks.spawn(watch_endpoints(
                 backend_rx.clone(),
                 index,
-                self.events.clone(),
+                self.shell.events(),
                 label.clone(),
                 pm.remote.to_string(),
                 tasks.stop.clone(),
@@ -334,13 +332,6 @@ impl Forward {
             backend: backend_tx,
         });
         Ok(bound)
-    }
-
-    /// Deletes the relay pods this forward owns.
-    async fn release_relay(&mut self) {
-        if let Some((pods, true)) = self.relay.take() {
-            pods.delete_all().await;
-        }
     }
 }
 
@@ -395,50 +386,19 @@ impl Forwarder for Forward {
         if self.running.is_some() {
             return Err(Error::AlreadyStarted);
         }
-        self.state.send_replace(ForwardState::Starting);
-        match self.start_inner().await {
-            Ok(b) => {
-                self.state.send_replace(ForwardState::Ready);
-                Ok(b)
-            }
-            Err(e) => {
-                self.release_relay().await;
-                self.state.send_replace(ForwardState::Failed {
-                    error: e.to_string(),
-                });
-                self.emit(Event::Error {
-                    forward: self.spec.label(),
-                    message: e.to_string(),
-                });
-                Err(e)
-            }
-        }
+        self.shell.set_state(ForwardState::Starting);
+        let started = self.start_inner().await;
+        self.shell.started(&self.spec.label(), started).await
     }
 
     async fn stop(&mut self) {
         let Some(r) = self.running.take() else { return };
-        r.tasks.drain(self.opts.stop_grace).await;
-        self.release_relay().await;
-        self.state.send_replace(ForwardState::Stopped);
-        self.emit(Event::Stopped {
-            forward: self.spec.label(),
-        });
+        let label = self.spec.label();
+        self.shell.stop(r.tasks, self.opts.stop_grace, &label).await;
     }
 
-    fn state(&self) -> ForwardState {
-        self.state.borrow().clone()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    fn stats_handle(&self) -> Arc<Stats> {
-        self.stats.clone()
+    fn shell(&self) -> &Shell {
+        &self.shell
     }
 
     fn label(&self) -> String {
@@ -473,10 +433,6 @@ impl Forwarder for Forward {
         }
         self.ctx = ctx;
         Ok(())
-    }
-
-    fn reload_requested(&self) -> Arc<Notify> {
-        self.reload.clone()
     }
 }
 

@@ -101,10 +101,16 @@ impl Connection {
 
     /// The connection could not reach the target.
     pub(crate) fn failed(&self) {
+        self.failed_request();
+        self.close();
+    }
+
+    /// One request of the connection could not reach its target, and the connection stays
+    /// open (a forward proxy's HTTP client may go on with another request).
+    pub(crate) fn failed_request(&self) {
         self.stats
             .connections_failed
             .fetch_add(1, Ordering::Relaxed);
-        self.close();
     }
 
     /// No longer counts as open (its client is gone), even if the guard lives on.

@@ -140,6 +140,13 @@ pub struct RelayOptions {
     /// the next use makes a new one). A safety net for sessions that die without cleaning
     /// up; [`gc`](super::gc) is the other.
     pub idle_exit: Duration,
+    /// Environment variables for the relay's container (`--relay-env KEY=VALUE`), such as
+    /// `HTTPS_PROXY` and `NO_PROXY` for a cluster whose pods reach the outside only through
+    /// a proxy: the relay then reaches TCP destinations through it (see
+    /// [`check_relay_env`](super::check_relay_env) and
+    /// [`default_relay_no_proxy`](super::default_relay_no_proxy)). They are set after
+    /// [`pod_patch`](Self::pod_patch), so a patch's `env` list does not drop them.
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for RelayOptions {
@@ -152,19 +159,26 @@ impl Default for RelayOptions {
             port: DEFAULT_RELAY_PORT,
             ready_timeout: Duration::from_secs(60),
             idle_exit: super::server::DEFAULT_IDLE_EXIT,
+            env: BTreeMap::new(),
         }
     }
 }
 
 impl RelayOptions {
     /// The relay pod these options make, as it would be created (with a placeholder name,
-    /// session and token): to check a patch before anything runs, or to show the pod.
+    /// session and token, and [`env`](Self::env) without the `NO_PROXY` that kforward adds
+    /// from the cluster's ranges): to check a patch before anything runs, or to show the pod.
     ///
     /// # Errors
     ///
     /// [`Error::RelayPodPatch`] when the patch does not give a valid pod.
     pub fn pod_preview(&self) -> Result<Pod> {
-        relay_pod(self, "kforward-relay-preview", "preview", "<token>")
+        let user_env = self
+            .env
+            .iter()
+            .map(|(name, value)| env(name, value.clone()))
+            .collect();
+        relay_pod(self, "kforward-relay-preview", "preview", "<token>", user_env)
     }
 }
 
@@ -327,7 +341,9 @@ fn env(name: &str, value: String) -> EnvVar {
     }
 }
 
-/// The relay pod `opts` describe, named `name`, owned by `session`, checking `token`.
+/// The relay pod `opts` describe, named `name`, owned by `session`, checking `token`, with
+/// the relay container's environment `user_env` (`opts.env` and what kforward adds to it,
+/// `relay_pod_env`).
 ///
 /// # Errors
 ///
@@ -337,10 +353,17 @@ pub(crate) fn relay_pod(
     name: &str,
     session: &str,
     token: &str,
+    user_env: Vec<EnvVar>,
 ) -> Result<Pod> {
+    let identity = Identity {
+        name,
+        session,
+        token,
+        user_env,
+    };
     let base = base_pod(opts, name, session);
     let Some(patch) = &opts.pod_patch else {
-        return Ok(with_identity(base, opts, name, session, token));
+        return Ok(with_identity(base, opts, identity));
     };
     let broken = |message: String| Error::RelayPodPatch {
         origin: patch.origin.clone(),
@@ -350,7 +373,7 @@ pub(crate) fn relay_pod(
     patch.apply(&mut value);
     let patched = serde_json::from_value::<Pod>(value)
         .map_err(|e| broken(format!("the patched pod is not a valid Pod: {e}")))?;
-    Ok(with_identity(patched, opts, name, session, token))
+    Ok(with_identity(patched, opts, identity))
 }
 
 fn base_pod(opts: &RelayOptions, name: &str, session: &str) -> Pod {
@@ -443,9 +466,23 @@ fn identity_labels(session: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Puts back what kforward relies on, whatever a patch did: the name, the labels, and the
-/// relay container's token, port and idle exit.
-fn with_identity(mut pod: Pod, opts: &RelayOptions, name: &str, session: &str, token: &str) -> Pod {
+/// What a relay pod is made with beyond its [`RelayOptions`].
+struct Identity<'a> {
+    name: &'a str,
+    session: &'a str,
+    token: &'a str,
+    user_env: Vec<EnvVar>,
+}
+
+/// Puts back what kforward relies on, whatever a patch did: the name, the labels, the
+/// user's relay environment, and the relay container's token, port and idle exit.
+fn with_identity(mut pod: Pod, opts: &RelayOptions, identity: Identity<'_>) -> Pod {
+    let Identity {
+        name,
+        session,
+        token,
+        user_env,
+    } = identity;
     pod.metadata.name = Some(name.to_string());
     pod.metadata
         .labels
@@ -476,7 +513,10 @@ fn with_identity(mut pod: Pod, opts: &RelayOptions, name: &str, session: &str, t
             ),
         ];
         let list = c.env.get_or_insert_with(Vec::new);
-        list.retain(|e| !ours.iter().any(|o| o.name == e.name));
+        list.retain(|e| {
+            !ours.iter().any(|o| o.name == e.name) && !user_env.iter().any(|u| u.name == e.name)
+        });
+        list.extend(user_env.iter().cloned());
         list.extend(ours);
     }
     pod
@@ -503,7 +543,7 @@ mod tests {
 
     #[test]
     fn defaults_are_restricted_if_not_present_and_opt_out_of_sidecars() {
-        let pod = relay_pod(&RelayOptions::default(), "p", "s", "t").expect("pod");
+        let pod = relay_pod(&RelayOptions::default(), "p", "s", "t", Vec::new()).expect("pod");
         let c = relay(&pod);
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let sc = c.security_context.as_ref().expect("security context");
@@ -534,7 +574,7 @@ mod tests {
               }
             }"#,
         );
-        let pod = relay_pod(&o, "p", "s", "tok").expect("pod");
+        let pod = relay_pod(&o, "p", "s", "tok", Vec::new()).expect("pod");
         assert_eq!(pod.metadata.name.as_deref(), Some("p"));
         let labels = pod.metadata.labels.as_ref().expect("labels");
         assert_eq!(labels["team"], "tools");
@@ -572,7 +612,7 @@ mod tests {
         let o = opts(
             r#"{"spec":{"containers":[{"name":"relay","securityContext":{"allowPrivilegeEscalation":true}}]}}"#,
         );
-        let pod = relay_pod(&o, "p", "s", "t").expect("pod");
+        let pod = relay_pod(&o, "p", "s", "t", Vec::new()).expect("pod");
         let sc = relay(&pod).security_context.as_ref().expect("sc");
         assert_eq!(sc.allow_privilege_escalation, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true), "the rest stays");

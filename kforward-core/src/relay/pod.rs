@@ -174,9 +174,16 @@ impl RelayPods {
         if let Some(p) = pods.get(namespace) {
             return Ok(p.clone());
         }
-        let api: Api<Pod> = Api::namespaced(self.client(), namespace);
+        super::env::check_relay_env(&self.opts.env).map_err(|message| Error::RelayPod {
+            namespace: namespace.to_string(),
+            message,
+            retryable: false,
+        })?;
+        let ctx = self.context();
+        let env = super::env::relay_pod_env(&ctx, &self.opts.env).await;
+        let api: Api<Pod> = Api::namespaced(ctx.client().clone(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
-        let pod = relay_pod(&self.opts, &name, &self.session, &self.token)?;
+        let pod = relay_pod(&self.opts, &name, &self.session, &self.token, env)?;
         // Known before it exists: a forward stopped while its pod is being created or is
         // starting drops this future, and `delete_all` (or `Drop`) must still find the pod.
         lock(&self.known).insert(namespace.to_string(), name.clone());

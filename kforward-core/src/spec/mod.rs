@@ -10,17 +10,19 @@ pub(crate) mod name;
 mod port;
 mod protocol;
 mod selector;
+mod socks;
 mod target;
 mod workload;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 pub use address::{DEFAULT_ADDRESS, parse_addresses};
 pub use port::{PortMapping, RemotePort};
 pub use protocol::Protocol;
 pub use selector::{LabelSelector, Requirement};
+pub use socks::{SocksSettings, check_exposure};
 pub use target::Target;
 pub use workload::WorkloadType;
 
@@ -131,9 +133,28 @@ pub enum SpecError {
         /// The setting, as the user wrote it (`--proxy-protocol`, `proxy_protocol`, ...).
         setting: &'static str,
     },
-    /// A workload type other than service, pod, proxy, deployment, statefulset or replicaset.
+    /// A forward proxy on an address beyond this machine without credentials.
     #[error(
-        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\" or \"replicaset\")"
+        "refusing to listen on {addr} without credentials: anyone who can reach that address could use \
+         the proxy to reach the cluster with your permissions; set --auth USER:PASS (or \
+         KFORWARD_PROXY_AUTH, or \"auth\" in a config entry), or listen on a loopback address such as 127.0.0.1"
+    )]
+    ExposedProxy {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
+    /// A forward proxy setting that does not fit.
+    #[error("forward proxy: {setting} {problem}")]
+    SocksSetting {
+        /// The setting, as the user wrote it (`local_address`, `--proxy-protocol`, ...).
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A workload type other than service, pod, proxy, deployment, statefulset, replicaset
+    /// or socks.
+    #[error(
+        "unknown workload type {value:?} (expected \"service\", \"pod\", \"proxy\", \"deployment\", \"statefulset\", \"replicaset\" or \"socks\")"
     )]
     UnknownWorkloadType {
         /// The workload type as written.
@@ -386,6 +407,9 @@ impl ForwardSpec {
     /// assert!(spec.check().is_err());
     /// ```
     pub fn check(&self) -> Result<(), SpecError> {
+        if let Target::Socks(settings) = &self.target {
+            return self.check_socks(settings);
+        }
         if self.protocol == Protocol::Udp {
             if self.proxy_protocol.is_some() {
                 return Err(SpecError::ProxyProtocolOverUdp {
@@ -399,6 +423,73 @@ impl ForwardSpec {
             }
         }
         Ok(())
+    }
+
+    /// A forward proxy on `listen` (port 0 picks a free one) with `settings`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::spec::{ForwardSpec, SocksSettings};
+    ///
+    /// let spec = ForwardSpec::socks(SocksSettings::default(), "127.0.0.1:1080".parse()?);
+    /// assert_eq!(spec.label(), "socks 127.0.0.1:1080");
+    /// assert_eq!(spec.check(), Ok(()));
+    /// let open = ForwardSpec::socks(SocksSettings::default(), "0.0.0.0:1080".parse()?);
+    /// assert!(open.check().is_err(), "beyond loopback only with credentials");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn socks(settings: SocksSettings, listen: SocketAddr) -> Self {
+        ForwardSpec::new(
+            Target::Socks(settings),
+            [PortMapping::new(listen.port(), 0)],
+        )
+        .with_addresses([listen.ip()])
+    }
+
+    /// The one local address of a forward proxy spec (its first address and port).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        let ip = self.addresses.first()?;
+        let port = self.ports.first()?;
+        Some(SocketAddr::new(*ip, port.local))
+    }
+
+    /// A forward proxy listens on one address and port, over TCP, with no PROXY protocol
+    /// settings, and beyond loopback only with credentials.
+    fn check_socks(&self, settings: &SocksSettings) -> Result<(), SpecError> {
+        let bad = |setting, problem: &str| SpecError::SocksSetting {
+            setting,
+            problem: problem.to_string(),
+        };
+        if self.addresses.len() != 1 {
+            return Err(bad(
+                "local_address (--listen)",
+                "must be one address: the proxy listens on one port",
+            ));
+        }
+        if self.ports.len() != 1 {
+            return Err(bad(
+                "local_port (--listen)",
+                "must be one port: the clients name their destinations",
+            ));
+        }
+        if self.protocol != Protocol::Tcp {
+            return Err(bad(
+                "protocol",
+                "must be tcp: UDP goes through SOCKS5 UDP ASSOCIATE",
+            ));
+        }
+        if self.proxy_protocol.is_some() || self.accept_proxy_protocol.is_some() {
+            return Err(bad(
+                "proxy_protocol (--proxy-protocol)",
+                "does not apply: each client names its own destination",
+            ));
+        }
+        match self.listen_addr() {
+            Some(addr) => check_exposure(addr, settings.auth.is_some()),
+            None => Ok(()),
+        }
     }
 
     /// A short name for status lines and logs: the alias if set, else the target and its
@@ -418,6 +509,9 @@ impl ForwardSpec {
     pub fn label(&self) -> String {
         if let Some(alias) = non_empty(self.alias.as_deref()) {
             return alias.to_owned();
+        }
+        if let (Target::Socks(_), Some(addr)) = (&self.target, self.listen_addr()) {
+            return format!("socks {addr}");
         }
         let mut label = self.target.to_string();
         for port in &self.ports {

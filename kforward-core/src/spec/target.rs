@@ -7,6 +7,7 @@ use std::str::FromStr;
 use super::SpecError;
 use super::name::{check_dns1123_label, check_dns1123_subdomain, check_host};
 use super::selector::LabelSelector;
+use super::socks::SocksSettings;
 
 /// The resource kinds [`Target::parse_kubectl`] accepts, for error messages.
 pub(crate) const ACCEPTED_KINDS: &str = "pod (po, pods), svc (service, services), \
@@ -72,6 +73,10 @@ pub enum Target {
         /// The host name or IP address, without scheme or port.
         host: String,
     },
+    /// A forward proxy into the cluster on the spec's one local port: each client names
+    /// its own destination. Written `socks` (it has no kubectl form: `kforward socks` and
+    /// `workload_type: "socks"` make it).
+    Socks(SocksSettings),
 }
 
 /// The kinds of `KIND/NAME` with a name.
@@ -219,7 +224,8 @@ impl Target {
         })
     }
 
-    /// The short kind of the canonical form: `pod`, `svc`, `deploy`, `sts`, `rs` or `proxy`.
+    /// The short kind of the canonical form: `pod`, `svc`, `deploy`, `sts`, `rs`, `proxy` or
+    /// `socks`.
     ///
     /// # Example
     ///
@@ -237,6 +243,7 @@ impl Target {
             Target::StatefulSet { .. } => "sts",
             Target::ReplicaSet { .. } => "rs",
             Target::Remote { .. } => "proxy",
+            Target::Socks(_) => "socks",
         }
     }
 
@@ -266,6 +273,7 @@ impl fmt::Display for Target {
             | Target::StatefulSet { name }
             | Target::ReplicaSet { name } => write!(f, "{}/{name}", self.kind()),
             Target::Remote { host } => write!(f, "proxy/{host}"),
+            Target::Socks(_) => f.write_str("socks"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The kind of thing a kftray-style config forwards to: a service, a pod, a workload
-//! (deployment, statefulset, replicaset), or any address (proxy).
+//! (deployment, statefulset, replicaset), any address (proxy), or whatever each client
+//! names (socks, a forward proxy).
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,17 +42,22 @@ pub enum WorkloadType {
     StatefulSet,
     /// `service` names a ReplicaSet; traffic goes to one of its ready pods.
     ReplicaSet,
+    /// A forward proxy into the cluster on `local_address`:`local_port` (SOCKS5, SOCKS4a,
+    /// HTTP): each client names its destination; `auth`, `direct`, `no_relay` and
+    /// `cluster_domain` set it up.
+    Socks,
 }
 
 impl WorkloadType {
     /// Every workload type, in the order error messages list them.
-    pub(crate) const ALL: [WorkloadType; 6] = [
+    pub(crate) const ALL: [WorkloadType; 7] = [
         WorkloadType::Service,
         WorkloadType::Pod,
         WorkloadType::Proxy,
         WorkloadType::Deployment,
         WorkloadType::StatefulSet,
         WorkloadType::ReplicaSet,
+        WorkloadType::Socks,
     ];
 
     /// The lowercase name, as written in config files.
@@ -71,6 +77,7 @@ impl WorkloadType {
             WorkloadType::Deployment => "deployment",
             WorkloadType::StatefulSet => "statefulset",
             WorkloadType::ReplicaSet => "replicaset",
+            WorkloadType::Socks => "socks",
         }
     }
 }
@@ -123,6 +130,7 @@ mod tests {
             ("StatefulSet", WorkloadType::StatefulSet),
             ("replicaset", WorkloadType::ReplicaSet),
             ("deployment", WorkloadType::Deployment),
+            ("SOCKS", WorkloadType::Socks),
         ] {
             assert_eq!(text.parse::<WorkloadType>(), Ok(want), "{text}");
         }

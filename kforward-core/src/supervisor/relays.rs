@@ -1,7 +1,7 @@
 //! Relay pods shared by the supervised forwards of one cluster: one set (one pod per
 //! namespace) per kubeconfig, context and relay settings (image, pull policy, secrets, pod
-//! patch: forwards that ask for other pods get their own), made when the first relayed
-//! forward starts and deleted when the last one stops.
+//! patch, environment: forwards that ask for other pods get their own), made when the first
+//! relayed forward starts and deleted when the last one stops.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use crate::client::KubeContext;
 use crate::relay::{RelayOptions, RelayPods};
 use crate::spec::ForwardSpec;
 
-/// The kubeconfig file and context a set of relay pods belongs to.
+/// The kubeconfig file and context a set of relay pods belongs to; within a cluster, sets
+/// are told apart by their whole [`RelayOptions`].
 type Key = (Option<PathBuf>, Option<String>);
 
 /// One set of relay pods: the settings it was made with and the number of forwards using it.
@@ -22,7 +23,8 @@ struct Set {
 }
 
 /// Relay pods by cluster, and within a cluster by settings (few: a `Vec` compared with
-/// `==`, since a pod patch is JSON and has no hash).
+/// `==` on the whole [`RelayOptions`], image, pull policy, secrets, pod patch and
+/// environment alike, since a pod patch is JSON and has no hash).
 #[derive(Default)]
 pub(crate) struct RelayPool {
     sets: Mutex<HashMap<Key, Vec<Set>>>,

@@ -16,8 +16,9 @@ use super::{ForwardStatus, SupervisorEvent, SupervisorOptions};
 use crate::client::{KubeContext, KubeconfigSource};
 use crate::error::Error;
 use crate::forward::{Event, Forward, ForwardOptions, ForwardState, Forwarder};
+use crate::forward_proxy::ForwardProxy;
 use crate::relay::SharedRelayPods;
-use crate::spec::{ForwardSpec, Protocol};
+use crate::spec::{ForwardSpec, Protocol, Target};
 
 /// How often a running forward's counters are published when they changed.
 const STATS_EVERY: Duration = Duration::from_secs(1);
@@ -124,10 +125,13 @@ impl ForwardTask {
             .await
             .map_err(|e| (e, false))?;
         let mut forward = self.forward.clone();
-        let relayed = self.spec.protocol == Protocol::Udp || self.spec.target.is_remote();
+        let relayed = match &self.spec.target {
+            Target::Socks(settings) => settings.relay,
+            t => self.spec.protocol == Protocol::Udp || t.is_remote(),
+        };
         if relayed && forward.relay_pods.is_none() {
-            // UDP and remote-address forwards of one cluster share one relay pod per
-            // namespace.
+            // UDP, remote-address and forward proxy forwards of one cluster share one
+            // relay pod per namespace.
             let lease = match self.lease.take() {
                 Some(l) => l,
                 None => self.relays.acquire(&self.spec, &ctx, &forward.relay),
@@ -135,7 +139,10 @@ impl ForwardTask {
             forward.relay_pods = Some(SharedRelayPods(lease.pods.clone()));
             self.lease = Some(lease);
         }
-        let mut fwd = Forward::new(ctx, self.spec.clone(), forward);
+        let mut fwd: Box<dyn Forwarder> = match &self.spec.target {
+            Target::Socks(_) => Box::new(ForwardProxy::from_spec(ctx, &self.spec, &forward)),
+            _ => Box::new(Forward::new(ctx, self.spec.clone(), forward)),
+        };
         // Relay the forward's own events under this forward's id.
         let mut rx = fwd.subscribe();
         let (events, id) = (self.events.clone(), self.id);
@@ -158,7 +165,7 @@ impl ForwardTask {
             st.ports = bound;
             st.stats_handle = Some(handle);
         });
-        Ok(Box::new(fwd))
+        Ok(fwd)
     }
 
     /// Starts the forward, retrying with backoff; `None` when it failed for good or was

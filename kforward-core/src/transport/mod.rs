@@ -10,9 +10,11 @@
 pub mod websocket;
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::Result;
 use websocket::{DATA_CHANNEL, Tunnel, TunnelReader, TunnelWriter};
@@ -153,6 +155,44 @@ impl StreamWriter {
     pub(crate) fn passes_half_close(&self) -> bool {
         match self {
             StreamWriter::WebSocket(_) => false,
+        }
+    }
+}
+
+/// A whole stream as a byte stream, for code that speaks through `AsyncRead` and
+/// `AsyncWrite` (the forward proxy's HTTP client and its splice) rather than in messages.
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::WebSocket(t) => Pin::new(t).poll_shutdown(cx),
         }
     }
 }

@@ -142,6 +142,100 @@ async fn udp_peers_each_get_only_their_replies_and_repeats_arrive() {
     wait_no_relay_pods(&cluster).await;
 }
 
+/// Datagram `seq` of `peer`: its numbers, then a pattern both depend on. Each burst of
+/// [`BURST`] has one of 60,000 bytes and one of 9,000; the rest are 6 to 1,400 bytes.
+fn burst_datagram(peer: u8, seq: u32) -> Vec<u8> {
+    let len = match seq % BURST {
+        0 => 60_000,
+        25 => 9_000,
+        _ => 6 + (seq as usize * 37) % 1_400,
+    };
+    let mut d = vec![peer];
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend((d.len()..len).map(|i| (i as u32 ^ seq) as u8 ^ peer));
+    d
+}
+
+/// Datagrams a peer sends at once before it reads the echoes.
+const BURST: u32 = 50;
+
+/// A UDP echo on a thread of its own, on the host's loopback (the relay pod reaches it as
+/// a destination outside the cluster): answers every datagram at once, as a DNS server.
+fn loopback_echo() -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind echo");
+    // Room for the three peers' bursts at once (Linux caps it at `net.core.rmem_max`).
+    let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(4 << 20);
+    let addr = sock.local_addr().expect("echo address");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        // Ends 5 s after the last datagram.
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Three local peers at once, each sending 1,000 datagrams (of 6 bytes to 60,000) in bursts
+/// of 50 sent back to back before reading: every datagram comes back to its own peer,
+/// intact and in order. The relay and the client batch what is queued into one message;
+/// this checks that batches split and join at the right places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_udp_datagrams_arrive_whole_and_in_order_per_peer() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let echo = loopback_echo();
+    let spec = udp_spec(
+        Target::Remote {
+            host: echo.ip().to_string(),
+        },
+        echo.port(),
+    )
+    .with_addresses(["127.0.0.1".parse().expect("ip")]);
+    let (mut f, addr) = start_udp(&ctx, spec).await;
+    let peer = |p: u8| async move {
+        let sock = client().await;
+        // The session opens on the first datagram.
+        assert_eq!(ask(&sock, addr, b"warm-up").await, b"warm-up");
+        let mut buf = vec![0u8; 65_536];
+        for first in (0..1000).step_by(BURST as usize) {
+            for seq in first..first + BURST {
+                sock.send_to(&burst_datagram(p, seq), addr)
+                    .await
+                    .expect("send");
+            }
+            for seq in first..first + BURST {
+                // A warm-up sent again while the session opened may echo late.
+                let n = loop {
+                    let n = tokio::time::timeout(WAIT, sock.recv(&mut buf))
+                        .await
+                        .unwrap_or_else(|_| panic!("peer {p}: no echo of datagram {seq}"))
+                        .expect("recv");
+                    if &buf[..n] != b"warm-up" {
+                        break n;
+                    }
+                };
+                assert!(
+                    buf[..n] == burst_datagram(p, seq),
+                    "peer {p}: datagram {seq} came back as {n} bytes starting {:?}",
+                    &buf[..n.min(5)]
+                );
+            }
+        }
+    };
+    let peers = [0u8, 1, 2].map(|p| tokio::spawn(peer(p)));
+    for p in peers {
+        tokio::time::timeout(Duration::from_secs(120), p)
+            .await
+            .expect("every burst in time")
+            .expect("peer");
+    }
+    f.stop().await;
+    wait_no_relay_pods(&cluster).await;
+}
+
 #[tokio::test]
 async fn tcp_proxy_reaches_a_host_only_pods_can_reach() {
     let cluster = demo().await;

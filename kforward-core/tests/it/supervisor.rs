@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, Target};
+use kforward_core::spec::{ForwardSpec, PortMapping, Protocol, SocksSettings, Target};
 use kforward_core::supervisor::{Supervisor, SupervisorOptions};
 use kforward_core::{Event, ForwardOptions, ForwardState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -650,4 +650,56 @@ async fn udp_echo(sock: &tokio::net::UdpSocket, to: SocketAddr, msg: &[u8]) -> V
         }
     }
     panic!("no echo from {to}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_proxy_is_supervised_like_any_forward() {
+    let cluster = demo().await;
+    let sup = Supervisor::new(fast());
+    let listen = "127.0.0.1:0".parse().expect("addr");
+    let spec = ForwardSpec::socks(SocksSettings::default(), listen)
+        .with_namespace("demo")
+        .with_kubeconfig(cluster.kubeconfig_path());
+    let id = sup.add(spec);
+    let addr = ready(&sup, id).await;
+    // An absolute-form request names the service; the proxy routes it to a web pod.
+    let reply = get_via_proxy(addr, "web").await;
+    assert!(reply.contains("\r\n\r\nweb-"), "{reply}");
+    let reply = get_via_proxy(addr, "web").await;
+    assert!(
+        reply.contains("\r\n\r\nweb-"),
+        "the same client port again: {reply}"
+    );
+    // A paused API server fails its probes: it reconnects, its port stays bound, and it
+    // serves again once the API server is back.
+    cluster.pause();
+    wait_state(&sup, id, "reconnecting", |s| {
+        matches!(s, ForwardState::Reconnecting { .. })
+    })
+    .await;
+    cluster.resume();
+    assert_eq!(ready(&sup, id).await, addr, "the same local port");
+    let reply = tokio::time::timeout(WAIT, get_via_proxy(addr, "web"))
+        .await
+        .expect("in time");
+    assert!(
+        reply.contains("\r\n\r\nweb-"),
+        "after the reconnect: {reply}"
+    );
+    let s = sup.status_of(id).expect("status");
+    assert_eq!(s.target, "socks");
+    assert_eq!(s.stats.connections_total, 3, "{s:?}");
+    assert_eq!(s.stats.connections_failed, 0, "{s:?}");
+    assert!(s.stats.bytes_in > 0 && s.stats.bytes_out > 0, "{s:?}");
+    sup.shutdown().await;
+}
+
+/// `GET http://HOST/` in absolute form through the forward proxy at `proxy`.
+async fn get_via_proxy(proxy: SocketAddr, host: &str) -> String {
+    let mut c = TcpStream::connect(proxy).await.expect("connect");
+    let req = format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.expect("write");
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).await.expect("read");
+    reply
 }

@@ -5,5 +5,6 @@ mod api;
 mod c_example;
 mod common;
 mod header;
+mod proxy;
 mod python_example;
 mod relay;

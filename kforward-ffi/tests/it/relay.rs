@@ -150,3 +150,46 @@ fn relay_fields_of_a_config_shape_its_relay_pod_and_bad_ones_are_named() {
     assert_eq!(mirrored.stop(), KF_OK, "{}", last_error());
     eventually("the relay pod to be deleted", || relay_pods(&tc) == 0);
 }
+#[test]
+fn a_socks_config_is_a_forward_proxy_reaching_services_and_the_relay() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let tc = TestCluster::demo();
+    let rt = Runtime::new(2);
+    let socks = rt
+        .start(
+            &serde_json::json!({
+                "workload_type": "socks", "namespace": "demo", "local_port": 0,
+                "kubeconfig": tc.kubeconfig(),
+            })
+            .to_string(),
+        )
+        .expect("the socks config starts");
+    assert_eq!(socks.wait_ready(WAIT_MS), KF_OK, "{}", last_error());
+    let get = |host: &str| {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&socks.local_addr(), WAIT).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("write");
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut s, &mut reply).expect("read");
+        reply
+    };
+    // A service by its short name (straight to a pod), then the external host (through
+    // the relay pod).
+    let web = get("web");
+    assert!(web.contains("\r\n\r\nweb-"), "{web:?}");
+    let outside = get(DEMO_EXTERNAL_HOST);
+    assert!(outside.starts_with("HTTP/1.1 200"), "{outside:?}");
+    assert_eq!(relay_pods(&tc), 1);
+    eventually("the counters to show both connections", || {
+        let st = socks.status();
+        st["stats"]["connections_total"] == 2 && st["stats"]["bytes_in"].as_u64() > Some(0)
+    });
+    assert_eq!(socks.stop(), KF_OK, "{}", last_error());
+    eventually("the relay pod to be deleted", || relay_pods(&tc) == 0);
+}

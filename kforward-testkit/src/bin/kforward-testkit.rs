@@ -6,12 +6,15 @@ use anyhow::{Context, bail};
 use kforward_testkit::{Cluster, DEMO_EXTERNAL_HOST};
 
 const USAGE: &str =
-    "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]";
+    "usage: kforward-testkit serve [--kubeconfig-out PATH] [--scenario demo|empty] [--plain-http]
+  [--api-addr IP:PORT (default 127.0.0.1:0)] [--api-only-from IP,... (a proxy's outbound address)]";
 
 struct Args {
     kubeconfig_out: Option<PathBuf>,
     demo: bool,
     plain_http: bool,
+    api_addr: Option<std::net::SocketAddr>,
+    api_only_from: Option<Vec<std::net::IpAddr>>,
 }
 
 fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
@@ -24,6 +27,8 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
         kubeconfig_out: None,
         demo: true,
         plain_http: false,
+        api_addr: None,
+        api_only_from: None,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -37,6 +42,25 @@ fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Args> {
                 other => bail!("unknown scenario {other:?} (known: demo, empty)"),
             },
             "--plain-http" => out.plain_http = true,
+            "--api-addr" => {
+                let v = args.next().context("--api-addr needs IP:PORT")?;
+                out.api_addr = Some(
+                    v.parse()
+                        .with_context(|| format!("--api-addr {v:?} is not IP:PORT"))?,
+                );
+            }
+            "--api-only-from" => {
+                let v = args.next().context("--api-only-from needs addresses")?;
+                let ips = v
+                    .split(',')
+                    .map(|ip| {
+                        ip.trim().parse().with_context(|| {
+                            format!("--api-only-from: {ip:?} is not an IP address")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                out.api_only_from = Some(ips);
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -63,7 +87,13 @@ async fn main() -> anyhow::Result<()> {
     if let Some(p) = &args.kubeconfig_out {
         b = b.kubeconfig_path(p);
     }
+    if let Some(a) = args.api_addr {
+        b = b.api_addr(a);
+    }
     let cluster = b.start().await.context("starting the cluster")?;
+    if let Some(ips) = args.api_only_from.clone() {
+        cluster.api_only_from(ips);
+    }
     let mut ready = serde_json::json!({
         "event": "ready",
         "kubeconfig": cluster.kubeconfig_path(),

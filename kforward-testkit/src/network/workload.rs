@@ -326,22 +326,22 @@ async fn start_relay(spec: WorkloadSpec) -> Result<WorkloadHandle> {
         .get(POD_DNS_ENV)
         .and_then(|a| a.parse::<SocketAddr>().ok())
         .map(|dns| super::dns::PodResolver::for_namespace(dns, &spec.namespace));
+    // The egress proxy (`HTTPS_PROXY`, `NO_PROXY`) from the pod's environment, as the
+    // relay binary reads it from its own.
+    let egress = kforward_relay::egress::Egress::from_env(|k| spec.env.get(k).cloned())
+        .map_err(|e| spec.misconfigured(e.to_string()))?;
     let (listener, local) = bind_tcp(SocketAddr::from((spec.pod_ip, port))).await?;
     let mut tasks = TaskGroup::new();
     let token_stop = tasks.token();
     let source = Some(std::net::IpAddr::V4(spec.pod_ip));
     let exited = tasks.exited();
+    let settings = kforward_relay::server::RelaySettings::new(token, RelayResolver(resolver))
+        .with_bind_source(source)
+        .with_idle_exit(idle_exit)
+        .with_egress(egress);
     tasks.spawn(async move {
         let stopped = token_stop.clone();
-        kforward_relay::server::RelayServer::run(
-            listener,
-            token,
-            RelayResolver(resolver),
-            source,
-            idle_exit,
-            token_stop,
-        )
-        .await;
+        kforward_relay::server::RelayServer::serve(listener, settings, token_stop).await;
         // Returning without being asked to is the container's process exiting (idle exit).
         if !stopped.is_cancelled() {
             exited.cancel();

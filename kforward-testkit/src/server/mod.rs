@@ -121,6 +121,16 @@ async fn accept_loop(
                 }
             },
         };
+        if let Some(allowed) = lock(&shared.faults.api_only_from).as_ref()
+            && !allowed.contains(&peer.ip())
+        {
+            debug!(%peer, "API connection from outside the allowed addresses; resetting");
+            if let Err(e) = tcp.set_zero_linger() {
+                debug!(error = %e, "could not set SO_LINGER 0; closing normally");
+            }
+            drop(tcp);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let acceptor = acceptor.clone();

@@ -86,34 +86,68 @@ pub(crate) async fn kubectl() -> Option<PathBuf> {
     }
 }
 
+/// The variables that could send kubectl to a proxy: a test sets the ones it means.
+const PROXY_VARS: [&str; 9] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+];
+
 /// One kubectl invocation against a cluster.
 pub(crate) struct Kubectl {
     bin: PathBuf,
     kubeconfig: PathBuf,
     cache: tempfile::TempDir,
+    /// The environment every run gets (proxy variables only from here).
+    env: Vec<(String, String)>,
 }
 
 impl Kubectl {
     pub(crate) fn new(bin: PathBuf, cluster: &Cluster) -> Self {
+        Self::with(bin, cluster.kubeconfig_path().to_path_buf(), &[])
+    }
+
+    /// kubectl on `kubeconfig`, with `env` for every run.
+    pub(crate) fn with(bin: PathBuf, kubeconfig: PathBuf, env: &[(&str, String)]) -> Self {
         Kubectl {
             bin,
-            kubeconfig: cluster.kubeconfig_path().to_path_buf(),
+            kubeconfig,
             cache: tempfile::tempdir().expect("a discovery cache dir"),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         }
+    }
+
+    /// kubectl with the kubeconfig, the cache and the environment set.
+    fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
     }
 
     /// Runs kubectl with `args` (bounded) and returns its output.
     pub(crate) async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.cache.path())
-            .arg("--request-timeout=20s")
+        let mut cmd = self.command();
+        cmd.arg("--request-timeout=20s")
             .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .envs(env.iter().copied());
         let what = format!("kubectl {}", args.join(" "));
         bounded(&what, cmd.output())
             .await
@@ -381,28 +415,24 @@ pub(crate) async fn port_forward(
     websockets: bool,
 ) -> (tokio::process::Child, u16) {
     use tokio::io::AsyncBufReadExt;
-    let mut cmd = tokio::process::Command::new(&k.bin);
-    cmd.arg("--kubeconfig")
-        .arg(&k.kubeconfig)
-        .arg("--cache-dir")
-        .arg(k.cache.path())
-        .args([
-            "port-forward",
-            "-n",
-            DEMO_NAMESPACE,
-            target,
-            &format!(":{remote}"),
-            "--address",
-            "127.0.0.1",
-        ])
-        .env(
-            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
-            if websockets { "true" } else { "false" },
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = k.command();
+    cmd.args([
+        "port-forward",
+        "-n",
+        DEMO_NAMESPACE,
+        target,
+        &format!(":{remote}"),
+        "--address",
+        "127.0.0.1",
+    ])
+    .env(
+        "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+        if websockets { "true" } else { "false" },
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd.spawn().expect("kubectl port-forward starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();

@@ -8,6 +8,7 @@ mod faults;
 mod headless;
 mod kube_client;
 mod kubectl;
+mod kubectl_proxy;
 mod network;
 mod python;
 mod rollouts;

@@ -5,11 +5,12 @@
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -173,20 +174,31 @@ impl Tasks {
     /// Serves `listener` for `lane` until stopped.
     pub(crate) fn serve(&self, listener: Listener, lane: Arc<Lane>) {
         match listener {
-            Listener::Tcp(l) => self.tasks.spawn(tcp::accept_loop(
-                l,
-                lane,
-                self.stop.clone(),
-                self.kill.clone(),
-                self.conns.clone(),
-            )),
-            Listener::Udp(s) => self.tasks.spawn(udp::receive_loop(
-                Arc::new(s),
-                lane,
-                self.stop.clone(),
-                self.tasks.clone(),
-            )),
-        };
+            Listener::Tcp(l) => self.accept(l, tcp::carrier(lane)),
+            Listener::Udp(s) => {
+                self.tasks.spawn(udp::receive_loop(
+                    Arc::new(s),
+                    lane,
+                    self.stop.clone(),
+                    self.tasks.clone(),
+                ));
+            }
+        }
+    }
+
+    /// Accepts connections on `listener` until stopped; `serve` carries each.
+    pub(crate) fn accept<S, F>(&self, listener: TcpListener, serve: S)
+    where
+        S: Fn(TcpStream, SocketAddr) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(tcp::accept_loop(
+            listener,
+            serve,
+            self.stop.clone(),
+            self.kill.clone(),
+            self.conns.clone(),
+        ));
     }
 
     /// Stops accepting, gives open connections `grace` to finish, then closes them.

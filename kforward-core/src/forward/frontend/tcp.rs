@@ -1,10 +1,12 @@
 //! The TCP front end: a listener whose connections each get a stream of their own, with
 //! the PROXY header layers around them.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,14 +20,19 @@ use crate::forward::pump::pump;
 /// instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until `stop`; each runs in `conns` until it ends or `kill`.
-pub(crate) async fn accept_loop(
+/// Accepts connections until `stop`; `serve` carries each in `conns` until it ends or
+/// `kill`. Every front end that takes TCP connections (this one, the forward proxy)
+/// accepts with it.
+pub(crate) async fn accept_loop<S, F>(
     listener: TcpListener,
-    lane: Arc<Lane>,
+    serve: S,
     stop: CancellationToken,
     kill: CancellationToken,
     conns: TaskTracker,
-) {
+) where
+    S: Fn(TcpStream, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
     loop {
         let (sock, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -38,17 +45,25 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
-        let lane = lane.clone();
+        let work = serve(sock, peer);
         let kill = kill.clone();
         conns.spawn(
             async move {
                 tokio::select! {
                     () = kill.cancelled() => {}
-                    () = handle(sock, peer, &lane) => {}
+                    () = work => {}
                 }
             }
             .instrument(info_span!("conn", %peer)),
         );
+    }
+}
+
+/// Carries the connections of `lane`'s listener.
+pub(crate) fn carrier(lane: Arc<Lane>) -> impl Fn(TcpStream, SocketAddr) -> BoxFuture<'static, ()> {
+    move |sock, peer| {
+        let lane = lane.clone();
+        Box::pin(async move { handle(sock, peer, &lane).await })
     }
 }
 

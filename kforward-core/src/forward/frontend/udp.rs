@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::{Buf, BytesMut};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,13 +17,20 @@ use super::Lane;
 use crate::error::{Error, Result};
 use crate::forward::backend::open_stream;
 use crate::forward::stats::Connection;
-use crate::relay::protocol::{MAX_DATAGRAM, decode_datagram, encode_datagram};
+use crate::relay::datagrams::{Batch, Deframer, IdleClock, PREFIX};
+use crate::relay::protocol::MAX_DATAGRAM;
+use crate::transport::{StreamReader, StreamWriter};
 
 /// Datagrams queued per session (while its stream opens, or a slow stream) before new ones
 /// are dropped, as a full socket buffer would.
 const SESSION_QUEUE: usize = 1024;
-/// Datagrams taken into one message toward the relay, at most this many bytes.
+/// Datagrams taken into one message toward the relay, at most this many bytes (and one
+/// datagram more): the relay batches its replies the same way (`kforward-relay`'s `udp`).
 const BATCH: usize = 128 * 1024;
+
+/// The local socket's receive buffer asked for (Linux caps it at `net.core.rmem_max`),
+/// as the relay asks for its own sockets.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// Live sessions by local peer: an id (so an ended session removes only itself) and its queue.
 type Sessions = Arc<Mutex<HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>>>;
@@ -38,6 +44,11 @@ pub(crate) async fn receive_loop(
     tasks: TaskTracker,
 ) {
     let sessions: Sessions = Arc::default();
+    // A burst from local clients (a resolver with many queries out) waits here while the
+    // sessions forward the previous one: room for more than the kernel's default.
+    if let Err(e) = socket2::SockRef::from(&*socket).set_recv_buffer_size(SOCKET_BUFFER) {
+        debug!(error = %e, "cannot enlarge the udp socket's receive buffer");
+    }
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut next_id = 0u64;
     loop {
@@ -92,70 +103,79 @@ pub(crate) async fn receive_loop(
     }
 }
 
-/// One peer's session: a stream through the relay, datagrams framed both ways.
+/// One peer's session: a stream through the relay, datagrams framed both ways, each
+/// direction on its own so that neither waits for the other.
 async fn session(
     lane: &Lane,
     socket: &UdpSocket,
     peer: SocketAddr,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
     conn: &Connection,
 ) -> Result<()> {
     let stream = open_stream(&lane.backend, lane.index, peer, &lane.open()).await?;
     let pod = stream.pod().to_string();
     lane.opened(peer, &stream);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut inbuf = BytesMut::new();
-    let mut frame = Vec::with_capacity(MAX_DATAGRAM + 2);
-    let broken = |e: std::io::Error| Error::RelayHandshake {
-        pod: pod.clone(),
+    let (rd, wr) = stream.into_split();
+    let clock = IdleClock::new();
+    let outcome = tokio::select! {
+        r = to_relay(rx, wr, conn, &clock) => r,
+        r = to_peer(rd, socket, peer, conn, &clock) => r,
+        () = clock.idle(lane.opts.udp_idle_timeout) => Ok(()),
+    }
+    .map_err(|e| Error::RelayHandshake {
+        pod,
         message: format!("the relay stream broke: {e}"),
-    };
-    let outcome = loop {
-        tokio::select! {
-            d = rx.recv() => {
-                let Some(d) = d else { break Ok(()) };
-                frame.clear();
-                // A datagram comes from one recv of at most MAX_DATAGRAM bytes: it fits.
-                if encode_datagram(&d, &mut frame).is_err() {
-                    continue;
-                }
-                let mut sent = d.len();
-                // Take what else is queued into the same message.
-                while frame.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => {
-                            if encode_datagram(&more, &mut frame).is_ok() {
-                                sent += more.len();
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = wr.write_all(&frame).await {
-                    break Err(broken(e));
-                }
-                conn.sent(sent);
-            }
-            chunk = rd.read_chunk() => {
-                let chunk = match chunk {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break Ok(()),
-                    Err(e) => break Err(broken(e)),
-                };
-                inbuf.extend_from_slice(&chunk);
-                let mut used = 0;
-                while let Ok(Some((d, len))) = decode_datagram(&inbuf[used..]) {
-                    if let Err(e) = socket.send_to(d, peer).await {
-                        debug!(error = %e, "udp reply to the local peer failed");
-                    }
-                    conn.received(d.len());
-                    used += len;
-                }
-                inbuf.advance(used);
-            }
-            () = tokio::time::sleep(lane.opts.udp_idle_timeout) => break Ok(()),
-        }
-    };
+    });
     lane.closed(peer, conn, outcome.as_ref().err().map(ToString::to_string));
     outcome
+}
+
+/// Local peer to relay: waits for a datagram, then takes every one already queued into the
+/// same message. Ends when the queue does.
+async fn to_relay(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut wr: StreamWriter,
+    conn: &Connection,
+    clock: &IdleClock,
+) -> std::io::Result<()> {
+    let mut batch = Batch::new(BATCH + PREFIX + MAX_DATAGRAM);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        // A datagram comes from one recv of at most MAX_DATAGRAM bytes: it fits.
+        let _ = batch.push(&first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => {
+                    let _ = batch.push(&more);
+                }
+                Err(_) => break,
+            }
+        }
+        clock.touch();
+        wr.write_all(batch.as_bytes()).await?;
+        conn.sent(batch.payload());
+    }
+    Ok(())
+}
+
+/// Relay to local peer: every whole datagram a message completes goes to the peer.
+async fn to_peer(
+    mut rd: StreamReader,
+    socket: &UdpSocket,
+    peer: SocketAddr,
+    conn: &Connection,
+    clock: &IdleClock,
+) -> std::io::Result<()> {
+    let mut frames = Deframer::new();
+    while let Some(chunk) = rd.read_chunk().await? {
+        frames.extend(&chunk);
+        clock.touch();
+        while let Some(d) = frames.next_datagram() {
+            if let Err(e) = socket.send_to(d, peer).await {
+                debug!(error = %e, "udp reply to the local peer failed");
+            }
+            conn.received(d.len());
+        }
+    }
+    Ok(())
 }

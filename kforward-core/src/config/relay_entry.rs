@@ -43,7 +43,7 @@ use crate::spec::non_empty;
 /// assert_eq!(pod.spec.unwrap().node_selector.unwrap()["pool"], "tools");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RelayConfig {
     /// `relay_image`: the relay's container image, e.g. from a mirror registry.
     #[serde(rename = "relay_image", skip_serializing_if = "Option::is_none")]

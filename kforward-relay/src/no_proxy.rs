@@ -1,9 +1,10 @@
 //! `NO_PROXY`-style rules: which destinations bypass a proxy.
 //!
-//! One syntax serves both the proxy toward the API server (`NO_PROXY`/`no_proxy`) and the
-//! forward proxy's `--direct` rules. The matching follows Go's
-//! `golang.org/x/net/http/httpproxy` (`Config.ProxyFunc`, `useProxy`), which client-go and
-//! so kubectl use:
+//! One syntax serves the proxy toward the API server (`NO_PROXY`/`no_proxy`), the relay's
+//! egress proxy and the forward proxy's `--direct` rules; it lives here so that the relay
+//! matches it too (`kforward-core` re-exports it as `kforward_core::no_proxy`). The matching
+//! follows Go's `golang.org/x/net/http/httpproxy` (`Config.ProxyFunc`, `useProxy`), which
+//! client-go and so kubectl use:
 //!
 //! - `*` matches everything;
 //! - `example.com` matches `example.com` and every name under it; `.example.com` (or
@@ -25,7 +26,7 @@ use std::net::IpAddr;
 /// # Example
 ///
 /// ```
-/// use kforward_core::no_proxy::NoProxy;
+/// use kforward_relay::no_proxy::NoProxy;
 /// let rules = NoProxy::parse("internal.example, .svc, 10.0.0.0/8, api.example:6443");
 /// let rule = rules.matching("db.internal.example", 5432).unwrap();
 /// assert_eq!(rule.to_string(), "internal.example");
@@ -156,7 +157,7 @@ impl fmt::Display for Rule {
 /// # Example
 ///
 /// ```
-/// use kforward_core::no_proxy::NoProxy;
+/// use kforward_relay::no_proxy::NoProxy;
 /// let rules = NoProxy::parse("localhost,.cluster.local,10.96.0.0/12");
 /// assert!(rules.matching("web.demo.svc.cluster.local", 80).is_some());
 /// assert!(rules.matching("10.96.0.10", 53).is_some());
@@ -207,9 +208,9 @@ impl NoProxy {
 /// # Example
 ///
 /// ```
-/// assert!(kforward_core::no_proxy::is_loopback_host("127.0.0.2"));
-/// assert!(kforward_core::no_proxy::is_loopback_host("[::1]"));
-/// assert!(!kforward_core::no_proxy::is_loopback_host("10.0.0.1"));
+/// assert!(kforward_relay::no_proxy::is_loopback_host("127.0.0.2"));
+/// assert!(kforward_relay::no_proxy::is_loopback_host("[::1]"));
+/// assert!(!kforward_relay::no_proxy::is_loopback_host("10.0.0.1"));
 /// ```
 pub fn is_loopback_host(host: &str) -> bool {
     let lower = host.trim_end_matches('.').to_ascii_lowercase();
