@@ -66,7 +66,9 @@ impl ForwardConfig {
 impl RelayConfig {
     /// Reads the `relay_*` fields out of a JSON object, returning what is left of it. Fields
     /// of the wrong type are reported and left unset.
-    pub(super) fn read_fields(map: Map<String, Value>) -> (Self, Map<String, Value>, Vec<FieldError>) {
+    pub(super) fn read_fields(
+        map: Map<String, Value>,
+    ) -> (Self, Map<String, Value>, Vec<FieldError>) {
         let mut fields = FieldReader {
             map,
             errors: Vec::new(),

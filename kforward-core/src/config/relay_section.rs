@@ -126,7 +126,10 @@ impl RelaySection {
         let (config, _, mut pod_errors) = RelayConfig::read_fields(pod);
         config.check(&mut pod_errors);
         for mut e in pod_errors {
-            if let Some((.., shown)) = POD_FIELDS.iter().find(|(_, entry_name, _)| *entry_name == e.field) {
+            if let Some((.., shown)) = POD_FIELDS
+                .iter()
+                .find(|(_, entry_name, _)| *entry_name == e.field)
+            {
                 e.field = shown;
             }
             errors.push(e);
@@ -329,7 +332,10 @@ mod tests {
         let of = |i: usize| {
             let mut opts = RelayOptions::default();
             doc.relay.apply_to(&mut opts).expect("valid section");
-            doc.forwards[i].relay.apply_to(&mut opts).expect("valid entry");
+            doc.forwards[i]
+                .relay
+                .apply_to(&mut opts)
+                .expect("valid entry");
             opts
         };
         let (first, second) = (of(0), of(1));
@@ -355,7 +361,10 @@ mod tests {
             r#"field "relay.pull_secrets": value "[1]" is not a list of strings"#,
             r#"field "relay.pod_patch": value "{}" is a string, not an object"#,
         ] {
-            assert!(errors.iter().any(|e| e.starts_with(part)), "{part}\nin: {errors:?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(part)),
+                "{part}\nin: {errors:?}"
+            );
         }
         assert_eq!(errors.len(), 4, "{errors:?}");
     }

@@ -3,8 +3,9 @@
 //! what that disables; [`Report::ok`] is true when everything the asked-for features need
 //! is there.
 //!
-//! The checks, in order: the kubeconfig loads; the API server answers (and through which
-//! proxy); the credentials are accepted; the server's version; a SelfSubjectAccessReview
+//! The checks, in order: the kubeconfig loads; the API server answers, and by which route
+//! (directly, or through the proxy of the kubeconfig's `proxy-url` or of `HTTPS_PROXY`
+//! with `NO_PROXY` honoured, as kubectl picks it: [`ApiRoute`]); the credentials are accepted; the server's version; a SelfSubjectAccessReview
 //! for every permission kforward may use ([`access::PERMISSIONS`]); which port-forward
 //! transports the server offers, probed against a ready pod ([`transports`]); and, when
 //! asked, a relay pod started and timed.
@@ -35,7 +36,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use serde_json::{Map, Value, json};
 
-use crate::client::{KubeContext, KubeconfigSource};
+use crate::client::{ApiRoute, KubeContext, KubeconfigSource};
 use crate::error::Error;
 use crate::relay::{RelayOptions, RelayPods};
 use access::{Need, PERMISSIONS};
@@ -209,7 +210,7 @@ pub async fn diagnose(src: &KubeconfigSource, opts: &DoctorOptions) -> Report {
         namespace: report.namespace.clone(),
         checks: Vec::new(),
     };
-    d.run(src).await;
+    d.run().await;
     report.checks.extend(d.checks);
     report
 }
@@ -240,42 +241,59 @@ impl Doctor<'_> {
         }
     }
 
-    async fn run(&mut self, src: &KubeconfigSource) {
+    async fn run(&mut self) {
         let timeout = self.opts.request_timeout;
         let server = self.ctx.server().to_string();
-        let proxy = api_proxy(src);
+        let route = self.ctx.api_route().cloned();
+        let reached = route.as_ref().map_or_else(
+            || "as the given client connects".to_string(),
+            ToString::to_string,
+        );
         let version = tokio::time::timeout(timeout, self.ctx.client().apiserver_version()).await;
         let version = match version {
             Err(_) => {
-                self.push(Check::new(
+                let check = match route.as_ref().and_then(ApiRoute::proxy) {
+                    Some(proxy) => format!(
+                        "check that the proxy {proxy} runs and lets this machine reach {server}, \
+                         or whether the cluster is up"
+                    ),
+                    None => "check the network and VPN, or whether the cluster is up".into(),
+                };
+                let mut c = Check::new(
                     "api-server",
                     Status::Fail,
                     format!(
-                        "cannot reach the API server at {server} (proxy: {proxy}): no answer within {timeout:?}; \
-                         check the network, VPN and proxy, or whether the cluster is up"
+                        "cannot reach the API server at {server} {reached}: no answer within {timeout:?}; {check}"
                     ),
-                ));
+                );
+                c.extra = route_json(route.as_ref());
+                self.push(c);
                 self.skip_rest("the API server did not answer", self.opts.relay.is_some());
                 return;
             }
             Ok(Err(e)) => Err(Error::from_kube(e, &server, "get", "version", "", None)),
             Ok(Ok(v)) => Ok(v),
         };
-        match &version {
-            Err(e @ Error::Unreachable { .. }) => {
-                self.push(Check::new(
-                    "api-server",
-                    Status::Fail,
-                    format!("{e} (proxy: {proxy})"),
-                ));
-                self.skip_rest("the API server is unreachable", self.opts.relay.is_some());
-                return;
-            }
-            _ => self.push(Check::new(
+        let mut c = match &version {
+            // A proxy's failure names the proxy and where it was set already.
+            Err(e @ Error::Proxy { .. }) => Check::new("api-server", Status::Fail, e.to_string()),
+            Err(e @ Error::Unreachable { .. }) => Check::new(
+                "api-server",
+                Status::Fail,
+                format!("{e} (reached {reached})"),
+            ),
+            _ => Check::new(
                 "api-server",
                 Status::Pass,
-                format!("{server} answers (proxy: {proxy})"),
-            )),
+                format!("{server} answers, reached {reached}"),
+            ),
+        };
+        c.extra = route_json(route.as_ref());
+        let failed = !c.ok();
+        self.push(c);
+        if failed {
+            self.skip_rest("the API server is unreachable", self.opts.relay.is_some());
+            return;
         }
         // The credentials: the first review needs an authenticated user.
         let first = self.review(&PERMISSIONS[0]).await;
@@ -495,20 +513,23 @@ impl Doctor<'_> {
     }
 }
 
-/// The proxy kforward's requests to the API server go through, as the kubeconfig's
-/// `proxy-url` sets it, or `none`.
-fn api_proxy(src: &KubeconfigSource) -> String {
-    let Ok(kc) = src.read() else {
-        return "none".into();
-    };
-    let context = src.context.clone().or(kc.current_context.clone());
-    let cluster = context
-        .and_then(|c| kc.contexts.iter().find(|x| x.name == c).cloned())
-        .and_then(|c| c.context)
-        .and_then(|c| kc.clusters.iter().find(|x| x.name == c.cluster).cloned())
-        .and_then(|c| c.cluster);
-    match cluster.and_then(|c| c.proxy_url) {
-        Some(url) => format!("{url}, the kubeconfig's proxy-url"),
-        None => "none".into(),
+/// The route to the API server as the api-server check's JSON has it: `"route"` (`direct`
+/// or `proxy`), with the proxy (without its password) and where it was set
+/// (`"proxy_origin"`: `HTTPS_PROXY`, the kubeconfig's `proxy-url` of a cluster), or why it
+/// is direct (`"direct_because"`). Nothing for a client made elsewhere.
+fn route_json(route: Option<&ApiRoute>) -> Map<String, Value> {
+    let mut m = Map::new();
+    match route {
+        Some(ApiRoute::Proxy { url, origin }) => {
+            m.insert("route".into(), json!("proxy"));
+            m.insert("proxy".into(), json!(url.to_string()));
+            m.insert("proxy_origin".into(), json!(origin.to_string()));
+        }
+        Some(ApiRoute::Direct(why)) => {
+            m.insert("route".into(), json!("direct"));
+            m.insert("direct_because".into(), json!(why.to_string()));
+        }
+        None => {}
     }
+    m
 }

@@ -178,7 +178,13 @@ impl RelayOptions {
             .iter()
             .map(|(name, value)| env(name, value.clone()))
             .collect();
-        relay_pod(self, "kforward-relay-preview", "preview", "<token>", user_env)
+        relay_pod(
+            self,
+            "kforward-relay-preview",
+            "preview",
+            "<token>",
+            user_env,
+        )
     }
 }
 

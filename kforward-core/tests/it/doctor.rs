@@ -44,7 +44,14 @@ async fn all_green_by_default_with_every_transport_offered() {
             .detail
             .starts_with("Kubernetes v1.")
     );
-    assert!(check(&r, "api-server").detail.contains("proxy: none"));
+    // A loopback server with no proxy set: direct, and said why.
+    let api = check(&r, "api-server");
+    assert!(
+        api.detail.contains("answers, reached directly ("),
+        "{}",
+        api.detail
+    );
+    assert_eq!(api.extra["route"], "direct", "{:?}", api.extra);
     let json = r.to_json();
     assert_eq!(json["ok"], true);
     assert!(
