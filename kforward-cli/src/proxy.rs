@@ -54,14 +54,12 @@ pub fn spec_from_args(a: &ProxyArgs) -> anyhow::Result<ForwardSpec> {
 /// A bad destination or address, the kubeconfig, or a forward that cannot start.
 pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let relay_env = crate::args::relay_env(&a.relay_env)?;
     // Relay streams are v4.channel.k8s.io WebSockets whatever the option says.
     let opts = one_forward(
         a.pod_running_timeout,
-        a.relay_image.as_deref(),
-        relay_env,
+        &a.relay,
         kforward_core::transport::Transport::Auto,
-    );
+    )?;
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot proxy to {}", a.destination))

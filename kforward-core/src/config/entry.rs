@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ConfigError;
+use super::relay_entry::RelayConfig;
 use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
 
@@ -91,6 +92,10 @@ pub struct ForwardConfig {
     /// `"websocket"`; missing means the runner's default (`auto`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub transport: Option<crate::transport::Transport>,
+    /// How the relay pod of a UDP or `proxy` entry is made (`relay_image`,
+    /// `relay_pull_policy`, `relay_pull_secrets`, `relay_pod_patch`).
+    #[serde(flatten)]
+    pub relay: RelayConfig,
     /// For `workload_type: "socks"`, the `USER:PASS` clients must give (required beyond
     /// loopback).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +135,7 @@ impl Default for ForwardConfig {
             proxy_protocol: None,
             accept_proxy_protocol: None,
             transport: None,
+            relay: RelayConfig::default(),
             auth: None,
             direct: None,
             no_relay: None,

@@ -189,10 +189,8 @@ impl StreamWriter {
         match self {
             StreamWriter::WebSocket(w) => w.shutdown().await,
             StreamWriter::Spdy(s) => {
-                std::future::poll_fn(|cx| {
-                    AsyncWrite::poll_shutdown(Pin::new(&mut *lock(s)), cx)
-                })
-                .await
+                std::future::poll_fn(|cx| AsyncWrite::poll_shutdown(Pin::new(&mut *lock(s)), cx))
+                    .await
             }
         }
     }
