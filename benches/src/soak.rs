@@ -85,15 +85,21 @@ fn peak(samples: &[Sample], from: f64, to: f64) -> (f64, usize) {
 }
 
 /// Starts `kforward run` on `file` and returns it with the local address of each alias,
-/// once all `n` forwards are ready.
-async fn start_kforward(
-    o: &SoakOptions,
+/// once all `n` forwards are ready (within `ready_within`); each connection's pod goes
+/// into `totals`.
+///
+/// # Errors
+///
+/// When kforward does not start, exits, or a forward fails or is not ready in time.
+pub async fn start_kforward(
+    kforward: &std::path::Path,
     file: &std::path::Path,
     stderr: std::fs::File,
     n: usize,
+    ready_within: Duration,
     totals: Arc<Totals>,
 ) -> anyhow::Result<(tokio::process::Child, BTreeMap<String, SocketAddr>)> {
-    let mut child = tokio::process::Command::new(&o.kforward)
+    let mut child = tokio::process::Command::new(kforward)
         .args(["run", "-o", "json", "-f"])
         .arg(file)
         .env_remove("KUBECONFIG")
@@ -101,7 +107,7 @@ async fn start_kforward(
         .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", o.kforward.display()))?;
+        .with_context(|| format!("starting {}", kforward.display()))?;
     let stdout = child.stdout.take().context("kforward's stdout")?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     // Reads every line to the end, so kforward never blocks on a full pipe; notes which
@@ -147,9 +153,9 @@ async fn start_kforward(
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(120), wait)
+    tokio::time::timeout(ready_within, wait)
         .await
-        .context("the forwards were not all ready within 120 s")??;
+        .with_context(|| format!("the forwards were not all ready within {ready_within:?}"))??;
     Ok((child, ready))
 }
 
@@ -169,10 +175,11 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let log_path = dir.path().join("kforward.stderr");
     let totals = Arc::new(Totals::default());
     let (mut child, ready) = start_kforward(
-        o,
+        &o.kforward,
         &file,
         std::fs::File::create(&log_path)?,
         plans.len(),
+        Duration::from_secs(120),
         totals.clone(),
     )
     .await?;
@@ -240,10 +247,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     );
     let sampler = async {
         let mut samples = Vec::new();
-        let mut tick = tokio::time::interval_at(
-            (start + o.report_every).into(),
-            o.report_every,
-        );
+        let mut tick = tokio::time::interval_at((start + o.report_every).into(), o.report_every);
         while start.elapsed() < o.duration + Duration::from_millis(500) {
             tick.tick().await;
             let Some(proc) = procstat::sample(pid) else {
@@ -340,7 +344,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
 
 /// Stops kforward with SIGINT (as Ctrl-C would) and waits up to 30 s for it to exit;
 /// its exit code, or `None` when it had to be killed.
-async fn stop_kforward(child: &mut tokio::process::Child, pid: u32) -> Option<i32> {
+pub async fn stop_kforward(child: &mut tokio::process::Child, pid: u32) -> Option<i32> {
     // `kill` rather than libc: no unsafe outside kforward-ffi.
     let _ = tokio::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])

@@ -61,12 +61,18 @@ pub struct FaultLog(Arc<Mutex<Vec<Happened>>>);
 
 impl FaultLog {
     fn push(&self, h: Happened) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(h);
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(h);
     }
 
     /// Every fault so far.
     pub fn all(&self) -> Vec<Happened> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -116,7 +122,11 @@ impl Schedule {
             }
         };
         every(self.kill_every, Duration::from_secs(1), Planned::KillPod);
-        every(self.drop_every, Duration::from_secs(3), Planned::DropStreams);
+        every(
+            self.drop_every,
+            Duration::from_secs(3),
+            Planned::DropStreams,
+        );
         every(
             self.restart_every,
             Duration::from_secs(5),
@@ -214,7 +224,11 @@ pub async fn run(
                 _ => String::new(),
             }
         );
-        log.push(Happened { fault, start: begin, end });
+        log.push(Happened {
+            fault,
+            start: begin,
+            end,
+        });
     }
     Ok(())
 }

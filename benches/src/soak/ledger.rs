@@ -73,7 +73,12 @@ pub struct Verdict {
 fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Fault> {
     faults
         .iter()
-        .filter(|h| h.start >= o.start.checked_sub(Duration::from_millis(100)).unwrap_or(o.start))
+        .filter(|h| {
+            h.start
+                >= o.start
+                    .checked_sub(Duration::from_millis(100))
+                    .unwrap_or(o.start)
+        })
         .filter(|h| h.start <= o.end && o.end <= h.end + CUT_WINDOW)
         .map(|h| &h.fault)
         .find(|f| match f {
@@ -98,7 +103,7 @@ fn while_down(at: Instant, faults: &[Happened]) -> bool {
 /// Classifies every outcome against the faults that happened.
 pub fn judge(outcomes: &[Outcome], faults: &[Happened]) -> Verdict {
     let mut v = Verdict::default();
-    let mut sample = |v: &mut Verdict, o: &Outcome, what: &str| {
+    let sample = |v: &mut Verdict, o: &Outcome, what: &str| {
         if v.samples.len() < 10 {
             v.samples.push(format!("{}: {what}", o.forward));
         }
@@ -168,8 +173,18 @@ mod tests {
             outcome(vec!["echo-b"], at(1), at(11), early()),
             outcome(vec!["echo-a"], at(1), at(50), early()),
             outcome(vec!["echo-b"], at(90), at(102), early()),
-            outcome(vec!["echo-b"], at(105), at(105), End::Refused("reset".into())),
-            outcome(vec!["echo-b"], at(150), at(150), End::Refused("reset".into())),
+            outcome(
+                vec!["echo-b"],
+                at(105),
+                at(105),
+                End::Refused("reset".into()),
+            ),
+            outcome(
+                vec!["echo-b"],
+                at(150),
+                at(150),
+                End::Refused("reset".into()),
+            ),
             outcome(vec!["echo-b"], at(1), at(150), End::Completed),
         ];
         let mut on_other_pod = outcome(vec!["echo-a"], at(1), at(11), early());

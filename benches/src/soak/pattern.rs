@@ -35,7 +35,10 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
 pub fn mismatches(seed: u64, offset: u64, got: &[u8], scratch: &mut Vec<u8>) -> u64 {
     scratch.resize(got.len(), 0);
     fill(seed, offset, scratch);
-    got.iter().zip(scratch.iter()).filter(|(a, b)| a != b).count() as u64
+    got.iter()
+        .zip(scratch.iter())
+        .filter(|(a, b)| a != b)
+        .count() as u64
 }
 
 #[cfg(test)]

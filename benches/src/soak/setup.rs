@@ -57,11 +57,8 @@ pub async fn create(cluster: &Cluster) -> anyhow::Result<SocketAddr> {
     for app in ["echo-a", "echo-b", "echo-c"] {
         let d = kforward_testkit::deployment(app, ECHO_IMAGE, 3, &[("echo", 7000, "TCP")]);
         cluster.create_deployment(NAMESPACE, &d)?;
-        let s = kforward_testkit::service(
-            app,
-            app,
-            &[("echo", 7000, IntOrString::Int(7000), "TCP")],
-        );
+        let s =
+            kforward_testkit::service(app, app, &[("echo", 7000, IntOrString::Int(7000), "TCP")]);
         cluster.create_service(NAMESPACE, &s)?;
     }
     let db = kforward_testkit::statefulset("db", ECHO_IMAGE, 3, "db", &[("db", 5432, "TCP")]);
@@ -74,14 +71,20 @@ pub async fn create(cluster: &Cluster) -> anyhow::Result<SocketAddr> {
     cluster.create_deployment(NAMESPACE, &udp)?;
     cluster.create_service(
         NAMESPACE,
-        &kforward_testkit::service("udp", "udp", &[("dns", 5353, IntOrString::Int(5353), "UDP")]),
+        &kforward_testkit::service(
+            "udp",
+            "udp",
+            &[("dns", 5353, IntOrString::Int(5353), "UDP")],
+        ),
     )?;
     let external = cluster.add_external_host(EXTERNAL_HOST, 80, None).await?;
     let limit = Duration::from_secs(60);
     for app in ["echo-a", "echo-b", "echo-c", "udp"] {
         cluster.wait_deployment_ready(NAMESPACE, app, limit).await?;
     }
-    cluster.wait_statefulset_ready(NAMESPACE, "db", limit).await?;
+    cluster
+        .wait_statefulset_ready(NAMESPACE, "db", limit)
+        .await?;
     cluster.settle(limit).await?;
     Ok(external)
 }

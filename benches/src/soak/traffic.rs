@@ -242,7 +242,9 @@ pub async fn udp_flow(addr: SocketAddr, seed: u64, totals: Arc<Totals>, stop: Ca
             let mut scratch = Vec::new();
             while let Ok(n) = sock.recv(&mut buf).await {
                 let Some((seq, payload)) = buf[..n].split_first_chunk::<8>() else {
-                    totals.corrupted_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    totals
+                        .corrupted_bytes
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     continue;
                 };
                 let at = u64::from_be_bytes(*seq) * 2048;
