@@ -279,6 +279,23 @@ impl Router {
         dest: &Address,
         avoid: Option<Avoid<'_>>,
     ) -> Result<Route, ProxyError> {
+        // An address sent as a name (SOCKS5 address type 3, SOCKS4a, clients told to let
+        // the proxy resolve, such as PySocks with `socks5h://`) is that address: a pod IP
+        // sent so goes to its pod, not to the relay as an outside name.
+        let literal;
+        let dest = match &dest.host {
+            Host::Name(n) => match n.trim_start_matches('[').trim_end_matches(']').parse() {
+                Ok(ip) => {
+                    literal = Address {
+                        host: Host::Ip(ip),
+                        port: dest.port,
+                    };
+                    &literal
+                }
+                Err(_) => dest,
+            },
+            Host::Ip(_) => dest,
+        };
         let port = dest.port;
         let host = match &dest.host {
             Host::Ip(ip) => ip.to_string(),

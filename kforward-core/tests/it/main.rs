@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod forward;
 mod forward_proxy;
+mod forward_proxy_pipeline;
 mod peers;
 mod proxy;
 mod proxy_protocol;
