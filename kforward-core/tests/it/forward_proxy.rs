@@ -54,7 +54,7 @@ pub(crate) async fn proxy(cluster: &Cluster, opts: ForwardProxyOptions) -> Proxy
 
 impl Proxy {
     /// The route of the next connection to `destination` the proxy reports.
-    async fn route_of(&mut self, destination: &str) -> Route {
+    pub(crate) async fn route_of(&mut self, destination: &str) -> Route {
         let wait = async {
             loop {
                 match self.events.recv().await {

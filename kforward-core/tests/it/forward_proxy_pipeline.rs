@@ -115,10 +115,10 @@ async fn a_gone_pod_in_the_endpoints_is_retried_on_another_ready_pod() {
             ..Default::default()
         },
         address_type: "IPv4".into(),
-        endpoints: vec![
+        endpoints: Some(vec![
             endpoint("web-gone-0", "127.0.0.254"),
             endpoint(&web_name, &web_ip),
-        ],
+        ]),
         ports: Some(vec![EndpointPort {
             port: Some(8080),
             protocol: Some("TCP".into()),
