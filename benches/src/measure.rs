@@ -40,17 +40,30 @@ pub async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> anyhow:
     req.extend_from_slice(&port.to_be_bytes());
     // Greeting and request in one write: the proxy reads them in turn.
     s.write_all(&req).await?;
-    let mut reply = [0u8; 12];
-    s.read_exact(&mut reply).await?;
-    if reply[..2] != [5, 0] || reply[3] != 0 {
+    // The method reply (2 bytes), then the reply's fixed part: VER REP RSV ATYP.
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).await?;
+    if head[..2] != [5, 0] || head[3] != 0 {
         bail!(
-            "SOCKS5 CONNECT to {host}:{port} refused: reply {}",
-            reply[3]
+            "SOCKS5 CONNECT to {host}:{port} refused: method {}, reply {}",
+            head[1],
+            head[3]
         );
     }
-    // The reply's bound address: IPv4 (the proxy listens on 127.0.0.1), 6 more bytes, of
-    // which 2 came with the 12 read.
-    let mut rest = [0u8; 4];
+    // The bound address by its type (RFC 1928 section 6), then the port: read whole, so
+    // the stream starts at the destination's first byte. (Reading a fixed 16 bytes here
+    // waited for 4 bytes the proxy never sends before the request: the bench hung.)
+    let addr_len = match head[5] {
+        1 => 4,
+        4 => 16,
+        3 => {
+            let mut len = [0u8; 1];
+            s.read_exact(&mut len).await?;
+            usize::from(len[0])
+        }
+        t => bail!("SOCKS5 reply with address type {t}"),
+    };
+    let mut rest = vec![0u8; addr_len + 2];
     s.read_exact(&mut rest).await?;
     Ok(s)
 }

@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::conn::{Conn, Counted, Shared, splice};
-use super::dial::Upstream;
+use super::conn::{Conn, Counted, Shared, carry};
+use super::dial::Opened;
 use super::pac::{PacInputs, pac_file};
 use super::socks::{Address, Host};
 use crate::forward::Connection;
@@ -37,7 +37,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 type Pool = Arc<Mutex<HashMap<Address, SendRequest<Incoming>>>>;
 
 /// A CONNECT's tunnel, carried once hyper hands the client's connection over.
-type Tunnel = Arc<Mutex<Option<(OnUpgrade, Counted<Box<dyn Upstream>>)>>>;
+type Tunnel = Arc<Mutex<Option<(OnUpgrade, Opened)>>>;
 
 /// What the requests of one client connection share.
 #[derive(Clone)]
@@ -76,6 +76,7 @@ pub(crate) async fn serve(
         counted: counted.clone(),
     };
     let tunnel = client.tunnel.clone();
+    let shared_linger = shared.opts.half_close_linger;
     let svc = service_fn(move |req| {
         let (shared, client) = (shared.clone(), client.clone());
         async move { Ok::<_, Infallible>(handle(req, peer, shared, client).await) }
@@ -91,9 +92,12 @@ pub(crate) async fn serve(
     // After a CONNECT, hyper hands the connection over: carry the tunnel here, so that
     // the connection counts as open (and can be closed at stop) until it ends.
     let taken = tunnel.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let (upgrade, mut upstream) = taken?;
+    let (upgrade, upstream) = taken?;
     match upgrade.await {
-        Ok(upgraded) => splice(&mut TokioIo::new(upgraded), &mut upstream).await,
+        Ok(upgraded) => {
+            let client = tokio::io::split(TokioIo::new(upgraded));
+            carry(client, upstream, &[], counted, shared_linger).await
+        }
         Err(e) => Some(std::io::Error::other(e)),
     }
 }
@@ -280,7 +284,7 @@ async fn forward(
         None => {
             let conn = Conn::new(shared, &client.counted, peer, "http", dest.clone());
             let upstream = match conn.open().await {
-                Ok(up) => up,
+                Ok(up) => Counted::new(up, &client.counted),
                 Err(e) => return text(e.http_status(), format!("{e}\n")),
             };
             match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {

@@ -53,6 +53,10 @@ pub struct ForwardProxyOptions {
     pub pod_wait: Duration,
     /// How long open connections get to finish when the proxy stops.
     pub stop_grace: Duration,
+    /// After a client ends its writes, how long replies may stay quiet before its
+    /// connection is closed, on a transport that cannot pass a half-close on (as a
+    /// forward's [`ForwardOptions::half_close_linger`](crate::ForwardOptions)).
+    pub half_close_linger: Duration,
 }
 
 impl Default for ForwardProxyOptions {
@@ -69,6 +73,7 @@ impl Default for ForwardProxyOptions {
             connect_timeout: Duration::from_secs(30),
             pod_wait: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
+            half_close_linger: Duration::from_secs(15),
         }
     }
 }

@@ -121,6 +121,7 @@ impl ForwardProxy {
             auth: settings.auth,
             pod_wait: forward.pod_running_timeout,
             stop_grace: forward.stop_grace,
+            half_close_linger: forward.half_close_linger,
             ..ForwardProxyOptions::default()
         };
         ForwardProxy::new(ctx, opts)

@@ -160,7 +160,7 @@ impl StreamWriter {
 }
 
 /// A whole stream as a byte stream, for code that speaks through `AsyncRead` and
-/// `AsyncWrite` (the forward proxy's HTTP client and its splice) rather than in messages.
+/// `AsyncWrite` (the forward proxy's HTTP client) rather than in messages.
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
