@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut map = HeaderMap::new();
     for h in req.headers.iter() {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
             map.append(n, v);
         }
     }
@@ -53,7 +56,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     strip_hop_by_hop(&mut map);
-    for h in [header::CONNECTION, header::PROXY_AUTHORIZATION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE] {
+    for h in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
         assert!(!map.contains_key(h));
     }
 });

@@ -45,8 +45,14 @@ fuzz_target!(|data: &[u8]| {
     if let (Some(sent), Some(got)) = (addresses, h.addresses) {
         let same =
             |a: SocketAddr, b: SocketAddr| mapped(a.ip()) == mapped(b.ip()) && a.port() == b.port();
-        assert!(same(sent.source, got.source), "{sent:?} came back as {got:?}");
-        assert!(same(sent.destination, got.destination), "{sent:?} came back as {got:?}");
+        assert!(
+            same(sent.source, got.source),
+            "{sent:?} came back as {got:?}"
+        );
+        assert!(
+            same(sent.destination, got.destination),
+            "{sent:?} came back as {got:?}"
+        );
     } else {
         assert_eq!(addresses.is_some(), h.addresses.is_some());
     }

@@ -28,8 +28,13 @@ fuzz_target!(|data: &[u8]| {
     // decode(encode(x)) == x.
     let mut u = Unstructured::new(data);
     if let Ok(f) = Fields::arbitrary(&mut u) {
-        let transport = if f.udp { Transport::Udp } else { Transport::Tcp };
-        let req = Request::new(&f.token, transport, &f.host, f.port).with_client_addr(&f.client_addr);
+        let transport = if f.udp {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        let req =
+            Request::new(&f.token, transport, &f.host, f.port).with_client_addr(&f.client_addr);
         if let Ok(wire) = encode_request(&req) {
             assert_eq!(decode_request(&wire), Ok(Some((req, wire.len()))));
         }

@@ -67,5 +67,8 @@ fuzz_target!(|data: &[u8]| {
     let from = Address { host, port: d.port };
     let wire = encode_udp(&from, &d.data);
     let (header, at) = parse_udp(&wire).expect("the proxy's own UDP header parses");
-    assert_eq!((header.frag, header.address, &wire[at..]), (0, from, &d.data[..]));
+    assert_eq!(
+        (header.frag, header.address, &wire[at..]),
+        (0, from, &d.data[..])
+    );
 });

@@ -43,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let q = parse_query(&wire).expect("an encoded query parses");
-    assert_eq!((q.id, q.qtype, q.qclass, q.recursion_desired), (x.id, x.qtype, CLASS_IN, true));
+    assert_eq!(
+        (q.id, q.qtype, q.qclass, q.recursion_desired),
+        (x.id, x.qtype, CLASS_IN, true)
+    );
     assert_eq!(q.name, x.name.strip_suffix('.').unwrap_or(&x.name));
     let addresses: Vec<Ipv4Addr> = x.addresses.iter().map(|a| Ipv4Addr::from(*a)).collect();
     let answer = encode_response(&q, Rcode::NoError, &addresses, usize::from(x.max_len))

@@ -25,27 +25,51 @@ fn frame(a: Any) -> Frame {
     // Stream ids are 31 bits on the wire.
     let id = |i: u32| i & 0x7fff_ffff;
     match a {
-        Any::Data(s, fin, d) => Frame::Data { stream_id: id(s), fin, data: Bytes::from(d) },
+        Any::Data(s, fin, d) => Frame::Data {
+            stream_id: id(s),
+            fin,
+            data: Bytes::from(d),
+        },
         Any::SynStream(s, a, fin, h) => Frame::SynStream {
             stream_id: id(s),
             associated_to: id(a),
             fin,
             header_block: Bytes::from(h),
         },
-        Any::SynReply(s, fin, h) => Frame::SynReply { stream_id: id(s), fin, header_block: Bytes::from(h) },
-        Any::RstStream(s, status) => Frame::RstStream { stream_id: id(s), status },
+        Any::SynReply(s, fin, h) => Frame::SynReply {
+            stream_id: id(s),
+            fin,
+            header_block: Bytes::from(h),
+        },
+        Any::RstStream(s, status) => Frame::RstStream {
+            stream_id: id(s),
+            status,
+        },
         Any::Settings => Frame::Settings,
         Any::Ping(i) => Frame::Ping { id: i },
-        Any::GoAway(s, status) => Frame::GoAway { last_good_stream_id: id(s), status },
-        Any::Headers(s, h) => Frame::Headers { stream_id: id(s), header_block: Bytes::from(h) },
-        Any::WindowUpdate(s, d) => Frame::WindowUpdate { stream_id: id(s), delta: d },
+        Any::GoAway(s, status) => Frame::GoAway {
+            last_good_stream_id: id(s),
+            status,
+        },
+        Any::Headers(s, h) => Frame::Headers {
+            stream_id: id(s),
+            header_block: Bytes::from(h),
+        },
+        Any::WindowUpdate(s, d) => Frame::WindowUpdate {
+            stream_id: id(s),
+            delta: d,
+        },
     }
 }
 
 fn round_trips(f: &Frame) {
     let mut out = BytesMut::new();
     encode(f, &mut out);
-    assert_eq!(decode(&out), Ok(Some((f.clone(), out.len()))), "{f:?} as {out:?}");
+    assert_eq!(
+        decode(&out),
+        Ok(Some((f.clone(), out.len()))),
+        "{f:?} as {out:?}"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -25,10 +25,14 @@ fuzz_target!(|data: &[u8]| {
     let (mut tx, mut rx) = (HeaderCodec::new(), HeaderCodec::new());
     for headers in session {
         // Names are lower case in SPDY/3 (the decoder hands them out lower case).
-        let headers: Vec<(String, String)> =
-            headers.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), v)).collect();
-        let borrowed: Vec<(&str, &str)> =
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let headers: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let block = tx.encode(&borrowed);
         assert_eq!(rx.decode(&block), Ok(headers));
     }

@@ -539,7 +539,10 @@ mod tests {
             Err(ProtocolError::TooLong { field: "request", len, max: MAX_REQUEST }) if len == wire.len()
         ));
         let req = Request::new("", Transport::Tcp, &host, 80);
-        assert!(matches!(encode_request(&req), Err(ProtocolError::TooLong { .. })));
+        assert!(matches!(
+            encode_request(&req),
+            Err(ProtocolError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -411,7 +411,11 @@ mod tests {
             panic!("a plain request is forwarded")
         };
         assert_eq!(
-            (t.dest.to_string(), t.origin.to_string(), t.authority.as_str()),
+            (
+                t.dest.to_string(),
+                t.origin.to_string(),
+                t.authority.as_str()
+            ),
             ("web.demo:80".into(), "/a?b=c".into(), "web.demo")
         );
     }

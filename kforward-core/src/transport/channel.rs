@@ -128,7 +128,10 @@ mod tests {
             Received::Data(Bytes::from_static(b"ok"))
         );
         assert!(!c.awaiting_prefix());
-        assert_eq!(c.receive(Bytes::from_static(&[1, 0x50, 0x00])), Received::Nothing);
+        assert_eq!(
+            c.receive(Bytes::from_static(&[1, 0x50, 0x00])),
+            Received::Nothing
+        );
         assert_eq!(
             c.receive(Bytes::from_static(b"\x01refused\n")),
             Received::Error("refused".into())
