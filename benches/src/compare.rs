@@ -691,7 +691,7 @@ async fn hop_rows(o: &Opts, target: SocketAddr) -> anyhow::Result<()> {
         hops.push(("kforward-relay (process)", addr, Some(hello)));
     } else {
         eprintln!(
-            "note: no {} (build kforward-cli in the same profile); its row is left out",
+            "note: no {} (build kforward-relay in the same profile); its row is left out",
             relay_bin.display()
         );
     }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const ENVIRONMENT: &str = "\
 Environment:
   KUBECONFIG            kubeconfig files, ':'-separated, as kubectl reads them
+  KFORWARD_RELAY_IMAGE  the relay pods' image when --relay-image is not given
   RUST_LOG              what to log on stderr (default: warn), e.g. kforward_core=debug
   KFORWARD_PROXY_AUTH   USER:PASS for `kforward socks` (instead of --auth)
   KFORWARD_KUBE_CLIENT  `stock`: kube's own client stack instead of kforward's (which reads
@@ -50,6 +51,7 @@ pub enum Command {
     Run(RunArgs),
     /// Start a simulated cluster in this process and forward its demo services (no
     /// cluster or setup needed).
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Forward a local port to any host the cluster can reach (a service DNS name, a
     /// database outside the cluster, an IP), through a relay pod in the namespace.
@@ -60,6 +62,9 @@ pub enum Command {
     Socks(SocksArgs),
     /// Delete relay pods left behind by sessions that are gone.
     Gc(GcArgs),
+    /// Check what works with this context: the API server, credentials, permissions,
+    /// port-forward transports, and (with --relay) a relay pod.
+    Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -150,15 +155,9 @@ pub struct ForwardArgs {
     /// Forward UDP (through a relay pod in the namespace).
     #[arg(long)]
     pub udp: bool,
-    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
-    #[arg(long)]
-    pub relay_image: Option<String>,
-    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
-    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
-    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
-    /// ranges stay direct).
-    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub relay_env: Vec<(String, String)>,
+    /// The relay pod (UDP forwards).
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// The PROXY protocol.
     #[command(flatten)]
     pub proxy: ProxyProtocolArgs,
@@ -177,15 +176,9 @@ pub struct ProxyArgs {
     /// Forward UDP instead of TCP.
     #[arg(long)]
     pub udp: bool,
-    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
-    #[arg(long)]
-    pub relay_image: Option<String>,
-    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
-    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
-    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
-    /// ranges stay direct).
-    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub relay_env: Vec<(String, String)>,
+    /// The relay pod.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Local addresses to listen on, comma separated; `localhost` means 127.0.0.1 and ::1.
     #[arg(long, default_value = "localhost")]
     pub address: String,
@@ -198,6 +191,53 @@ pub struct ProxyArgs {
     /// The PROXY protocol.
     #[command(flatten)]
     pub proxy: ProxyProtocolArgs,
+}
+
+/// How relay pods (UDP and `proxy` forwards, the SOCKS proxy's outside names) are made.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RelayArgs {
+    /// The relay's container image, e.g. from a mirror registry (default:
+    /// ghcr.io/kforward/kforward-relay:<version>).
+    #[arg(long, env = "KFORWARD_RELAY_IMAGE", value_name = "IMAGE")]
+    pub relay_image: Option<String>,
+    /// An image pull secret in the namespace for the relay image's registry (repeatable).
+    #[arg(long = "relay-pull-secret", value_name = "SECRET")]
+    pub relay_pull_secrets: Vec<String>,
+    /// When the kubelet pulls the relay image: Always, IfNotPresent or Never (default:
+    /// IfNotPresent).
+    #[arg(long, value_name = "POLICY")]
+    pub relay_pull_policy: Option<String>,
+    /// A JSON merge patch file applied to the relay pod: node selector, tolerations,
+    /// annotations, resources (containers merge by name; the relay's is `relay`).
+    #[arg(long, value_name = "FILE")]
+    pub relay_pod_patch: Option<PathBuf>,
+    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
+    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
+    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
+    /// ranges stay direct).
+    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
+    pub relay_env: Vec<(String, String)>,
+}
+
+/// `kforward doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Where to find the cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Also start a relay pod, time it, and delete it (and count the relay's permissions
+    /// as needed).
+    #[arg(long)]
+    pub relay: bool,
+    /// The relay pod, with --relay.
+    #[command(flatten)]
+    pub relay_pod: RelayArgs,
+    /// How the report is printed (text: a table).
+    #[arg(short = 'o', long, value_enum, default_value = "text")]
+    pub output: Output,
+    /// How long one request to the API server may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
 }
 
 /// `kforward socks`.
@@ -233,13 +273,10 @@ pub struct SocksArgs {
     /// How long a connection to a service waits for a ready pod.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
-    /// The relay's container image (default: ghcr.io/kforward/kforward-relay:<version>).
-    #[arg(long)]
-    pub relay_image: Option<String>,
-    /// An environment variable for relay pods, `KEY=VALUE` (repeatable), as on `forward`:
-    /// the relay reaches names outside the cluster, so its egress proxy matters here most.
-    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub relay_env: Vec<(String, String)>,
+    /// The relay pod: it reaches names outside the cluster, so its egress proxy
+    /// (`--relay-env HTTPS_PROXY=...`) matters here most.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// How events are printed (json: a `ready` line first, then one line per connection).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
@@ -273,12 +310,11 @@ pub struct RunArgs {
     /// How long to wait for a ready pod.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub pod_running_timeout: Duration,
-    /// An environment variable for relay pods, `KEY=VALUE` (repeatable): `HTTPS_PROXY` and
-    /// `NO_PROXY` for a cluster whose pods reach the outside only through a proxy (the relay
-    /// then reaches TCP destinations through it; without `NO_PROXY`, cluster names and
-    /// ranges stay direct). Replaces the same variable of the file's `relay.env`.
-    #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
-    pub relay_env: Vec<(String, String)>,
+    /// The relay pods (UDP and proxy entries), for the entries whose `relay_*` fields and
+    /// the file's `relay` section do not say; `--relay-env` replaces the same variable of
+    /// the file's `relay.env`.
+    #[command(flatten, next_help_heading = "Relay pods, for entries that do not say")]
+    pub relay: RelayArgs,
     /// Where to find the cluster, for the entries that do not say.
     #[command(flatten, next_help_heading = "Defaults for entries that lack them")]
     pub cluster: ClusterArgs,
@@ -288,6 +324,7 @@ pub struct RunArgs {
 }
 
 /// `kforward demo`.
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// How events are printed.
@@ -434,7 +471,7 @@ mod tests {
         let Command::Proxy(p) = c.command else {
             panic!("proxy")
         };
-        let env = relay_env(&p.relay_env).expect("usable");
+        let env = relay_env(&p.relay.relay_env).expect("usable");
         assert_eq!(env["NO_PROXY"], ".svc,10.0.0.0/8");
         assert!(parse_env_pair("HTTPS_PROXY").is_err());
         assert!(parse_env_pair("=x").is_err());

@@ -1,7 +1,6 @@
 //! `kforward forward`: one target, one or more ports, until Ctrl-C; and what it shares with
 //! `kforward proxy`: one forward run by the core's supervisor, its events printed.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +9,7 @@ use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
 use kforward_core::{Event, ForwardOptions, ForwardState, KubeContext, KubeconfigSource};
 use tokio::sync::broadcast;
 
-use crate::args::{ClusterArgs, ForwardArgs, Output};
+use crate::args::{ClusterArgs, ForwardArgs, Output, RelayArgs};
 use crate::{output, signal};
 
 /// How long the printer gets to print the last events after the stop.
@@ -49,24 +48,24 @@ pub async fn connect(c: &ClusterArgs) -> anyhow::Result<KubeContext> {
 /// Supervisor settings for the one forward of `forward` or `proxy`: a first start that
 /// fails fails the command, as `kubectl port-forward` does; once started, the forward is
 /// kept up.
+///
+/// # Errors
+///
+/// A bad relay flag (pull policy, pod patch), named.
 pub(crate) fn one_forward(
     pod_running_timeout: Duration,
-    relay_image: Option<&str>,
-    relay_env: BTreeMap<String, String>,
-) -> SupervisorOptions {
+    relay: &RelayArgs,
+) -> anyhow::Result<SupervisorOptions> {
     let mut forward = ForwardOptions {
         pod_running_timeout,
         ..Default::default()
     };
-    if let Some(image) = relay_image {
-        forward.relay.image = image.to_string();
-    }
-    forward.relay.env = relay_env;
-    SupervisorOptions {
+    crate::relay::apply(relay, &mut forward.relay)?;
+    Ok(SupervisorOptions {
         forward,
         retry_start: false,
         ..Default::default()
-    }
+    })
 }
 
 /// Prints events as they come until the supervisor is gone. Errors and states before the
@@ -140,8 +139,7 @@ pub(crate) async fn serve_one(
 
 pub async fn run(a: ForwardArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let relay_env = crate::args::relay_env(&a.relay_env)?;
-    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref(), relay_env);
+    let opts = one_forward(a.pod_running_timeout, &a.relay)?;
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot forward {} {}", a.target, a.ports.join(" ")))

@@ -1,10 +1,13 @@
 //! The `kforward` command line: argument parsing and output over `kforward-core`.
 
 mod args;
+#[cfg(feature = "demo")]
 mod demo;
+mod doctor;
 mod forward;
 mod output;
 mod proxy;
+mod relay;
 mod run;
 mod signal;
 mod socks;
@@ -68,10 +71,12 @@ async fn run(cli: Cli, bin_name: &str) -> anyhow::Result<()> {
     match cli.command {
         Command::Forward(a) => forward::run(a).await,
         Command::Run(a) => run::run(a).await,
+        #[cfg(feature = "demo")]
         Command::Demo(a) => demo::run(a).await,
         Command::Proxy(a) => proxy::run(a).await,
         Command::Socks(a) => socks::run(a).await,
         Command::Gc(a) => proxy::gc(a).await,
+        Command::Doctor(a) => doctor::run(a).await,
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             let name = bin_name.replace(' ', "-");

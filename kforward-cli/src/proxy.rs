@@ -54,8 +54,7 @@ pub fn spec_from_args(a: &ProxyArgs) -> anyhow::Result<ForwardSpec> {
 /// A bad destination or address, the kubeconfig, or a forward that cannot start.
 pub async fn run(a: ProxyArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let relay_env = crate::args::relay_env(&a.relay_env)?;
-    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref(), relay_env);
+    let opts = one_forward(a.pod_running_timeout, &a.relay)?;
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot proxy to {}", a.destination))

@@ -4,9 +4,8 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use std::collections::BTreeMap;
-
 use kforward_core::config::{EntryDefaults, load_config_document_file};
+use kforward_core::relay::RelayOptions;
 use kforward_core::spec::{ForwardSpec, Protocol};
 use kforward_core::supervisor::{Supervisor, SupervisorEvent, SupervisorOptions};
 use kforward_core::{Event, ForwardOptions, ForwardState};
@@ -17,14 +16,15 @@ use crate::{signal, table};
 
 /// Loads and checks the whole file before anything starts: every bad entry is reported.
 /// `-n`, `--context` and `--kubeconfig` fill what entries leave unset, and the PROXY
-/// protocol flags what TCP entries leave unset. Also returns the relay pods' environment:
-/// the file's `relay.env`, with `--relay-env` replacing the variables it names.
+/// protocol flags what TCP entries leave unset. Each spec comes with the relay settings of
+/// its entry: the file's `relay` section, then the relay flags (`--relay-env` replacing the
+/// variables of `relay.env` it names), then the entry's own `relay_*` fields.
 ///
 /// # Errors
 ///
-/// The file cannot be read or parsed, an entry or the relay section is invalid, `--only`
-/// names an alias the file does not have, or `--relay-env` is unusable.
-pub fn load_specs(a: &RunArgs) -> anyhow::Result<(Vec<ForwardSpec>, BTreeMap<String, String>)> {
+/// The file cannot be read or parsed, an entry or the relay section is invalid, a relay
+/// flag is bad, or `--only` names an alias the file does not have.
+pub fn load_specs(a: &RunArgs) -> anyhow::Result<Vec<(ForwardSpec, RelayOptions)>> {
     let defaults = EntryDefaults {
         namespace: a.cluster.namespace.clone(),
         context: a.cluster.context.clone(),
@@ -35,11 +35,14 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<(Vec<ForwardSpec>, BTreeMap<Str
             .map(|p| p.display().to_string()),
     };
     let document = load_config_document_file(&a.file, &defaults)?;
-    let mut relay_env = document.relay.env;
-    relay_env.extend(crate::args::relay_env(&a.relay_env)?);
-    kforward_core::relay::check_relay_env(&relay_env).map_err(|e| {
-        anyhow::anyhow!(
-            "the relay environment ({}'s relay.env with --relay-env): {e}",
+    let mut flags = RelayOptions::default();
+    document
+        .relay
+        .apply_to(&mut flags)
+        .with_context(|| format!("{}: the relay section", a.file.display()))?;
+    crate::relay::apply(&a.relay, &mut flags).with_context(|| {
+        format!(
+            "the relay settings ({}'s relay section with the relay flags)",
             a.file.display()
         )
     })?;
@@ -55,7 +58,11 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<(Vec<ForwardSpec>, BTreeMap<Str
             Protocol::Tcp => a.proxy.apply(spec),
             Protocol::Udp => spec,
         };
-        specs.push(spec);
+        let mut relay = flags.clone();
+        c.relay
+            .apply_to(&mut relay)
+            .with_context(|| format!("entry {}", c.label()))?;
+        specs.push((spec, relay));
     }
     let unknown: Vec<&String> = a
         .only
@@ -78,7 +85,7 @@ pub fn load_specs(a: &RunArgs) -> anyhow::Result<(Vec<ForwardSpec>, BTreeMap<Str
     if specs.is_empty() {
         bail!("{} has no forwards to start", a.file.display());
     }
-    Ok((specs, relay_env))
+    Ok(specs)
 }
 
 fn line(e: &SupervisorEvent) -> Option<String> {
@@ -117,22 +124,25 @@ fn line(e: &SupervisorEvent) -> Option<String> {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let (specs, relay_env) = load_specs(&a)?;
-    let mut forward = ForwardOptions {
+    let specs = load_specs(&a)?;
+    let forward = ForwardOptions {
         pod_running_timeout: a.pod_running_timeout,
         ..Default::default()
     };
-    forward.relay.env = relay_env;
     let opts = SupervisorOptions {
         forward,
         ..Default::default()
     };
-    // The supervisor keeps each entry up; UDP and proxy entries of one cluster share one
-    // relay pod per namespace, deleted when they stop.
-    let sup = Supervisor::new(opts);
+    // The supervisor keeps each entry up; UDP and proxy entries of one cluster with the
+    // same relay settings share one relay pod per namespace, deleted when they stop.
+    let sup = Supervisor::new(opts.clone());
     let mut rx = sup.subscribe();
-    for s in specs {
-        sup.add(s);
+    for (spec, relay) in specs {
+        let forward = ForwardOptions {
+            relay,
+            ..opts.forward.clone()
+        };
+        sup.add_with(spec, forward);
     }
     let tty = a.output == Output::Text && std::io::stdout().is_terminal();
     let mut redraw = tokio::time::interval(Duration::from_millis(500));

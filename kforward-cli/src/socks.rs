@@ -59,8 +59,7 @@ pub fn spec_from_args(a: &SocksArgs) -> anyhow::Result<ForwardSpec> {
 /// kubeconfig, or an address that cannot be bound.
 pub async fn run(a: SocksArgs) -> anyhow::Result<()> {
     let spec = spec_from_args(&a)?;
-    let relay_env = crate::args::relay_env(&a.relay_env)?;
-    let opts = one_forward(a.pod_running_timeout, a.relay_image.as_deref(), relay_env);
+    let opts = one_forward(a.pod_running_timeout, &a.relay)?;
     serve_one(spec, opts, a.output)
         .await
         .with_context(|| format!("cannot start the forward proxy on {}", a.listen))

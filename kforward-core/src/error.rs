@@ -185,6 +185,14 @@ pub enum Error {
         /// Whether trying again later may help.
         retryable: bool,
     },
+    /// The relay pod patch (`--relay-pod-patch`) cannot be used.
+    #[error("relay pod patch {origin}: {message}")]
+    RelayPodPatch {
+        /// The file or config field it came from.
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 fn list_or_none(v: &[String]) -> String {

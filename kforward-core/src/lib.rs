@@ -43,6 +43,7 @@
 pub mod client;
 pub mod config;
 mod connector;
+pub mod doctor;
 pub mod error;
 pub mod forward;
 pub mod forward_proxy;

@@ -149,7 +149,7 @@ pub(crate) fn code_of(e: &Error) -> kf_result {
         return KF_UNAUTHORIZED;
     }
     match e {
-        Error::Config(_) | Error::Spec(_) => KF_INVALID_CONFIG,
+        Error::Config(_) | Error::Spec(_) | Error::RelayPodPatch { .. } => KF_INVALID_CONFIG,
         Error::BindLocal { .. } => KF_BIND_FAILED,
         Error::Kubeconfig { .. } => KF_KUBECONFIG,
         Error::UnknownContext { .. } => KF_UNKNOWN_CONTEXT,

@@ -20,6 +20,8 @@ use crate::protocol::{Request, Response, Status, Transport, decode_request, enco
 /// The shutdown signal [`RelayServer::run`] takes (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
 
+/// The port the relay listens on inside its pod unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7311;
 /// How long a client has to send its whole handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to a TCP destination may take.

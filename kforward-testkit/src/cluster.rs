@@ -1,5 +1,7 @@
 //! [`Cluster`]: one simulated Kubernetes cluster, started on loopback and stopped on drop.
 
+mod policy;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

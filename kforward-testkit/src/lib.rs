@@ -21,6 +21,7 @@
 //! # });
 //! ```
 
+mod admission;
 mod cluster;
 mod controller;
 mod error;
@@ -42,6 +43,7 @@ mod store;
 mod tls;
 mod workloads;
 
+pub use admission::POD_SECURITY_ENFORCE;
 pub use cluster::{BehindProxy, Cluster, ClusterBuilder};
 pub use error::Error;
 pub use kubeconfig::{KubeconfigEntry, kubeconfig_json, write_kubeconfig};

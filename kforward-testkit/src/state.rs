@@ -138,6 +138,11 @@ pub(crate) struct Shared {
     /// The store's resourceVersion as the last finished reconcile pass saw it when it
     /// began: everything written up to it is reflected in pods, slices and kube-proxy.
     pub(crate) reconciled: watch::Sender<u64>,
+    /// Air-gapped: the images on the node, the only ones that run (`None`: every image
+    /// pulls).
+    pub(crate) node_images: Mutex<Option<BTreeSet<String>>>,
+    /// Validating webhooks refusing pods, by namespace.
+    pub(crate) admission: crate::admission::Admission,
 }
 
 impl Shared {
@@ -182,6 +187,8 @@ impl Shared {
             kubeconfig_path,
             default_namespace: Mutex::new(None),
             reconciled: watch::Sender::new(0),
+            node_images: Mutex::new(None),
+            admission: crate::admission::Admission::default(),
         }
     }
 

@@ -13,6 +13,8 @@ mod workloads;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+mod relay_doctor;
+
 fn kforward() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kforward"));
     c.env_remove("KUBECONFIG").env("NO_COLOR", "1");

@@ -599,3 +599,96 @@ async fn try_get(addr: &str) -> String {
         Err(_) => "no reply in time".to_string(),
     }
 }
+
+/// `kforward doctor -n demo -o json --kubeconfig PATH` with the environment `vars`: the
+/// exit code and the api-server check.
+fn doctor_api_check(vars: &[(&str, String)], kubeconfig: &Path) -> (i32, serde_json::Value) {
+    let mut cmd = kforward_with(vars);
+    cmd.args(["doctor", "-n", "demo", "-o", "json", "--kubeconfig"])
+        .arg(kubeconfig);
+    let (code, out, err) = tokio::task::block_in_place(|| run_to_end(cmd));
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    let check = report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "api-server"))
+        .cloned()
+        .unwrap_or_else(|| panic!("an api-server check: {report}"));
+    (code, check)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_says_which_proxy_of_the_environment_reaches_the_api_server_and_honours_no_proxy() {
+    let Some(cluster) = remote_demo().await else {
+        return;
+    };
+    let Some(tiny) = start_or_skip(
+        ProxyKind::Tinyproxy,
+        ProxyOptions::default().with_auth("alice", "s3cret"),
+    )
+    .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plain = kubeconfig(&cluster, dir.path(), "plain", None, None);
+    let ip = cluster.api_addr().ip().to_string();
+    let shown = tiny
+        .url_without_auth()
+        .replacen("http://", "http://alice@", 1);
+
+    // NO_PROXY keeps the server direct (while it still accepts this machine).
+    let (code, check) = doctor_api_check(
+        &[
+            ("HTTPS_PROXY", tiny.url()),
+            ("NO_PROXY", format!("example.com,{ip}")),
+        ],
+        &plain,
+    );
+    assert_eq!(code, 0, "{check}");
+    assert_eq!(check["route"], "direct", "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!(
+            "reached directly (NO_PROXY rule \"{ip}\" matches)"
+        )),
+        "{detail}"
+    );
+
+    // Only the proxy may reach it now: through HTTPS_PROXY, named without the password.
+    cluster.api_only_from([tiny.outbound_ip()]);
+    let (code, check) = doctor_api_check(&[("HTTPS_PROXY", tiny.url())], &plain);
+    assert_eq!(code, 0, "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!(
+            "answers, reached through the proxy {shown} (HTTPS_PROXY)"
+        )),
+        "{detail}"
+    );
+    assert_eq!(check["proxy_origin"], "HTTPS_PROXY", "{check}");
+    assert!(!check.to_string().contains("s3cret"), "{check}");
+
+    // NO_PROXY now sends it direct, which the server refuses: the check fails, saying so.
+    let (code, check) = doctor_api_check(
+        &[("HTTPS_PROXY", tiny.url()), ("NO_PROXY", ip.clone())],
+        &plain,
+    );
+    assert_ne!(code, 0, "{check}");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert_eq!(check["route"], "direct", "{check}");
+
+    // A proxy nobody runs, from ALL_PROXY: named in the failure.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("address"))
+    };
+    let (code, check) = doctor_api_check(&[("ALL_PROXY", dead.clone())], &plain);
+    assert_ne!(code, 0, "{check}");
+    let detail = check["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("through the proxy {dead} (ALL_PROXY)"))
+            && detail.contains(&cluster.server_url()),
+        "{detail}"
+    );
+}

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::error::ConfigError;
+use super::relay_entry::RelayConfig;
 use crate::proxy_protocol::{Accept, Version};
 use crate::spec::{ForwardSpec, Protocol, WorkloadType, non_empty};
 
@@ -87,6 +88,10 @@ pub struct ForwardConfig {
     /// `"optional"` (TCP only); missing means they do not.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_text")]
     pub accept_proxy_protocol: Option<Accept>,
+    /// How the relay pod of a UDP or `proxy` entry is made (`relay_image`,
+    /// `relay_pull_policy`, `relay_pull_secrets`, `relay_pod_patch`).
+    #[serde(flatten)]
+    pub relay: RelayConfig,
     /// For `workload_type: "socks"`, the `USER:PASS` clients must give (required beyond
     /// loopback).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +130,7 @@ impl Default for ForwardConfig {
             target: None,
             proxy_protocol: None,
             accept_proxy_protocol: None,
+            relay: RelayConfig::default(),
             auth: None,
             direct: None,
             no_relay: None,

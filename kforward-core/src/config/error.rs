@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 /// The known fields, in the order errors are reported and fields are written.
-const FIELDS: [&str; 18] = [
+const FIELDS: [&str; 22] = [
     "service",
     "namespace",
     "local_port",
@@ -20,6 +20,10 @@ const FIELDS: [&str; 18] = [
     "target",
     "proxy_protocol",
     "accept_proxy_protocol",
+    "relay_image",
+    "relay_pull_policy",
+    "relay_pull_secrets",
+    "relay_pod_patch",
     "auth",
     "direct",
     "no_relay",

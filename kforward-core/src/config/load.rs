@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::entry::ForwardConfig;
 use super::error::{ConfigError, ConfigFileError, EntryError, EntryProblem};
 use super::read::json_kind;
-use super::relay::{RelaySection, split_document};
+use super::relay_section::{RelaySection, split_document};
 
 /// A whole config file: its entries and its `relay` section (empty when it has none).
 #[derive(Clone, Debug, Default, PartialEq)]

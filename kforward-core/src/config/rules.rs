@@ -109,6 +109,7 @@ impl ForwardConfig {
                 &mut errors,
             );
         }
+        self.relay.check(&mut errors);
         match (target, remote_port, addresses) {
             (Some(target), Some(remote_port), Some(addresses)) if errors.is_empty() => {
                 Ok(Checked {

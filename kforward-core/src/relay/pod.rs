@@ -2,95 +2,30 @@
 //! heartbeat annotation, replaced when deleted, deleted on stop, and garbage-collected when
 //! their session is gone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::manifest::{
+    ANNOTATION_HEARTBEAT, LABEL_MANAGED_BY, LABEL_NAME, RelayOptions, now_secs, relay_pod,
+};
+use super::startup::{Startup, assess};
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
 
-/// The port the relay listens on inside its pod.
-pub const DEFAULT_RELAY_PORT: u16 = 7311;
-/// `app.kubernetes.io/name` of every relay pod.
-pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-/// `app.kubernetes.io/managed-by` of every relay pod.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// The label naming the session that owns a relay pod.
-pub const LABEL_SESSION: &str = "kforward.dev/session";
-const ANNOTATION_HEARTBEAT: &str = "kforward.dev/heartbeat";
-const ANNOTATION_CREATED_AT: &str = "kforward.dev/created-at";
-const ANNOTATION_CREATED_BY: &str = "kforward.dev/created-by";
 /// How often the owner refreshes its pods' heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// A relay pod whose heartbeat is older than this belongs to a dead session.
 const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
-/// How often a relay pod's readiness is checked while waiting.
+/// How often a relay pod's status is read while waiting: a pull error or an unschedulable
+/// pod shows within this of the kubelet or the scheduler reporting it.
 const READY_POLL: Duration = Duration::from_millis(100);
-
-/// The relay image of this version: `ghcr.io/kforward/kforward-relay:<version>`.
-///
-/// # Example
-///
-/// ```
-/// assert!(kforward_core::relay::default_image().starts_with("ghcr.io/kforward/kforward-relay:"));
-/// ```
-pub fn default_image() -> String {
-    format!(
-        "ghcr.io/kforward/kforward-relay:{}",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-/// Settings of relay pods.
-///
-/// # Example
-///
-/// ```
-/// let o = kforward_core::relay::RelayOptions::default();
-/// assert_eq!(o.port, kforward_core::relay::DEFAULT_RELAY_PORT);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayOptions {
-    /// The relay's container image (`--relay-image`).
-    pub image: String,
-    /// The port the relay listens on in its pod.
-    pub port: u16,
-    /// How long a new relay pod may take to become Ready.
-    pub ready_timeout: Duration,
-    /// How long the relay waits without any client before it exits (its pod completes and
-    /// the next use makes a new one). A safety net for sessions that die without cleaning
-    /// up; [`gc`] is the other.
-    pub idle_exit: Duration,
-    /// Environment variables for the relay's container (`--relay-env KEY=VALUE`), such as
-    /// `HTTPS_PROXY` and `NO_PROXY` for a cluster whose pods reach the outside only through
-    /// a proxy: the relay then reaches TCP destinations through it (see
-    /// [`check_relay_env`](super::check_relay_env) and
-    /// [`default_relay_no_proxy`](super::default_relay_no_proxy)).
-    pub env: BTreeMap<String, String>,
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        RelayOptions {
-            image: default_image(),
-            port: DEFAULT_RELAY_PORT,
-            ready_timeout: Duration::from_secs(60),
-            idle_exit: super::server::DEFAULT_IDLE_EXIT,
-            env: BTreeMap::new(),
-        }
-    }
-}
 
 /// The relay pods of one session, at most one per namespace.
 pub struct RelayPods {
@@ -135,28 +70,8 @@ fn random_hex(len: usize) -> String {
         .collect()
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn who() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    format!("{user}@{host}")
 }
 
 impl RelayPods {
@@ -223,7 +138,8 @@ impl RelayPods {
         self.context().client().clone()
     }
 
-    /// The relay pods in use now, as `(namespace, pod)`.
+    /// The relay pods of this session, as `(namespace, pod)`: those in use and those still
+    /// starting.
     pub fn current(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = lock(&self.known).clone().into_iter().collect();
         v.sort();
@@ -243,108 +159,16 @@ impl RelayPods {
         }
     }
 
-    fn pod_object(&self, name: &str, extra_env: Vec<EnvVar>) -> Pod {
-        let labels = BTreeMap::from([
-            (LABEL_NAME.to_string(), "kforward-relay".to_string()),
-            (LABEL_MANAGED_BY.to_string(), "kforward".to_string()),
-            (LABEL_SESSION.to_string(), self.session.clone()),
-        ]);
-        let now = now_secs().to_string();
-        let annotations = BTreeMap::from([
-            (ANNOTATION_CREATED_AT.to_string(), now.clone()),
-            (ANNOTATION_CREATED_BY.to_string(), who()),
-            (ANNOTATION_HEARTBEAT.to_string(), now),
-        ]);
-        let port = self.opts.port;
-        let q = |s: &str| Quantity(s.to_string());
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                labels: Some(labels),
-                annotations: Some(annotations),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                automount_service_account_token: Some(false),
-                restart_policy: Some("Never".into()),
-                termination_grace_period_seconds: Some(5),
-                security_context: Some(PodSecurityContext {
-                    run_as_non_root: Some(true),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                containers: vec![Container {
-                    name: "relay".into(),
-                    image: Some(self.opts.image.clone()),
-                    args: Some(vec!["--port".into(), port.to_string()]),
-                    env: Some(
-                        vec![
-                            EnvVar {
-                                name: "KFORWARD_RELAY_TOKEN".into(),
-                                value: Some(self.token.clone()),
-                                ..Default::default()
-                            },
-                            EnvVar {
-                                name: "KFORWARD_RELAY_PORT".into(),
-                                value: Some(port.to_string()),
-                                ..Default::default()
-                            },
-                            EnvVar {
-                                name: super::server::IDLE_EXIT_ENV.into(),
-                                value: Some(self.opts.idle_exit.as_secs_f64().to_string()),
-                                ..Default::default()
-                            },
-                        ]
-                        .into_iter()
-                        .chain(extra_env)
-                        .collect(),
-                    ),
-                    ports: Some(vec![ContainerPort {
-                        name: Some("relay".into()),
-                        container_port: i32::from(port),
-                        protocol: Some("TCP".into()),
-                        ..Default::default()
-                    }]),
-                    security_context: Some(SecurityContext {
-                        run_as_non_root: Some(true),
-                        read_only_root_filesystem: Some(true),
-                        allow_privilege_escalation: Some(false),
-                        capabilities: Some(Capabilities {
-                            drop: Some(vec!["ALL".into()]),
-                            ..Default::default()
-                        }),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    resources: Some(ResourceRequirements {
-                        requests: Some(BTreeMap::from([
-                            ("cpu".to_string(), q("10m")),
-                            ("memory".to_string(), q("16Mi")),
-                        ])),
-                        limits: Some(BTreeMap::from([("memory".to_string(), q("128Mi"))])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     /// The ready relay pod of `namespace`, created (and waited for) when there is none.
     ///
     /// # Errors
     ///
-    /// [`Error::RelayPod`] when the pod cannot be pulled or is not Ready in time (the
-    /// message names the image and `--relay-image`), or the API errors of creating a pod
-    /// ([`Error::Forbidden`] without `create pods`).
+    /// [`Error::RelayPod`] when the pod is refused by admission (a webhook, Pod Security, a
+    /// quota), cannot pull its image, fits no node, or is not Ready in time: reported as
+    /// soon as the API server, the scheduler or the kubelet says so, naming the image or
+    /// the reason and the flag that changes it. [`Error::RelayPodPatch`] for a patch that
+    /// does not give a pod. [`Error::Forbidden`] without RBAC's `create pods`, and the
+    /// other API errors of creating a pod.
     pub async fn pod_for(&self, namespace: &str) -> Result<String> {
         let mut pods = self.pods.lock().await;
         if let Some(p) = pods.get(namespace) {
@@ -359,18 +183,62 @@ impl RelayPods {
         let env = super::env::relay_pod_env(&ctx, &self.opts.env).await;
         let api: Api<Pod> = Api::namespaced(ctx.client().clone(), namespace);
         let name = format!("kforward-relay-{}-{}", self.session, random_hex(5));
-        let server = ctx.server().to_string();
-        api.create(&PostParams::default(), &self.pod_object(&name, env))
-            .await
-            .map_err(|e| Error::from_kube(e, &server, "create", "pods", namespace, None))?;
+        let pod = relay_pod(&self.opts, &name, &self.session, &self.token, env)?;
+        // Known before it exists: a forward stopped while its pod is being created or is
+        // starting drops this future, and `delete_all` (or `Drop`) must still find the pod.
+        lock(&self.known).insert(namespace.to_string(), name.clone());
+        if let Err(e) = api.create(&PostParams::default(), &pod).await {
+            lock(&self.known).remove(namespace);
+            return Err(self.create_error(e, namespace));
+        }
         info!(pod = %name, %namespace, "created relay pod");
         if let Err(e) = self.wait_ready(&api, namespace, &name).await {
+            lock(&self.known).remove(namespace);
             let _ = api.delete(&name, &DeleteParams::default()).await;
             return Err(e);
         }
         pods.insert(namespace.to_string(), name.clone());
-        lock(&self.known).insert(namespace.to_string(), name.clone());
         Ok(name)
+    }
+
+    /// Maps the API server's refusal of a new relay pod. A 403 is either RBAC (the user may
+    /// not create pods) or admission (a webhook, Pod Security, a ResourceQuota refused
+    /// this pod). Both come as `Forbidden` with nothing but the message to tell them apart
+    /// (apiserver `rbac` authorizer: `User "..." cannot create resource "pods"`; admission
+    /// `webhook/errors/statuserror.go`, `pod-security-admission`, `resourcequota`), so the
+    /// message's RBAC wording decides.
+    fn create_error(&self, e: kube::Error, namespace: &str) -> Error {
+        let ctx = self.context();
+        let server = ctx.server();
+        let refused = |message: String| Error::RelayPod {
+            namespace: namespace.to_string(),
+            message,
+            retryable: false,
+        };
+        match e {
+            kube::Error::Api(s)
+                if s.code == 403 && !s.message.contains(" cannot create resource ") =>
+            {
+                let hint = if s.message.contains("violates PodSecurity") {
+                    "the namespace's Pod Security level refuses it: the relay meets \"restricted\" \
+                     unless --relay-pod-patch changes its security context"
+                } else if s.message.contains("exceeded quota") {
+                    "a ResourceQuota is used up: free some, or lower the relay's requests with --relay-pod-patch"
+                } else {
+                    "an admission policy refused it: add what it asks for (labels, annotations, \
+                     resources, an image from an allowed registry) with --relay-pod-patch or --relay-image"
+                };
+                refused(format!(
+                    "the cluster refused to create the relay pod ({}): {hint}",
+                    s.message
+                ))
+            }
+            kube::Error::Api(s) if s.code == 422 => refused(format!(
+                "the API server found the relay pod invalid ({}): check --relay-pod-patch",
+                s.message
+            )),
+            e => Error::from_kube(e, server, "create", "pods", namespace, None),
+        }
     }
 
     async fn wait_ready(&self, api: &Api<Pod>, namespace: &str, name: &str) -> Result<()> {
@@ -380,45 +248,14 @@ impl RelayPods {
             retryable,
         };
         let deadline = tokio::time::Instant::now() + self.opts.ready_timeout;
+        let mut last = None;
         loop {
             match api.get_opt(name).await {
-                Ok(Some(pod)) => {
-                    let status = pod.status.unwrap_or_default();
-                    let ready = status.phase.as_deref() == Some("Running")
-                        && status
-                            .conditions
-                            .iter()
-                            .flatten()
-                            .any(|c| c.type_ == "Ready" && c.status == "True");
-                    if ready {
-                        return Ok(());
-                    }
-                    for cs in status.container_statuses.iter().flatten() {
-                        let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
-                        let reason = waiting.and_then(|w| w.reason.as_deref()).unwrap_or("");
-                        if matches!(
-                            reason,
-                            "ImagePullBackOff" | "ErrImagePull" | "InvalidImageName"
-                        ) {
-                            let detail =
-                                waiting.and_then(|w| w.message.clone()).unwrap_or_default();
-                            return Err(fail(
-                                format!(
-                                    "the cluster cannot pull the relay image {:?} ({reason}: {detail}); \
-                                     push it to a registry the cluster can reach and pass --relay-image",
-                                    self.opts.image
-                                ),
-                                false,
-                            ));
-                        }
-                    }
-                    if matches!(status.phase.as_deref(), Some("Failed" | "Succeeded")) {
-                        return Err(fail(
-                            format!("relay pod {name:?} exited before it was ready"),
-                            true,
-                        ));
-                    }
-                }
+                Ok(Some(pod)) => match assess(&pod, &self.opts.image) {
+                    Startup::Ready => return Ok(()),
+                    Startup::Stuck { message, retryable } => return Err(fail(message, retryable)),
+                    Startup::Starting(what) => last = what,
+                },
                 Ok(None) => {
                     return Err(fail(
                         format!("relay pod {name:?} was deleted while starting"),
@@ -430,9 +267,10 @@ impl RelayPods {
             if tokio::time::Instant::now() >= deadline {
                 return Err(fail(
                     format!(
-                        "relay pod {name:?} (image {:?}) was not ready after {}s",
+                        "relay pod {name:?} (image {:?}) was not ready after {}s (last seen: {})",
                         self.opts.image,
-                        self.opts.ready_timeout.as_secs()
+                        self.opts.ready_timeout.as_secs(),
+                        last.as_deref().unwrap_or("no status"),
                     ),
                     true,
                 ));
@@ -469,15 +307,20 @@ impl RelayPods {
         gone
     }
 
-    /// Deletes every relay pod of this session and stops the heartbeat.
+    /// Deletes every relay pod of this session, the ready ones and those still starting
+    /// for a forward that stopped meanwhile, and stops the heartbeat.
     pub async fn delete_all(&self) {
         self.stop.cancel();
-        let pods: Vec<(String, String)> = self.pods.lock().await.drain().collect();
-        lock(&self.known).clear();
+        let mut pods: HashMap<String, String> = self.pods.lock().await.drain().collect();
+        pods.extend(lock(&self.known).drain());
         for (ns, pod) in pods {
             let api: Api<Pod> = Api::namespaced(self.client(), &ns);
             match api.delete(&pod, &DeleteParams::default()).await {
                 Ok(_) => info!(%pod, namespace = %ns, "deleted relay pod"),
+                // A creation that the stop cut short before the API server had it.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    debug!(%pod, namespace = %ns, "relay pod was never created");
+                }
                 Err(e) => warn!(%pod, namespace = %ns, error = %e, "cannot delete relay pod"),
             }
         }

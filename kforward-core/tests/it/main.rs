@@ -1,6 +1,7 @@
 //! End-to-end tests of kforward-core against the testkit cluster, through real sockets.
 
 mod common;
+mod doctor;
 mod errors;
 mod forward;
 mod forward_proxy;
@@ -8,5 +9,6 @@ mod peers;
 mod proxy;
 mod proxy_protocol;
 mod relay;
+mod relay_pods;
 mod supervisor;
 mod workloads;

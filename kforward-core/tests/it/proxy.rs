@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kforward_core::client::ApiRoute;
+use kforward_core::doctor::{DoctorOptions, Report, Status, diagnose};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
 use kforward_core::{Error, Forward, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
@@ -276,6 +277,102 @@ async fn each_proxy_failure_says_what_to_check_within_seconds() {
     );
     let e = failure(&cluster, &dir, &dante.url()).await;
     names_the_proxy(&e, &cluster, &dante.url(), "(reply 2)", false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_names_the_proxy_the_api_server_is_reached_through_and_the_one_that_fails() {
+    let Some(tiny) = start_or_skip(
+        ProxyKind::Tinyproxy,
+        ProxyOptions::default().with_auth("alice", "s3cret"),
+    )
+    .await
+    else {
+        return;
+    };
+    let cluster = demo().await;
+    cluster.api_only_from([tiny.outbound_ip()]);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let run_doctor = |file: &str, proxy_url: String| {
+        let path = dir.path().join(file);
+        cluster
+            .write_kubeconfig_behind(
+                &path,
+                &kforward_testkit::BehindProxy::new().proxy_url(proxy_url),
+            )
+            .expect("kubeconfig written");
+        async move {
+            let opts = DoctorOptions {
+                namespace: Some("demo".into()),
+                ..DoctorOptions::default()
+            };
+            diagnose(&KubeconfigSource::default().with_path(&path), &opts).await
+        }
+    };
+    let api = |r: &Report| {
+        r.checks
+            .iter()
+            .find(|c| c.name == "api-server")
+            .cloned()
+            .unwrap_or_else(|| panic!("an api-server check: {:#?}", r.checks))
+    };
+
+    // Through the proxy, the only way in: every check passes, and the route is named
+    // without the password.
+    let report = run_doctor("through", tiny.url()).await;
+    assert!(report.ok(), "{:#?}", report.checks);
+    let check = api(&report);
+    let shown = tiny
+        .url_without_auth()
+        .replacen("http://", "http://alice@", 1);
+    assert!(
+        check.detail.contains(&format!(
+            "answers, reached through the proxy {shown} (proxy-url of cluster"
+        )),
+        "{}",
+        check.detail
+    );
+    assert!(!check.detail.contains("s3cret"), "{}", check.detail);
+    assert_eq!(check.extra["route"], "proxy");
+    assert_eq!(check.extra["proxy"], shown.as_str());
+    assert!(
+        check.extra["proxy_origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("proxy-url of cluster")),
+        "{:?}",
+        check.extra
+    );
+
+    // A proxy nobody runs: the API server check fails naming it, the rest is skipped.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("address"))
+    };
+    let started = Instant::now();
+    let report = run_doctor("dead", dead.clone()).await;
+    assert!(!report.ok());
+    assert!(started.elapsed() < FAIL_WITHIN, "{:?}", started.elapsed());
+    let check = api(&report);
+    assert_eq!(check.status, Status::Fail, "{}", check.detail);
+    assert!(
+        check.detail.contains(&format!("through the proxy {dead}"))
+            && check.detail.contains(&cluster.server_url()),
+        "{}",
+        check.detail
+    );
+    assert_eq!(check.extra["proxy"], dead.as_str());
+    let skipped = report.checks.iter().filter(|c| c.status == Status::Skip);
+    assert!(skipped.count() > 3, "{:#?}", report.checks);
+
+    // A wrong password: the proxy's refusal (tinyproxy answers 401, not 407), named.
+    let report = run_doctor("wrong", tiny.url().replace("s3cret", "nope")).await;
+    let check = api(&report);
+    assert_eq!(check.status, Status::Fail, "{}", check.detail);
+    assert!(
+        check.detail.contains(&shown) && check.detail.contains("rejected the credentials"),
+        "{}",
+        check.detail
+    );
+    assert!(!check.detail.contains("nope"), "{}", check.detail);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -78,6 +78,78 @@ fn udp_and_proxy_configs_run_through_relay_pods_deleted_on_stop() {
     eventually("the relay pod to be deleted", || relay_pods(&tc) == 0);
 }
 
+const MIRRORED: &str = "registry.corp.example:5000/tools/kforward-relay:0.1.0";
+
+#[test]
+fn relay_fields_of_a_config_shape_its_relay_pod_and_bad_ones_are_named() {
+    let _w = Watchdog::new(Duration::from_secs(120));
+    let tc = TestCluster::demo();
+    tc.cluster.air_gap();
+    tc.cluster.preload_image(MIRRORED);
+    let rt = Runtime::new(2);
+    let config = |relay: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "workload_type": "proxy", "remote_address": DEMO_EXTERNAL_HOST,
+            "namespace": "demo", "local_port": 0, "remote_port": 80,
+            "kubeconfig": tc.kubeconfig(),
+        });
+        for (k, v) in relay.as_object().expect("object") {
+            c[k] = v.clone();
+        }
+        c.to_string()
+    };
+
+    // Bad relay fields are refused at once, each named with its value.
+    let Err((code, message)) = rt.start(&config(serde_json::json!({
+        "relay_pull_policy": "sometimes", "relay_pod_patch": "nodeSelector: tools"
+    }))) else {
+        panic!("bad relay fields start")
+    };
+    assert_eq!(code, KF_INVALID_CONFIG, "{message}");
+    for part in [
+        "field \"relay_pull_policy\": value \"sometimes\" is not an image pull policy",
+        "field \"relay_pod_patch\": value \"nodeSelector: tools\" is a string, not an object",
+    ] {
+        assert!(message.contains(part), "{part}\nin: {message}");
+    }
+
+    // The default image cannot be pulled in this cluster: the forward fails, naming it.
+    let default = rt
+        .start(&config(serde_json::json!({})))
+        .expect("starts (and fails later)");
+    assert_eq!(default.wait_ready(WAIT_MS), KF_RELAY);
+    let error = last_error();
+    assert!(
+        error.contains(&kforward_core::relay::default_image()),
+        "{error}"
+    );
+
+    // The mirrored image with a pull secret and a patch: ready, and all of it on the pod.
+    let mirrored = rt
+        .start(&config(serde_json::json!({
+            "relay_image": MIRRORED,
+            "relay_pull_secrets": ["corp-registry"],
+            "relay_pod_patch": {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}},
+        })))
+        .expect("starts");
+    assert_eq!(mirrored.wait_ready(WAIT_MS), KF_OK, "{}", last_error());
+    eventually("the failed forward's relay pod to go", || {
+        relay_pods(&tc) == 1
+    });
+    let pods = tc.cluster.pods("demo", Some(RELAY_SELECTOR));
+    let spec = pods[0].spec.as_ref().expect("spec");
+    assert_eq!(spec.containers[0].image.as_deref(), Some(MIRRORED));
+    assert_eq!(
+        spec.image_pull_secrets.as_ref().expect("secrets")[0].name,
+        "corp-registry"
+    );
+    assert_eq!(
+        spec.node_selector.as_ref().expect("selector")["kubernetes.io/os"],
+        "linux"
+    );
+    assert_eq!(mirrored.stop(), KF_OK, "{}", last_error());
+    eventually("the relay pod to be deleted", || relay_pods(&tc) == 0);
+}
 #[test]
 fn a_socks_config_is_a_forward_proxy_reaching_services_and_the_relay() {
     let _w = Watchdog::new(Duration::from_secs(120));

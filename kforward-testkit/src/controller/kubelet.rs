@@ -30,7 +30,13 @@ pub(crate) fn pod_is_ready(pod: &Value) -> bool {
 pub(crate) struct Kubelet {
     /// Running pods by uid.
     running: HashMap<String, WorkloadHandle>,
+    /// Pods whose image could not be pulled, by uid: when the pull first failed.
+    pull_failed: HashMap<String, std::time::Instant>,
 }
+
+/// How long after a failed pull the kubelet reports `ImagePullBackOff` instead of
+/// `ErrImagePull` (the kubelet's first back-off is 10 s; the testkit keeps time short).
+const PULL_BACK_OFF_SHOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn container_ports(pod: &Value) -> Vec<ContainerPort> {
     let mut out = Vec::new();
@@ -211,6 +217,7 @@ impl Kubelet {
                 h.stop().await;
             }
         }
+        self.pull_failed.retain(|uid, _| alive.contains(uid));
     }
 
     fn terminate(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
@@ -311,23 +318,40 @@ impl Kubelet {
     }
 
     async fn start(&mut self, shared: &Arc<Shared>, ns: &str, name: &str, uid: &str, pod: &Value) {
-        let image = pod["spec"]["containers"][0]["image"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if image.contains("unpullable") || image.is_empty() {
-            let message = format!(
-                "Back-off pulling image \"{image}\": ErrImagePull: failed to pull and unpack image \"{image}\": not found"
-            );
+        if let Some(message) = super::scheduler::unschedulable(pod) {
             let _ = shared.store.update(Kind::Pod, ns, name, |p| {
-                p["spec"]["nodeName"] = json!(NODE);
-                p["status"]["conditions"] = json!([condition("PodScheduled", true)]);
-                p["status"]["containerStatuses"] =
-                    container_statuses(p, false, Some(("ImagePullBackOff", &message)));
+                if p["status"]["conditions"][0]["reason"] == "Unschedulable" {
+                    return Ok(());
+                }
+                p["status"]["conditions"] = json!([{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastProbeTime": null,
+                    "lastTransitionTime": now_rfc3339(),
+                }]);
                 Ok(())
             });
             return;
         }
+        if let Err(failure) = self.pull_images(shared, uid, pod) {
+            let since = *self
+                .pull_failed
+                .entry(uid.to_string())
+                .or_insert_with(std::time::Instant::now);
+            let (reason, message) = if failure.backs_off && since.elapsed() >= PULL_BACK_OFF_SHOWN {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{}\"", failure.image),
+                )
+            } else {
+                (failure.reason, failure.message)
+            };
+            waiting_for_image(shared, ns, name, &failure.container, reason, &message);
+            return;
+        }
+        self.pull_failed.remove(uid);
         let mut last_err = None;
         let mut started: Option<(Ipv4Addr, WorkloadHandle)> = None;
         for _ in 0..8 {
@@ -373,9 +397,101 @@ impl Kubelet {
         ready_after_delay(shared, ns, name, uid);
     }
 
+    /// Pulls each container's image as its `imagePullPolicy` says; the first that cannot
+    /// run, with its container.
+    fn pull_images(&self, shared: &Shared, _uid: &str, pod: &Value) -> Result<(), ImageFailure> {
+        let present = lock(&shared.node_images).clone();
+        for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            let image = c["image"].as_str().unwrap_or("");
+            // Pods made by the testkit's own controllers skip the API server's defaulting.
+            let default = if super::images::image_is_latest(image) {
+                "Always"
+            } else {
+                "IfNotPresent"
+            };
+            let policy = c["imagePullPolicy"].as_str().unwrap_or(default);
+            if let Err(f) = super::images::pull(image, policy, present.as_ref()) {
+                return Err(ImageFailure {
+                    container: c["name"].as_str().unwrap_or("").to_string(),
+                    image: image.to_string(),
+                    reason: f.reason,
+                    message: f.message,
+                    backs_off: f.backs_off,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn stop_all(&mut self) {
         for (_, h) in self.running.drain() {
             h.stop().await;
         }
     }
+}
+
+/// A container whose image cannot run.
+struct ImageFailure {
+    container: String,
+    image: String,
+    reason: &'static str,
+    message: String,
+    backs_off: bool,
+}
+
+/// A scheduled pod whose container waits for its image, as the kubelet reports it: phase
+/// Pending, not Ready for `ContainersNotReady`, the container waiting with `reason`.
+/// Written only when the reason changes.
+fn waiting_for_image(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    container: &str,
+    reason: &str,
+    message: &str,
+) {
+    let _ = shared.store.update(Kind::Pod, ns, name, |p| {
+        let current = p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == container)
+            .map(|c| c["state"]["waiting"]["reason"].clone());
+        if current.as_ref().and_then(Value::as_str) == Some(reason) {
+            return Ok(());
+        }
+        let unready = |ty: &str| {
+            let mut c = condition(ty, false);
+            c["reason"] = json!("ContainersNotReady");
+            c["message"] = json!(format!("containers with unready status: [{container}]"));
+            c
+        };
+        p["spec"]["nodeName"] = json!(NODE);
+        let mut statuses = container_statuses(p, false, None);
+        for s in statuses.as_array_mut().into_iter().flatten() {
+            let state = if s["name"] == container {
+                json!({"waiting": {"reason": reason, "message": message}})
+            } else {
+                json!({"waiting": {"reason": "PodInitializing"}})
+            };
+            s["state"] = state;
+            s["started"] = json!(false);
+        }
+        p["status"] = json!({
+            "phase": "Pending",
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "startTime": p["status"]["startTime"].as_str().map_or_else(now_rfc3339, str::to_string),
+            "qosClass": p["status"]["qosClass"].clone(),
+            "conditions": [
+                condition("PodReadyToStartContainers", true),
+                condition("Initialized", true),
+                unready("Ready"),
+                unready("ContainersReady"),
+                condition("PodScheduled", true),
+            ],
+            "containerStatuses": statuses,
+        });
+        Ok(())
+    });
 }

@@ -8,9 +8,11 @@
 mod deployment;
 mod endpoints;
 mod gc;
+mod images;
 mod kubelet;
 mod owner;
 mod replicaset;
+mod scheduler;
 mod statefulset;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tracing::warn;
 
 use crate::state::Shared;
 
+pub(crate) use images::image_is_latest;
 pub(crate) use kubelet::{pod_is_ready, set_ready};
 
 /// Starts the control loop; it ends when the cluster shuts down.

@@ -145,7 +145,12 @@ pub(crate) async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let body = read_body(req).await?;
     let (obj, unknown) = decode(kind, &body, opts.validation)?;
-    let obj = prepare_create(shared, kind, obj)?;
+    let mut obj = prepare_create(shared, kind, obj)?;
+    if kind == Kind::Pod {
+        // Defaulting and admission (Pod Security, webhooks) run before a dry run returns,
+        // as in the API server.
+        crate::admission::admit_pod(shared, ns, &mut obj)?;
+    }
     if opts.dry_run {
         return Ok(with_warnings(
             json_response(StatusCode::CREATED, &obj),

@@ -3,9 +3,9 @@
 //! destinations through `HTTPS_PROXY` (or `ALL_PROXY`) unless `NO_PROXY` keeps them direct,
 //! and exits on SIGTERM or when no client has been connected for 10 minutes.
 
-use kforward_core::relay::egress::Egress;
-use kforward_core::relay::server::{
-    CancellationToken, DEFAULT_IDLE_EXIT, IDLE_EXIT_ENV, RelayServer, RelaySettings,
+use kforward_relay::egress::Egress;
+use kforward_relay::server::{
+    CancellationToken, DEFAULT_IDLE_EXIT, DEFAULT_PORT, IDLE_EXIT_ENV, RelayServer, RelaySettings,
     SystemResolver, parse_idle_exit,
 };
 
@@ -29,7 +29,7 @@ fn main() {
     }
     let port: u16 = match port.as_deref().map(str::parse) {
         Some(Ok(p)) => p,
-        None => kforward_core::relay::DEFAULT_RELAY_PORT,
+        None => DEFAULT_PORT,
         Some(Err(_)) => usage(),
     };
     let idle_exit = match idle.as_deref().map(parse_idle_exit) {
