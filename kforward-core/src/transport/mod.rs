@@ -7,6 +7,7 @@
 //! so the pump keeps reading replies for a while after the local client stopped writing;
 //! a transport that can (SPDY) lets the pod see the end of the client's writes instead.
 
+pub(crate) mod channel;
 pub mod websocket;
 
 use std::io;
