@@ -14,11 +14,13 @@
 //! `kforward-tunnel` is the library's `Tunnel` used in this process, as a tool that embeds
 //! kforward reaches a pod: kforward's client path without the local socket.
 //! `kforward-socks` is the forward proxy (`kforward socks`) in this process, asked for the
-//! same pods by address; the `socks` section opens 1,000 connections at once through one
-//! proxy to services by name and to an external name through the relay.
+//! same pods by address; `kforward-socks-svc` asks it for the services `web` and `echo` by
+//! name, beside `kforward-svc` (`kforward forward svc/web`, `svc/echo`); the `socks`
+//! section opens 1,000 connections at once through one proxy to services by name and to an
+//! external name through the relay.
 //!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 //! The `wan` section ([`wan`]) puts the API server `--wan-rtt-ms` away, straight and behind
@@ -70,7 +72,7 @@ impl Opts {
 
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
-  [--paths direct,kforward,kforward-tunnel,kforward-socks,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
+  [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
   [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle] [--wan-rtt-ms 10] [--wan-conns 100]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
@@ -251,6 +253,9 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let mut paths = vec![direct, kf, kf_tunnel, kf_socks, kube_pf];
+    let (svc_paths, svc_fwds) = socks::service_paths(&ctx, socks_addr).await?;
+    paths.extend(svc_paths);
+    fwds.extend(svc_fwds);
     let kubectl_bin = if o.path("kubectl") {
         kubectl::find()
     } else {
@@ -405,6 +410,7 @@ async fn main() -> anyhow::Result<()> {
             ("kforward", "kube-pf"),
             ("kforward", "direct"),
             ("kforward-socks", "kforward"),
+            ("kforward-socks-svc", "kforward-svc"),
             ("kforward-cli", "kubectl"),
             ("kforward-cli", "kforward-cli-stock"),
             ("kforward-tunnel", "kubectl"),

@@ -40,17 +40,30 @@ pub async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> anyhow:
     req.extend_from_slice(&port.to_be_bytes());
     // Greeting and request in one write: the proxy reads them in turn.
     s.write_all(&req).await?;
-    let mut reply = [0u8; 12];
-    s.read_exact(&mut reply).await?;
-    if reply[..2] != [5, 0] || reply[3] != 0 {
+    // The method reply (2 bytes), then the reply's fixed part: VER REP RSV ATYP.
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).await?;
+    if head[..2] != [5, 0] || head[3] != 0 {
         bail!(
-            "SOCKS5 CONNECT to {host}:{port} refused: reply {}",
-            reply[3]
+            "SOCKS5 CONNECT to {host}:{port} refused: method {}, reply {}",
+            head[1],
+            head[3]
         );
     }
-    // The reply's bound address: IPv4 (the proxy listens on 127.0.0.1), 6 more bytes, of
-    // which 2 came with the 12 read.
-    let mut rest = [0u8; 4];
+    // The bound address by its type (RFC 1928 section 6), then the port: read whole, so
+    // the stream starts at the destination's first byte. (Reading a fixed 16 bytes here
+    // waited for 4 bytes the proxy never sends before the request: the bench hung.)
+    let addr_len = match head[5] {
+        1 => 4,
+        4 => 16,
+        3 => {
+            let mut len = [0u8; 1];
+            s.read_exact(&mut len).await?;
+            usize::from(len[0])
+        }
+        t => bail!("SOCKS5 reply with address type {t}"),
+    };
+    let mut rest = vec![0u8; addr_len + 2];
     s.read_exact(&mut rest).await?;
     Ok(s)
 }
@@ -172,9 +185,38 @@ pub async fn first_byte(dial: &Dial) -> anyhow::Result<Duration> {
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await?;
     let t = start.elapsed();
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest).await?;
+    // The whole response, then close, as curl does: waiting for the server's EOF instead
+    // would time the container runtime, which closes a pod connection over SPDY only a
+    // second after its other direction ended (containerd's and CRI-O's port-forward copy;
+    // the testkit does the same), unless the client ends its writes first.
+    let mut head = b.to_vec();
+    read_response(&mut s, &mut head).await?;
     Ok(t)
+}
+
+/// Reads the rest of an HTTP/1.1 response whose first bytes are in `got`: up to the end of
+/// its `Content-Length` body, or to EOF when it has none.
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S, got: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(length) = length {
+                if got.len() >= end + 4 + length {
+                    return Ok(());
+                }
+            }
+        }
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// Small request/response round trips per second over one connection to the echo pod.

@@ -1,16 +1,19 @@
-//! The forward proxy in the comparison: started in this process, and its burst of 1,000
-//! concurrent connections to a mix of services and an external name.
+//! The forward proxy in the comparison: started in this process, the paths through it to
+//! services by name beside `kforward forward svc/...` to the same services, and its burst of
+//! 1,000 concurrent connections to a mix of services and an external name.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context;
-use kforward_core::KubeContext;
 use kforward_core::forward_proxy::{ForwardProxy, ForwardProxyOptions};
+use kforward_core::spec::{ForwardSpec, PortMapping, Target};
+use kforward_core::{Forward, Forwarder, KubeContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::measure::socks5_connect;
+use crate::Path;
+use crate::measure::{Dial, socks5_connect};
 
 /// Starts the forward proxy for namespace `demo` on a free port; it stops when the sender
 /// is dropped.
@@ -33,6 +36,50 @@ pub async fn start(ctx: &KubeContext) -> anyhow::Result<(SocketAddr, oneshot::Se
             .await;
     });
     Ok((addr, stop))
+}
+
+/// `kforward forward svc/NAME` to a service's port, in this process, on a free local port.
+fn service_forward(ctx: &KubeContext, service: &str, port: u16) -> Forward {
+    let spec = ForwardSpec::new(
+        Target::Service {
+            name: service.to_string(),
+        },
+        [PortMapping::new(0, port)],
+    )
+    .with_namespace("demo")
+    .with_addresses([std::net::Ipv4Addr::LOCALHOST.into()]);
+    Forward::new(ctx.clone(), spec, Default::default())
+}
+
+/// The targets compare the proxy with a forward to the same service: the paths
+/// `kforward-svc` (forwards of `svc/web` port 80 and `svc/echo` port 7000) and
+/// `kforward-socks-svc` (the proxy at `proxy`, asked for `web.demo.svc.cluster.local:80`
+/// and `echo.demo.svc.cluster.local:7000`). Both spread over the same ready pods; the
+/// forwards are returned to be stopped at the end.
+pub async fn service_paths(
+    ctx: &KubeContext,
+    proxy: SocketAddr,
+) -> anyhow::Result<(Vec<Path>, Vec<Forward>)> {
+    let mut web = service_forward(ctx, "web", 80);
+    let mut echo = service_forward(ctx, "echo", 7000);
+    let forward = Path {
+        name: "kforward-svc",
+        pid: None,
+        http: Dial::Tcp(web.start().await?[0].local_addr),
+        echo: Dial::Tcp(echo.start().await?[0].local_addr),
+    };
+    let socks = |host: &str, port| Dial::Socks5 {
+        proxy,
+        host: host.to_string(),
+        port,
+    };
+    let through_proxy = Path {
+        name: "kforward-socks-svc",
+        pid: None,
+        http: socks("web.demo.svc.cluster.local", 80),
+        echo: socks("echo.demo.svc.cluster.local", 7000),
+    };
+    Ok((vec![forward, through_proxy], vec![web, echo]))
 }
 
 /// One connection of the burst: an HTTP GET to `web` or the external host, or an echo.

@@ -27,6 +27,10 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         retry_start: false,
         ..Default::default()
     });
+    // Before anything prints `ready` (a SIGTERM right after it must not be lost); the demo
+    // cluster is in this process, so its forwards start within moments and a Ctrl-C meanwhile
+    // stops the demo once they have.
+    let mut stop = signal::Shutdown::listen();
     if a.output == Output::Json {
         let mut rx = sup.subscribe();
         tokio::spawn(async move {
@@ -102,7 +106,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         println!();
         println!("Press Ctrl-C to stop.");
     }
-    signal::shutdown().await;
+    stop.wait().await;
     sup.shutdown().await;
     drop(cluster);
     Ok(())

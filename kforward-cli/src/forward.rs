@@ -107,6 +107,8 @@ pub(crate) async fn serve_one(
     opts: SupervisorOptions,
     output: Output,
 ) -> anyhow::Result<()> {
+    // Before anything can print `ready`: a SIGTERM right after it must not be lost.
+    let mut stop = signal::Shutdown::listen();
     let sup = Supervisor::new(opts);
     let printer = tokio::spawn(print_events(sup.subscribe(), output));
     let id = sup.add(spec);
@@ -121,7 +123,7 @@ pub(crate) async fn serve_one(
                 (ForwardState::Failed { error }, e) => Some(e.map_or_else(|| error.clone(), ToString::to_string)),
                 _ => None,
             }),
-            () = signal::shutdown() => {
+            () = stop.wait() => {
                 sup.shutdown().await;
                 return Ok(());
             }
@@ -132,7 +134,7 @@ pub(crate) async fn serve_one(
         printer.abort();
         anyhow::bail!(error);
     }
-    signal::shutdown().await;
+    stop.wait().await;
     sup.shutdown().await;
     drop(sup);
     let _ = tokio::time::timeout(DRAIN, printer).await;

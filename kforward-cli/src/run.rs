@@ -139,6 +139,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         forward,
         ..Default::default()
     };
+    // Before any forward can print `ready`: a SIGTERM right after it must not be lost.
+    let mut stop = signal::Shutdown::listen();
     // The supervisor keeps each entry up; UDP and proxy entries of one cluster with the
     // same relay settings share one relay pod per namespace, deleted when they stop.
     let sup = Supervisor::new(opts.clone());
@@ -153,11 +155,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let tty = a.output == Output::Text && std::io::stdout().is_terminal();
     let mut redraw = tokio::time::interval(Duration::from_millis(500));
     let mut drawn = 0usize;
-    let stop = signal::shutdown();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = &mut stop => break,
+            () = stop.wait() => break,
             _ = redraw.tick(), if tty => {
                 drawn = table::redraw(&sup.status(), drawn);
             }

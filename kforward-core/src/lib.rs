@@ -47,6 +47,9 @@ pub mod doctor;
 pub mod error;
 pub mod forward;
 pub mod forward_proxy;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod kube_config;
 mod pod_order;
 pub mod proxy_protocol;

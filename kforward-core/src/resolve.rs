@@ -407,8 +407,13 @@ impl Endpoints {
             .ok()?
             .ok()?
             .clone();
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        list.get(i % list.len()).cloned()
+        list.get(self.spread() % list.len()).cloned()
+    }
+
+    /// The next number of the round robin [`Endpoints::pick`] spreads by, for a caller
+    /// picking among some of the endpoints.
+    pub(crate) fn spread(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 }
 

@@ -325,6 +325,16 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolEr
                     req.host, req.port
                 )));
             }
+            // Whole or not, a request above the limit is refused: else whether the relay
+            // took one would depend on how the reads cut it (an incomplete one is refused
+            // once MAX_REQUEST bytes have come), and encode_request refuses it.
+            if r.pos > MAX_REQUEST {
+                return Err(ProtocolError::TooLong {
+                    field: "request",
+                    len: r.pos,
+                    max: MAX_REQUEST,
+                });
+            }
             Ok((req, r.pos))
         })())
     })();
@@ -508,6 +518,31 @@ mod tests {
         let long = "x".repeat(70_000);
         assert!(encode_request(&Request::new(&long, Transport::Tcp, "h", 1)).is_err());
         assert!(encode_request(&Request::new("t", Transport::Tcp, "", 1)).is_err());
+    }
+
+    /// Found by the `relay_request` fuzz target's property (every request decoded encodes
+    /// back to its bytes): a complete request above `MAX_REQUEST` was taken when it came in
+    /// one buffer, refused when cut by the reads, and could not be encoded.
+    #[test]
+    fn a_whole_request_above_the_limit_is_refused() {
+        let mut wire = MAGIC.to_vec();
+        wire.push(VERSION);
+        wire.extend_from_slice(&0u16.to_be_bytes());
+        wire.push(0);
+        let host = "h".repeat(MAX_REQUEST);
+        wire.extend_from_slice(&(host.len() as u16).to_be_bytes());
+        wire.extend_from_slice(host.as_bytes());
+        wire.extend_from_slice(&80u16.to_be_bytes());
+        wire.extend_from_slice(&0u16.to_be_bytes());
+        assert!(matches!(
+            decode_request(&wire),
+            Err(ProtocolError::TooLong { field: "request", len, max: MAX_REQUEST }) if len == wire.len()
+        ));
+        let req = Request::new("", Transport::Tcp, &host, 80);
+        assert!(matches!(
+            encode_request(&req),
+            Err(ProtocolError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod workloads;
 const WAIT: Duration = Duration::from_secs(30);
 
 mod relay_doctor;
+mod soak;
 
 fn kforward() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kforward"));

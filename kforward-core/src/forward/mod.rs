@@ -43,6 +43,7 @@ pub use stats::{Stats, StatsSnapshot};
 pub(crate) use backend::probe_version;
 pub(crate) use dialer::{Destination, Dialer};
 pub(crate) use frontend::Tasks;
+pub(crate) use pump::pump;
 pub(crate) use stats::Connection;
 
 use crate::client::{KubeContext, KubeconfigSource};

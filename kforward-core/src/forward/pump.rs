@@ -1,14 +1,12 @@
-//! The byte pump: carries one local TCP connection and one stream both ways, counting
-//! every byte as it passes.
+//! The byte pump: carries one local connection (a TCP socket, or a forward proxy's client
+//! after its handshake) and one stream both ways, counting every byte as it passes.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::stats::Connection;
 use crate::transport::{StreamReader, StreamWriter};
@@ -46,8 +44,8 @@ impl Activity {
 /// Local client to the stream: each read lands behind the transport's headroom in a
 /// buffer whose space is reused once the message sent from it is written, so the bytes are
 /// not copied into a message of their own.
-async fn up(
-    mut from: OwnedReadHalf,
+async fn up<R: AsyncRead + Unpin>(
+    mut from: R,
     mut to: StreamWriter,
     conn: &Connection,
     activity: &Activity,
@@ -75,9 +73,9 @@ async fn up(
 
 /// The stream to the local client: each received message's bytes go to the socket as
 /// they are.
-async fn down(
+async fn down<W: AsyncWrite + Unpin>(
     mut from: StreamReader,
-    mut to: OwnedWriteHalf,
+    mut to: W,
     conn: &Connection,
     activity: &Activity,
 ) -> io::Result<()> {
@@ -90,7 +88,9 @@ async fn down(
     Ok(())
 }
 
-/// Carries `local` and the stream until both sides are done; returns the first error.
+/// Carries `local` (its read and write halves: a TCP socket's `into_split`, or
+/// [`tokio::io::split`] of any connection) and the stream until both sides are done;
+/// returns the first error.
 ///
 /// When the local client ends its writes first: on a transport that passes the half-close
 /// on (SPDY), replies flow until the far side ends too; on one that cannot (the v4
@@ -104,14 +104,17 @@ async fn down(
 /// runtime closes the pod's connection soon after one direction ended, and a client that
 /// never ends its writes would hold the connection forever). On the v4 WebSocket the
 /// stream's end is the connection's.
-pub(crate) async fn pump(
-    local: TcpStream,
+pub(crate) async fn pump<R, W>(
+    (lr, lw): (R, W),
     (reader, writer): (StreamReader, StreamWriter),
     conn: &Connection,
     linger: Duration,
-) -> Option<io::Error> {
+) -> Option<io::Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let half_close = writer.passes_half_close();
-    let (lr, lw) = local.into_split();
     let activity = Activity {
         last: AtomicU64::new(0),
         epoch: Instant::now(),

@@ -6,18 +6,19 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::broadcast;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::auth::ProxyAuth;
-use super::dial::{Upstream, Ways};
+use super::dial::{Opened, Upstream, Ways};
 use super::error::ProxyError;
 use super::options::ForwardProxyOptions;
 use super::route::{Route, Router};
 use super::socks::Address;
-use crate::forward::{Connection, Event};
+use crate::forward::{Connection, Event, pump};
 
 /// What every connection of one running proxy shares; replaced whole when the proxy
 /// reconnects (new credentials, another context), while connections keep theirs.
@@ -76,18 +77,34 @@ impl Conn {
         });
     }
 
-    /// Routes and opens a stream, its bytes counted; reports the route, or the failure.
-    pub(crate) async fn open(&self) -> Result<Counted<Box<dyn Upstream>>, ProxyError> {
-        let route = self.shared.router.route(&self.dest).await;
+    /// Routes and opens a stream; reports the route, or the failure. A stream to a pod of
+    /// a service that fails (refused, the pod gone) is tried once more on another ready
+    /// pod, as a forward does.
+    pub(crate) async fn open(&self) -> Result<Opened, ProxyError> {
+        let router = &self.shared.router;
+        let route = router.route(&self.dest).await;
         let route = route.inspect_err(|e| self.failed(e))?;
+        let e = match self.open_along(route.clone()).await {
+            Ok(up) => return Ok(up),
+            Err(e) => e,
+        };
+        let next = match e.another_pod_may_do() {
+            Some(gone) => router.another_pod(&self.dest, &route, gone).await,
+            None => None,
+        };
+        let Some(next) = next else {
+            self.failed(&e);
+            return Err(e);
+        };
+        debug!(peer = %self.peer, destination = %self.dest, failed = %route, error = %e, "trying another pod");
+        let up = self.open_along(next).await;
+        up.inspect_err(|e| self.failed(e))
+    }
+
+    async fn open_along(&self, route: Route) -> Result<Opened, ProxyError> {
         info!(peer = %self.peer, protocol = self.protocol, destination = %self.dest, %route, "connection");
         self.routed(route.clone());
-        let up = self.shared.ways.open(&route, self.peer).await;
-        let up = up.inspect_err(|e| self.failed(e))?;
-        Ok(Counted {
-            inner: up,
-            counted: self.counted.clone(),
-        })
+        self.shared.ways.open(&route, self.peer).await
     }
 
     /// Publishes where this request goes.
@@ -102,20 +119,54 @@ impl Conn {
     }
 }
 
-/// Bytes read at once each way while splicing: large enough that a bulk transfer through a
-/// port-forward goes in few WebSocket messages, small enough for a thousand connections.
+/// Bytes read at once each way between a client and a TCP connection from this machine.
 const SPLICE_BUF: usize = 64 * 1024;
 
-/// Carries bytes both ways between the client and the upstream until both ends are done
-/// (a half-close passes on); returns the error that ended it, if any.
-pub(crate) async fn splice<C, U>(client: &mut C, upstream: &mut U) -> Option<std::io::Error>
+/// Carries bytes both ways between the client (its read and write halves) and `upstream`
+/// until both ends are done, sending `early` (what the client sent behind its request)
+/// first; returns the error that ended it, if any. A stream through the cluster goes
+/// through the forwarding pipeline's [`pump`], so half-close, the linger after it and the
+/// counters behave exactly as for a forward's connection; a TCP connection from this
+/// machine passes half-closes on by itself.
+pub(crate) async fn carry<R, W>(
+    client: (R, W),
+    upstream: Opened,
+    early: &[u8],
+    counted: &Arc<Connection>,
+    linger: Duration,
+) -> Option<std::io::Error>
 where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional_with_sizes(client, upstream, SPLICE_BUF, SPLICE_BUF)
-        .await
-        .err()
+    match upstream {
+        Opened::Stream(s) => {
+            let (reader, mut writer) = s.into_split();
+            if !early.is_empty() {
+                if let Err(e) = writer.write_all(early).await {
+                    return Some(e);
+                }
+                counted.sent(early.len());
+            }
+            pump(client, (reader, writer), counted, linger).await
+        }
+        Opened::Tcp(tcp) => {
+            let mut up = Counted {
+                inner: tcp,
+                counted: counted.clone(),
+            };
+            if !early.is_empty()
+                && let Err(e) = up.write_all(early).await
+            {
+                return Some(e);
+            }
+            let (r, w) = client;
+            let mut client = tokio::io::join(r, w);
+            tokio::io::copy_bidirectional_with_sizes(&mut client, &mut up, SPLICE_BUF, SPLICE_BUF)
+                .await
+                .err()
+        }
+    }
 }
 
 /// An upstream whose bytes are counted as they pass: what is written to it came from the
@@ -123,6 +174,16 @@ where
 pub(crate) struct Counted<U> {
     inner: U,
     counted: Arc<Connection>,
+}
+
+impl Counted<Box<dyn Upstream>> {
+    /// `opened` as one byte stream whose bytes count for `counted`.
+    pub(crate) fn new(opened: Opened, counted: &Arc<Connection>) -> Self {
+        Counted {
+            inner: opened.into_upstream(),
+            counted: counted.clone(),
+        }
+    }
 }
 
 impl<U: AsyncRead + Unpin> AsyncRead for Counted<U> {

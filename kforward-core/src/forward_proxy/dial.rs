@@ -13,6 +13,7 @@ use super::error::ProxyError;
 use super::route::Route;
 use crate::forward::{Destination, Dialer};
 use crate::relay::protocol::Transport;
+use crate::transport::Stream;
 
 /// How long a stream to a pod may take to open and be up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +21,24 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A byte stream to a destination: a pipeline stream, or a TCP connection.
 pub(crate) trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
+
+/// A stream opened for one connection.
+pub(crate) enum Opened {
+    /// Through the cluster: a port-forward to a pod, or a stream through the relay.
+    Stream(Stream),
+    /// A TCP connection from this machine (`--direct`).
+    Tcp(TcpStream),
+}
+
+impl Opened {
+    /// The stream as one byte stream, for a client of its own (the HTTP side's).
+    pub(crate) fn into_upstream(self) -> Box<dyn Upstream> {
+        match self {
+            Opened::Stream(s) => Box::new(s),
+            Opened::Tcp(s) => Box::new(s),
+        }
+    }
+}
 
 /// Opens the streams routes lead to.
 #[derive(Debug, Clone)]
@@ -39,11 +58,7 @@ impl Ways {
     ///
     /// [`ProxyError`]: refused, timed out, not resolved (by the relay or this machine's
     /// resolver), forbidden, or the cluster's errors.
-    pub(crate) async fn open(
-        &self,
-        route: &Route,
-        peer: SocketAddr,
-    ) -> Result<Box<dyn Upstream>, ProxyError> {
+    pub(crate) async fn open(&self, route: &Route, peer: SocketAddr) -> Result<Opened, ProxyError> {
         match route {
             Route::Pod {
                 namespace,
@@ -63,7 +78,7 @@ impl Ways {
                     Ok::<_, crate::Error>(s)
                 };
                 match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-                    Ok(Ok(s)) => Ok(Box::new(s)),
+                    Ok(Ok(s)) => Ok(Opened::Stream(s)),
                     Ok(Err(e)) => Err(ProxyError::from_cluster(e, &target)),
                     Err(_) => Err(ProxyError::TimedOut {
                         target,
@@ -80,7 +95,7 @@ impl Ways {
                     transport: Transport::Tcp,
                 };
                 match self.dialer.dial(&dest, peer).await {
-                    Ok(s) => Ok(Box::new(s)),
+                    Ok(s) => Ok(Opened::Stream(s)),
                     Err(e) => Err(ProxyError::from_cluster(e, &target)),
                 }
             }
@@ -89,7 +104,7 @@ impl Ways {
     }
 
     /// A TCP connection from this machine to `host:port`.
-    async fn direct(&self, host: &str, port: u16) -> Result<Box<dyn Upstream>, ProxyError> {
+    async fn direct(&self, host: &str, port: u16) -> Result<Opened, ProxyError> {
         let target = format!("{host}:{port}");
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
             Ok(a) => a.collect(),
@@ -113,7 +128,7 @@ impl Ways {
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(Box::new(s))
+                Ok(Opened::Tcp(s))
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 Err(ProxyError::Refused {

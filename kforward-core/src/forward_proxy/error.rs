@@ -137,6 +137,19 @@ impl ProxyError {
     }
 
     /// Sorts an error of the cluster side into the variants above.
+    /// For a stream to a pod that failed: whether another ready pod may do, as a forward
+    /// tries one (`Some(true)` when the pod is gone, `Some(false)` when it refused or its
+    /// stream broke); `None` when no pod would do better (forbidden, timed out...).
+    pub(crate) fn another_pod_may_do(&self) -> Option<bool> {
+        match self {
+            ProxyError::Refused { .. } => Some(false),
+            ProxyError::Cluster(e) if e.is_retryable() => {
+                Some(matches!(e, ClusterError::NotFound { .. }))
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn from_cluster(e: ClusterError, target: &str) -> ProxyError {
         match e {
             ClusterError::RelayNameNotResolved { host, message } => {

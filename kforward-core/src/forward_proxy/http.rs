@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -24,8 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::conn::{Conn, Counted, Shared, splice};
-use super::dial::Upstream;
+use super::conn::{Conn, Counted, Shared, carry};
+use super::dial::Opened;
 use super::pac::{PacInputs, pac_file};
 use super::socks::{Address, Host};
 use crate::forward::Connection;
@@ -37,7 +38,7 @@ type Body = BoxBody<Bytes, hyper::Error>;
 type Pool = Arc<Mutex<HashMap<Address, SendRequest<Incoming>>>>;
 
 /// A CONNECT's tunnel, carried once hyper hands the client's connection over.
-type Tunnel = Arc<Mutex<Option<(OnUpgrade, Counted<Box<dyn Upstream>>)>>>;
+type Tunnel = Arc<Mutex<Option<(OnUpgrade, Opened)>>>;
 
 /// What the requests of one client connection share.
 #[derive(Clone)]
@@ -76,6 +77,7 @@ pub(crate) async fn serve(
         counted: counted.clone(),
     };
     let tunnel = client.tunnel.clone();
+    let shared_linger = shared.opts.half_close_linger;
     let svc = service_fn(move |req| {
         let (shared, client) = (shared.clone(), client.clone());
         async move { Ok::<_, Infallible>(handle(req, peer, shared, client).await) }
@@ -91,9 +93,12 @@ pub(crate) async fn serve(
     // After a CONNECT, hyper hands the connection over: carry the tunnel here, so that
     // the connection counts as open (and can be closed at stop) until it ends.
     let taken = tunnel.lock().unwrap_or_else(PoisonError::into_inner).take();
-    let (upgrade, mut upstream) = taken?;
+    let (upgrade, upstream) = taken?;
     match upgrade.await {
-        Ok(upgraded) => splice(&mut TokioIo::new(upgraded), &mut upstream).await,
+        Ok(upgraded) => {
+            let client = tokio::io::split(TokioIo::new(upgraded));
+            carry(client, upstream, &[], counted, shared_linger).await
+        }
         Err(e) => Some(std::io::Error::other(e)),
     }
 }
@@ -113,14 +118,59 @@ fn address(host: &str, port: u16) -> Address {
     }
 }
 
+/// What a request asks of the proxy, decided from its method and target alone (hyper has
+/// parsed the head; this is the proxy's reading of it, sans I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// A request to the proxy itself (origin form): the PAC file, or a note on its use.
+    Proxy,
+    /// `CONNECT host:port`: a tunnel to this destination.
+    Connect(Address),
+    /// A plain `http://` request in absolute form, sent on in origin form.
+    Forward(Target),
+    /// A request the proxy cannot serve, with the reason (answered 400).
+    Refuse(String),
+}
+
+/// Reads what a request asks: see [`Ask`]. The `http_proxy_request` fuzz target drives it.
+pub fn ask(method: &Method, uri: &Uri) -> Ask {
+    if method == Method::CONNECT {
+        let Some(auth) = uri.authority() else {
+            return Ask::Refuse("CONNECT needs host:port".into());
+        };
+        return match auth.port_u16() {
+            Some(port) => Ask::Connect(address(auth.host(), port)),
+            None => Ask::Refuse(format!("CONNECT {auth}: the port is missing")),
+        };
+    }
+    if uri.scheme().is_none() {
+        return Ask::Proxy;
+    }
+    if uri.scheme_str() != Some("http") {
+        return Ask::Refuse(format!(
+            "{uri}: only http:// requests are proxied as they are; https:// goes through CONNECT"
+        ));
+    }
+    let Some(authority) = uri.authority().cloned() else {
+        return Ask::Refuse(format!("{uri}: no host"));
+    };
+    let dest = address(authority.host(), authority.port_u16().unwrap_or(80));
+    let origin = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ask::Forward(Target {
+        dest,
+        origin: Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/")),
+        authority,
+    })
+}
+
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     shared: Arc<Shared>,
     client: Client,
 ) -> Response<Body> {
-    let absolute = req.uri().scheme().is_some();
-    if req.method() != Method::CONNECT && !absolute {
+    let asked = ask(req.method(), req.uri());
+    if asked == Ask::Proxy {
         return origin_form(&req, &shared);
     }
     if let Some(auth) = &shared.auth {
@@ -140,11 +190,23 @@ async fn handle(
             return r;
         }
     }
-    if req.method() == Method::CONNECT {
-        connect(req, peer, &shared, &client).await
-    } else {
-        forward(req, peer, &shared, &client).await
+    match asked {
+        Ask::Connect(dest) => connect(req, dest, peer, &shared, &client).await,
+        Ask::Forward(target) => forward(req, target, peer, &shared, &client).await,
+        Ask::Refuse(reason) => text(StatusCode::BAD_REQUEST, format!("{reason}\n")),
+        Ask::Proxy => origin_form(&req, &shared),
     }
+}
+
+/// Where a plain request goes ([`Ask::Forward`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The destination.
+    pub dest: Address,
+    /// The request target to send on (path and query).
+    pub origin: Uri,
+    /// The authority as written, for a `Host` header when the request has none.
+    pub authority: Authority,
 }
 
 /// A request to the proxy itself: the PAC file, or a note on how to use the proxy.
@@ -184,20 +246,11 @@ fn origin_form(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 
 async fn connect(
     req: Request<Incoming>,
+    dest: Address,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     client: &Client,
 ) -> Response<Body> {
-    let Some(auth) = req.uri().authority().cloned() else {
-        return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port\n".into());
-    };
-    let Some(port) = auth.port_u16() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("CONNECT {auth}: the port is missing\n"),
-        );
-    };
-    let dest = address(auth.host(), port);
     let conn = Conn::new(shared, &client.counted, peer, "http-connect", dest);
     match conn.open().await {
         Ok(upstream) => {
@@ -210,7 +263,7 @@ async fn connect(
 }
 
 /// Removes the hop-by-hop headers, and those `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -241,29 +294,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// connection to that destination (opened when it has none).
 async fn forward(
     mut req: Request<Incoming>,
+    target: Target,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     client: &Client,
 ) -> Response<Body> {
     let pool = &client.pool;
-    let uri = req.uri().clone();
-    if uri.scheme_str() != Some("http") {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{uri}: only http:// requests are proxied as they are; https:// goes through CONNECT\n"
-            ),
-        );
-    }
-    let Some(auth) = uri.authority().cloned() else {
-        return text(StatusCode::BAD_REQUEST, format!("{uri}: no host\n"));
-    };
-    let dest = address(auth.host(), auth.port_u16().unwrap_or(80));
-    let origin = uri.path_and_query().map_or("/", |p| p.as_str());
-    *req.uri_mut() = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
+    let Target {
+        dest,
+        origin,
+        authority,
+    } = target;
+    *req.uri_mut() = origin;
     strip_hop_by_hop(req.headers_mut());
     if !req.headers().contains_key(header::HOST)
-        && let Ok(h) = HeaderValue::from_str(auth.as_str())
+        && let Ok(h) = HeaderValue::from_str(authority.as_str())
     {
         req.headers_mut().insert(header::HOST, h);
     }
@@ -280,7 +325,7 @@ async fn forward(
         None => {
             let conn = Conn::new(shared, &client.counted, peer, "http", dest.clone());
             let upstream = match conn.open().await {
-                Ok(up) => up,
+                Ok(up) => Counted::new(up, &client.counted),
                 Err(e) => return text(e.http_status(), format!("{e}\n")),
             };
             match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
@@ -348,5 +393,34 @@ mod tests {
             Host::Ip("::1".parse().expect("ip"))
         );
         assert_eq!(address("web.demo", 80).to_string(), "web.demo:80");
+    }
+
+    #[test]
+    fn requests_ask_by_method_and_target() {
+        let uri = |u: &str| u.parse::<Uri>().expect("uri");
+        assert_eq!(ask(&Method::GET, &uri("/proxy.pac")), Ask::Proxy);
+        assert!(matches!(
+            ask(&Method::CONNECT, &uri("[::1]:5432")),
+            Ask::Connect(a) if a.to_string() == "[::1]:5432"
+        ));
+        assert!(matches!(
+            ask(&Method::CONNECT, &uri("web.demo")),
+            Ask::Refuse(r) if r.contains("port is missing")
+        ));
+        assert!(matches!(
+            ask(&Method::GET, &uri("https://web.demo/")),
+            Ask::Refuse(r) if r.contains("CONNECT")
+        ));
+        let Ask::Forward(t) = ask(&Method::POST, &uri("http://web.demo/a?b=c")) else {
+            panic!("a plain request is forwarded")
+        };
+        assert_eq!(
+            (
+                t.dest.to_string(),
+                t.origin.to_string(),
+                t.authority.as_str()
+            ),
+            ("web.demo:80".into(), "/a?b=c".into(), "web.demo")
+        );
     }
 }

@@ -33,7 +33,7 @@ mod catalog;
 mod conn;
 mod dial;
 mod error;
-mod http;
+pub(crate) mod http;
 mod options;
 pub mod pac;
 pub mod route;

@@ -57,6 +57,10 @@ pub struct ForwardProxyOptions {
     /// The port-forward transport of streams to pods (relay streams are always
     /// `v4.channel.k8s.io` WebSockets).
     pub transport: Transport,
+    /// After a client ends its writes, how long replies may stay quiet before its
+    /// connection is closed, on a transport that cannot pass a half-close on (as a
+    /// forward's [`ForwardOptions::half_close_linger`](crate::ForwardOptions)).
+    pub half_close_linger: Duration,
 }
 
 impl Default for ForwardProxyOptions {
@@ -74,6 +78,7 @@ impl Default for ForwardProxyOptions {
             pod_wait: Duration::from_secs(10),
             stop_grace: Duration::from_secs(2),
             transport: Transport::Auto,
+            half_close_linger: Duration::from_secs(15),
         }
     }
 }

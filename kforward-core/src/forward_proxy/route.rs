@@ -15,7 +15,7 @@ use super::error::ProxyError;
 use super::socks::{Address, Host};
 use crate::client::KubeContext;
 use crate::no_proxy::NoProxy;
-use crate::resolve::Endpoints;
+use crate::resolve::{Endpoint, Endpoints};
 use crate::spec::{RemotePort, Target};
 
 /// Where one connection goes.
@@ -253,6 +253,49 @@ impl Router {
     /// nobody has, [`ProxyError::NoSuchPort`], [`ProxyError::NoReadyPod`],
     /// [`ProxyError::RelayDisabled`], and the cluster's errors.
     pub async fn route(&self, dest: &Address) -> Result<Route, ProxyError> {
+        self.route_avoiding(dest, None).await
+    }
+
+    /// Another ready pod for `dest` than the one of `failed`, whose stream failed: for a
+    /// service, the next ready pod other than it (waiting up to the pod wait for one to
+    /// appear when the failed pod is `gone`, as a Deployment replaces it); `None` when
+    /// there is none, or when `dest` names that one pod (a pod IP or hostname).
+    pub(crate) async fn another_pod(
+        &self,
+        dest: &Address,
+        failed: &Route,
+        gone: bool,
+    ) -> Option<Route> {
+        let Route::Pod { pod, .. } = failed else {
+            return None;
+        };
+        let avoid = Avoid { pod, gone };
+        let next = self.route_avoiding(dest, Some(avoid)).await.ok()?;
+        (next != *failed).then_some(next)
+    }
+
+    async fn route_avoiding(
+        &self,
+        dest: &Address,
+        avoid: Option<Avoid<'_>>,
+    ) -> Result<Route, ProxyError> {
+        // An address sent as a name (SOCKS5 address type 3, SOCKS4a, clients told to let
+        // the proxy resolve, such as PySocks with `socks5h://`) is that address: a pod IP
+        // sent so goes to its pod, not to the relay as an outside name.
+        let literal;
+        let dest = match &dest.host {
+            Host::Name(n) => match n.trim_start_matches('[').trim_end_matches(']').parse() {
+                Ok(ip) => {
+                    literal = Address {
+                        host: Host::Ip(ip),
+                        port: dest.port,
+                    };
+                    &literal
+                }
+                Err(_) => dest,
+            },
+            Host::Ip(_) => dest,
+        };
         let port = dest.port;
         let host = match &dest.host {
             Host::Ip(ip) => ip.to_string(),
@@ -278,7 +321,7 @@ impl Router {
                     .await
                     .map_err(cluster)?;
                 if let Some(svc) = self.catalog.service_by_ip(*ip) {
-                    return self.to_service(&svc, port).await;
+                    return self.to_service(&svc, port, avoid).await;
                 }
                 if let Some(pod) = self.catalog.pod_by_ip(*ip) {
                     return Ok(Route::Pod {
@@ -319,7 +362,7 @@ impl Router {
                             .await
                             .map_err(cluster)?
                         {
-                            Some(svc) => self.to_service(&svc, port).await,
+                            Some(svc) => self.to_service(&svc, port, avoid).await,
                             None => Err(ProxyError::UnknownService {
                                 service: name,
                                 namespace,
@@ -370,7 +413,12 @@ impl Router {
 
     /// A ready pod of `svc` for `port`: through the service port's targetPort, or, for a
     /// headless service, the same port on one of its pods.
-    async fn to_service(&self, svc: &ServiceInfo, port: u16) -> Result<Route, ProxyError> {
+    async fn to_service(
+        &self,
+        svc: &ServiceInfo,
+        port: u16,
+        avoid: Option<Avoid<'_>>,
+    ) -> Result<Route, ProxyError> {
         let headless = svc.headless();
         if !headless
             && !svc
@@ -429,7 +477,11 @@ impl Router {
                 e
             }
         };
-        match eps.pick(self.opts.pod_wait).await {
+        let picked = match avoid {
+            None => eps.pick(self.opts.pod_wait).await,
+            Some(a) => other_endpoint(&eps, a, self.opts.pod_wait).await,
+        };
+        match picked {
             Some(ep) => Ok(Route::Pod {
                 namespace: svc.namespace.clone(),
                 pod: ep.pod,
@@ -442,6 +494,38 @@ impl Router {
             }),
         }
     }
+}
+
+/// The pod whose stream failed, for [`Router::another_pod`].
+#[derive(Debug, Clone, Copy)]
+struct Avoid<'a> {
+    pod: &'a str,
+    /// The pod is gone (not merely refusing): wait for a replacement.
+    gone: bool,
+}
+
+/// A ready endpoint of `eps` on another pod than `avoid`'s, spread as
+/// [`Endpoints::pick`] spreads; when there is none right now, `None` for a refusing pod
+/// (its refusal stands), and for a pod that is gone the first to appear within `wait`.
+async fn other_endpoint(eps: &Endpoints, avoid: Avoid<'_>, wait: Duration) -> Option<Endpoint> {
+    let others = |v: &[Endpoint]| -> Vec<Endpoint> {
+        v.iter().filter(|e| e.pod != avoid.pod).cloned().collect()
+    };
+    let now = others(&eps.current());
+    let list = if !now.is_empty() {
+        now
+    } else if avoid.gone {
+        let mut rx = eps.subscribe();
+        let seen = tokio::time::timeout(wait, rx.wait_for(|v| !others(v).is_empty()))
+            .await
+            .ok()?
+            .ok()?;
+        others(&seen)
+    } else {
+        return None;
+    };
+    let i = eps.spread();
+    list.get(i % list.len()).cloned()
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ impl ForwardProxy {
             pod_wait: forward.pod_running_timeout,
             stop_grace: forward.stop_grace,
             transport: spec.transport.unwrap_or(forward.transport),
+            half_close_linger: forward.half_close_linger,
             ..ForwardProxyOptions::default()
         };
         ForwardProxy::new(ctx, opts)

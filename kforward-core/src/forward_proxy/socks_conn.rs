@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::conn::{Conn, Shared, splice};
+use super::conn::{Conn, Shared, carry};
 use super::socks::{
     self, Command, METHOD_NO_ACCEPTABLE, METHOD_NONE, METHOD_PASSWORD, PASSWORD_VERSION, Reply,
     SocksError,
@@ -149,18 +149,14 @@ pub(crate) async fn serve5(
         Command::Connect => {
             let conn = Conn::new(shared, counted, peer, "socks5", req.address);
             match conn.open().await {
-                Ok(mut upstream) => {
+                Ok(upstream) => {
                     let bound = sock.local_addr().unwrap_or_else(|_| unspecified());
                     let reply = socks::encode_reply5(Reply::Succeeded, bound);
                     if let Err(e) = sock.write_all(&reply).await {
                         return Some(e);
                     }
-                    if !early.is_empty()
-                        && let Err(e) = upstream.write_all(&early).await
-                    {
-                        return Some(e);
-                    }
-                    splice(&mut sock, &mut upstream).await
+                    let linger = shared.opts.half_close_linger;
+                    carry(sock.into_split(), upstream, &early, counted, linger).await
                 }
                 Err(e) => {
                     let reply = socks::encode_reply5(e.socks5_reply(), unspecified());
@@ -198,16 +194,12 @@ pub(crate) async fn serve4(
     }
     let conn = Conn::new(shared, counted, peer, "socks4", req.address);
     match conn.open().await {
-        Ok(mut upstream) => {
+        Ok(upstream) => {
             if let Err(e) = sock.write_all(&socks::encode_reply4(true)).await {
                 return Some(e);
             }
-            if !buf.is_empty()
-                && let Err(e) = upstream.write_all(&buf).await
-            {
-                return Some(e);
-            }
-            splice(&mut sock, &mut upstream).await
+            let linger = shared.opts.half_close_linger;
+            carry(sock.into_split(), upstream, &buf, counted, linger).await
         }
         Err(_) => sock.write_all(&socks::encode_reply4(false)).await.err(),
     }

@@ -10,6 +10,7 @@
 //! so the pump keeps reading replies for a while after the local client stopped writing;
 //! a transport that can (SPDY) lets the pod see the end of the client's writes instead.
 
+pub(crate) mod channel;
 mod choice;
 pub mod spdy;
 pub mod websocket;
@@ -205,7 +206,7 @@ impl StreamWriter {
 }
 
 /// A whole stream as a byte stream, for code that speaks through `AsyncRead` and
-/// `AsyncWrite` (the forward proxy's HTTP client and its splice) rather than in messages.
+/// `AsyncWrite` (the forward proxy's HTTP client) rather than in messages.
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

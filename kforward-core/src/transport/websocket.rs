@@ -2,12 +2,9 @@
 //! through kube (auth, TLS and the WebSocket upgrade are kube's) and exposes one port as
 //! `AsyncRead + AsyncWrite`.
 //!
-//! Framing (`v4.channel.k8s.io`, from `kubernetes/kubernetes`
-//! `staging/src/k8s.io/apimachinery/pkg/util/httpstream/wsstream/conn.go` and the kubelet's
-//! `.../cri/streaming/portforward/websocket.go`): each binary message is one channel byte
-//! and data; port *i* uses channel `2i` for data and `2i+1` for errors; the server first
-//! writes the port number (2 bytes, little endian) on both channels; error text closes the
-//! port. We frame it ourselves on `kube::Client::connect` instead of using kube's
+//! The `v4.channel.k8s.io` framing (one channel byte, then data; a port prefix first) is
+//! read by `transport::channel`, sans I/O; this module moves the messages. We frame it
+//! ourselves on `kube::Client::connect` instead of using kube's
 //! `Portforwarder`, whose 4 KiB chunks through a channel of depth 1 cap throughput, and
 //! whose port stream drops replies in flight when its write half is shut down.
 //!
@@ -28,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::channel::{Channels, Received};
 use crate::client::KubeContext;
 use crate::error::{Error, Result};
 
@@ -38,9 +36,7 @@ const MAX_WRITE: usize = 256 * 1024;
 /// Most bytes read from the connection at once: two TLS records' worth of plaintext.
 const READ_BUFFER: usize = 32 * 1024;
 
-/// The channel of port 0's data and of its errors (the only port a tunnel opens).
-pub(crate) const DATA_CHANNEL: u8 = 0;
-const ERROR_CHANNEL: u8 = 1;
+pub(crate) use super::channel::DATA_CHANNEL;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -83,9 +79,8 @@ pub struct TunnelReader {
     port: u16,
     /// Data received and not yet read.
     pending: Bytes,
-    /// Bytes of the port prefix still to skip on the data and error channels.
-    data_prefix: usize,
-    error_prefix: usize,
+    /// The channels' framing state (the port prefixes still to skip).
+    channels: Channels,
     /// The stream has ended (close frame or end of the connection).
     eof: bool,
 }
@@ -122,18 +117,6 @@ impl std::fmt::Debug for TunnelWriter {
         f.debug_struct("TunnelWriter")
             .field("write_shut", &self.write_shut)
             .finish()
-    }
-}
-
-/// Extracts the message from an error-channel payload: JSON
-/// `{"closeConnection":..,"message":".."}` from current kubelets, plain text from older ones.
-fn error_channel_message(payload: &[u8]) -> String {
-    let text = String::from_utf8_lossy(payload);
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => v["message"]
-            .as_str()
-            .map_or_else(|| text.to_string(), str::to_string),
-        Err(_) => text.trim().to_string(),
     }
 }
 
@@ -191,8 +174,7 @@ impl Tunnel {
                 pod: pod.to_string(),
                 port,
                 pending: Bytes::new(),
-                data_prefix: 2,
-                error_prefix: 2,
+                channels: Channels::new(),
                 eof: false,
             },
             write: TunnelWriter {
@@ -270,7 +252,7 @@ impl TunnelReader {
     }
 
     fn poll_prefix(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.data_prefix > 0 && !self.eof && self.pending.is_empty() {
+        while self.channels.awaiting_prefix() && !self.eof && self.pending.is_empty() {
             ready!(self.poll_frame(cx))?;
         }
         Poll::Ready(Ok(()))
@@ -291,30 +273,17 @@ impl TunnelReader {
             Some(Ok(m)) => m,
         };
         match msg {
-            Message::Binary(b) if !b.is_empty() => {
-                let mut data = b.slice(1..);
-                match b[0] {
-                    DATA_CHANNEL => {
-                        let skip = self.data_prefix.min(data.len());
-                        self.data_prefix -= skip;
-                        data = data.slice(skip..);
-                        self.pending = data;
-                    }
-                    ERROR_CHANNEL => {
-                        let skip = self.error_prefix.min(data.len());
-                        self.error_prefix -= skip;
-                        let text = &data[skip..];
-                        if !text.is_empty() {
-                            self.eof = true;
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::ConnectionRefused,
-                                error_channel_message(text),
-                            )));
-                        }
-                    }
-                    _ => {}
+            Message::Binary(b) => match self.channels.receive(b) {
+                Received::Data(data) => self.pending = data,
+                Received::Error(message) => {
+                    self.eof = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        message,
+                    )));
                 }
-            }
+                Received::Nothing => {}
+            },
             Message::Close(_) => self.eof = true,
             _ => {}
         }
@@ -419,22 +388,5 @@ impl AsyncWrite for Tunnel {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.write).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_channel_payloads() {
-        assert_eq!(
-            error_channel_message(br#"{"closeConnection":true,"message":"connection refused"}"#),
-            "connection refused"
-        );
-        assert_eq!(
-            error_channel_message(b"error forwarding port 80 to pod x, uid : refused\n"),
-            "error forwarding port 80 to pod x, uid : refused"
-        );
     }
 }

@@ -19,13 +19,13 @@ use tokio::sync::{broadcast, oneshot};
 use crate::common::{WAIT, context, demo};
 
 /// A running proxy; stopped on drop.
-struct Proxy {
-    addr: SocketAddr,
-    events: broadcast::Receiver<Event>,
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) events: broadcast::Receiver<Event>,
     _stop: oneshot::Sender<()>,
 }
 
-async fn proxy(cluster: &Cluster, opts: ForwardProxyOptions) -> Proxy {
+pub(crate) async fn proxy(cluster: &Cluster, opts: ForwardProxyOptions) -> Proxy {
     let ctx = context(cluster).await;
     let p = ForwardProxy::new(
         ctx,
@@ -54,7 +54,7 @@ async fn proxy(cluster: &Cluster, opts: ForwardProxyOptions) -> Proxy {
 
 impl Proxy {
     /// The route of the next connection to `destination` the proxy reports.
-    async fn route_of(&mut self, destination: &str) -> Route {
+    pub(crate) async fn route_of(&mut self, destination: &str) -> Route {
         let wait = async {
             loop {
                 match self.events.recv().await {
@@ -212,6 +212,23 @@ async fn client_resolved_cluster_ips_and_pod_ips_go_to_pods() {
         Route::Pod { pod, .. } => assert_eq!(pod, name),
         other => panic!("pod IP went {other}"),
     }
+    // The same address sent as a name (SOCKS5 address type 3, as PySocks with socks5h://
+    // sends it) is that pod too, not an outside name for the relay.
+    let (code, mut s) = socks5_connect(p.addr, &pip, 8080).await;
+    assert_eq!(code, 0, "CONNECT to {pip} as a name");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut page = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut page))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(page.trim_end().ends_with(&name), "{page}");
+    match p.route_of(&format!("{pip}:8080")).await {
+        Route::Pod { pod, .. } => assert_eq!(pod, name),
+        other => panic!("pod IP sent as a name went {other}"),
+    }
     // The pod's DNS name, a-b-c-d.ns.pod.<domain>.
     let dashed = format!("{}.demo.pod.cluster.local", pip.replace('.', "-"));
     let out = run(&mut curl(&[
@@ -277,7 +294,7 @@ async fn outside_names_go_through_the_relay_and_direct_rules_from_here() {
 }
 
 /// A SOCKS5 CONNECT by hand: the reply code, and the stream when it succeeded.
-async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> (u8, TcpStream) {
+pub(crate) async fn socks5_connect(proxy: SocketAddr, host: &str, port: u16) -> (u8, TcpStream) {
     let mut s = TcpStream::connect(proxy).await.expect("connect");
     s.write_all(&[5, 1, 0]).await.expect("greeting");
     let mut m = [0u8; 2];
@@ -707,6 +724,61 @@ async fn chromium_loads_a_service_page_through_socks5_and_through_the_pac_file()
     let pac = format!("--proxy-pac-url=http://{}/proxy.pac", p.addr);
     let out = run(&mut chromium(dir.path(), &pac, url)).await;
     assert!(out.1.contains("web-"), "page through the PAC file: {out:?}");
+}
+
+/// With credentials set, the PAC file names the proxy as `PROXY` (HTTP), the one kind a
+/// browser can ask its user credentials for (Chromium has no SOCKS5 password support at
+/// all), and never offers `DIRECT` for cluster names. A client with the credentials gets
+/// the page along the PAC file's route; headless Chromium, which has nobody to ask, stops
+/// at the proxy's 407 (`ERR_INVALID_AUTH_CREDENTIALS`) instead of going around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pac_file_with_credentials_routes_through_the_http_proxy() {
+    if !(have("curl").await && have("chromium").await) {
+        return;
+    }
+    let cluster = demo().await;
+    let p = proxy(
+        &cluster,
+        ForwardProxyOptions {
+            auth: Some(ProxyAuth::new("dev", "s3cret")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pac_url = format!("http://{}/proxy.pac", p.addr);
+    let mut pac = String::new();
+    // The first list may still be under way: ask until the services show.
+    for _ in 0..100 {
+        pac = run(&mut curl(&[&pac_url])).await.1;
+        if pac.contains("\"web.demo\": 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The PAC file itself needs no credentials (browsers fetch it without them).
+    let route = format!("\"PROXY {}\"", p.addr);
+    assert!(pac.contains(&route), "{pac}");
+    assert!(!pac.contains("SOCKS"), "{pac}");
+    // The PAC file's route, with the credentials a browser would ask for.
+    let url = "http://web.demo.svc.cluster.local/";
+    let with = format!("http://dev:s3cret@{}", p.addr);
+    web_reply(&run(&mut curl(&["-x", &with, url])).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(&mut chromium(
+        dir.path(),
+        &format!("--proxy-pac-url={pac_url}"),
+        url,
+    ))
+    .await;
+    assert!(
+        !out.1.contains("web-"),
+        "no page without credentials: {out:?}"
+    );
+    assert!(
+        out.2.contains("ERR_INVALID_AUTH_CREDENTIALS"),
+        "stopped by the proxy's 407: {}",
+        out.2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

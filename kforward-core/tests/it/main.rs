@@ -5,6 +5,7 @@ mod doctor;
 mod errors;
 mod forward;
 mod forward_proxy;
+mod forward_proxy_pipeline;
 mod peers;
 mod proxy;
 mod proxy_protocol;

@@ -133,7 +133,14 @@ pub(crate) fn reconcile_slices(shared: &Arc<Shared>) -> Result<(), ApiError> {
             .as_str()
             .unwrap_or("")
             .to_string();
-        if let Some(svc) = s["metadata"]["labels"]["kubernetes.io/service-name"].as_str() {
+        // Slices someone else manages (a service without a selector has its endpoints
+        // written by hand) are not the controller's to change or delete, as in Kubernetes'
+        // EndpointSlice controller, which only takes slices labelled as managed by it.
+        let labels = &s["metadata"]["labels"];
+        if labels["endpointslice.kubernetes.io/managed-by"] != "endpointslice-controller.k8s.io" {
+            continue;
+        }
+        if let Some(svc) = labels["kubernetes.io/service-name"].as_str() {
             by_service.insert((ns, svc.to_string()), s);
         }
     }

@@ -103,7 +103,13 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr, lane: &Lane) {
     let error = match sent {
         Ok(()) => {
             conn.sent(accepted.early.len());
-            pump(sock, (reader, writer), &conn, lane.opts.half_close_linger).await
+            pump(
+                sock.into_split(),
+                (reader, writer),
+                &conn,
+                lane.opts.half_close_linger,
+            )
+            .await
         }
         Err(e) => Some(e),
     };
