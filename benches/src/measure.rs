@@ -205,10 +205,10 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, got: &mut Vec<u8>) -> an
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .and_then(|v| v.trim().parse::<usize>().ok());
-            if let Some(length) = length {
-                if got.len() >= end + 4 + length {
-                    return Ok(());
-                }
+            if let Some(length) = length
+                && got.len() >= end + 4 + length
+            {
+                return Ok(());
             }
         }
         let n = s.read(&mut buf).await?;
