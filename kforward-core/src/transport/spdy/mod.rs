@@ -9,6 +9,14 @@
 //! - [`SessionPool`]: a forward's sessions, kept ready per pod, choosing the transport
 //!   (`auto` tries the tunnel, the plain upgrade, then `v4.channel.k8s.io`).
 //!
+//! The testkit's server side (`kforward_testkit::portforward::spdy`) has its own frame
+//! codec, header codec and WebSocket adapter, written apart on purpose: it stands for the
+//! kubelet, so it must not share this client's mistakes (its header codec is flate2 at zlib's
+//! defaults, as Go's zlib in the kubelet; this one is zlib-rs with a small `memLevel`), and the
+//! testkit does not depend on kforward-core. Tests in [`headers`] check that the two agree
+//! on the dictionary and inflate each other's blocks; `tests/it/spdy.rs` runs this client
+//! against that server.
+//!
 //! # Example
 //!
 //! This runs for real, against the testkit's simulated cluster:
