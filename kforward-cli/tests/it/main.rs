@@ -144,7 +144,8 @@ async fn http_get_via(proxy: &str, host: &str) -> String {
         .expect("reply in time")
 }
 
-fn run_to_end(mut cmd: Command) -> (i32, String, String) {
+/// Runs `cmd` to its end with its output captured, bounded by [`WAIT`].
+fn output_within(cmd: &mut Command) -> std::process::Output {
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -154,10 +155,13 @@ fn run_to_end(mut cmd: Command) -> (i32, String, String) {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = rx
-        .recv_timeout(WAIT)
+    rx.recv_timeout(WAIT)
         .expect("exits in time")
-        .expect("output");
+        .expect("output")
+}
+
+fn run_to_end(mut cmd: Command) -> (i32, String, String) {
+    let out = output_within(&mut cmd);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -932,18 +936,7 @@ async fn nc_half_close_through_forward_over_each_spdy_transport_gets_every_byte_
         c.args(["-N", &addr.ip().to_string(), &addr.port().to_string()])
             .stdin(std::fs::File::open(&file).expect("open"));
         let start = std::time::Instant::now();
-        let out = tokio::task::block_in_place(|| {
-            let child = c
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("nc");
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(child.wait_with_output());
-            });
-            rx.recv_timeout(WAIT).expect("nc ends in time").expect("nc")
-        });
+        let out = tokio::task::block_in_place(|| output_within(&mut c));
         let took = start.elapsed();
         assert!(out.status.success(), "{transport}: {out:?}");
         assert!(
