@@ -11,20 +11,13 @@ use crate::measure::Dial;
 /// How long a half-closed connection may wait for EOF before it counts as never ending.
 const EOF_CAP: Duration = Duration::from_secs(5);
 
-/// `GET path` with `Connection: close`, read to the end; the bytes read.
+/// `GET path` with `Connection: close`, read to the end of its body as curl does; the body's
+/// bytes.
 async fn get(dial: &Dial, path: &str) -> anyhow::Result<u64> {
     let mut s = dial.connect().await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
+    let total = crate::measure::read_response(&mut s, Vec::new()).await?;
     anyhow::ensure!(total > 0, "an empty reply");
     Ok(total)
 }
