@@ -48,8 +48,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_listener_asks_for_a_backlog_beyond_tokios_default() {
-        let listener = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = listen_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listen");
+        let port = listener.local_addr().expect("local address").port();
         let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -62,7 +62,7 @@ mod tests {
         // The listener takes connections as tokio's does.
         let c = tokio::net::TcpStream::connect(("127.0.0.1", port));
         let (a, b) = tokio::join!(c, listener.accept());
-        a.unwrap();
-        b.unwrap();
+        a.expect("connect");
+        b.expect("accept");
     }
 }
