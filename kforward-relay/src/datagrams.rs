@@ -90,18 +90,47 @@ impl Deframer {
 
     /// The next whole datagram, or `None` until more bytes arrive.
     pub fn next_datagram(&mut self) -> Option<&[u8]> {
-        let rest = self.buf.get(self.start..)?;
-        let head: [u8; PREFIX] = rest.get(..PREFIX)?.try_into().ok()?;
-        let end = PREFIX + usize::from(u16::from_be_bytes(head));
-        let datagram = rest.get(PREFIX..end)?;
-        self.start += end;
+        let (datagram, _) = split_frame(self.buf.get(self.start..)?)?;
+        self.start += PREFIX + datagram.len();
         Some(datagram)
+    }
+
+    /// Every whole datagram received so far, at once and in order (for one `sendmmsg`):
+    /// what [`next_datagram`](Self::next_datagram) would return call after call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_relay::datagrams::Deframer;
+    /// let mut d = Deframer::new();
+    /// d.extend(&[0, 1, 7, 0, 2, 8, 9, 0]);
+    /// assert_eq!(d.next_datagrams(), [&[7u8][..], &[8, 9][..]]);
+    /// assert_eq!(d.buffered(), 1);
+    /// ```
+    pub fn next_datagrams(&mut self) -> Vec<&[u8]> {
+        let Deframer { buf, start } = self;
+        let mut rest = buf.get(*start..).unwrap_or_default();
+        let mut out = Vec::new();
+        while let Some((datagram, after)) = split_frame(rest) {
+            out.push(datagram);
+            *start += PREFIX + datagram.len();
+            rest = after;
+        }
+        out
     }
 
     /// Bytes received and not yet handed out as a datagram.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
     }
+}
+
+/// The datagram of the frame `bytes` start with and the bytes after that frame, or `None`
+/// while the frame is incomplete.
+fn split_frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let head: [u8; PREFIX] = bytes.get(..PREFIX)?.try_into().ok()?;
+    let end = PREFIX + usize::from(u16::from_be_bytes(head));
+    Some((bytes.get(PREFIX..end)?, bytes.get(end..)?))
 }
 
 /// Datagrams framed back to back for one write.
@@ -341,8 +370,12 @@ mod tests {
                     deframer.read_buffer(n).extend_from_slice(&wire[at..at + n]);
                 }
                 at += n;
-                while let Some(d) = deframer.next_datagram() {
-                    got.push(d.to_vec());
+                if rng.below(2) == 0 {
+                    while let Some(d) = deframer.next_datagram() {
+                        got.push(d.to_vec());
+                    }
+                } else {
+                    got.extend(deframer.next_datagrams().into_iter().map(<[u8]>::to_vec));
                 }
                 assert!(deframer.buffered() < PREFIX + MAX_DATAGRAM);
             }

@@ -4,7 +4,8 @@
 //! through a Kubernetes port-forward and, per connection, names the destination in a small
 //! versioned handshake ([`protocol`]). TCP connections are then relayed byte for byte
 //! (through an HTTP proxy when the pod's egress needs one: [`egress`]); UDP datagrams cross
-//! the stream with a 2-byte length prefix ([`datagrams`]).
+//! the stream with a 2-byte length prefix ([`datagrams`]), many per system call on the UDP
+//! side ([`mmsg`]).
 //!
 //! The proxy pieces ([`proxy_url`], [`http_connect`], [`no_proxy`]) live here so that the
 //! relay and `kforward-core`'s client stack toward the API server share them.
@@ -29,6 +30,7 @@ mod copy;
 pub mod datagrams;
 pub mod egress;
 pub mod http_connect;
+pub mod mmsg;
 pub mod no_proxy;
 pub mod protocol;
 pub mod proxy_url;

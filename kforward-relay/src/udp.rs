@@ -5,6 +5,9 @@
 //! Toward the client, every datagram already waiting in the socket goes into one write
 //! ([`Batch`], up to [`BATCH`] bytes): under load (many queries in flight) one write, and
 //! so one message through the port-forward, carries many replies instead of one each.
+//! Both directions move the datagrams of a batch with one system call ([`mmsg`]): one
+//! `recvmmsg` takes up to [`SLOTS`] replies, one `sendmmsg` sends every datagram a read
+//! from the client completed.
 
 use std::io;
 use std::time::Duration;
@@ -14,13 +17,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::debug;
 
-use crate::datagrams::{Batch, Deframer, IdleClock, PREFIX};
-use crate::protocol::MAX_DATAGRAM;
+use crate::datagrams::{Batch, Deframer, IdleClock};
+use crate::mmsg::{self, Inbox};
 
-/// The most bytes of frames gathered for one write toward the client: what a message
-/// through the port-forward comfortably carries, and few enough that the first datagram of
-/// a batch does not wait on a long copy.
+/// The most bytes of frames gathered for one write toward the client (and up to [`SLOTS`]
+/// datagrams more, one receive's worth): what a message through the port-forward
+/// comfortably carries, and few enough that the first datagram of a batch does not wait on
+/// a long copy.
 pub(crate) const BATCH: usize = 128 * 1024;
+/// Datagrams one receive takes at most.
+const SLOTS: usize = 32;
 /// Bytes asked of the stream per read.
 const READ: usize = 64 * 1024;
 /// The UDP socket's receive and send buffers asked for: a batch from the client (up to
@@ -69,15 +75,11 @@ async fn to_socket(
     let mut frames = Deframer::new();
     frames.extend(&leftover);
     loop {
-        let mut any = false;
-        while let Some(d) = frames.next_datagram() {
-            any = true;
-            if let Err(e) = socket.send(d).await {
-                // ECONNREFUSED from an earlier datagram, and the like: UDP may drop.
-                debug!(error = %e, "udp send failed");
-            }
-        }
-        if any {
+        let datagrams = frames.next_datagrams();
+        if !datagrams.is_empty() {
+            // A refused datagram (ECONNREFUSED for an earlier one, and the like) is
+            // dropped, as UDP may; `send_all` logs it.
+            mmsg::send_all(socket, &datagrams, None).await;
             activity.touch();
         }
         if rd.read_buf(frames.read_buffer(READ)).await? == 0 {
@@ -93,13 +95,19 @@ async fn to_stream(
     mut wr: OwnedWriteHalf,
     activity: &IdleClock,
 ) -> io::Result<()> {
-    let mut batch = Batch::new(BATCH + PREFIX + MAX_DATAGRAM);
+    let mut batch = Batch::new(BATCH);
+    let mut inbox = Inbox::new(SLOTS);
     loop {
         batch.clear();
         socket.readable().await?;
         while batch.len() < BATCH {
-            match batch.push_with(|buf| socket.try_recv_buf(buf).map(drop)) {
-                Ok(()) => {}
+            match inbox.try_recv(socket) {
+                Ok(_) => {
+                    for (datagram, _) in inbox.iter() {
+                        // From one receive of at most MAX_DATAGRAM bytes: it fits.
+                        let _ = batch.push(datagram);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // An ICMP error for an earlier datagram (ECONNREFUSED), and the like:

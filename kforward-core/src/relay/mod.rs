@@ -25,7 +25,7 @@ mod startup;
 
 pub use client::RelayConnector;
 pub use env::{check_relay_env, default_relay_no_proxy};
-pub use kforward_relay::{datagrams, egress, protocol, server};
+pub use kforward_relay::{datagrams, egress, mmsg, protocol, server};
 pub use manifest::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, PodPatch, PullPolicy,
     RELAY_CONTAINER, RELAY_IMAGE_ENV, RelayOptions, default_image,

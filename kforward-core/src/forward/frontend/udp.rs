@@ -2,6 +2,11 @@
 //! stream to the relay pod carrying length-prefixed datagrams to the target and back, so
 //! replies, however many, go to that peer only. A session with no datagram either way for
 //! the idle timeout ends.
+//!
+//! Datagrams move many per system call ([`crate::relay::mmsg`]): the receive loop takes
+//! every datagram waiting in the local socket with one `recvmmsg` (up to [`SLOTS`]) and hands
+//! each session its share under one lock; a session sends every reply a message from the
+//! relay completed with one `sendmmsg`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::forward::backend::open_stream;
 use crate::forward::stats::Connection;
 use crate::relay::datagrams::{Batch, Deframer, IdleClock, PREFIX};
+use crate::relay::mmsg::{self, Inbox};
 use crate::relay::protocol::MAX_DATAGRAM;
 use crate::transport::{StreamReader, StreamWriter};
 
@@ -27,6 +33,9 @@ const SESSION_QUEUE: usize = 1024;
 /// Datagrams taken into one message toward the relay, at most this many bytes (and one
 /// datagram more): the relay batches its replies the same way (`kforward-relay`'s `udp`).
 const BATCH: usize = 128 * 1024;
+
+/// Datagrams one receive from the local socket takes at most.
+const SLOTS: usize = 32;
 
 /// The local socket's receive buffer asked for (Linux caps it at `net.core.rmem_max`),
 /// as the relay asks for its own sockets.
@@ -49,37 +58,73 @@ pub(crate) async fn receive_loop(
     if let Err(e) = socket2::SockRef::from(&*socket).set_recv_buffer_size(SOCKET_BUFFER) {
         debug!(error = %e, "cannot enlarge the udp socket's receive buffer");
     }
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut inbox = Inbox::new(SLOTS);
     let mut next_id = 0u64;
     loop {
-        let (len, peer) = tokio::select! {
+        tokio::select! {
             () = stop.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors from earlier replies surface here on Linux; keep serving.
-                    debug!(error = %e, "udp receive failed");
-                    continue;
-                }
+            r = socket.readable() => if let Err(e) = r {
+                warn!(error = %e, "the local udp socket failed");
+                return;
             },
-        };
-        let datagram = buf[..len].to_vec();
-        let mut map = sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, queue)) = map.get(&peer)
-            && !queue.is_closed()
-        {
-            // A full queue drops the datagram, as UDP may.
-            let _ = queue.try_send(datagram);
-            continue;
         }
-        let (queue, rx) = mpsc::channel(SESSION_QUEUE);
-        let _ = queue.try_send(datagram);
-        next_id += 1;
-        map.insert(peer, (next_id, queue));
-        drop(map);
-        let id = next_id;
-        let (lane, socket, sessions, stop) =
-            (lane.clone(), socket.clone(), sessions.clone(), stop.clone());
+        match inbox.try_recv(&socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here on Linux; keep serving.
+                debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        }
+        let mut map = sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        for (datagram, peer) in inbox.iter() {
+            if let Some((_, queue)) = map.get(&peer)
+                && !queue.is_closed()
+            {
+                // A full queue drops the datagram, as UDP may.
+                let _ = queue.try_send(datagram.to_vec());
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(SESSION_QUEUE);
+            let _ = queue.try_send(datagram.to_vec());
+            next_id += 1;
+            map.insert(peer, (next_id, queue));
+            let front = Front {
+                lane: &lane,
+                socket: &socket,
+                sessions: &sessions,
+                stop: &stop,
+            };
+            front.spawn_session(next_id, peer, rx, &tasks);
+        }
+    }
+}
+
+/// What every session of the front end shares.
+struct Front<'a> {
+    lane: &'a Arc<Lane>,
+    socket: &'a Arc<UdpSocket>,
+    sessions: &'a Sessions,
+    stop: &'a CancellationToken,
+}
+
+impl Front<'_> {
+    /// Starts the session of a new local peer in `tasks`; it removes itself from the
+    /// sessions when it ends.
+    fn spawn_session(
+        &self,
+        id: u64,
+        peer: SocketAddr,
+        rx: mpsc::Receiver<Vec<u8>>,
+        tasks: &TaskTracker,
+    ) {
+        let (lane, socket, sessions, stop) = (
+            self.lane.clone(),
+            self.socket.clone(),
+            self.sessions.clone(),
+            self.stop.clone(),
+        );
         tasks.spawn(
             async move {
                 let conn = lane.stats.open();
@@ -158,7 +203,8 @@ async fn to_relay(
     Ok(())
 }
 
-/// Relay to local peer: every whole datagram a message completes goes to the peer.
+/// Relay to local peer: every whole datagram a message completes goes to the peer, with
+/// one `sendmmsg` (a reply the kernel refuses is dropped, as UDP may, and logged).
 async fn to_peer(
     mut rd: StreamReader,
     socket: &UdpSocket,
@@ -170,12 +216,12 @@ async fn to_peer(
     while let Some(chunk) = rd.read_chunk().await? {
         frames.extend(&chunk);
         clock.touch();
-        while let Some(d) = frames.next_datagram() {
-            if let Err(e) = socket.send_to(d, peer).await {
-                debug!(error = %e, "udp reply to the local peer failed");
-            }
-            conn.received(d.len());
+        let datagrams = frames.next_datagrams();
+        if datagrams.is_empty() {
+            continue;
         }
+        mmsg::send_all(socket, &datagrams, Some(peer)).await;
+        conn.received(datagrams.iter().map(|d| d.len()).sum());
     }
     Ok(())
 }
