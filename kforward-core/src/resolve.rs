@@ -25,7 +25,7 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 use crate::pod_order;
 use crate::spec::{RemotePort, SpecError, Target};
-use crate::watches::Watched;
+use crate::watches::{Filter, Watched};
 
 /// How long one API call made while resolving may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -338,8 +338,7 @@ impl Endpoints {
                     api: Api::<Pod>::namespaced(ctx.client().clone(), ns),
                     resource: "pods",
                     namespace: ns.to_owned(),
-                    labels,
-                    fields: name.map(|n| format!("metadata.name={n}")),
+                    filter: Filter { labels, name },
                 };
                 // The pod kept by `Pick::One`, by name: a statefulset's pod that comes back
                 // under its name is the same member, and is kept.
@@ -369,8 +368,10 @@ impl Endpoints {
                     api: Api::<EndpointSlice>::namespaced(ctx.client().clone(), ns),
                     resource: "endpointslices",
                     namespace: ns.to_owned(),
-                    labels: Some(labels.into()),
-                    fields: None,
+                    filter: Filter {
+                        labels: Some(labels.into()),
+                        name: None,
+                    },
                 };
                 let compute = move |m: &BTreeMap<String, EndpointSlice>| {
                     slice_endpoints(m, port_name.as_deref(), fixed)
