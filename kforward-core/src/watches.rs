@@ -289,6 +289,15 @@ impl WatchRegistry {
 }
 
 impl<K: kube::Resource + Clone + Send + Sync + 'static> View<K> {
+    /// The object called `name` as the watch has it now, if it wants it.
+    pub(crate) fn get(&self, name: &str) -> Option<K> {
+        if self.filter.name.as_deref().is_some_and(|n| n != name) {
+            return None;
+        }
+        let all = self.shared.objects.borrow();
+        all.get(name).filter(|o| self.filter.matches(*o)).cloned()
+    }
+
     /// Keeps `tx` at `compute` of the objects this view wants until the receivers of `tx`
     /// are gone, holding the watch as long. A change elsewhere in the namespace recomputes
     /// and wakes no one when the result is the same.

@@ -25,6 +25,11 @@ fn ready(cluster: &kforward_testkit::Cluster, selector: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_of_one_namespace_share_one_watch_per_kind_and_see_only_their_pods() {
     let cluster = demo().await;
+    let sorted = |eps: &Endpoints| {
+        let mut v = pods_of(eps);
+        v.sort();
+        v
+    };
     let ctx = context(&cluster).await;
     let web_pods = ready(&cluster, "app=web");
     let echo_pods = ready(&cluster, "app=echo");
@@ -66,15 +71,14 @@ async fn targets_of_one_namespace_share_one_watch_per_kind_and_see_only_their_po
     .await;
 
     let after = cluster.stats();
-    // Six targets of two kinds: one watch of EndpointSlices and one of pods (the
-    // statefulset, the pod and the selector share the pods).
-    assert_eq!(after.watches_total - before.watches_total, 2);
+    // Six targets: one watch of services (the three service targets read theirs from it),
+    // one of EndpointSlices and one of pods (the statefulset, the pod and the selector).
+    assert_eq!(after.watches_total - before.watches_total, 3);
+    // One more forward to a service of the namespace asks the API server nothing.
+    let web_again = resolve(svc("web"), RemotePort::Number(80)).await;
+    assert_eq!(cluster.stats().requests, after.requests);
+    assert_eq!(sorted(&web_again), web_pods);
 
-    let sorted = |eps: &Endpoints| {
-        let mut v = pods_of(eps);
-        v.sort();
-        v
-    };
     assert_eq!(sorted(&web), web_pods);
     assert_eq!(sorted(&echo), echo_pods);
     assert_eq!(sorted(&by_selector), echo_pods);
@@ -117,7 +121,7 @@ async fn targets_of_one_namespace_share_one_watch_per_kind_and_see_only_their_po
     assert_eq!(sorted(&echo), echo_pods);
     assert_eq!(
         cluster.stats().watches_total - before.watches_total,
-        2,
+        3,
         "no watch was opened again"
     );
 }
