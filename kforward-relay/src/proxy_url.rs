@@ -168,8 +168,12 @@ impl ProxyUrl {
                 .decode_utf8_lossy()
                 .into_owned()
         };
-        let user = Some(url.username()).filter(|u| !u.is_empty()).map(decode);
         let password = url.password().map(decode);
+        // `http://:secret@proxy` has credentials: an empty user name and a password (curl
+        // sends `:secret` for it). Only without either are there none.
+        let user = Some(url.username())
+            .filter(|u| !u.is_empty() || password.is_some())
+            .map(decode);
         Ok(ProxyUrl {
             scheme,
             host,
@@ -286,6 +290,18 @@ mod tests {
 
     fn p(s: &str) -> ProxyUrl {
         ProxyUrl::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_password_without_a_user_name_is_kept() {
+        // Found by the relay_proxy_url fuzz target: the password was dropped, so the
+        // URL written back with its credentials parsed to another URL and no
+        // Proxy-Authorization was sent.
+        let u = p("http://:s%40cret@proxy:3128");
+        assert_eq!(u.credentials(), Some(("", "s@cret")));
+        assert_eq!(u.basic_auth().as_deref(), Some("Basic OnNAY3JldA=="));
+        assert_eq!(p(&u.to_url_with_credentials()), u);
+        assert_eq!(p("http://@proxy:3128").credentials(), None);
     }
 
     #[test]
