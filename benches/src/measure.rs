@@ -137,15 +137,7 @@ async fn download(dial: Dial, bytes: u64, hello: Option<RelayHello>) -> anyhow::
         format!("GET /bytes/{bytes} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
+    let total = read_response(&mut s, Vec::new()).await?;
     if total < bytes {
         bail!("short read from {dial:?}: {total} of {bytes}");
     }
@@ -189,34 +181,48 @@ pub async fn first_byte(dial: &Dial) -> anyhow::Result<Duration> {
     // would time the container runtime, which closes a pod connection over SPDY only a
     // second after its other direction ended (containerd's and CRI-O's port-forward copy;
     // the testkit does the same), unless the client ends its writes first.
-    let mut head = b.to_vec();
-    read_response(&mut s, &mut head).await?;
+    read_response(&mut s, b.to_vec()).await?;
     Ok(t)
 }
 
-/// Reads the rest of an HTTP/1.1 response whose first bytes are in `got`: up to the end of
-/// its `Content-Length` body, or to EOF when it has none.
-async fn read_response<S: AsyncRead + Unpin>(s: &mut S, got: &mut Vec<u8>) -> anyhow::Result<()> {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
+/// Reads the rest of an HTTP/1.1 response whose first bytes are `got`, as curl does: up to
+/// the end of its `Content-Length` body, or to EOF when it has none; the body's length.
+///
+/// Waiting for the server's EOF instead would time the container runtime, which closes a pod
+/// connection over SPDY only a second after its other direction ended (containerd's and
+/// CRI-O's port-forward copy; the testkit does the same) unless the client ends its writes
+/// first: a second on every download, for kubectl and kforward alike.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    mut got: Vec<u8>,
+) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    // The head, then how much body is left to read.
+    let (mut left, mut body) = loop {
         if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
             let length = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if let Some(length) = length
-                && got.len() >= end + 4 + length
-            {
-                return Ok(());
-            }
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let body = (got.len() - end - 4) as u64;
+            break (length.map(|l| l.saturating_sub(body)), body);
         }
         let n = s.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            bail!("the connection ended inside the response head");
         }
         got.extend_from_slice(&buf[..n]);
+    };
+    while left != Some(0) {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        body += n as u64;
+        left = left.map(|l| l.saturating_sub(n as u64));
     }
+    Ok(body)
 }
 
 /// Small request/response round trips per second over one connection to the echo pod.

@@ -11,20 +11,13 @@ use crate::measure::Dial;
 /// How long a half-closed connection may wait for EOF before it counts as never ending.
 const EOF_CAP: Duration = Duration::from_secs(5);
 
-/// `GET path` with `Connection: close`, read to the end; the bytes read.
+/// `GET path` with `Connection: close`, read to the end of its body as curl does; the body's
+/// bytes.
 async fn get(dial: &Dial, path: &str) -> anyhow::Result<u64> {
     let mut s = dial.connect().await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
+    let total = crate::measure::read_response(&mut s, Vec::new()).await?;
     anyhow::ensure!(total > 0, "an empty reply");
     Ok(total)
 }
@@ -222,20 +215,32 @@ pub async fn stalled_rows(paths: &[Path], bytes: u64, rounds: usize) -> anyhow::
     println!("|---|---:|---:|---:|");
     for p in paths {
         let (mut alone, mut beside) = (Vec::new(), Vec::new());
+        let mut failed = None;
         for _ in 0..rounds {
-            alone.push(with_stalled_reader(&p.http, bytes, false).await?);
+            match with_stalled_reader(&p.http, bytes, false).await {
+                Ok(r) => alone.push(r),
+                Err(e) => failed = Some(format!("alone: {e}")),
+            }
             match tokio::time::timeout(
                 Duration::from_secs(120),
                 with_stalled_reader(&p.http, bytes, true),
             )
             .await
             {
-                Ok(r) => beside.push(r?),
+                Ok(Ok(r)) => beside.push(r),
+                // A download that fails beside the stalled reader is what this measures:
+                // say so in the row instead of ending the run.
+                Ok(Err(e)) => failed = Some(format!("beside: {e}")),
                 Err(_) => beside.push(0.0),
             }
         }
         let (a, b) = (crate::median(alone), crate::median(beside));
-        println!("| {} | {a:.0} | {b:.0} | {:.0}% |", p.name, 100.0 * b / a);
+        let note = failed.map_or(String::new(), |f| format!(" (a download failed, {f})"));
+        println!(
+            "| {} | {a:.0} | {b:.0} | {:.0}%{note} |",
+            p.name,
+            100.0 * b / a
+        );
     }
     Ok(())
 }

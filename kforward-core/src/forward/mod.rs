@@ -18,7 +18,7 @@
 mod backend;
 mod dialer;
 mod event;
-mod frontend;
+pub(crate) mod frontend;
 mod layer;
 mod options;
 mod pump;

@@ -259,12 +259,13 @@ impl Forwarder for ForwardProxy {
         let bound = async {
             check_exposure(self.opts.listen, self.opts.auth.is_some())?;
             let addr = self.opts.listen;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::BindLocal {
-                    addr,
-                    source,
-                    suggestion: format!("{}:0", addr.ip()),
+            let listener =
+                crate::forward::frontend::listen::listen_tcp(addr).map_err(|source| {
+                    Error::BindLocal {
+                        addr,
+                        source,
+                        suggestion: format!("{}:0", addr.ip()),
+                    }
                 })?;
             self.serve(listener).await
         };

@@ -69,15 +69,25 @@ impl Drop for TaskGroup {
     }
 }
 
-/// Binds a TCP listener, naming the address in the error.
+/// Binds a TCP listener, naming the address in the error. Its backlog is what Go's
+/// `net.Listen` asks for (`net.core.somaxconn`, capped by the kernel), as most servers in
+/// pods are Go's: tokio's default of 1,024 dropped SYNs in a burst of 1,000 connections.
 pub(crate) async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| NetworkError::Bind {
-            addr,
-            protocol: Protocol::Tcp,
-            source,
-        })?;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    };
+    let listener = listen().map_err(|source| NetworkError::Bind {
+        addr,
+        protocol: Protocol::Tcp,
+        source,
+    })?;
     let local = listener
         .local_addr()
         .map_err(|source| NetworkError::LocalAddr { addr, source })?;

@@ -2,6 +2,7 @@
 //! of its own ([`tcp`]); a UDP socket gives each local peer a session ([`udp`]). Both
 //! count through the forward's [`Stats`] and report through its events.
 
+pub(crate) mod listen;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 
@@ -51,7 +52,7 @@ pub(crate) async fn bind(
     for ip in &spec.addresses {
         let addr = SocketAddr::new(*ip, port);
         let bound = match spec.protocol {
-            Protocol::Tcp => TcpListener::bind(addr).await.and_then(|l| {
+            Protocol::Tcp => listen::listen_tcp(addr).and_then(|l| {
                 let a = l.local_addr()?;
                 Ok((Listener::Tcp(l), a))
             }),
