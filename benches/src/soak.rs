@@ -290,7 +290,19 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let relay_pods_left = relays(&cluster);
 
     let faults = log.all();
-    let verdict = ledger::judge(&totals.outcomes(), &faults);
+    let outcomes = totals.outcomes();
+    let verdict = ledger::judge(&outcomes, &faults, start);
+    // The short exchanges with the external host through the relay pod that got their
+    // answer (the long echo streams are most of `completed`).
+    let greetings = outcomes
+        .iter()
+        .filter(|o| {
+            o.how == ledger::End::Completed
+                && plans
+                    .iter()
+                    .any(|p| p.alias == o.forward && p.traffic == Traffic::Hello)
+        })
+        .count();
     let mut fault_counts: BTreeMap<&str, u64> = BTreeMap::new();
     for h in &faults {
         *fault_counts.entry(h.fault.name()).or_default() += 1;
@@ -317,6 +329,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         "connections": verdict.completed + verdict.expected_ends.values().sum::<u64>()
             + verdict.unexpected_ends + verdict.refused_while_down + verdict.refused,
         "completed": verdict.completed,
+        "external_greetings": greetings,
         "expected_ends": verdict.expected_ends,
         "unexpected_ends": verdict.unexpected_ends,
         "refused_connections": verdict.refused,

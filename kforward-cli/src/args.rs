@@ -223,6 +223,10 @@ pub struct RelayArgs {
     /// ranges stay direct).
     #[arg(long = "relay-env", value_name = "KEY=VALUE", value_parser = parse_env_pair)]
     pub relay_env: Vec<(String, String)>,
+    /// How long a relay pod waits without any client before it exits by itself, the
+    /// safety net for a session that died without deleting it (default: 10m).
+    #[arg(long, env = "KFORWARD_RELAY_IDLE_EXIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub relay_idle_exit: Option<Duration>,
 }
 
 /// `kforward doctor`.
@@ -297,6 +301,11 @@ pub struct GcArgs {
     /// Clean up every namespace.
     #[arg(short = 'A', long, conflicts_with = "namespace")]
     pub all_namespaces: bool,
+    /// A relay pod whose heartbeat is older than this belongs to a dead session. Sessions
+    /// refresh it every 30 s: below that, the pods of running sessions are deleted too
+    /// (right after a crash, when nothing else runs, or in tests).
+    #[arg(long, env = "KFORWARD_GC_STALE_AFTER", default_value = "2m", value_parser = parse_duration)]
+    pub stale_after: Duration,
 }
 
 /// `kforward run`.

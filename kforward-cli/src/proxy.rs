@@ -82,7 +82,14 @@ pub async fn gc(a: GcArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| ctx.default_namespace().to_string()),
         )
     };
-    let deleted = kforward_core::relay::gc(&ctx, ns.as_deref()).await?;
+    if a.stale_after < kforward_core::relay::HEARTBEAT_EVERY {
+        eprintln!(
+            "warning: --stale-after {:?} is shorter than the sessions' heartbeat ({:?}): relay pods of running kforward sessions may be deleted too",
+            a.stale_after,
+            kforward_core::relay::HEARTBEAT_EVERY
+        );
+    }
+    let deleted = kforward_core::relay::gc_stale_after(&ctx, ns.as_deref(), a.stale_after).await?;
     for pod in &deleted {
         println!("pod/{pod} deleted");
     }

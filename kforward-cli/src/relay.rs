@@ -1,5 +1,6 @@
 //! The relay flags (`--relay-image`, `--relay-pull-secret`, `--relay-pull-policy`,
-//! `--relay-pod-patch`, `--relay-env`) turned into the core's relay options.
+//! `--relay-pod-patch`, `--relay-env`, `--relay-idle-exit`) turned into the core's relay
+//! options.
 
 use anyhow::Context;
 use kforward_core::relay::{PodPatch, PullPolicy, RelayOptions};
@@ -27,6 +28,14 @@ pub fn apply(a: &RelayArgs, opts: &mut RelayOptions) -> anyhow::Result<()> {
         .extend(a.relay_pull_secrets.iter().cloned());
     if let Some(path) = &a.relay_pod_patch {
         opts.pod_patch = Some(PodPatch::from_file(path)?);
+    }
+    if let Some(idle) = a.relay_idle_exit {
+        if idle.is_zero() {
+            anyhow::bail!(
+                "--relay-idle-exit 0: the relay would exit before its first client; give a duration such as 30s or 10m"
+            );
+        }
+        opts.idle_exit = idle;
     }
     opts.env.extend(crate::args::relay_env(&a.relay_env)?);
     kforward_core::relay::check_relay_env(&opts.env)

@@ -25,7 +25,7 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 use crate::pod_order;
 use crate::spec::{RemotePort, SpecError, Target};
-use crate::watches::Watched;
+use crate::watches::{Filter, View, Watched};
 
 /// How long one API call made while resolving may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +55,9 @@ pub struct Endpoints {
     rx: watch::Receiver<Vec<Endpoint>>,
     next: AtomicUsize,
     task: tokio::task::JoinHandle<()>,
+    /// The namespace's shared watch of services, held so that the next forward to a
+    /// service of this namespace finds it there instead of asking the API server.
+    _services: Option<View<Service>>,
 }
 
 impl Drop for Endpoints {
@@ -241,6 +244,39 @@ async fn call<T>(
     }
 }
 
+/// The service `name` of `ns`, from the namespace's shared watch of services (returned, for
+/// the caller to hold: 1,000 forwards to services of one namespace then list services once
+/// instead of getting each); asked for alone when the watch has not seen it (created just
+/// now) or cannot run (no `list services`), so the answer is never older than a GET's.
+async fn service(
+    ctx: &KubeContext,
+    ns: &str,
+    name: &str,
+) -> Result<(Service, Option<View<Service>>)> {
+    let watched = Watched {
+        api: Api::<Service>::namespaced(ctx.client().clone(), ns),
+        resource: "services",
+        namespace: ns.to_owned(),
+        filter: Filter {
+            labels: None,
+            name: Some(name.to_owned()),
+        },
+    };
+    let view = match ctx.watches().get_or_start(watched).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::debug!(namespace = ns, error = %e, "no shared watch of services; getting the one");
+            None
+        }
+    };
+    if let Some(svc) = view.as_ref().and_then(|v| v.get(name)) {
+        return Ok((svc, view));
+    }
+    let api: Api<Service> = Api::namespaced(ctx.client().clone(), ns);
+    let svc = call(ctx, api.get(name), "get", "services", ns, Some(name)).await?;
+    Ok((svc, view))
+}
+
 impl Endpoints {
     /// Resolves `target` and `remote` in `namespace` and starts watching.
     ///
@@ -260,6 +296,7 @@ impl Endpoints {
             RemotePort::Number(n) => PortChoice::Number(*n),
             RemotePort::Name(s) => PortChoice::Name(s.clone()),
         };
+        let mut services = None;
         let source = match target {
             Target::Pod { name } => {
                 let api: Api<Pod> = Api::namespaced(ctx.client().clone(), ns);
@@ -304,8 +341,8 @@ impl Endpoints {
                 workload_source(target, &spec.selector, &template, choice, Pick::All)?
             }
             Target::Service { name } => {
-                let api: Api<Service> = Api::namespaced(ctx.client().clone(), ns);
-                let svc = call(ctx, api.get(name), "get", "services", ns, Some(name)).await?;
+                let (svc, view) = service(ctx, ns, name).await?;
+                services = view;
                 service_source(&svc, name, remote)?
             }
             Target::Remote { host } => {
@@ -338,8 +375,7 @@ impl Endpoints {
                     api: Api::<Pod>::namespaced(ctx.client().clone(), ns),
                     resource: "pods",
                     namespace: ns.to_owned(),
-                    labels,
-                    fields: name.map(|n| format!("metadata.name={n}")),
+                    filter: Filter { labels, name },
                 };
                 // The pod kept by `Pick::One`, by name: a statefulset's pod that comes back
                 // under its name is the same member, and is kept.
@@ -369,8 +405,10 @@ impl Endpoints {
                     api: Api::<EndpointSlice>::namespaced(ctx.client().clone(), ns),
                     resource: "endpointslices",
                     namespace: ns.to_owned(),
-                    labels: Some(labels.into()),
-                    fields: None,
+                    filter: Filter {
+                        labels: Some(labels.into()),
+                        name: None,
+                    },
                 };
                 let compute = move |m: &BTreeMap<String, EndpointSlice>| {
                     slice_endpoints(m, port_name.as_deref(), fixed)
@@ -385,6 +423,7 @@ impl Endpoints {
             rx,
             next: AtomicUsize::new(0),
             task,
+            _services: services,
         })
     }
 

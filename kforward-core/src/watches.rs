@@ -1,6 +1,8 @@
 //! Kubernetes watches shared by every user of one cluster connection: one list and one watch
-//! per resource, namespace and selector, however many forwards follow it (a `kforward run`
-//! with 200 forwards to one service holds one watch, not 200 connections).
+//! per resource kind and namespace, however many forwards follow it and whatever they select
+//! (a `kforward run` with 1,000 forwards to 10 services of one namespace holds one watch of
+//! its EndpointSlices, not 10 or 1,000). Each user's label selector and object name are
+//! matched here, on the shared copy, as kube's reflector store is read by many controllers.
 //!
 //! kube's [`watcher`] does the listing, watching, resuming from the last resourceVersion and
 //! relisting when the server has forgotten it (410 Gone), with bookmarks. What is added here
@@ -23,7 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use kube::api::Api;
-use kube::core::Selector;
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -64,7 +66,8 @@ impl<K> Watchable for K where
 {
 }
 
-/// What one watch lists and watches: a resource in a namespace, with selectors.
+/// What one user follows: the objects of a resource kind in a namespace (the shared watch),
+/// and which of them it wants.
 pub(crate) struct Watched<K> {
     /// The resource's API, namespaced.
     pub(crate) api: Api<K>,
@@ -72,36 +75,63 @@ pub(crate) struct Watched<K> {
     pub(crate) resource: &'static str,
     /// The namespace `api` is for, for errors and the registry's key.
     pub(crate) namespace: String,
-    /// A label selector.
-    pub(crate) labels: Option<Selector>,
-    /// A field selector, in the API's syntax.
-    pub(crate) fields: Option<String>,
+    /// Which of the namespace's objects this user wants.
+    pub(crate) filter: Filter,
 }
 
 impl<K> Watched<K> {
     fn key(&self) -> WatchKey {
-        (
-            self.resource,
-            self.namespace.clone(),
-            self.labels.as_ref().map(Selector::to_string),
-            self.fields.clone(),
-        )
+        (self.resource, self.namespace.clone())
     }
 
-    fn config(&self) -> watcher::Config {
-        let mut config = watcher::Config::default().timeout(WATCH_SECONDS);
-        if let Some(labels) = &self.labels {
-            config = config.labels_from(labels);
-        }
-        if let Some(fields) = &self.fields {
-            config = config.fields(fields);
-        }
-        config
+    /// The whole namespace: the selectors are the users', matched in [`Filter`].
+    fn config() -> watcher::Config {
+        watcher::Config::default().timeout(WATCH_SECONDS)
     }
 }
 
-/// Resource, namespace, label selector, field selector.
-type WatchKey = (&'static str, String, Option<String>, Option<String>);
+/// Resource and namespace.
+type WatchKey = (&'static str, String);
+
+/// Which objects of a shared watch one user wants: those matching a label selector (with
+/// the API server's meaning: `!=`, `notin` and `!key` match objects without the label), of
+/// one name, or both; everything when empty.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    /// A label selector.
+    pub(crate) labels: Option<Selector>,
+    /// One object's name (what `fieldSelector=metadata.name=` would ask for).
+    pub(crate) name: Option<String>,
+}
+
+impl Filter {
+    fn matches<K: kube::Resource>(&self, object: &K) -> bool {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        let labels = object.meta().labels.as_ref().unwrap_or(&NO_LABELS);
+        self.labels.as_ref().is_none_or(|s| s.matches(labels))
+    }
+
+    /// The objects of `all` this filter wants; `None` when it wants them all.
+    fn select<K: kube::Resource + Clone>(
+        &self,
+        all: &BTreeMap<String, K>,
+    ) -> Option<BTreeMap<String, K>> {
+        if self.labels.is_none() && self.name.is_none() {
+            return None;
+        }
+        let wanted = |(name, object): (&String, &K)| {
+            self.matches(object).then(|| (name.clone(), object.clone()))
+        };
+        Some(match &self.name {
+            Some(name) => all
+                .get_key_value(name)
+                .and_then(wanted)
+                .into_iter()
+                .collect(),
+            None => all.iter().filter_map(wanted).collect(),
+        })
+    }
+}
 
 /// The running watches of one cluster connection, by what they watch.
 pub(crate) struct WatchRegistry {
@@ -123,6 +153,12 @@ pub(crate) struct SharedWatch<K> {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One user's view of a shared watch: the objects its [`Filter`] wants.
+pub(crate) struct View<K> {
+    shared: Arc<SharedWatch<K>>,
+    filter: Filter,
+}
+
 impl<K> Drop for SharedWatch<K> {
     fn drop(&mut self) {
         self.task.abort();
@@ -140,17 +176,21 @@ impl WatchRegistry {
         }
     }
 
-    /// The running watch of `w`'s resource and selectors, or a new one (listed first, so it
-    /// starts with the current objects).
+    /// A view through `w`'s filter of the running watch of its resource and namespace, or
+    /// of a new one (listed first, so it starts with the current objects).
     ///
     /// # Errors
     ///
     /// The first list's: [`Error::Forbidden`], [`Error::Unauthorized`],
     /// [`Error::Unreachable`] (also when it takes over 30 s), [`Error::Api`].
-    pub(crate) async fn get_or_start<K: Watchable>(
-        &self,
-        w: Watched<K>,
-    ) -> Result<Arc<SharedWatch<K>>> {
+    pub(crate) async fn get_or_start<K: Watchable>(&self, w: Watched<K>) -> Result<View<K>> {
+        let filter = w.filter.clone();
+        let shared = self.shared(w).await?;
+        Ok(View { shared, filter })
+    }
+
+    /// The running watch of `w`'s resource and namespace, or a new one.
+    async fn shared<K: Watchable>(&self, w: Watched<K>) -> Result<Arc<SharedWatch<K>>> {
         let key = w.key();
         if let Some(shared) = self.running::<K>(&key) {
             return Ok(shared);
@@ -165,8 +205,7 @@ impl WatchRegistry {
                 api: w.api.clone(),
                 resource: w.resource,
                 namespace: w.namespace.clone(),
-                labels: w.labels.clone(),
-                fields: w.fields.clone(),
+                filter: Filter::default(),
             };
             self.starting
                 .run(format!("{key:?}"), move || async move {
@@ -195,7 +234,7 @@ impl WatchRegistry {
     /// Lists, starts the watch and registers it.
     async fn start<K: Watchable>(&self, w: Watched<K>) -> Result<Arc<SharedWatch<K>>> {
         let key = w.key();
-        let mut events = watcher::watcher(w.api.clone(), w.config()).boxed();
+        let mut events = watcher::watcher(w.api.clone(), Watched::<K>::config()).boxed();
         let (tx, rx) = watch::channel(BTreeMap::new());
         let mut mirror = Mirror { relisted: None };
         let listed = async {
@@ -249,11 +288,21 @@ impl WatchRegistry {
     }
 }
 
-impl<K: Send + Sync + 'static> SharedWatch<K> {
-    /// Keeps `tx` at `compute` of the objects until the receivers of `tx` are gone, holding
-    /// the watch as long.
+impl<K: kube::Resource + Clone + Send + Sync + 'static> View<K> {
+    /// The object called `name` as the watch has it now, if it wants it.
+    pub(crate) fn get(&self, name: &str) -> Option<K> {
+        if self.filter.name.as_deref().is_some_and(|n| n != name) {
+            return None;
+        }
+        let all = self.shared.objects.borrow();
+        all.get(name).filter(|o| self.filter.matches(*o)).cloned()
+    }
+
+    /// Keeps `tx` at `compute` of the objects this view wants until the receivers of `tx`
+    /// are gone, holding the watch as long. A change elsewhere in the namespace recomputes
+    /// and wakes no one when the result is the same.
     pub(crate) fn follow<T, F>(
-        self: Arc<Self>,
+        self,
         compute: F,
         tx: watch::Sender<T>,
     ) -> tokio::task::JoinHandle<()>
@@ -261,9 +310,15 @@ impl<K: Send + Sync + 'static> SharedWatch<K> {
         T: PartialEq + Send + Sync + 'static,
         F: Fn(&BTreeMap<String, K>) -> T + Send + Sync + 'static,
     {
-        let mut objects = self.objects.clone();
+        let View { shared, filter } = self;
+        let mut objects = shared.objects.clone();
         let publish = move |objects: &mut watch::Receiver<BTreeMap<String, K>>| {
-            let next = compute(&objects.borrow_and_update());
+            let all = objects.borrow_and_update();
+            let next = match filter.select(&all) {
+                Some(wanted) => compute(&wanted),
+                None => compute(&all),
+            };
+            drop(all);
             tx.send_if_modified(|cur| {
                 if *cur == next {
                     false
@@ -275,7 +330,7 @@ impl<K: Send + Sync + 'static> SharedWatch<K> {
         };
         publish(&mut objects);
         tokio::spawn(async move {
-            let _watch = self;
+            let _watch = shared;
             while objects.changed().await.is_ok() {
                 publish(&mut objects);
             }

@@ -100,12 +100,19 @@ fn while_down(at: Instant, faults: &[Happened]) -> bool {
     })
 }
 
-/// Classifies every outcome against the faults that happened.
-pub fn judge(outcomes: &[Outcome], faults: &[Happened]) -> Verdict {
+/// Classifies every outcome against the faults that happened; the samples give times as
+/// seconds since `origin` (the start of the traffic).
+pub fn judge(outcomes: &[Outcome], faults: &[Happened], origin: Instant) -> Verdict {
     let mut v = Verdict::default();
+    let secs = |t: Instant| t.saturating_duration_since(origin).as_secs_f64();
     let sample = |v: &mut Verdict, o: &Outcome, what: &str| {
         if v.samples.len() < 10 {
-            v.samples.push(format!("{}: {what}", o.forward));
+            v.samples.push(format!(
+                "{} (t={:.1}s to {:.1}s): {what}",
+                o.forward,
+                secs(o.start),
+                secs(o.end)
+            ));
         }
     };
     for o in outcomes {
@@ -191,7 +198,7 @@ mod tests {
         on_other_pod.pod = Some("echo-a-y".into());
         let mut outcomes = outcomes;
         outcomes.push(on_other_pod);
-        let v = judge(&outcomes, &faults);
+        let v = judge(&outcomes, &faults, t0);
         assert_eq!(v.completed, 1);
         assert_eq!(v.expected_ends.get("pod killed"), Some(&1));
         assert_eq!(v.expected_ends.get("api restarted"), Some(&1));

@@ -275,8 +275,36 @@ pub async fn udp_flow(addr: SocketAddr, seed: u64, totals: Arc<Totals>, stop: Ca
     receiver.abort();
 }
 
-/// Opens a connection to the external host through the `proxy` forward at `addr` every
-/// 500 ms until `stop`, reading its greeting to the end.
+/// Asks the external host `host` (an HTTP server: it answers requests and never speaks
+/// first) for its greeting through the `proxy` forward at `addr`, one request on one
+/// connection; returns the bytes read.
+///
+/// # Errors
+///
+/// What went wrong, for the report: the connect, the exchange, or an answer that is not
+/// the host's greeting.
+pub async fn hello_once(addr: SocketAddr, host: &str) -> Result<usize, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if head.starts_with("HTTP/1.1 200 ") && body.starts_with(&format!("hello from {host} to ")) {
+        Ok(text.len())
+    } else {
+        Err(format!("answer {text:?}"))
+    }
+}
+
+/// Asks the external host for its greeting through the `proxy` forward at `addr` every
+/// 500 ms until `stop` ([`hello_once`]), recording each exchange.
 pub async fn hello_loop(
     forward: String,
     addr: SocketAddr,
@@ -284,30 +312,15 @@ pub async fn hello_loop(
     totals: Arc<Totals>,
     stop: CancellationToken,
 ) {
-    let want = format!("hello from {host} to ");
     while !stop.is_cancelled() {
         let start = Instant::now();
-        let how = async {
-            let mut s = TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            totals
-                .bytes_moved
-                .fetch_add(text.len() as u64, Ordering::Relaxed);
-            if text.starts_with(&want) {
-                Ok(())
-            } else {
-                Err(format!("greeting {text:?}"))
+        let how = match tokio::time::timeout(CONNECT, hello_once(addr, host)).await {
+            Ok(Ok(n)) => {
+                totals.bytes_moved.fetch_add(n as u64, Ordering::Relaxed);
+                End::Completed
             }
-        };
-        let how = match tokio::time::timeout(CONNECT, how).await {
-            Ok(Ok(())) => End::Completed,
             Ok(Err(e)) => End::Refused(e),
-            Err(_) => End::Refused("no greeting in time".into()),
+            Err(_) => End::Refused("no answer in time".into()),
         };
         totals.record(Outcome {
             forward: forward.clone(),
@@ -321,5 +334,38 @@ pub async fn hello_loop(
             () = stop.cancelled() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use kforward_testkit::network::{AddressPool, ExternalHost};
+
+    use super::*;
+
+    /// The soak's external host is the testkit's: an HTTP server that answers a request
+    /// and never speaks first. The first soaks read without asking, so every exchange
+    /// waited out its 20 s and was counted as a refusal by kforward.
+    #[tokio::test]
+    async fn the_external_host_greets_an_http_request() {
+        let pool = AddressPool::new();
+        let host = ExternalHost::start(
+            "soak.example.internal",
+            pool.next_external_ip(),
+            0,
+            None,
+            |_: IpAddr| true,
+        )
+        .await
+        .expect("external host");
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            hello_once(host.http_addr(), host.name()),
+        )
+        .await
+        .expect("an answer in time");
+        assert!(got.expect("the greeting") > 0);
     }
 }

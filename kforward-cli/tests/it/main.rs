@@ -13,6 +13,7 @@ mod workloads;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+mod relay_crash;
 mod relay_doctor;
 mod soak;
 

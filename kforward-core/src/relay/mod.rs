@@ -30,4 +30,6 @@ pub use manifest::{
     DEFAULT_RELAY_PORT, LABEL_MANAGED_BY, LABEL_NAME, LABEL_SESSION, PodPatch, PullPolicy,
     RELAY_CONTAINER, RELAY_IMAGE_ENV, RelayOptions, default_image,
 };
-pub use pod::{RelayPods, SharedRelayPods, gc};
+pub use pod::{
+    DEFAULT_HEARTBEAT_STALE, HEARTBEAT_EVERY, RelayPods, SharedRelayPods, gc, gc_stale_after,
+};

@@ -20,9 +20,11 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 
 /// How often the owner refreshes its pods' heartbeat.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
-/// A relay pod whose heartbeat is older than this belongs to a dead session.
-const HEARTBEAT_STALE: Duration = Duration::from_secs(120);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// A relay pod whose heartbeat is older than this belongs to a dead session (what [`gc`]
+/// uses; [`gc_stale_after`] takes another). Four heartbeats: a live session's pods are never
+/// that old.
+pub const DEFAULT_HEARTBEAT_STALE: Duration = Duration::from_secs(120);
 /// How often a relay pod's status is read while waiting: a pull error or an unschedulable
 /// pod shows within this of the kubelet or the scheduler reporting it.
 const READY_POLL: Duration = Duration::from_millis(100);
@@ -347,9 +349,10 @@ impl Drop for RelayPods {
     }
 }
 
-/// Deletes relay pods whose session is gone (heartbeat older than 2 minutes) or whose relay
-/// has exited (phase `Succeeded` or `Failed`), in `namespace` or in every namespace; returns
-/// `namespace/name` of each pod deleted, sorted.
+/// Deletes relay pods whose session is gone (heartbeat older than
+/// [`DEFAULT_HEARTBEAT_STALE`], 2 minutes) or whose relay has exited (phase `Succeeded` or
+/// `Failed`), in `namespace` or in every namespace; returns `namespace/name` of each pod
+/// deleted, sorted.
 ///
 /// # Errors
 ///
@@ -364,6 +367,32 @@ impl Drop for RelayPods {
 /// # Ok(()) }
 /// ```
 pub async fn gc(ctx: &KubeContext, namespace: Option<&str>) -> Result<Vec<String>> {
+    gc_stale_after(ctx, namespace, DEFAULT_HEARTBEAT_STALE).await
+}
+
+/// [`gc`] with another staleness: a pod whose heartbeat is older than `stale` counts as
+/// its session's leftover. Below the heartbeat period (30 s) the pods of live sessions
+/// count too: for tests and for a user who knows no session is running.
+///
+/// # Errors
+///
+/// As [`gc`].
+///
+/// # Example
+///
+/// ```no_run
+/// # async fn f(ctx: kforward_core::KubeContext) -> kforward_core::Result<()> {
+/// use std::time::Duration;
+/// // Right after a crash, when no other kforward of this cluster runs.
+/// let deleted =
+///     kforward_core::relay::gc_stale_after(&ctx, Some("demo"), Duration::from_secs(1)).await?;
+/// # Ok(()) }
+/// ```
+pub async fn gc_stale_after(
+    ctx: &KubeContext,
+    namespace: Option<&str>,
+    stale: Duration,
+) -> Result<Vec<String>> {
     let api: Api<Pod> = match namespace {
         Some(ns) => Api::namespaced(ctx.client().clone(), ns),
         None => Api::all(ctx.client().clone()),
@@ -397,7 +426,7 @@ pub async fn gc(ctx: &KubeContext, namespace: Option<&str>) -> Result<Vec<String
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        if !exited && now.saturating_sub(beat) <= HEARTBEAT_STALE.as_secs() {
+        if !exited && now.saturating_sub(beat) <= stale.as_secs() {
             continue;
         }
         let api: Api<Pod> = Api::namespaced(ctx.client().clone(), &ns);

@@ -122,7 +122,9 @@ async fn forbidden_names_verb_resource_and_namespace() {
         ),
         "{msg}"
     );
-    cluster.deny("get", "services");
+    // Services are read from a shared list of the namespace's services when the user may
+    // list them, and asked for one by one (a GET) otherwise: deny both.
+    cluster.deny("*", "services");
     let e = start_err(&ctx, spec("svc/web", 0, 80), quick()).await;
     assert!(
         e.to_string()

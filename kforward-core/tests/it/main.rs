@@ -14,4 +14,5 @@ mod relay_pods;
 mod spdy;
 mod supervisor;
 mod transport;
+mod watches;
 mod workloads;

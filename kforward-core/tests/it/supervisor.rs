@@ -465,8 +465,11 @@ async fn forwards_of_one_service_share_one_watch_and_their_probes() {
     }
     let started = cluster.stats();
     let watches = started.watches_total - before.watches_total;
+    // Two kinds (services, EndpointSlices), one shared watch each; a watch started again
+    // under load (seen once in a full `cargo test --workspace`) is allowed, as it was when
+    // there was one kind. Unshared, 40 forwards made 5 of one kind.
     assert!(
-        watches <= 2,
+        watches <= 4,
         "{watches} watches for 40 forwards of one service"
     );
     // Every forward probes every 200 ms here; unshared, one second of that is at least
