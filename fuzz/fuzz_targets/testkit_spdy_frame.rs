@@ -22,7 +22,7 @@ enum Any {
 }
 
 fn frame(a: Any) -> Frame {
-    // Stream ids are 31 bits on the wire.
+    // Stream ids and window deltas are 31 bits on the wire.
     let id = |i: u32| i & 0x7fff_ffff;
     match a {
         Any::Data(s, fin, d) => Frame::Data {
@@ -57,7 +57,7 @@ fn frame(a: Any) -> Frame {
         },
         Any::WindowUpdate(s, d) => Frame::WindowUpdate {
             stream_id: id(s),
-            delta: d,
+            delta: id(d),
         },
     }
 }

@@ -84,7 +84,9 @@ impl Rule {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
             return Some(Rule::Address { ip, port });
         }
-        let host = host.strip_prefix('*').unwrap_or(host);
+        // `* .example.com` is `.example.com`: what follows the `*` is trimmed as the entry
+        // was, so that a rule written back parses to itself.
+        let host = host.strip_prefix('*').map_or(host, str::trim);
         let include_self = !host.starts_with('.');
         let name = host.trim_start_matches('.').trim_end_matches('.');
         if name.is_empty() {
@@ -270,6 +272,23 @@ mod tests {
 
     fn m(list: &str, host: &str, port: u16) -> bool {
         NoProxy::parse(list).matching(host, port).is_some()
+    }
+
+    #[test]
+    fn a_rule_written_back_parses_to_itself_with_blanks_after_the_star() {
+        // Found by the relay_no_proxy fuzz target: `*` then blanks kept the blanks in the
+        // name, and the rule written back parsed to another rule.
+        for entry in ["* .example.com", "*\n\nexample.com", "*\t.example.com:8443"] {
+            let rules = NoProxy::parse(entry);
+            let rule = &rules.rules()[0];
+            assert_eq!(
+                NoProxy::parse(&rule.to_string()).rules(),
+                rules.rules(),
+                "{entry:?}"
+            );
+        }
+        assert!(m("* .example.com", "api.example.com", 443));
+        assert!(!m("* .example.com", "example.com", 443));
     }
 
     #[test]

@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_come_back_exactly_when_written_back() {
+        // Found by the kftray_config fuzz target: a number in an unknown field was read
+        // imprecisely, so a config written back (as `kforward` saves it) loaded differently.
+        let text = r#"[{"service":"db","namespace":"prod","remote_port":5432,"local_port":5432,"workload_type":"service","cluster_note":5.436000000938248e22}]"#;
+        let configs = load_configs(text).expect("loads");
+        let written = serde_json::to_string(&configs).expect("serializes");
+        assert!(written.contains("5.436000000938248e+22"), "{written}");
+        assert_eq!(load_configs(&written).expect("loads again"), configs);
+    }
+
+    #[test]
     fn kftray_export_loads_unchanged() {
         let configs = load_configs(KFTRAY_EXPORT).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(configs.len(), 5);

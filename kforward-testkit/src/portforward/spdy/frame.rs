@@ -286,9 +286,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             control(out, 8, 0, &p);
         }
         Frame::WindowUpdate { stream_id, delta } => {
+            // Both fields are 31 bits; the top bit is reserved (SPDY/3 section 2.6.8).
             let mut p = BytesMut::with_capacity(8);
-            p.put_u32(*stream_id);
-            p.put_u32(*delta);
+            p.put_u32(stream_id & 0x7fff_ffff);
+            p.put_u32(delta & 0x7fff_ffff);
             control(out, 9, 0, &p);
         }
         Frame::Unknown { .. } => {}
@@ -342,6 +343,32 @@ mod tests {
             stream_id: 1,
             delta: 65536,
         });
+    }
+
+    #[test]
+    fn window_update_never_writes_the_reserved_bits() {
+        // Found by the testkit_spdy_frame fuzz target: a delta above 31 bits went out
+        // with the reserved bit set and came back as another delta.
+        let mut out = BytesMut::new();
+        let reserved = |b: &[u8]| (b[8] & 0x80, b[12] & 0x80);
+        encode(
+            &Frame::WindowUpdate {
+                stream_id: 0xffff_ffff,
+                delta: 0xeaea_eaea,
+            },
+            &mut out,
+        );
+        assert_eq!(reserved(&out), (0, 0), "{out:?}");
+        assert_eq!(
+            decode(&out),
+            Ok(Some((
+                Frame::WindowUpdate {
+                    stream_id: 0x7fff_ffff,
+                    delta: 0x6aea_eaea,
+                },
+                out.len()
+            )))
+        );
     }
 
     #[test]
