@@ -70,9 +70,17 @@ async fn targets_of_one_namespace_share_one_watch_per_kind_and_see_only_their_po
     )
     .await;
 
-    let after = cluster.stats();
     // Six targets: one watch of services (the three service targets read theirs from it),
     // one of EndpointSlices and one of pods (the statefulset, the pod and the selector).
+    // A shared watch starts after its list, in the background, so the count may reach the
+    // API server a moment after `resolve` returned: wait for it (bounded), then it is exact.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cluster.stats().watches_total - before.watches_total < 3
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let after = cluster.stats();
     assert_eq!(after.watches_total - before.watches_total, 3);
     // One more forward to a service of the namespace asks the API server nothing.
     let web_again = resolve(svc("web"), RemotePort::Number(80)).await;
