@@ -3,6 +3,7 @@
 //! memory, failures). `target/release/scale --help`.
 
 pub mod clients;
+pub mod pods;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kforward_testkit::{Cluster, ECHO_IMAGE};
+use kforward_testkit::{Cluster, ECHO_IMAGE, SLEEP_IMAGE};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -19,12 +20,18 @@ use crate::soak::{procstat, start_kforward, stop_kforward};
 
 const NAMESPACE: &str = "scale";
 
-/// Creates `services` echo services of `replicas` pods each (`echo-0`, `echo-1`, ...).
-async fn echo_services(cluster: &Cluster, services: usize, replicas: i32) -> anyhow::Result<()> {
+/// Creates `services` services of `replicas` pods each (`echo-0`, `echo-1`, ...) running
+/// `image` on port 7000.
+async fn echo_services(
+    cluster: &Cluster,
+    services: usize,
+    replicas: i32,
+    image: &str,
+) -> anyhow::Result<()> {
     cluster.create_namespace(NAMESPACE)?;
     for i in 0..services {
         let name = format!("echo-{i}");
-        let d = kforward_testkit::deployment(&name, ECHO_IMAGE, replicas, &[("echo", 7000, "TCP")]);
+        let d = kforward_testkit::deployment(&name, image, replicas, &[("echo", 7000, "TCP")]);
         cluster.create_deployment(NAMESPACE, &d)?;
         let s = kforward_testkit::service(
             &name,
@@ -65,7 +72,7 @@ fn run_file(dir: &Path, n: usize, services: usize, kubeconfig: &Path) -> anyhow:
 pub async fn forwards(kforward: &Path, n: usize) -> anyhow::Result<Value> {
     let services = 10;
     let cluster = Cluster::start().await?;
-    echo_services(&cluster, services, 1).await?;
+    echo_services(&cluster, services, 1, ECHO_IMAGE).await?;
     let dir = tempfile::tempdir()?;
     let file = run_file(dir.path(), n, services, cluster.kubeconfig_path())?;
     let before = cluster.stats();
@@ -124,8 +131,10 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// `n` concurrent connections through one forward to a service of 3 echo pods. The
-/// clients run in a child process (this binary's `clients` mode), so that this process,
-/// which holds the pods' ends, and the clients each stay under the fd limit.
+/// clients run in a child process (this binary's `clients` mode) and so do the pods'
+/// echo servers (`pods` mode, see [`pods`]), so that this process (the API server and
+/// kubelet), the clients, the pods and kforward each hold one descriptor per connection
+/// and stay under the fd limit.
 ///
 /// # Errors
 ///
@@ -133,7 +142,26 @@ pub fn raise_fd_limit() -> u64 {
 pub async fn conns(kforward: &Path, n: usize) -> anyhow::Result<Value> {
     let limit = raise_fd_limit();
     let cluster = Cluster::start().await?;
-    echo_services(&cluster, 1, 3).await?;
+    echo_services(&cluster, 1, 3, SLEEP_IMAGE).await?;
+    let pod_addrs: Vec<String> = cluster
+        .pods(NAMESPACE, Some("app=echo-0"))
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .map(|ip| format!("{ip}:7000"))
+        .collect();
+    anyhow::ensure!(pod_addrs.len() == 3, "pod IPs: {pod_addrs:?}");
+    let mut pods = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("pods")
+        .args(&pod_addrs)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut pods_out = BufReader::new(pods.stdout.take().context("stdout")?).lines();
+    tokio::time::timeout(Duration::from_secs(30), pods_out.next_line())
+        .await
+        .context("the pods' servers did not listen in 30 s")??
+        .context("the pods' servers exited")?;
     let dir = tempfile::tempdir()?;
     let file = run_file(dir.path(), 1, 1, cluster.kubeconfig_path())?;
     let (mut child, ready) = start_kforward(
@@ -169,6 +197,8 @@ pub async fn conns(kforward: &Path, n: usize) -> anyhow::Result<Value> {
         .context("the clients exited without a result")?;
     let _ = clients.wait().await;
     let exit = stop_kforward(&mut child, pid).await;
+    drop(pods.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), pods.wait()).await;
     let mut v: Value = serde_json::from_str(&result)?;
     v["held"] = serde_json::from_str(&held)?;
     v["fd_limit"] = json!(limit);

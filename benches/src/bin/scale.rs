@@ -33,6 +33,14 @@ async fn main() -> anyhow::Result<()> {
             let count = args.get(2).context("clients ADDR N")?.parse()?;
             return scale::clients::run(addr, count).await;
         }
+        // The pods' echo servers of `conns`, in a process of their own.
+        Some("pods") => {
+            let addrs = args[1..]
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("pods ADDR...: {a}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            return scale::pods::run(&addrs).await;
+        }
         Some("--help" | "-h") => {
             println!("{USAGE}");
             return Ok(());
