@@ -243,13 +243,16 @@ pub(crate) struct Open<'a> {
     /// How long to wait for a ready pod.
     pub(crate) wait: Duration,
     /// Asks the forward to read the kubeconfig again (after a 401).
-    pub(crate) reload: &'a Notify,
+    pub(crate) reload: &'a Arc<Notify>,
 }
 
 /// Opens a stream for a new connection or UDP session of port mapping `index` from
 /// `client`. A pod that fails is given a moment to leave the endpoints and another is
 /// tried; rejected credentials make the forward read the kubeconfig again, and the stream
-/// is tried with the new ones.
+/// is tried with the new ones. A SPDY stream to a pod is opened again the same way, with
+/// what was written on it, should the runtime say that its pod was never reached (the
+/// answer comes after the first bytes were sent: a session opened before the pod was
+/// deleted and created again under its name stays bound to the old one).
 ///
 /// # Errors
 ///
@@ -260,6 +263,62 @@ pub(crate) async fn open_stream(
     client: SocketAddr,
     o: &Open<'_>,
 ) -> Result<Stream> {
+    let (mut stream, failed) = open_once(shared, index, client, o).await?;
+    if let (Stream::Spdy(p), Some(failed)) = (&mut stream, failed) {
+        let (shared, label, wait, reload) = (
+            shared.clone(),
+            o.label.to_string(),
+            o.wait,
+            o.reload.clone(),
+        );
+        p.set_redial(Arc::new(move || {
+            let (shared, label, reload, failed) = (
+                shared.clone(),
+                label.clone(),
+                reload.clone(),
+                failed.clone(),
+            );
+            Box::pin(async move {
+                // Give the watch a moment to drop the pod (or to see it created again).
+                failed.settle().await;
+                let o = Open {
+                    label: &label,
+                    wait,
+                    reload: &reload,
+                };
+                match open_once(&shared, index, client, &o).await?.0 {
+                    Stream::Spdy(p) => Ok(p),
+                    Stream::WebSocket(t) => Ok(crate::transport::spdy::PodStream::from(t)),
+                }
+            })
+        }));
+    }
+    Ok(stream)
+}
+
+/// The endpoint a pod stream went to, to wait on should the stream fail.
+#[derive(Clone)]
+struct Picked {
+    eps: Arc<crate::resolve::Endpoints>,
+    ep: crate::resolve::Endpoint,
+}
+
+impl Picked {
+    /// Waits up to [`RETRY_WAIT`] for the watch to drop the endpoint.
+    async fn settle(&self) {
+        let mut rx = self.eps.subscribe();
+        let ep = &self.ep;
+        let _ = tokio::time::timeout(RETRY_WAIT, rx.wait_for(|v| !v.contains(ep))).await;
+    }
+}
+
+/// [`open_stream`]'s tries; also the endpoint a pod stream went to.
+async fn open_once(
+    shared: &SharedBackend,
+    index: usize,
+    client: SocketAddr,
+    o: &Open<'_>,
+) -> Result<(Stream, Option<Picked>)> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let backend = shared.borrow().clone();
@@ -267,8 +326,15 @@ pub(crate) async fn open_stream(
         let (dest, ep) = route
             .pick(backend.ctx(), &backend.namespace, o.label, o.wait)
             .await?;
+        let picked = match (route, &ep) {
+            (Route::Pods(eps), Some(ep)) => Some(Picked {
+                eps: eps.clone(),
+                ep: ep.clone(),
+            }),
+            _ => None,
+        };
         let e = match backend.dialer.dial(&dest, client).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, picked)),
             Err(e) => e,
         };
         if e.is_unauthorized() {
@@ -278,12 +344,11 @@ pub(crate) async fn open_stream(
             let mut rx = shared.clone();
             let swapped = rx.wait_for(|b| !Arc::ptr_eq(b, &backend));
             let _ = tokio::time::timeout(RELOAD_WAIT, swapped).await;
-        } else if let (true, Route::Pods(eps), Some(ep)) = (e.is_retryable(), route, ep) {
+        } else if let (true, Some(p)) = (e.is_retryable(), &picked) {
             // The pod may have just gone away: give the watch a moment to drop it, then
             // try the next one.
-            debug!(pod = %ep.pod, error = %e, "stream failed; trying another pod");
-            let mut rx = eps.subscribe();
-            let _ = tokio::time::timeout(RETRY_WAIT, rx.wait_for(|v| !v.contains(&ep))).await;
+            debug!(pod = %p.ep.pod, error = %e, "stream failed; trying another pod");
+            p.settle().await;
         } else {
             return Err(e);
         }

@@ -184,3 +184,34 @@ async fn workload_errors_name_the_kind_and_the_ports_there() {
         "sts/db has no port named \"http\" (ports there: db (5432))"
     );
 }
+
+/// A SPDY session stays bound to the pod it was opened for (the kubelet serves it for
+/// that pod's sandbox), so when a pod is deleted and created again under its name (a
+/// StatefulSet's), the forward must not keep using the session it had: connections opened
+/// while the pod is replaced wait for it and get their bytes through, and so do those after.
+#[tokio::test]
+async fn a_pod_forward_follows_its_pod_deleted_and_created_again_under_its_name() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let (mut f, bound) = start(&ctx, spec("pod/db-0", 0, 5432)).await;
+    let addr = bound[0].local_addr;
+    echo(addr, b"to db-0").await;
+
+    let old = uid(&cluster, "db-0");
+    cluster.delete_pod("demo", "db-0").expect("delete db-0");
+    // Opened at once: the session it lands on may still be the old pod's.
+    echo(addr, b"while db-0 is replaced").await;
+    let back = cluster.wait_for("db-0 back under its name", WAIT, |c| {
+        c.ready_pods("demo", "app=db")
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some("db-0") && p.metadata.uid != old)
+    });
+    tokio::time::timeout(WAIT, back)
+        .await
+        .expect("in time")
+        .expect("recreated");
+    for i in 0..5 {
+        echo(addr, format!("to the new db-0, {i}").as_bytes()).await;
+    }
+    f.stop().await;
+}

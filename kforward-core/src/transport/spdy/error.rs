@@ -86,6 +86,38 @@ impl SpdyError {
         e.get_ref().and_then(|inner| inner.downcast_ref())
     }
 
+    /// Whether the runtime says it never connected to the pod's port, so no byte of the
+    /// connection reached the pod and it may be sent again elsewhere: the pod's sandbox is
+    /// gone (a deleted pod; a session stays bound to the pod it was opened for) or nothing
+    /// listens on the port. The wording is containerd's (`pkg/cri/server/
+    /// sandbox_portforward_linux.go`: "failed to find sandbox", "network namespace for
+    /// sandbox ... is closed", "failed to connect to localhost:PORT inside namespace");
+    /// any other message (a copy that failed midway) counts as reached.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use kforward_core::transport::spdy::SpdyError;
+    ///
+    /// let e = SpdyError::Refused {
+    ///     pod: "db-0".into(),
+    ///     port: 5432,
+    ///     message: "failed to find sandbox \"4f1c\" in store: not found".into(),
+    /// };
+    /// assert!(e.never_reached_pod());
+    /// ```
+    pub fn never_reached_pod(&self) -> bool {
+        match self {
+            SpdyError::Refused { message, .. } => {
+                message.contains("failed to find sandbox")
+                    || (message.contains("network namespace for sandbox")
+                        && message.contains("is closed"))
+                    || message.contains("failed to connect to localhost")
+            }
+            _ => false,
+        }
+    }
+
     fn kind(&self) -> io::ErrorKind {
         match self {
             SpdyError::Refused { .. } => io::ErrorKind::ConnectionRefused,

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::error::SpdyError;
 use super::open::{OpenError, SpdyTransport, open};
 use super::session::{Session, SessionConfig, SessionLoad};
 use super::stream::SpdyStream;
@@ -98,9 +99,18 @@ pub struct PodStream {
     origin: Option<(SessionPool, String, u16)>,
     reopening: Option<Reopen>,
     reopened: u32,
+    /// How to open the connection again on another pod (the forward's routing), after
+    /// the runtime said this one's pod was never reached.
+    redial: Option<Redial>,
 }
 
-type Reopen = Pin<Box<dyn Future<Output = io::Result<SpdyStream>> + Send>>;
+type Reopen = Pin<Box<dyn Future<Output = io::Result<PodStream>> + Send>>;
+
+/// Opens a connection anew, to whichever pod the caller's routing picks now: set with
+/// [`PodStream::set_redial`], used when the runtime says the pod was never reached (see
+/// [`SpdyError::never_reached_pod`](super::SpdyError::never_reached_pod)).
+pub(crate) type Redial =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<PodStream>> + Send>> + Send + Sync>;
 
 enum Conn {
     Spdy(SpdyStream, Transport),
@@ -136,31 +146,58 @@ impl PodStream {
         }
     }
 
+    /// Has `redial` open this connection again, to whichever pod the forward routes to
+    /// then, should the runtime say that this stream's pod was never reached.
+    pub(crate) fn set_redial(&mut self, redial: Redial) {
+        self.redial = Some(redial);
+    }
+
     /// After an error from the SPDY stream: starts opening it again when the server never
-    /// processed it. True when the caller should poll again.
-    fn start_reopen(&mut self) -> bool {
+    /// processed it (GOAWAY: on another session to the same pod), or when the runtime
+    /// never reached the pod (its session stays bound to a pod that is gone, e.g. a
+    /// StatefulSet's pod deleted and created again under its name: the session leaves
+    /// the pool, and the connection goes where the forward's routing says now). Only
+    /// while nothing came back from the pod, with what was written replayed. True when
+    /// the caller should poll again.
+    fn start_reopen(&mut self, e: &io::Error) -> bool {
         let (Conn::Spdy(s, _), Some((pool, pod, port))) = (&self.conn, &self.origin) else {
             return false;
         };
         if self.reopened >= MAX_REOPEN {
             return false;
         }
-        let Some((sent, shut)) = s.replay() else {
-            return false;
+        let unreached = SpdyError::of(e).is_some_and(SpdyError::never_reached_pod);
+        if unreached {
+            // Whatever becomes of this connection, the session is no use for new ones.
+            pool.retire(pod, s.session_inner());
+        }
+        let (replay, how) = match s.replay() {
+            Some(r) => (
+                r,
+                "the session went away before the server took the connection",
+            ),
+            None => match s.replay_unreached().filter(|_| unreached) {
+                Some(r) => (r, "the runtime never reached the pod"),
+                None => return false,
+            },
         };
+        let (sent, shut) = replay;
         self.reopened += 1;
         let (pool, pod, port) = (pool.clone(), pod.clone(), *port);
-        tracing::debug!(
-            pod,
-            port,
-            "the session went away before the server took the connection; opening it again"
-        );
+        tracing::debug!(pod, port, error = %e, "{how}; opening the connection again");
+        let redial = self.redial.clone().filter(|_| unreached);
         self.reopening = Some(Box::pin(async move {
             use tokio::io::AsyncWriteExt;
-            let mut s = pool
-                .connect_spdy(&pod, port)
-                .await
-                .map_err(io::Error::other)?;
+            let mut s = match redial {
+                Some(redial) => redial().await.map_err(io::Error::other)?,
+                None => PodStream::over_spdy(
+                    pool.connect_spdy(&pod, port)
+                        .await
+                        .map_err(io::Error::other)?,
+                    pool.transport(),
+                    Some((pool.clone(), pod, port)),
+                ),
+            };
             s.write_all(&sent).await?;
             if shut {
                 s.shutdown().await?;
@@ -168,6 +205,16 @@ impl PodStream {
             Ok(s)
         }));
         true
+    }
+
+    fn over_spdy(s: SpdyStream, t: Transport, origin: Option<(SessionPool, String, u16)>) -> Self {
+        PodStream {
+            conn: Conn::Spdy(s, t),
+            origin,
+            reopening: None,
+            reopened: 0,
+            redial: None,
+        }
     }
 
     /// Drives a reopening to its end; `Ready(Ok)` when the connection can be used.
@@ -178,9 +225,8 @@ impl PodStream {
         let r = std::task::ready!(fut.as_mut().poll(cx));
         self.reopening = None;
         let s = r?;
-        if let Conn::Spdy(old, _) = &mut self.conn {
-            *old = s;
-        }
+        self.conn = s.conn;
+        self.origin = s.origin;
         Poll::Ready(Ok(()))
     }
 
@@ -195,7 +241,7 @@ impl PodStream {
             std::task::ready!(self.poll_reopen(cx))?;
             match op(&mut self.conn, cx) {
                 Poll::Ready(Err(e)) => {
-                    if !self.start_reopen() {
+                    if !self.start_reopen(&e) {
                         return Poll::Ready(Err(e));
                     }
                 }
@@ -206,6 +252,19 @@ impl PodStream {
 }
 
 use std::future::Future;
+
+impl From<Tunnel> for PodStream {
+    /// A `v4.channel.k8s.io` connection (no half-close, never opened again).
+    fn from(t: Tunnel) -> Self {
+        PodStream {
+            conn: Conn::Websocket(t),
+            origin: None,
+            reopening: None,
+            reopened: 0,
+            redial: None,
+        }
+    }
+}
 
 /// What the pipeline does with a connection: a SPDY stream it reads in chunks and sends
 /// whole frames on, or a `v4.channel.k8s.io` tunnel it carries as any other.
@@ -449,12 +508,11 @@ impl SessionPool {
             return self.tunnel(pod, port).await;
         }
         match self.connect_spdy_or_v4(pod, port).await? {
-            Some((s, t)) => Ok(PodStream {
-                conn: Conn::Spdy(s, t),
-                origin: Some((self.clone(), pod.to_string(), port)),
-                reopening: None,
-                reopened: 0,
-            }),
+            Some((s, t)) => Ok(PodStream::over_spdy(
+                s,
+                t,
+                Some((self.clone(), pod.to_string(), port)),
+            )),
             None => self.tunnel(pod, port).await,
         }
     }
@@ -511,6 +569,26 @@ impl SessionPool {
         Ok(self.transport())
     }
 
+    /// Takes the session `session` out of `pod`'s sessions: new connections never use it
+    /// (it stays bound to a pod that is gone); it closes once its last stream is done.
+    pub(crate) fn retire(&self, pod: &str, session: &Arc<super::session::Inner>) {
+        let gone: Vec<Pooled> = {
+            let mut pods = self.pods();
+            let Some(entry) = pods.get_mut(pod) else {
+                return;
+            };
+            let (gone, kept) = std::mem::take(&mut entry.sessions)
+                .into_iter()
+                .partition(|p| Arc::ptr_eq(&p.session.inner, session));
+            entry.sessions = kept;
+            gone
+        };
+        if !gone.is_empty() {
+            tracing::debug!(pod, "a session whose pod is gone leaves the pool");
+        }
+        drop(gone);
+    }
+
     /// Closes the sessions to pods `keep` says no to (pods the forward no longer routes to).
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         let gone: Vec<PodEntry> = {
@@ -556,12 +634,7 @@ impl SessionPool {
         if self.inner.transport == Transport::Auto {
             self.inner.ctx.transport_memo().set(Transport::Websocket);
         }
-        Ok(PodStream {
-            conn: Conn::Websocket(t),
-            origin: None,
-            reopening: None,
-            reopened: 0,
-        })
+        Ok(PodStream::from(t))
     }
 
     /// The least loaded usable session to `pod`; starts another in the background when

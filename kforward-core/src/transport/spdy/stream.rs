@@ -45,6 +45,8 @@ struct Inbound {
     last_read: Option<Instant>,
     /// Something (a reply, data) came from the server for this pair.
     received: bool,
+    /// Whether the pod sent any data on the data stream.
+    data_seen: bool,
     /// The server said (GOAWAY) it never processed this pair: it may be opened again.
     unprocessed: bool,
 }
@@ -113,6 +115,7 @@ impl Pair {
     pub(crate) fn push(&self, data: Bytes, fin: bool, bounds: Bounds) -> Push {
         let mut ib = self.lock();
         ib.received = true;
+        ib.data_seen |= !data.is_empty();
         if ib.failed.is_some() {
             return Push::Queued;
         }
@@ -142,6 +145,7 @@ impl Pair {
     /// Queues data past the limit, and marks the session as held by this reader.
     pub(crate) fn push_over(&self, data: Bytes, fin: bool) {
         let mut ib = self.lock();
+        ib.data_seen |= !data.is_empty();
         ib.buffered += data.len();
         ib.chunks.push_back(data);
         ib.data_fin |= fin;
@@ -223,9 +227,10 @@ pub struct SpdyStream {
     /// Whether the pod sent any data.
     carried: bool,
     error_wait: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// What was written before the server answered, to send again on another session
-    /// should this one go away without having processed the stream; `None` once the
-    /// server answered or more than [`REPLAY_MAX`] was written.
+    /// What was written before the pod answered, to send again on another session
+    /// should this one go away without having processed the stream, or the runtime say
+    /// it never reached the pod; `None` once the pod sent data or more than
+    /// [`REPLAY_MAX`] was written.
     replay: Option<BytesMut>,
 }
 
@@ -267,9 +272,28 @@ impl SpdyStream {
         Some((Bytes::copy_from_slice(r), self.write_shut))
     }
 
+    /// What to send again on a new stream after the runtime said it never connected to
+    /// the pod's port ([`SpdyError::never_reached_pod`]): the bytes written so far and
+    /// whether the write side was shut down; `None` once the pod sent data or more than
+    /// [`REPLAY_MAX`] was written.
+    pub(crate) fn replay_unreached(&self) -> Option<(Bytes, bool)> {
+        if self.pair.lock().data_seen {
+            return None;
+        }
+        let r = self.replay.as_ref()?;
+        Some((Bytes::copy_from_slice(r), self.write_shut))
+    }
+
+    /// The session this stream is on.
+    pub(crate) fn session_inner(&self) -> &Arc<Inner> {
+        &self.session
+    }
+
     fn record(&mut self, data: &[u8]) {
         if let Some(r) = &mut self.replay {
-            if r.len() + data.len() > REPLAY_MAX || self.pair.lock().received {
+            // Kept until the pod answers with data: before that, what was written is all
+            // a new stream needs (a GOAWAY or a refusal before the pod was reached).
+            if r.len() + data.len() > REPLAY_MAX || self.pair.lock().data_seen {
                 self.replay = None;
             } else {
                 r.extend_from_slice(data);
