@@ -250,7 +250,7 @@ pub(crate) struct Open<'a> {
 /// `client`. A pod that fails is given a moment to leave the endpoints and another is
 /// tried; rejected credentials make the forward read the kubeconfig again, and the stream
 /// is tried with the new ones. A SPDY stream to a pod is opened again the same way, with
-/// what was written on it, should the runtime say that its pod was never reached (the
+/// what was written on it, should the runtime say that its pod is gone (the
 /// answer comes after the first bytes were sent: a session opened before the pod was
 /// deleted and created again under its name stays bound to the old one).
 ///

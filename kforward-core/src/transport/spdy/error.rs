@@ -86,33 +86,38 @@ impl SpdyError {
         e.get_ref().and_then(|inner| inner.downcast_ref())
     }
 
-    /// Whether the runtime says it never connected to the pod's port, so no byte of the
-    /// connection reached the pod and it may be sent again elsewhere: the pod's sandbox is
-    /// gone (a deleted pod; a session stays bound to the pod it was opened for) or nothing
-    /// listens on the port. The wording is containerd's (`pkg/cri/server/
-    /// sandbox_portforward_linux.go`: "failed to find sandbox", "network namespace for
-    /// sandbox ... is closed", "failed to connect to localhost:PORT inside namespace");
-    /// any other message (a copy that failed midway) counts as reached.
+    /// Whether the runtime says the pod's sandbox is gone: the pod was deleted (a
+    /// session stays bound to the pod it was opened for, even when another pod takes its
+    /// name, as a StatefulSet's does), so nothing of the connection reached a pod and it
+    /// may be opened again where the forward routes now. The wording is containerd's
+    /// (`pkg/cri/server/sandbox_portforward_linux.go`, checked before any dial: "failed to
+    /// find sandbox", "network namespace for sandbox ... is closed"). A port that refused
+    /// on a live pod is not this: that connection fails as it does with kubectl.
     ///
     /// # Example
     ///
     /// ```
     /// use kforward_core::transport::spdy::SpdyError;
     ///
-    /// let e = SpdyError::Refused {
+    /// let gone = SpdyError::Refused {
     ///     pod: "db-0".into(),
     ///     port: 5432,
     ///     message: "failed to find sandbox \"4f1c\" in store: not found".into(),
     /// };
-    /// assert!(e.never_reached_pod());
+    /// assert!(gone.pod_gone());
+    /// let closed = SpdyError::Refused {
+    ///     pod: "db-0".into(),
+    ///     port: 5433,
+    ///     message: "failed to connect to localhost:5433 inside namespace \"4f1c\"".into(),
+    /// };
+    /// assert!(!closed.pod_gone());
     /// ```
-    pub fn never_reached_pod(&self) -> bool {
+    pub fn pod_gone(&self) -> bool {
         match self {
             SpdyError::Refused { message, .. } => {
                 message.contains("failed to find sandbox")
                     || (message.contains("network namespace for sandbox")
                         && message.contains("is closed"))
-                    || message.contains("failed to connect to localhost")
             }
             _ => false,
         }

@@ -100,15 +100,15 @@ pub struct PodStream {
     reopening: Option<Reopen>,
     reopened: u32,
     /// How to open the connection again on another pod (the forward's routing), after
-    /// the runtime said this one's pod was never reached.
+    /// the runtime said this one's pod is gone.
     redial: Option<Redial>,
 }
 
 type Reopen = Pin<Box<dyn Future<Output = io::Result<PodStream>> + Send>>;
 
 /// Opens a connection anew, to whichever pod the caller's routing picks now: set with
-/// [`PodStream::set_redial`], used when the runtime says the pod was never reached (see
-/// [`SpdyError::never_reached_pod`](super::SpdyError::never_reached_pod)).
+/// [`PodStream::set_redial`], used when the runtime says the pod is gone (see
+/// [`SpdyError::pod_gone`](super::SpdyError::pod_gone)).
 pub(crate) type Redial =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<PodStream>> + Send>> + Send + Sync>;
 
@@ -147,14 +147,14 @@ impl PodStream {
     }
 
     /// Has `redial` open this connection again, to whichever pod the forward routes to
-    /// then, should the runtime say that this stream's pod was never reached.
+    /// then, should the runtime say that this stream's pod is gone.
     pub(crate) fn set_redial(&mut self, redial: Redial) {
         self.redial = Some(redial);
     }
 
     /// After an error from the SPDY stream: starts opening it again when the server never
     /// processed it (GOAWAY: on another session to the same pod), or when the runtime
-    /// never reached the pod (its session stays bound to a pod that is gone, e.g. a
+    /// says the pod is gone (its session stays bound to the pod it was opened for, e.g. a
     /// StatefulSet's pod deleted and created again under its name: the session leaves
     /// the pool, and the connection goes where the forward's routing says now). Only
     /// while nothing came back from the pod, with what was written replayed. True when
@@ -166,8 +166,8 @@ impl PodStream {
         if self.reopened >= MAX_REOPEN {
             return false;
         }
-        let unreached = SpdyError::of(e).is_some_and(SpdyError::never_reached_pod);
-        if unreached {
+        let gone = SpdyError::of(e).is_some_and(SpdyError::pod_gone);
+        if gone {
             // Whatever becomes of this connection, the session is no use for new ones.
             pool.retire(pod, s.session_inner());
         }
@@ -176,8 +176,8 @@ impl PodStream {
                 r,
                 "the session went away before the server took the connection",
             ),
-            None => match s.replay_unreached().filter(|_| unreached) {
-                Some(r) => (r, "the runtime never reached the pod"),
+            None => match s.replay_unreached().filter(|_| gone) {
+                Some(r) => (r, "the pod is gone, its sandbox with it"),
                 None => return false,
             },
         };
@@ -185,7 +185,7 @@ impl PodStream {
         self.reopened += 1;
         let (pool, pod, port) = (pool.clone(), pod.clone(), *port);
         tracing::debug!(pod, port, error = %e, "{how}; opening the connection again");
-        let redial = self.redial.clone().filter(|_| unreached);
+        let redial = self.redial.clone().filter(|_| gone);
         self.reopening = Some(Box::pin(async move {
             use tokio::io::AsyncWriteExt;
             let mut s = match redial {

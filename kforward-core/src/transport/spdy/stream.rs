@@ -229,7 +229,7 @@ pub struct SpdyStream {
     error_wait: Option<Pin<Box<tokio::time::Sleep>>>,
     /// What was written before the pod answered, to send again on another session
     /// should this one go away without having processed the stream, or the runtime say
-    /// it never reached the pod; `None` once the pod sent data or more than
+    /// the pod is gone; `None` once the pod sent data or more than
     /// [`REPLAY_MAX`] was written.
     replay: Option<BytesMut>,
 }
@@ -272,8 +272,8 @@ impl SpdyStream {
         Some((Bytes::copy_from_slice(r), self.write_shut))
     }
 
-    /// What to send again on a new stream after the runtime said it never connected to
-    /// the pod's port ([`SpdyError::never_reached_pod`]): the bytes written so far and
+    /// What to send again on a new stream after the runtime said the pod is gone, so
+    /// nothing reached it ([`SpdyError::pod_gone`]): the bytes written so far and
     /// whether the write side was shut down; `None` once the pod sent data or more than
     /// [`REPLAY_MAX`] was written.
     pub(crate) fn replay_unreached(&self) -> Option<(Bytes, bool)> {

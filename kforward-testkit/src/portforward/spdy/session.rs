@@ -206,6 +206,7 @@ pub(crate) async fn serve<S>(
                                 SocketAddr::from((ip, port)),
                                 e,
                                 d,
+                                uid.clone(),
                                 format!("error forwarding port {port} to pod {pod}, uid {uid}"),
                             ));
                         }
@@ -301,6 +302,12 @@ pub(crate) async fn serve<S>(
     }
 }
 
+/// Whether a pod with this uid still exists (its sandbox runs until the pod object goes).
+fn sandbox_exists(shared: &Shared, uid: &str) -> bool {
+    let (pods, _) = shared.store.list(crate::Kind::Pod, None);
+    pods.iter().any(|p| p["metadata"]["uid"] == uid)
+}
+
 /// Carries one pair of streams to the pod's port as the container runtime does
 /// (containerd's `copyPortForward`, CRI-O's `PortForwardContainer`): a copy each way; when
 /// either ends (the client's FIN or reset, or the pod's EOF) the other gets
@@ -314,6 +321,7 @@ async fn forward(
     addr: SocketAddr,
     error_stream: u32,
     data_stream: u32,
+    uid: String,
     context: String,
 ) -> (u32, u32) {
     let send = |f: Frame| out.send(Out::Frame(f));
@@ -322,6 +330,22 @@ async fn forward(
         fin: true,
         data: Bytes::new(),
     };
+    // A session serves the pod it was opened for, by its sandbox: once that pod is gone
+    // (deleted, its grace over), even if another pod took its name, the runtime finds no
+    // sandbox and never connects (containerd, `pkg/cri/server/sandbox_portforward_linux.go`:
+    // "failed to find sandbox %q in store: %w" before any dial).
+    if !sandbox_exists(&shared, &uid) {
+        let msg = format!("{context}: failed to find sandbox \"{uid}\" in store: not found");
+        let _ = send(Frame::Data {
+            stream_id: error_stream,
+            fin: false,
+            data: Bytes::from(msg),
+        })
+        .await;
+        let _ = send(fin(error_stream)).await;
+        let _ = send(fin(data_stream)).await;
+        return (error_stream, data_stream);
+    }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         other => {
