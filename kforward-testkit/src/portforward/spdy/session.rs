@@ -204,8 +204,7 @@ pub(crate) async fn serve<S>(
                                 out_tx.clone(),
                                 rx,
                                 SocketAddr::from((ip, port)),
-                                e,
-                                d,
+                                (e, d),
                                 uid.clone(),
                                 format!("error forwarding port {port} to pod {pod}, uid {uid}"),
                             ));
@@ -319,8 +318,7 @@ async fn forward(
     out: mpsc::Sender<Out>,
     mut from_client: mpsc::Receiver<Option<Bytes>>,
     addr: SocketAddr,
-    error_stream: u32,
-    data_stream: u32,
+    (error_stream, data_stream): (u32, u32),
     uid: String,
     context: String,
 ) -> (u32, u32) {
