@@ -1,4 +1,4 @@
-//! One connection to a pod's port through a [`SessionPool`]: a SPDY stream on one of the
+//! One connection to a pod's port through a [`SessionPool`](super::SessionPool): a SPDY stream on one of the
 //! pool's sessions (opened again on another when its session went away before the server
 //! took it), or a `v4.channel.k8s.io` tunnel of its own.
 
@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::pool::SessionPool;
 use super::stream::SpdyStream;
 use crate::transport::Transport;
 use crate::transport::websocket::Tunnel;
@@ -34,11 +33,15 @@ use crate::transport::websocket::Tunnel;
 /// ```
 pub struct PodStream {
     pub(super) conn: Conn,
-    /// Where to open a SPDY connection again, and the reopening in progress.
-    pub(super) origin: Option<(SessionPool, String, u16)>,
+    /// How to open a SPDY connection again, and the reopening in progress.
+    pub(super) origin: Option<Redial>,
     pub(super) reopening: Option<Reopen>,
     pub(super) reopened: u32,
 }
+
+/// Opens a connection's SPDY stream again, on another session of its pool (the pool
+/// makes it: this module does not know pools).
+pub(super) type Redial = Box<dyn Fn() -> Reopen + Send + Sync>;
 
 pub(super) type Reopen = Pin<Box<dyn Future<Output = io::Result<SpdyStream>> + Send>>;
 
@@ -79,7 +82,7 @@ impl PodStream {
     /// After an error from the SPDY stream: starts opening it again when the server never
     /// processed it. True when the caller should poll again.
     fn start_reopen(&mut self) -> bool {
-        let (Conn::Spdy(s, _), Some((pool, pod, port))) = (&self.conn, &self.origin) else {
+        let (Conn::Spdy(s, _), Some(redial)) = (&self.conn, &self.origin) else {
             return false;
         };
         if self.reopened >= MAX_REOPEN {
@@ -89,18 +92,15 @@ impl PodStream {
             return false;
         };
         self.reopened += 1;
-        let (pool, pod, port) = (pool.clone(), pod.clone(), *port);
         tracing::debug!(
-            pod,
-            port,
+            pod = s.pod(),
+            port = s.port(),
             "the session went away before the server took the connection; opening it again"
         );
+        let open = redial();
         self.reopening = Some(Box::pin(async move {
             use tokio::io::AsyncWriteExt;
-            let mut s = pool
-                .connect_spdy(&pod, port)
-                .await
-                .map_err(io::Error::other)?;
+            let mut s = open.await?;
             s.write_all(&sent).await?;
             if shut {
                 s.shutdown().await?;

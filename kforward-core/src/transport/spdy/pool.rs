@@ -27,12 +27,13 @@
 //! connection gets its own [`Tunnel`], as before, and has no half-close.
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::open::{OpenError, SpdyTransport, open};
-use super::pod_stream::{Conn, PodStream};
+use super::pod_stream::{Conn, PodStream, Redial};
 use super::session::{Session, SessionConfig, SessionLoad};
 use super::stream::SpdyStream;
 use crate::client::KubeContext;
@@ -271,7 +272,7 @@ impl SessionPool {
         match self.connect_spdy_or_v4(pod, port).await? {
             Some((s, t)) => Ok(PodStream {
                 conn: Conn::Spdy(s, t),
-                origin: Some((self.clone(), pod.to_string(), port)),
+                origin: Some(self.redial(pod, port)),
                 reopening: None,
                 reopened: 0,
             }),
@@ -279,8 +280,21 @@ impl SessionPool {
         }
     }
 
+    /// How a connection to `port` of `pod` opens its SPDY stream again.
+    fn redial(&self, pod: &str, port: u16) -> Redial {
+        let (pool, pod) = (self.clone(), pod.to_string());
+        Box::new(move || {
+            let (pool, pod) = (pool.clone(), pod.clone());
+            Box::pin(async move {
+                pool.connect_spdy(&pod, port)
+                    .await
+                    .map_err(io::Error::other)
+            })
+        })
+    }
+
     /// A SPDY stream to `port` of `pod`, for a connection opened again.
-    pub(super) async fn connect_spdy(&self, pod: &str, port: u16) -> Result<SpdyStream> {
+    async fn connect_spdy(&self, pod: &str, port: u16) -> Result<SpdyStream> {
         match self.connect_spdy_or_v4(pod, port).await? {
             Some((s, _)) => Ok(s),
             None => Err(Error::Tunnel {
