@@ -82,7 +82,8 @@ impl KubeconfigSource {
 ///
 /// Loading the same kubeconfig entries again (equal [`fingerprint`](Self::fingerprint))
 /// returns the same connection while it is in use, so a hundred forwards to one cluster
-/// share one client, one connection pool and one watch per watched resource.
+/// share one client, one connection pool, one watch per watched resource and one
+/// port-forward session pool per namespace.
 #[derive(Clone)]
 pub struct KubeContext {
     inner: Arc<Inner>,
@@ -97,6 +98,8 @@ struct Inner {
     watches: WatchRegistry,
     probes: SingleFlight,
     transports: crate::transport::TransportMemo,
+    /// The port-forward session pools, shared by every forward of this connection.
+    session_pools: crate::transport::spdy::PoolRegistry,
     /// How connections reach the API server (unknown for a client from elsewhere).
     route: Option<ApiRoute>,
 }
@@ -299,6 +302,7 @@ impl KubeContext {
             fingerprint,
             probes: SingleFlight::default(),
             transports: Default::default(),
+            session_pools: Default::default(),
             route: Some(route),
         });
         let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
@@ -319,6 +323,7 @@ impl KubeContext {
                 watches: WatchRegistry::new(server, Arc::new(Reachability::default())),
                 probes: SingleFlight::default(),
                 transports: Default::default(),
+                session_pools: Default::default(),
                 route: None,
             }),
         }
@@ -344,6 +349,11 @@ impl KubeContext {
     /// [`Transport`](crate::transport::Transport)).
     pub fn transport_memo(&self) -> &crate::transport::TransportMemo {
         &self.inner.transports
+    }
+
+    /// The port-forward session pools of this connection, by namespace and transport.
+    pub(crate) fn session_pools(&self) -> &crate::transport::spdy::PoolRegistry {
+        &self.inner.session_pools
     }
 
     /// The probe checks shared by every forward of this context.

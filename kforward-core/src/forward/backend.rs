@@ -120,6 +120,12 @@ impl Backend {
         }
     }
 
+    /// Lets go of the pods this backend kept sessions ready to (the forward stops or a
+    /// fresh backend replaced this one); connections running go on.
+    pub(crate) fn release(&self) {
+        self.dialer.release();
+    }
+
     /// Checks the forward end to end: the API server answers, a stream to a ready pod of
     /// each port opens without an error from the pod's port (starting with `header`'s
     /// `LOCAL`/`UNKNOWN` header, so the pod does not count it as a client), and the relay
@@ -271,7 +277,7 @@ pub(crate) async fn open_stream(
             o.wait,
             o.reload.clone(),
         );
-        p.set_redial(Arc::new(move || {
+        p.set_reroute(Arc::new(move || {
             let (shared, label, reload, failed) = (
                 shared.clone(),
                 label.clone(),

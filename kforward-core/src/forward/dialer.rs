@@ -4,10 +4,13 @@
 //! A front end names the [`Destination`] of each connection itself, so one forward can
 //! send its connections to different places (the forward proxy does, per request).
 //!
-//! Pod streams go through the forward's [`SessionPool`] of each namespace: SPDY sessions
-//! kept ready to the pods the forward routes to (a new connection costs two SYN_STREAMs
-//! sent with its first bytes), or one `v4.channel.k8s.io` WebSocket per connection where
-//! the cluster offers no SPDY or the forward's `transport` option says so. Relay streams
+//! Pod streams go through the [`SessionPool`] of each namespace that every forward of the
+//! cluster connection with the same `transport` option shares ([`SessionPool::shared`]):
+//! SPDY sessions kept ready to the pods the forwards route to (a new connection costs two
+//! SYN_STREAMs sent with its first bytes), or one `v4.channel.k8s.io` WebSocket per
+//! connection where the cluster offers no SPDY or the `transport` option says so. Each
+//! dialer holds the pods it routes to under its own [`HolderId`], and lets go of them when
+//! it is released or its last clone is dropped. Relay streams
 //! stay on the WebSocket: the relay protocol frames its own messages.
 
 use std::collections::HashMap;
@@ -18,7 +21,7 @@ use crate::client::KubeContext;
 use crate::error::{Error, Result};
 use crate::relay::protocol::Transport;
 use crate::relay::{RelayConnector, RelayPods};
-use crate::transport::spdy::{Carried, SessionPool};
+use crate::transport::spdy::{Carried, HolderId, SessionPool};
 use crate::transport::{Stream, Transport as PodTransport};
 
 /// Where one stream goes.
@@ -48,8 +51,37 @@ pub(crate) struct Dialer {
     relay: Option<Arc<RelayPods>>,
     /// The transport option of pod streams.
     transport: PodTransport,
-    /// The session pool of each namespace pod streams went to.
-    pools: Arc<Mutex<HashMap<String, SessionPool>>>,
+    /// The shared session pool of each namespace pod streams went to, and this dialer's
+    /// holds on them.
+    holds: Arc<Holds>,
+}
+
+/// A dialer's identity as a holder of pods in shared session pools, and the pools it
+/// used; dropping the last clone of the dialer lets go of its pods.
+struct Holds {
+    id: HolderId,
+    pools: Mutex<HashMap<String, SessionPool>>,
+}
+
+impl Holds {
+    fn release(&self) {
+        let pools: Vec<SessionPool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for pool in pools {
+            pool.release(self.id);
+        }
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl std::fmt::Debug for Dialer {
@@ -71,17 +103,22 @@ impl Dialer {
             ctx,
             relay,
             transport,
-            pools: Arc::default(),
+            holds: Arc::new(Holds {
+                id: HolderId::new(),
+                pools: Mutex::default(),
+            }),
         }
     }
 
-    /// The session pool of `namespace`.
+    /// The session pool of `namespace`, shared with every dialer of the cluster connection
+    /// with the same transport option.
     fn pool(&self, namespace: &str) -> SessionPool {
-        self.pools
+        self.holds
+            .pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(namespace.to_string())
-            .or_insert_with(|| SessionPool::new(self.ctx.clone(), namespace, self.transport))
+            .or_insert_with(|| SessionPool::shared(&self.ctx, namespace, self.transport))
             .clone()
     }
 
@@ -99,19 +136,16 @@ impl Dialer {
     }
 
     /// Keeps sessions ready to `pods` of `namespace` (opening the missing ones in the
-    /// background) and closes those to pods no longer listed, so that the next connection
-    /// to any of them costs one round trip.
+    /// background) and lets go of the pods this dialer no longer lists, so that the next
+    /// connection to any of them costs one round trip. Sessions other forwards hold stay.
     pub(crate) fn keep_ready(&self, namespace: &str, pods: &[String]) {
-        let pool = self.pool(namespace);
-        pool.retain(|p| pods.iter().any(|k| k == p));
-        for pod in pods {
-            let (pool, pod) = (pool.clone(), pod.clone());
-            tokio::spawn(async move {
-                if let Err(e) = pool.prepare(&pod).await {
-                    tracing::debug!(pod, error = %e, "no session kept ready");
-                }
-            });
-        }
+        self.pool(namespace).hold(self.holds.id, pods);
+    }
+
+    /// Lets go of every pod this dialer holds (the forward stops or was replaced): pods no
+    /// other forward holds lose their kept sessions; connections running go on.
+    pub(crate) fn release(&self) {
+        self.holds.release();
     }
 
     /// Opens a session to `pod` now unless one is open; the transport in use after.

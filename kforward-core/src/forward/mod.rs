@@ -410,6 +410,8 @@ impl Forwarder for Forward {
 
     async fn stop(&mut self) {
         let Some(r) = self.running.take() else { return };
+        // Sessions other forwards do not hold close once their connections end.
+        r.backend.borrow().release();
         let label = self.spec.label();
         self.shell.stop(r.tasks, self.opts.stop_grace, &label).await;
     }
@@ -453,7 +455,11 @@ impl Forwarder for Forward {
             if let Some(pods) = relay {
                 pods.set_context(ctx.clone());
             }
-            r.backend.send_replace(Arc::new(fresh));
+            // The fresh backend holds its pods before the old one lets go, so that
+            // sessions both want stay open.
+            fresh.keep_ready();
+            let old = r.backend.send_replace(Arc::new(fresh));
+            old.release();
         }
         self.ctx = ctx;
         Ok(())

@@ -11,6 +11,7 @@ mod proxy;
 mod proxy_protocol;
 mod relay;
 mod relay_pods;
+mod shared_pool;
 mod spdy;
 mod supervisor;
 mod transport;

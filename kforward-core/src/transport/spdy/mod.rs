@@ -6,7 +6,8 @@
 //! - [`Session`]: one session over any byte stream, opened through the API server by
 //!   [`Session::open`] (the WebSocket tunnel or the plain upgrade, [`SpdyTransport`]).
 //! - [`SpdyStream`]: one connection, `AsyncRead + AsyncWrite`.
-//! - [`SessionPool`]: a forward's sessions, kept ready per pod, choosing the transport
+//! - [`SessionPool`]: the sessions of a cluster connection to one namespace, shared by its
+//!   forwards and kept ready per pod while a forward holds it, choosing the transport
 //!   (`auto` tries the tunnel, the plain upgrade, then `v4.channel.k8s.io`).
 //!
 //! The testkit's server side (`kforward_testkit::portforward::spdy`) has its own frame
@@ -48,6 +49,7 @@ mod error;
 pub mod frame;
 pub mod headers;
 mod open;
+mod pod_stream;
 mod pool;
 mod session;
 mod stream;
@@ -55,7 +57,9 @@ mod wsio;
 
 pub use error::{SessionEnd, SpdyError};
 pub use open::{OPEN_TIMEOUT, STREAM_PROTOCOL, SpdyTransport, TUNNEL_PROTOCOL};
-pub(crate) use pool::Carried;
-pub use pool::{PodSessions, PodStream, PoolConfig, SessionPool};
+pub(crate) use pod_stream::Carried;
+pub use pod_stream::PodStream;
+pub(crate) use pool::PoolRegistry;
+pub use pool::{HolderId, PodSessions, PoolConfig, SessionPool};
 pub use session::{Session, SessionConfig, SessionLoad};
 pub use stream::SpdyStream;

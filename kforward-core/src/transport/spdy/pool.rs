@@ -1,5 +1,14 @@
-//! A forward's SPDY sessions, kept ready per pod: a new connection costs two SYN_STREAMs
-//! on a session that is already open, with its first bytes in the same write.
+//! The SPDY sessions of one cluster connection to one namespace, kept ready per pod: a new
+//! connection costs two SYN_STREAMs on a session that is already open, with its first bytes
+//! in the same write.
+//!
+//! Every forward of a process that reaches the same namespace of the same cluster with the
+//! same transport option shares one pool ([`SessionPool::shared`]), so two hundred forwards
+//! of one service keep one session per pod between them, not two hundred. A forward says
+//! which pods it wants kept ready with [`SessionPool::hold`] under its own [`HolderId`]; the
+//! pool counts the holders of each pod, keeps a session open to every pod somebody holds,
+//! and closes the kept sessions of a pod when its last holder lets go
+//! ([`SessionPool::release`]); connections running on them go on until they end.
 //!
 //! Sessions open on demand (or ahead of time with [`SessionPool::prepare`]) and stay open,
 //! kept alive by their PINGs; a session that ends (its connection closed, a PING went
@@ -9,25 +18,22 @@
 //! session opens in the background (up to [`PoolConfig::max_sessions_per_pod`]), so one
 //! busy session does not cap a burst and the work spreads over the runtime's threads.
 //! Sessions beyond the first that sit without streams for [`PoolConfig::idle_extra`] are
-//! closed: an idle forward keeps one session per pod it used, and none for pods it never
-//! reached.
+//! closed: idle forwards keep one session per pod they hold or used, and none for pods
+//! they never reached.
 //!
 //! With [`Transport::Auto`] the first session to a cluster finds which transport it offers
 //! (the WebSocket tunnel, the plain upgrade, then `v4.channel.k8s.io`) and the cluster's
 //! [`KubeContext`] remembers it. Where only `v4.channel.k8s.io` is offered, each
 //! connection gets its own [`Tunnel`], as before, and has no half-close.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use super::error::SpdyError;
 use super::open::{OpenError, SpdyTransport, open};
+use super::pod_stream::{Conn, Origin, PodStream, Redial};
 use super::session::{Session, SessionConfig, SessionLoad};
 use super::stream::SpdyStream;
 use crate::client::KubeContext;
@@ -75,316 +81,6 @@ impl Default for PoolConfig {
     }
 }
 
-/// One connection to a pod's port, over whichever transport the pool uses.
-///
-/// A SPDY connection whose session goes away (GOAWAY) before the server processed it is
-/// opened again on another session, with what was written on it: the caller never sees
-/// that session's end.
-///
-/// # Example
-///
-/// ```no_run
-/// # async fn f(pool: kforward_core::transport::spdy::SessionPool) -> Result<(), Box<dyn std::error::Error>> {
-/// use tokio::io::AsyncWriteExt;
-/// let mut conn = pool.connect("web-0", 8080).await?;
-/// if !conn.transport().half_close() {
-///     eprintln!("this cluster offers no half-close");
-/// }
-/// conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
-/// # Ok(()) }
-/// ```
-pub struct PodStream {
-    conn: Conn,
-    /// Where to open a SPDY connection again, and the reopening in progress.
-    origin: Option<(SessionPool, String, u16)>,
-    reopening: Option<Reopen>,
-    reopened: u32,
-    /// How to open the connection again on another pod (the forward's routing), after
-    /// the runtime said this one's pod is gone.
-    redial: Option<Redial>,
-}
-
-type Reopen = Pin<Box<dyn Future<Output = io::Result<PodStream>> + Send>>;
-
-/// Opens a connection anew, to whichever pod the caller's routing picks now: set with
-/// [`PodStream::set_redial`], used when the runtime says the pod is gone (see
-/// [`SpdyError::pod_gone`](super::SpdyError::pod_gone)).
-pub(crate) type Redial =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<PodStream>> + Send>> + Send + Sync>;
-
-enum Conn {
-    Spdy(SpdyStream, Transport),
-    Websocket(Tunnel),
-}
-
-/// How many times one connection is opened again after a GOAWAY.
-const MAX_REOPEN: u32 = 3;
-
-impl std::fmt::Debug for PodStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.conn {
-            Conn::Spdy(s, t) => f.debug_tuple("PodStream").field(t).field(s).finish(),
-            Conn::Websocket(tun) => f.debug_tuple("PodStream").field(tun).finish(),
-        }
-    }
-}
-
-impl PodStream {
-    /// The transport carrying this connection (never [`Transport::Auto`]).
-    pub fn transport(&self) -> Transport {
-        match &self.conn {
-            Conn::Spdy(_, t) => *t,
-            Conn::Websocket(_) => Transport::Websocket,
-        }
-    }
-
-    /// The SPDY stream, for a SPDY connection.
-    pub fn spdy(&self) -> Option<&SpdyStream> {
-        match &self.conn {
-            Conn::Spdy(s, _) => Some(s),
-            Conn::Websocket(_) => None,
-        }
-    }
-
-    /// Has `redial` open this connection again, to whichever pod the forward routes to
-    /// then, should the runtime say that this stream's pod is gone.
-    pub(crate) fn set_redial(&mut self, redial: Redial) {
-        self.redial = Some(redial);
-    }
-
-    /// After an error from the SPDY stream: starts opening it again when the server never
-    /// processed it (GOAWAY: on another session to the same pod), or when the runtime
-    /// says the pod is gone (its session stays bound to the pod it was opened for, e.g. a
-    /// StatefulSet's pod deleted and created again under its name: the session leaves
-    /// the pool, and the connection goes where the forward's routing says now). Only
-    /// while nothing came back from the pod, with what was written replayed. True when
-    /// the caller should poll again.
-    fn start_reopen(&mut self, e: &io::Error) -> bool {
-        let (Conn::Spdy(s, _), Some((pool, pod, port))) = (&self.conn, &self.origin) else {
-            return false;
-        };
-        if self.reopened >= MAX_REOPEN {
-            return false;
-        }
-        let gone = SpdyError::of(e).is_some_and(SpdyError::pod_gone);
-        if gone {
-            // Whatever becomes of this connection, the session is no use for new ones.
-            pool.retire(pod, s.session_inner());
-        }
-        let (replay, how) = match s.replay() {
-            Some(r) => (
-                r,
-                "the session went away before the server took the connection",
-            ),
-            None => match s.replay_unreached().filter(|_| gone) {
-                Some(r) => (r, "the pod is gone, its sandbox with it"),
-                None => return false,
-            },
-        };
-        let (sent, shut) = replay;
-        self.reopened += 1;
-        let (pool, pod, port) = (pool.clone(), pod.clone(), *port);
-        tracing::debug!(pod, port, error = %e, "{how}; opening the connection again");
-        let redial = self.redial.clone().filter(|_| gone);
-        self.reopening = Some(Box::pin(async move {
-            use tokio::io::AsyncWriteExt;
-            let mut s = match redial {
-                Some(redial) => redial().await.map_err(io::Error::other)?,
-                None => PodStream::over_spdy(
-                    pool.connect_spdy(&pod, port)
-                        .await
-                        .map_err(io::Error::other)?,
-                    pool.transport(),
-                    Some((pool.clone(), pod, port)),
-                ),
-            };
-            s.write_all(&sent).await?;
-            if shut {
-                s.shutdown().await?;
-            }
-            Ok(s)
-        }));
-        true
-    }
-
-    fn over_spdy(s: SpdyStream, t: Transport, origin: Option<(SessionPool, String, u16)>) -> Self {
-        PodStream {
-            conn: Conn::Spdy(s, t),
-            origin,
-            reopening: None,
-            reopened: 0,
-            redial: None,
-        }
-    }
-
-    /// Drives a reopening to its end; `Ready(Ok)` when the connection can be used.
-    fn poll_reopen(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(fut) = self.reopening.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let r = std::task::ready!(fut.as_mut().poll(cx));
-        self.reopening = None;
-        let s = r?;
-        self.conn = s.conn;
-        self.origin = s.origin;
-        Poll::Ready(Ok(()))
-    }
-
-    /// Runs `op` on the connection, opening it again (once per failure) when its session
-    /// went away before the server processed it.
-    fn poll_op<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        mut op: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        loop {
-            std::task::ready!(self.poll_reopen(cx))?;
-            match op(&mut self.conn, cx) {
-                Poll::Ready(Err(e)) => {
-                    if !self.start_reopen(&e) {
-                        return Poll::Ready(Err(e));
-                    }
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-use std::future::Future;
-
-impl From<Tunnel> for PodStream {
-    /// A `v4.channel.k8s.io` connection (no half-close, never opened again).
-    fn from(t: Tunnel) -> Self {
-        PodStream {
-            conn: Conn::Websocket(t),
-            origin: None,
-            reopening: None,
-            reopened: 0,
-            redial: None,
-        }
-    }
-}
-
-/// What the pipeline does with a connection: a SPDY stream it reads in chunks and sends
-/// whole frames on, or a `v4.channel.k8s.io` tunnel it carries as any other.
-pub(crate) enum Carried {
-    Spdy(PodStream),
-    Websocket(Tunnel),
-}
-
-impl PodStream {
-    /// The connection as the pipeline carries it.
-    pub(crate) fn into_carried(self) -> Carried {
-        match self.conn {
-            Conn::Websocket(t) => Carried::Websocket(t),
-            Conn::Spdy(..) => Carried::Spdy(self),
-        }
-    }
-
-    /// The pod.
-    pub fn pod(&self) -> &str {
-        match &self.conn {
-            Conn::Spdy(s, _) => s.pod(),
-            Conn::Websocket(t) => t.pod(),
-        }
-    }
-
-    /// The pod's port.
-    pub fn port(&self) -> u16 {
-        match &self.conn {
-            Conn::Spdy(s, _) => s.port(),
-            Conn::Websocket(t) => t.port(),
-        }
-    }
-
-    /// The next bytes from the pod as they arrived (no copy on SPDY); `None` at the end.
-    pub(crate) fn poll_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<Option<bytes::Bytes>>> {
-        self.poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => s.poll_chunk(cx),
-            Conn::Websocket(t) => {
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut rb = ReadBuf::new(&mut buf);
-                std::task::ready!(Pin::new(t).poll_read(cx, &mut rb))?;
-                let n = rb.filled().len();
-                buf.truncate(n);
-                Poll::Ready(Ok((n > 0).then(|| bytes::Bytes::from(buf))))
-            }
-        })
-    }
-
-    /// Sends `frame` (room for a DATA frame's header, then the data) as one frame; see
-    /// [`SpdyStream::poll_send_frame`].
-    pub(crate) fn poll_send_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-        frame: &mut Option<bytes::BytesMut>,
-    ) -> Poll<io::Result<()>> {
-        self.poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => s.poll_send_frame(cx, frame),
-            Conn::Websocket(t) => {
-                let Some(f) = frame.as_mut() else {
-                    return Poll::Ready(Ok(()));
-                };
-                while f.len() > super::frame::HEADER_LEN {
-                    let n = std::task::ready!(
-                        Pin::new(&mut *t).poll_write(cx, &f[super::frame::HEADER_LEN..])
-                    )?;
-                    // Drop what was written, keeping the header's room in front.
-                    let rest = f.split_off(super::frame::HEADER_LEN + n);
-                    f.truncate(super::frame::HEADER_LEN);
-                    f.unsplit(rest);
-                }
-                *frame = None;
-                Poll::Ready(Ok(()))
-            }
-        })
-    }
-}
-
-impl AsyncRead for PodStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.get_mut().poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => Pin::new(s).poll_read(cx, buf),
-            Conn::Websocket(t) => Pin::new(t).poll_read(cx, buf),
-        })
-    }
-}
-
-impl AsyncWrite for PodStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => Pin::new(s).poll_write(cx, data),
-            Conn::Websocket(t) => Pin::new(t).poll_write(cx, data),
-        })
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => Pin::new(s).poll_flush(cx),
-            Conn::Websocket(t) => Pin::new(t).poll_flush(cx),
-        })
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_op(cx, |c, cx| match c {
-            Conn::Spdy(s, _) => Pin::new(s).poll_shutdown(cx),
-            Conn::Websocket(t) => Pin::new(t).poll_shutdown(cx),
-        })
-    }
-}
-
 /// The sessions to one pod, as [`SessionPool::stats`] shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSessions {
@@ -406,6 +102,36 @@ struct PodEntry {
     sessions: Vec<Pooled>,
     /// One session opening at a time per pod.
     opener: Arc<tokio::sync::Mutex<()>>,
+    /// Who wants sessions to the pod kept ready ([`SessionPool::hold`]).
+    holders: HashSet<HolderId>,
+}
+
+/// Who holds pods of a shared [`SessionPool`]: one per forward (its dialer), so that one
+/// forward's list of pods replaces only its own holds.
+///
+/// # Example
+///
+/// ```
+/// use kforward_core::transport::spdy::HolderId;
+/// assert_ne!(HolderId::new(), HolderId::new());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HolderId(u64);
+
+impl HolderId {
+    /// A holder identity never handed out before in this process.
+    #[allow(clippy::new_without_default)] // each call is a new identity, not a default value
+    pub fn new() -> HolderId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        HolderId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The session pools of one cluster connection ([`KubeContext`]), by namespace and
+/// transport option. It holds them weakly: a pool lives as long as a forward uses it.
+#[derive(Default)]
+pub(crate) struct PoolRegistry {
+    pools: Mutex<HashMap<(String, Transport), Weak<PoolInner>>>,
 }
 
 struct PoolInner {
@@ -417,9 +143,9 @@ struct PoolInner {
     reaper: std::sync::Once,
 }
 
-/// A forward's SPDY sessions to the pods it routes to (see the module docs).
+/// SPDY sessions to the pods of one namespace (see the module docs).
 /// Cheap to clone; its sessions close when the last clone is dropped and their streams
-/// are done.
+/// are done. [`SessionPool::shared`] gives every user of a cluster connection the same one.
 ///
 /// # Example
 ///
@@ -476,11 +202,47 @@ impl SessionPool {
         }
     }
 
+    /// The pool every user of `ctx` shares for `namespace` and `transport` (made on first
+    /// use, gone when its last user drops it), with the default [`PoolConfig`]. Users with
+    /// another `transport` option get another pool.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn f(ctx: kforward_core::KubeContext) {
+    /// use kforward_core::transport::{Transport, spdy::SessionPool};
+    /// let a = SessionPool::shared(&ctx, "demo", Transport::Auto);
+    /// let b = SessionPool::shared(&ctx, "demo", Transport::Auto);
+    /// assert!(a.same_pool(&b));
+    /// assert!(!a.same_pool(&SessionPool::shared(&ctx, "demo", Transport::Spdy)));
+    /// # }
+    /// ```
+    pub fn shared(ctx: &KubeContext, namespace: &str, transport: Transport) -> SessionPool {
+        let mut pools = ctx
+            .session_pools()
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_string(), transport);
+        if let Some(inner) = pools.get(&key).and_then(Weak::upgrade) {
+            return SessionPool { inner };
+        }
+        pools.retain(|_, w| w.strong_count() > 0);
+        let pool = SessionPool::new(ctx.clone(), namespace, transport);
+        pools.insert(key, Arc::downgrade(&pool.inner));
+        pool
+    }
+
+    /// Whether `self` and `other` are the same pool (clones of one another).
+    pub fn same_pool(&self, other: &SessionPool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     fn pods(&self) -> MutexGuard<'_, HashMap<String, PodEntry>> {
         self.inner
             .pods
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The transport connections will use: the option, or what `auto` found.
@@ -508,13 +270,54 @@ impl SessionPool {
             return self.tunnel(pod, port).await;
         }
         match self.connect_spdy_or_v4(pod, port).await? {
-            Some((s, t)) => Ok(PodStream::over_spdy(
-                s,
-                t,
-                Some((self.clone(), pod.to_string(), port)),
-            )),
+            Some((s, t)) => Ok(PodStream {
+                conn: Conn::Spdy(s, t),
+                origin: Some(self.origin(pod, port)),
+                reopening: None,
+                reopened: 0,
+                reroute: None,
+            }),
             None => self.tunnel(pod, port).await,
         }
+    }
+
+    /// How a connection to `port` of `pod` opens its SPDY stream again, and takes a
+    /// session whose pod is gone out of the pool.
+    fn origin(&self, pod: &str, port: u16) -> Origin {
+        let (pool, name) = (self.clone(), pod.to_string());
+        let reopen: Redial = Box::new(move || {
+            let (pool, pod) = (pool.clone(), name.clone());
+            Box::pin(async move {
+                pool.connect_spdy(&pod, port)
+                    .await
+                    .map_err(io::Error::other)
+            })
+        });
+        let (pool, name) = (self.clone(), pod.to_string());
+        Origin {
+            reopen,
+            retire: Box::new(move |s: &SpdyStream| pool.retire(&name, s.session_inner())),
+        }
+    }
+
+    /// Takes the session `session` out of `pod`'s sessions: new connections never use it
+    /// (it stays bound to a pod that is gone); it closes once its last stream is done.
+    fn retire(&self, pod: &str, session: &Arc<super::session::Inner>) {
+        let gone: Vec<Pooled> = {
+            let mut pods = self.pods();
+            let Some(entry) = pods.get_mut(pod) else {
+                return;
+            };
+            let (gone, kept) = std::mem::take(&mut entry.sessions)
+                .into_iter()
+                .partition(|p| Arc::ptr_eq(&p.session.inner, session));
+            entry.sessions = kept;
+            gone
+        };
+        if !gone.is_empty() {
+            tracing::debug!(pod, "a session whose pod is gone leaves the pool");
+        }
+        drop(gone);
     }
 
     /// A SPDY stream to `port` of `pod`, for a connection opened again.
@@ -543,7 +346,7 @@ impl SessionPool {
                     Err(e) => tracing::debug!(pod, error = %e, "session gone; picking another"),
                 },
                 None => {
-                    if let Opened::V4 = self.open_session(pod, true).await? {
+                    if let Opened::V4 = self.open_session(pod, true, None).await? {
                         return Ok(None);
                     }
                 }
@@ -564,40 +367,72 @@ impl SessionPool {
     /// As [`connect`](Self::connect).
     pub async fn prepare(&self, pod: &str) -> Result<Transport> {
         if self.transport() != Transport::Websocket && self.pick(pod).is_none() {
-            self.open_session(pod, true).await?;
+            self.open_session(pod, true, None).await?;
         }
         Ok(self.transport())
     }
 
-    /// Takes the session `session` out of `pod`'s sessions: new connections never use it
-    /// (it stays bound to a pod that is gone); it closes once its last stream is done.
-    pub(crate) fn retire(&self, pod: &str, session: &Arc<super::session::Inner>) {
-        let gone: Vec<Pooled> = {
-            let mut pods = self.pods();
-            let Some(entry) = pods.get_mut(pod) else {
-                return;
-            };
-            let (gone, kept) = std::mem::take(&mut entry.sessions)
-                .into_iter()
-                .partition(|p| Arc::ptr_eq(&p.session.inner, session));
-            entry.sessions = kept;
-            gone
-        };
-        if !gone.is_empty() {
-            tracing::debug!(pod, "a session whose pod is gone leaves the pool");
-        }
-        drop(gone);
-    }
-
-    /// Closes the sessions to pods `keep` says no to (pods the forward no longer routes to).
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let gone: Vec<PodEntry> = {
-            let mut pods = self.pods();
-            let names: Vec<String> = pods.keys().filter(|p| !keep(p)).cloned().collect();
-            names.iter().filter_map(|n| pods.remove(n)).collect()
+    /// Keeps sessions ready to `pods` for `holder`, and only to them: this list replaces
+    /// the holder's previous one. Sessions to the listed pods open in the background; pods
+    /// that no holder lists any longer lose their sessions (connections running on them go
+    /// on until they end). Other holders' pods are left alone.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn f(pool: kforward_core::transport::spdy::SessionPool) {
+    /// use kforward_core::transport::spdy::HolderId;
+    /// let (a, b) = (HolderId::new(), HolderId::new());
+    /// pool.hold(a, &["web-0".into(), "web-1".into()]);
+    /// pool.hold(b, &["web-1".into()]);
+    /// pool.hold(a, &["web-0".into()]); // web-1 stays: b holds it
+    /// pool.release(b); // now web-1's session closes
+    /// # }
+    /// ```
+    pub fn hold(&self, holder: HolderId, pods: &[String]) {
+        let gone = {
+            let mut map = self.pods();
+            for pod in pods {
+                map.entry(pod.clone()).or_default().holders.insert(holder);
+            }
+            let listed: HashSet<&str> = pods.iter().map(String::as_str).collect();
+            drop_holds(&mut map, holder, |p| !listed.contains(p))
         };
         // Dropping the pool's handles closes each session once its last stream is done.
         drop(gone);
+        if self.transport() == Transport::Websocket {
+            return;
+        }
+        for pod in pods {
+            let (pool, pod) = (self.clone(), pod.clone());
+            tokio::spawn(async move {
+                if pool.pick(&pod).is_some() {
+                    return;
+                }
+                if let Err(e) = pool.open_session(&pod, true, Some(holder)).await {
+                    tracing::debug!(pod, error = %e, "no session kept ready");
+                }
+            });
+        }
+    }
+
+    /// Lets go of every pod `holder` holds: pods nobody else holds lose their sessions
+    /// (connections running on them go on until they end).
+    pub fn release(&self, holder: HolderId) {
+        let gone = drop_holds(&mut self.pods(), holder, |_| true);
+        drop(gone);
+    }
+
+    /// The pods somebody holds, with how many holders each.
+    pub fn holds(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self
+            .pods()
+            .iter()
+            .filter(|(_, e)| !e.holders.is_empty())
+            .map(|(p, e)| (p.clone(), e.holders.len()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The open sessions, per pod.
@@ -656,7 +491,7 @@ impl SessionPool {
         {
             let (pool, pod) = (self.clone(), pod.to_string());
             tokio::spawn(async move {
-                if let Err(e) = pool.open_session(&pod, false).await {
+                if let Err(e) = pool.open_session(&pod, false, None).await {
                     tracing::debug!(pod, error = %e, "no extra session");
                 }
             });
@@ -665,8 +500,15 @@ impl SessionPool {
     }
 
     /// Opens a session to `pod` (one at a time per pod). With `wait`, a caller that finds
-    /// another opening waits for it and uses its session; without, it gives up.
-    async fn open_session(&self, pod: &str, wait: bool) -> Result<Opened> {
+    /// another opening waits for it and uses its session; without, it gives up. A session
+    /// opened for `holder` is kept only if somebody holds the pod when it is ready (the
+    /// holder may have let go meanwhile).
+    async fn open_session(
+        &self,
+        pod: &str,
+        wait: bool,
+        holder: Option<HolderId>,
+    ) -> Result<Opened> {
         let opener = self
             .pods()
             .entry(pod.to_string())
@@ -684,13 +526,16 @@ impl SessionPool {
         if wait && self.pick(pod).is_some() {
             return Ok(Opened::Session); // opened while we waited
         }
+        if holder.is_some() && !self.held(pod) {
+            return Ok(Opened::Session); // let go while we waited
+        }
         let started = Instant::now();
         let mut pause = OPEN_RETRY_FIRST;
         loop {
             match self.negotiate(pod).await {
                 Ok(None) => return Ok(Opened::V4),
                 Ok(Some((session, transport))) => {
-                    self.add(pod, session, transport);
+                    self.add(pod, session, transport, holder.is_some());
                     return Ok(Opened::Session);
                 }
                 Err(e @ Error::Unreachable { .. })
@@ -747,21 +592,58 @@ impl SessionPool {
         Ok(None)
     }
 
-    fn add(&self, pod: &str, session: Session, transport: Transport) {
-        self.pods()
-            .entry(pod.to_string())
-            .or_default()
-            .sessions
-            .push(Pooled {
-                session,
-                transport,
-                idle_since: None,
-            });
+    /// Whether somebody holds `pod`.
+    fn held(&self, pod: &str) -> bool {
+        self.pods().get(pod).is_some_and(|e| !e.holders.is_empty())
+    }
+
+    /// Adds an open session; one opened to be kept ready is dropped (and closes) when
+    /// nobody holds its pod any longer.
+    fn add(&self, pod: &str, session: Session, transport: Transport, for_holder: bool) {
+        let unwanted = {
+            let mut pods = self.pods();
+            let entry = pods.entry(pod.to_string()).or_default();
+            if for_holder && entry.holders.is_empty() {
+                Some(session)
+            } else {
+                entry.sessions.push(Pooled {
+                    session,
+                    transport,
+                    idle_since: None,
+                });
+                None
+            }
+        };
+        if let Some(session) = unwanted {
+            tracing::debug!(
+                pod,
+                "nobody holds the pod any longer; not keeping its session"
+            );
+            session.close();
+            return;
+        }
         let weak = Arc::downgrade(&self.inner);
         self.inner.reaper.call_once(|| {
             tokio::spawn(reap(weak));
         });
     }
+}
+
+/// Takes `holder`'s holds off the pods `which` says yes to; returns the entries of the pods
+/// nobody holds any longer, out of the map (dropping them closes their sessions once their
+/// streams are done).
+fn drop_holds(
+    map: &mut HashMap<String, PodEntry>,
+    holder: HolderId,
+    which: impl Fn(&str) -> bool,
+) -> Vec<PodEntry> {
+    let mut unheld = Vec::new();
+    for (pod, e) in map.iter_mut() {
+        if which(pod) && e.holders.remove(&holder) && e.holders.is_empty() {
+            unheld.push(pod.clone());
+        }
+    }
+    unheld.iter().filter_map(|p| map.remove(p)).collect()
 }
 
 /// Every few seconds: forgets ended sessions and closes extra idle ones. Ends with the pool.
@@ -775,10 +657,7 @@ async fn reap(pool: Weak<PoolInner>) {
         let Some(pool) = pool.upgrade() else { return };
         let mut closing = Vec::new();
         {
-            let mut pods = pool
-                .pods
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pods = pool.pods.lock().unwrap_or_else(PoisonError::into_inner);
             let now = Instant::now();
             for entry in pods.values_mut() {
                 entry.sessions.retain(|p| p.session.end().is_none());
@@ -806,7 +685,9 @@ async fn reap(pool: Weak<PoolInner>) {
                     }
                 }
             }
-            pods.retain(|_, e| !e.sessions.is_empty() || Arc::strong_count(&e.opener) > 1);
+            pods.retain(|_, e| {
+                !e.sessions.is_empty() || !e.holders.is_empty() || Arc::strong_count(&e.opener) > 1
+            });
         }
         for s in closing {
             tracing::debug!(pod = s.pod(), "closing an idle extra session");
