@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{Sink, Stream};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -67,6 +67,30 @@ impl AsyncWrite for WsByteStream {
             .start_send(Message::Binary(Bytes::copy_from_slice(data)))
             .map_err(io::Error::other)?;
         Poll::Ready(Ok(data.len()))
+    }
+
+    /// One message for all of `bufs` (a DATA frame's header and its payload), as a real
+    /// API server sends what it read from the kubelet's connection in large messages,
+    /// never a message of 8 header bytes before each payload.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io::Error::other)?;
+        let mut message = BytesMut::with_capacity(bufs.iter().map(|b| b.len()).sum());
+        for b in bufs {
+            message.extend_from_slice(b);
+        }
+        let n = message.len();
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(message.freeze()))
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
