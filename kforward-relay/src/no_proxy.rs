@@ -89,7 +89,10 @@ impl Rule {
         let host = host.strip_prefix('*').map_or(host, str::trim);
         let include_self = !host.starts_with('.');
         let name = host.trim_start_matches('.').trim_end_matches('.');
-        if name.is_empty() {
+        // A `*` anywhere but first (`**`, `*\n*`, `a*b`) is no host name and no wildcard
+        // Go knows: such an entry matches no host, so it is dropped (kept, `*` alone would
+        // be written back and read as "everything").
+        if name.is_empty() || name.contains('*') {
             return None;
         }
         Some(Rule::Domain {
@@ -289,6 +292,17 @@ mod tests {
         }
         assert!(m("* .example.com", "api.example.com", 443));
         assert!(!m("* .example.com", "example.com", 443));
+    }
+
+    #[test]
+    fn a_star_not_first_makes_no_rule_rather_than_everything() {
+        // Found by the relay_no_proxy fuzz target: `*\n*` became a domain named `*`,
+        // written back as `*`, which reads as "everything".
+        for entry in ["*\n\n*", "**", "* *", "a*b", "*.*.example.com"] {
+            assert!(NoProxy::parse(entry).is_empty(), "{entry:?}");
+            assert!(!m(entry, "example.com", 443), "{entry:?}");
+        }
+        assert_eq!(NoProxy::parse("**,*").rules(), [Rule::Everything]);
     }
 
     #[test]
