@@ -136,6 +136,9 @@ struct Written {
     bytes: AtomicU64,
     /// The writer half-closed after writing everything.
     done: AtomicBool,
+    /// When it did, for the report of an early end (the container runtime closes the pod's
+    /// connection one second after the client's half-close, whatever is still unsent).
+    shut_at: std::sync::Mutex<Option<Instant>>,
 }
 
 /// One echo connection: writes chunks of random sizes at a random pace for its life, then
@@ -179,6 +182,10 @@ async fn echo_once(
                 }
             }
             if wr.shutdown().await.is_ok() {
+                *written
+                    .shut_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
                 written.done.store(true, Ordering::SeqCst);
             }
         })
@@ -195,7 +202,19 @@ async fn echo_once(
                 } else if read == 0 {
                     End::Refused("closed before any byte came back".into())
                 } else {
-                    End::Early(format!("closed after {read} of {sent} bytes"))
+                    let shut = *written
+                        .shut_at
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    End::Early(match shut {
+                        Some(t) => format!(
+                            "closed after {read} of {sent} bytes, {} ms after the half-close",
+                            t.elapsed().as_millis()
+                        ),
+                        None => {
+                            format!("closed after {read} of {sent} bytes, before the half-close")
+                        }
+                    })
                 };
             }
             Ok(Ok(n)) => {
