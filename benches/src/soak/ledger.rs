@@ -122,7 +122,11 @@ pub fn judge(outcomes: &[Outcome], faults: &[Happened], origin: Instant) -> Verd
                 Some(f) => *v.expected_ends.entry(f.name()).or_default() += 1,
                 None => {
                     v.unexpected_ends += 1;
-                    sample(&mut v, o, &format!("ended early: {why}"));
+                    let pod = o
+                        .pod
+                        .as_deref()
+                        .unwrap_or("no connection_opened event seen");
+                    sample(&mut v, o, &format!("ended early: {why} (its pod: {pod})"));
                 }
             },
             End::Refused(why) => {
