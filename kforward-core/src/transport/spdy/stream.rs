@@ -265,11 +265,9 @@ impl SpdyStream {
     /// this one: the bytes written so far and whether the write side was shut down.
     pub(crate) fn replay(&self) -> Option<(Bytes, bool)> {
         let ib = self.pair.lock();
-        if !ib.unprocessed || ib.received {
-            return None;
-        }
-        let r = self.replay.as_ref()?;
-        Some((Bytes::copy_from_slice(r), self.write_shut))
+        let processed = !ib.unprocessed || ib.received;
+        drop(ib);
+        self.replayed(!processed)
     }
 
     /// What to send again on a new stream after the runtime said the pod is gone, so
@@ -277,10 +275,13 @@ impl SpdyStream {
     /// whether the write side was shut down; `None` once the pod sent data or more than
     /// [`REPLAY_MAX`] was written.
     pub(crate) fn replay_unreached(&self) -> Option<(Bytes, bool)> {
-        if self.pair.lock().data_seen {
-            return None;
-        }
-        let r = self.replay.as_ref()?;
+        let seen = self.pair.lock().data_seen;
+        self.replayed(!seen)
+    }
+
+    /// What was written so far and whether the write side was shut down, when `ok`.
+    fn replayed(&self, ok: bool) -> Option<(Bytes, bool)> {
+        let r = self.replay.as_ref().filter(|_| ok)?;
         Some((Bytes::copy_from_slice(r), self.write_shut))
     }
 

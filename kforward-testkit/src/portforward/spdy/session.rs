@@ -328,37 +328,32 @@ async fn forward(
         fin: true,
         data: Bytes::new(),
     };
-    // A session serves the pod it was opened for, by its sandbox: once that pod is gone
-    // (deleted, its grace over), even if another pod took its name, the runtime finds no
-    // sandbox and never connects (containerd, `pkg/cri/server/sandbox_portforward_linux.go`:
-    // "failed to find sandbox %q in store: %w" before any dial).
-    if !sandbox_exists(&shared, &uid) {
-        let msg = format!("{context}: failed to find sandbox \"{uid}\" in store: not found");
-        let _ = send(Frame::Data {
-            stream_id: error_stream,
-            fin: false,
-            data: Bytes::from(msg),
-        })
-        .await;
-        let _ = send(fin(error_stream)).await;
-        let _ = send(fin(data_stream)).await;
-        return (error_stream, data_stream);
-    }
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         other => {
-            let why = match other {
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    "connection refused".to_string()
-                }
-                Ok(Err(e)) => e.to_string(),
-                _ => "i/o timeout".to_string(),
+            // A session serves the pod it was opened for, by its sandbox: once that pod
+            // is gone (deleted, its grace over), even if another pod took its name, the
+            // runtime finds no sandbox and never dials (containerd,
+            // `pkg/cri/server/sandbox_portforward_linux.go`: "failed to find sandbox %q in
+            // store: %w", checked before the dial). Here a gone pod's address has nothing
+            // listening (pod addresses wrap only after some 65,000 pods), so asking after a failed
+            // dial gives the same answer without a look through the pods per connection.
+            let msg = if !sandbox_exists(&shared, &uid) {
+                format!("{context}: failed to find sandbox \"{uid}\" in store: not found")
+            } else {
+                let why = match other {
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        "connection refused".to_string()
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "i/o timeout".to_string(),
+                };
+                format!(
+                    "{context}: failed to connect to localhost:{} inside namespace of the pod: dial tcp4 127.0.0.1:{}: connect: {why}",
+                    addr.port(),
+                    addr.port()
+                )
             };
-            let msg = format!(
-                "{context}: failed to connect to localhost:{} inside namespace of the pod: dial tcp4 127.0.0.1:{}: connect: {why}",
-                addr.port(),
-                addr.port()
-            );
             let _ = send(Frame::Data {
                 stream_id: error_stream,
                 fin: false,
