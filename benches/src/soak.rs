@@ -118,12 +118,18 @@ pub async fn start_kforward(
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
-            if v["event"] == "connection_opened" {
-                if let (Some(peer), Some(pod)) = (
+            let event = v["event"].as_str().unwrap_or_default();
+            if event == "connection_opened" || event == "connection_moved" {
+                if let (Some(forward), Some(peer), Some(pod)) = (
+                    v["forward"].as_str(),
                     v["peer"].as_str().and_then(|p| p.parse().ok()),
                     v["pod"].as_str(),
                 ) {
-                    totals.opened(peer, pod.to_string());
+                    if event == "connection_opened" {
+                        totals.opened(forward, peer, pod.to_string());
+                    } else {
+                        totals.moved(forward, peer, pod.to_string());
+                    }
                 }
             } else if !tx.is_closed() {
                 let _ = tx.send(v);

@@ -55,6 +55,14 @@ pub fn print(output: Output, event: &Event) {
             Event::ConnectionOpened { forward, .. } => {
                 let _ = writeln!(out, "Handling connection for {forward}");
             }
+            Event::ConnectionMoved {
+                forward, from, pod, ..
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{forward}: pod {from} is gone; connection opened again on {pod}"
+                );
+            }
             Event::Error { forward, message } => {
                 eprintln!("error: {forward}: {message}");
             }

@@ -91,8 +91,13 @@ impl Rule {
         let name = host.trim_start_matches('.').trim_end_matches('.');
         // A `*` anywhere but first (`**`, `*\n*`, `a*b`) is no host name and no wildcard
         // Go knows: such an entry matches no host, so it is dropped (kept, `*` alone would
-        // be written back and read as "everything").
-        if name.is_empty() || name.contains('*') {
+        // be written back and read as "everything"). So is a name with blanks or control
+        // characters in it (`a\n.` would be written back as `a\n`, which reads as `a`):
+        // no DNS name or address holds one.
+        if name.is_empty()
+            || name.contains('*')
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return None;
         }
         Some(Rule::Domain {
@@ -303,6 +308,21 @@ mod tests {
             assert!(!m(entry, "example.com", 443), "{entry:?}");
         }
         assert_eq!(NoProxy::parse("**,*").rules(), [Rule::Everything]);
+    }
+
+    #[test]
+    fn a_name_with_blanks_or_control_characters_makes_no_rule() {
+        // Found by the relay_no_proxy fuzz target: `\0\0\n\0\0\n\nlo12710\n\n.` became a
+        // domain ending in `\n\n`, written back without its dot, which reads trimmed.
+        for entry in [
+            "\0\0\n\0\0\n\nlo12710\n\n.",
+            "a\n.",
+            "a b.example.com",
+            "a\tb",
+        ] {
+            assert!(NoProxy::parse(entry).is_empty(), "{entry:?}");
+        }
+        assert_eq!(NoProxy::parse(" a.example.com. ,a\n.").rules().len(), 1);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! which pod each connection reached from kforward's own `connection_opened` events (their
 //! `peer` is the harness's local address, their `pod` the pod kforward chose), and the
 //! fault by time: an early end is expected when, while the connection was open and at most
-//! [`CUT_WINDOW`] before it ended, a stream-cutting fault happened, or its pod was killed.
+//! [`CUT_WINDOW`] before it ended, a stream-cutting fault happened, or its pod was killed
+//! (any pod it went to: kforward's `connection_moved` event names the next one when the
+//! runtime said the first was gone).
 //! For connections through the relay pod (whose event names the relay, not the echo pod
 //! behind it) and any whose event was not seen, a killed pod of an app behind the forward
 //! counts. Any other early end is unexpected. A connection that never got a byte back
@@ -42,8 +44,9 @@ pub struct Outcome {
     pub forward: String,
     /// The `app` labels of the pods behind it (plus `relay` for relay-pod forwards).
     pub apps: Vec<&'static str>,
-    /// The pod kforward sent it to, from its `connection_opened` event.
-    pub pod: Option<String>,
+    /// The pods kforward sent it to, from its `connection_opened` event and any
+    /// `connection_moved` after it (empty when none was seen).
+    pub pods: Vec<String>,
     /// When it began.
     pub start: Instant,
     /// When it ended.
@@ -83,10 +86,13 @@ fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Fault> {
         .map(|h| &h.fault)
         .find(|f| match f {
             Fault::DropStreams | Fault::RestartApi => true,
-            Fault::KillPod { app, pod } => match &o.pod {
-                Some(p) if !o.apps.contains(&"relay") => p == pod,
-                _ => o.apps.iter().any(|a| a == app),
-            },
+            Fault::KillPod { app, pod } => {
+                if o.pods.is_empty() || o.apps.contains(&"relay") {
+                    o.apps.iter().any(|a| a == app)
+                } else {
+                    o.pods.contains(pod)
+                }
+            }
             Fault::Pause | Fault::ExpireToken => false,
         })
 }
@@ -122,11 +128,12 @@ pub fn judge(outcomes: &[Outcome], faults: &[Happened], origin: Instant) -> Verd
                 Some(f) => *v.expected_ends.entry(f.name()).or_default() += 1,
                 None => {
                     v.unexpected_ends += 1;
-                    let pod = o
-                        .pod
-                        .as_deref()
-                        .unwrap_or("no connection_opened event seen");
-                    sample(&mut v, o, &format!("ended early: {why} (its pod: {pod})"));
+                    let pods = if o.pods.is_empty() {
+                        "no connection_opened event seen".to_string()
+                    } else {
+                        o.pods.join(", then ")
+                    };
+                    sample(&mut v, o, &format!("ended early: {why} (its pods: {pods})"));
                 }
             },
             End::Refused(why) => {
@@ -153,7 +160,7 @@ mod tests {
         Outcome {
             forward: "f".into(),
             apps,
-            pod: None,
+            pods: Vec::new(),
             start,
             end,
             how,
@@ -199,12 +206,16 @@ mod tests {
             outcome(vec!["echo-b"], at(1), at(150), End::Completed),
         ];
         let mut on_other_pod = outcome(vec!["echo-a"], at(1), at(11), early());
-        on_other_pod.pod = Some("echo-a-y".into());
+        on_other_pod.pods = vec!["echo-a-y".into()];
+        // Moved from a gone pod to the one killed later: its end is explained.
+        let mut moved_to_it = outcome(vec!["echo-a"], at(1), at(11), early());
+        moved_to_it.pods = vec!["echo-a-y".into(), "echo-a-x".into()];
         let mut outcomes = outcomes;
         outcomes.push(on_other_pod);
+        outcomes.push(moved_to_it);
         let v = judge(&outcomes, &faults, t0);
         assert_eq!(v.completed, 1);
-        assert_eq!(v.expected_ends.get("pod killed"), Some(&1));
+        assert_eq!(v.expected_ends.get("pod killed"), Some(&2));
         assert_eq!(v.expected_ends.get("api restarted"), Some(&1));
         assert_eq!(v.unexpected_ends, 3, "{:?}", v.samples);
         assert_eq!(v.refused_while_down, 1);

@@ -36,29 +36,44 @@ pub struct Totals {
     pub udp_received: AtomicU64,
     /// TCP connections open now.
     pub live: AtomicU64,
-    /// The pod kforward chose for each local address of the harness, from its
-    /// `connection_opened` events.
-    pub pods_by_peer: Mutex<HashMap<SocketAddr, String>>,
+    /// The pods kforward sent each connection to (the first, then any it was moved to),
+    /// by forward and local address of the harness, from its `connection_opened` and
+    /// `connection_moved` events. Keyed by the forward too: connections to two forwards'
+    /// ports may share a local port.
+    pods: Mutex<HashMap<(String, SocketAddr), Vec<String>>>,
     outcomes: Mutex<Vec<Outcome>>,
 }
 
 impl Totals {
-    /// Notes kforward's `connection_opened` event: `peer` went to `pod`.
-    pub fn opened(&self, peer: SocketAddr, pod: String) {
-        self.pods_by_peer
+    /// Notes kforward's `connection_opened` event: `peer` of `forward` went to `pod`.
+    pub fn opened(&self, forward: &str, peer: SocketAddr, pod: String) {
+        self.pods
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(peer, pod);
+            .insert((forward.to_string(), peer), vec![pod]);
     }
 
-    /// The pod of the connection from `peer`, looked up while it is still ours.
-    fn pod_of(&self, peer: Option<SocketAddr>) -> Option<String> {
-        let peer = peer?;
-        self.pods_by_peer
+    /// Notes kforward's `connection_moved` event: `peer` of `forward` goes to `pod` now.
+    pub fn moved(&self, forward: &str, peer: SocketAddr, pod: String) {
+        self.pods
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&peer)
-            .cloned()
+            .entry((forward.to_string(), peer))
+            .or_default()
+            .push(pod);
+    }
+
+    /// The pods of the connection from `peer` to `forward`, taken while its socket is still
+    /// open (so no other connection can have its address yet).
+    fn take_pods(&self, forward: &str, peer: Option<SocketAddr>) -> Vec<String> {
+        let Some(peer) = peer else {
+            return Vec::new();
+        };
+        self.pods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(forward.to_string(), peer))
+            .unwrap_or_default()
     }
 
     fn record(&self, o: Outcome) {
@@ -109,13 +124,13 @@ pub async fn echo_slot(
         };
         let start = Instant::now();
         totals.live.fetch_add(1, Ordering::Relaxed);
-        let (how, local) = echo_once(addr, shape, &totals, &stop).await;
+        let (how, pods) = echo_once(&forward, addr, shape, &totals, &stop).await;
         totals.live.fetch_sub(1, Ordering::Relaxed);
         let refused = matches!(how, End::Refused(_));
         totals.record(Outcome {
             forward: forward.clone(),
             apps: apps.clone(),
-            pod: totals.pod_of(local),
+            pods,
             start,
             end: Instant::now(),
             how,
@@ -143,17 +158,18 @@ struct Written {
 
 /// One echo connection: writes chunks of random sizes at a random pace for its life, then
 /// half-closes and reads everything back; every byte read is checked against what was sent
-/// at its offset. Returns how it ended and its local address.
+/// at its offset. Returns how it ended and the pods kforward said it went to.
 async fn echo_once(
+    forward: &str,
     addr: SocketAddr,
     shape: EchoShape,
     totals: &Arc<Totals>,
     stop: &CancellationToken,
-) -> (End, Option<SocketAddr>) {
+) -> (End, Vec<String>) {
     let stream = match tokio::time::timeout(CONNECT, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return (End::Refused(format!("connect: {e}")), None),
-        Err(_) => return (End::Refused("connect timed out".into()), None),
+        Ok(Err(e)) => return (End::Refused(format!("connect: {e}")), Vec::new()),
+        Err(_) => return (End::Refused("connect timed out".into()), Vec::new()),
     };
     let local = stream.local_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
@@ -241,7 +257,10 @@ async fn echo_once(
         }
     };
     writer.abort();
-    (end, local)
+    // `rd` is still open: its address is this connection's alone.
+    let pods = totals.take_pods(forward, local);
+    drop(rd);
+    (end, pods)
 }
 
 /// Sends a datagram of a random size every 100 ms to `addr` until `stop`, checking each
@@ -344,7 +363,7 @@ pub async fn hello_loop(
         totals.record(Outcome {
             forward: forward.clone(),
             apps: vec!["relay"],
-            pod: None,
+            pods: Vec::new(),
             start,
             end: Instant::now(),
             how,

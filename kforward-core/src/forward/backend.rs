@@ -250,6 +250,8 @@ pub(crate) struct Open<'a> {
     pub(crate) wait: Duration,
     /// Asks the forward to read the kubeconfig again (after a 401).
     pub(crate) reload: &'a Arc<Notify>,
+    /// Where a connection opened again on another pod is told.
+    pub(crate) events: &'a tokio::sync::broadcast::Sender<crate::forward::Event>,
 }
 
 /// Opens a stream for a new connection or UDP session of port mapping `index` from
@@ -271,18 +273,22 @@ pub(crate) async fn open_stream(
 ) -> Result<Stream> {
     let (mut stream, failed) = open_once(shared, index, client, o).await?;
     if let (Stream::Spdy(p), Some(failed)) = (&mut stream, failed) {
-        let (shared, label, wait, reload) = (
+        let (shared, label, wait, reload, events, from) = (
             shared.clone(),
             o.label.to_string(),
             o.wait,
             o.reload.clone(),
+            o.events.clone(),
+            p.pod().to_string(),
         );
         p.set_reroute(Arc::new(move || {
-            let (shared, label, reload, failed) = (
+            let (shared, label, reload, failed, events, from) = (
                 shared.clone(),
                 label.clone(),
                 reload.clone(),
                 failed.clone(),
+                events.clone(),
+                from.clone(),
             );
             Box::pin(async move {
                 // Give the watch a moment to drop the pod (or to see it created again).
@@ -291,11 +297,21 @@ pub(crate) async fn open_stream(
                     label: &label,
                     wait,
                     reload: &reload,
+                    events: &events,
                 };
-                match open_once(&shared, index, client, &o).await?.0 {
-                    Stream::Spdy(p) => Ok(p),
-                    Stream::WebSocket(t) => Ok(crate::transport::spdy::PodStream::from(t)),
-                }
+                let moved = match open_once(&shared, index, client, &o).await?.0 {
+                    Stream::Spdy(p) => p,
+                    Stream::WebSocket(t) => crate::transport::spdy::PodStream::from(t),
+                };
+                // Nobody listening is fine.
+                let _ = events.send(crate::forward::Event::ConnectionMoved {
+                    forward: label,
+                    peer: client,
+                    from,
+                    pod: moved.pod().to_string(),
+                    pod_port: moved.port(),
+                });
+                Ok(moved)
             })
         }));
     }

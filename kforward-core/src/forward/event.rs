@@ -60,6 +60,22 @@ pub enum Event {
         /// The transport carrying it (`websocket` for relayed streams).
         transport: crate::transport::Transport,
     },
+    /// A connection was opened again on another pod before any byte reached its first
+    /// one: the container runtime answered that the pod it went to is gone (deleted, or
+    /// deleted and created again under its name, as a StatefulSet's pod is). What the
+    /// client had written is sent again to the new pod.
+    ConnectionMoved {
+        /// The forward's label.
+        forward: String,
+        /// The local client.
+        peer: SocketAddr,
+        /// The pod it had gone to.
+        from: String,
+        /// The pod it goes to now.
+        pod: String,
+        /// The port on the pod.
+        pod_port: u16,
+    },
     /// A forward proxy's client named a destination, and the way there was decided.
     Routed {
         /// The forward's label.

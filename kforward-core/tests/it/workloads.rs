@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 
 use kforward_core::spec::{RemotePort, Target};
-use kforward_core::{Endpoint, Endpoints, Forwarder};
+use kforward_core::{Endpoint, Endpoints, Event, Forwarder};
 use kforward_testkit::Cluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::TryRecvError;
 
 use crate::common::*;
 
@@ -197,6 +198,7 @@ async fn a_pod_forward_follows_its_pod_deleted_and_created_again_under_its_name(
     let addr = bound[0].local_addr;
     echo(addr, b"to db-0").await;
 
+    let mut events = f.subscribe();
     let old = uid(&cluster, "db-0");
     cluster.delete_pod("demo", "db-0").expect("delete db-0");
     // Opened at once: the session it lands on may still be the old pod's.
@@ -213,5 +215,19 @@ async fn a_pod_forward_follows_its_pod_deleted_and_created_again_under_its_name(
     for i in 0..5 {
         echo(addr, format!("to the new db-0, {i}").as_bytes()).await;
     }
+    // The kept session was the old pod's: a connection found it gone and was moved, and
+    // the forward said so (its pod has the same name, its sandbox is another).
+    let mut moved = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(Event::ConnectionMoved { from, pod, .. }) => moved.push((from, pod)),
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        moved.contains(&("db-0".to_string(), "db-0".to_string())),
+        "no connection_moved from db-0 to db-0: {moved:?}"
+    );
     f.stop().await;
 }

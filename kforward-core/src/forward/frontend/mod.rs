@@ -112,6 +112,7 @@ impl Lane {
             label: &self.label,
             wait: self.opts.pod_running_timeout,
             reload: &self.reload,
+            events: &self.events,
         }
     }
 
