@@ -92,13 +92,20 @@ impl Rule {
         // A `*` anywhere but first (`**`, `*\n*`, `a*b`) is no host name and no wildcard
         // Go knows: such an entry matches no host, so it is dropped (kept, `*` alone would
         // be written back and read as "everything"). So is a name with blanks or control
-        // characters in it (`a\n.` would be written back as `a\n`, which reads as `a`):
-        // no DNS name or address holds one.
+        // characters in it (`a\n.` would be written back as `a\n`, which reads as `a`),
+        // or with `[`, `]` or `:` (`*[a:5` would be written back as `[a:5`, which is no
+        // bracketed address): no DNS name holds one, and an address was read above.
         if name.is_empty()
-            || name.contains('*')
-            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            || name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "*[]:".contains(c))
         {
             return None;
+        }
+        // An address dressed as a name (`7.0.0.1.`, `*7.0.0.1`) is that address, as its
+        // written-back form reads; no host lies under an address (`.7.0.0.1`).
+        if let Some(ip) = parse_ip(name) {
+            return include_self.then_some(Rule::Address { ip, port });
         }
         Some(Rule::Domain {
             name: name.to_string(),
@@ -319,10 +326,36 @@ mod tests {
             "a\n.",
             "a b.example.com",
             "a\tb",
+            "*[a:5",
+            "[a",
+            "a:b:80",
         ] {
             assert!(NoProxy::parse(entry).is_empty(), "{entry:?}");
         }
         assert_eq!(NoProxy::parse(" a.example.com. ,a\n.").rules().len(), 1);
+    }
+
+    #[test]
+    fn an_address_written_as_a_name_is_that_address() {
+        // Found by the relay_no_proxy fuzz target: `7.0.0.1.` became a domain named
+        // `7.0.0.1`, written back as `7.0.0.1`, which reads as the address.
+        let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+        for (entry, want) in [
+            ("7.0.0.1.", ip("7.0.0.1")),
+            ("*7.0.0.1", ip("7.0.0.1")),
+            ("7.0.0.1.:8080", ip("7.0.0.1")),
+        ] {
+            let rules = NoProxy::parse(entry);
+            assert!(
+                matches!(rules.rules(), [Rule::Address { ip, .. }] if *ip == want),
+                "{entry:?}: {:?}",
+                rules.rules()
+            );
+            let again = NoProxy::parse(&rules.rules()[0].to_string());
+            assert_eq!(again.rules(), rules.rules(), "{entry:?}");
+        }
+        assert!(m("7.0.0.1.", "7.0.0.1", 80));
+        assert!(NoProxy::parse(".7.0.0.1").is_empty());
     }
 
     #[test]
