@@ -55,6 +55,9 @@ pub struct Sample {
     pub t: f64,
     /// The kforward process then.
     pub proc: ProcSample,
+    /// Its established connections to the API server then (SPDY sessions, watches and
+    /// the spare connection): what most of its memory beyond the connections' follows.
+    pub api_connections: usize,
 }
 
 /// What a soak found.
@@ -74,13 +77,17 @@ pub struct SoakReport {
     pub json: Value,
 }
 
-/// Peak RSS (MiB) and fds of the samples with `from <= t < to`.
-fn peak(samples: &[Sample], from: f64, to: f64) -> (f64, usize) {
+/// Peak RSS (MiB), fds and API server connections of the samples with `from <= t < to`.
+fn peak(samples: &[Sample], from: f64, to: f64) -> (f64, usize, usize) {
     samples
         .iter()
         .filter(|s| s.t >= from && s.t < to)
-        .fold((0.0, 0), |(r, f), s| {
-            (r.max(s.proc.rss_mib), f.max(s.proc.fds))
+        .fold((0.0, 0, 0), |(r, f, a), s| {
+            (
+                r.max(s.proc.rss_mib),
+                f.max(s.proc.fds),
+                a.max(s.api_connections),
+            )
         })
 }
 
@@ -259,9 +266,11 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
             let Some(proc) = procstat::sample(pid) else {
                 break;
             };
+            let api_connections =
+                procstat::connections_to(pid, cluster.api_addr().port()).unwrap_or(0);
             let t = start.elapsed().as_secs_f64();
             eprintln!(
-                "soak: t={t:.0}s rss={:.1}MiB fds={} live={} moved={:.1}MiB corrupted={} faults={}",
+                "soak: t={t:.0}s rss={:.1}MiB fds={} api_conns={api_connections} live={} moved={:.1}MiB corrupted={} faults={}",
                 proc.rss_mib,
                 proc.fds,
                 totals.live.load(Ordering::Relaxed),
@@ -269,7 +278,11 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
                 totals.corrupted_bytes.load(Ordering::Relaxed),
                 log.all().len()
             );
-            samples.push(Sample { t, proc });
+            samples.push(Sample {
+                t,
+                proc,
+                api_connections,
+            });
         }
         samples
     };
@@ -314,9 +327,11 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         *fault_counts.entry(h.fault.name()).or_default() += 1;
     }
     let total_s = o.duration.as_secs_f64();
-    let (rss1, fds1) = peak(&samples, 0.0, 60.0);
-    let (rss2, fds2) = peak(&samples, 60.0, 120.0);
-    let (rss_last, fds_last) = peak(&samples, (total_s - 60.0).max(0.0), f64::MAX);
+    let (rss1, fds1, api1) = peak(&samples, 0.0, 60.0);
+    let (rss2, fds2, api2) = peak(&samples, 60.0, 120.0);
+    let (rss_last, fds_last, api_last) = peak(&samples, (total_s - 60.0).max(0.0), f64::MAX);
+    let api_all = samples.iter().map(|s| s.api_connections);
+    let (api_min, api_max) = (api_all.clone().min(), api_all.max());
     let bytes_moved = totals.bytes_moved.load(Ordering::Relaxed);
     let corrupted_bytes = totals.corrupted_bytes.load(Ordering::Relaxed);
     let udp_sent = totals.udp_sent.load(Ordering::Relaxed);
@@ -348,6 +363,8 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         "port_forward_streams": end_stats.port_forwards_total - setup_stats.port_forwards_total,
         "rss_mib": {"first_minute": rss1, "second_minute": rss2, "last_minute": rss_last},
         "fds": {"first_minute": fds1, "second_minute": fds2, "last_minute": fds_last},
+        "api_connections": {"first_minute": api1, "second_minute": api2, "last_minute": api_last,
+            "min": api_min, "max": api_max},
         "kforward_exit": exit,
         "relay_pods_left": relay_pods_left,
     });
