@@ -639,6 +639,8 @@ async fn a_slow_reader_alone_on_its_session_holds_it_instead_and_loses_nothing()
         let config = PoolConfig {
             session: SessionConfig {
                 stream_buffer: 256 << 10,
+                // Past the hard bound (1 MiB) before any pacing.
+                lone_stream_buffer: 64 << 20,
                 ..Default::default()
             },
             ..Default::default()
@@ -660,6 +662,67 @@ async fn a_slow_reader_alone_on_its_session_holds_it_instead_and_loses_nothing()
             .await
             .expect("read");
         assert_eq!(n, 16 << 20, "{t}: nothing lost while held");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_stream_paces_its_session_and_a_new_stream_on_it_flows_at_once() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let web = pod_of(&cluster, "web");
+    for t in BOTH {
+        let lone = 256 << 10;
+        let config = PoolConfig {
+            session: SessionConfig {
+                lone_stream_buffer: lone,
+                // The paused reader below must not count as stalled on a loaded machine.
+                stall_timeout: Duration::from_secs(120),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let pool = SessionPool::with_config(ctx.clone(), "demo", t, config);
+        let load = |pool: &SessionPool| pool.stats()[0].sessions[0].0;
+        let mut paused = bounded("connect", pool.connect(&web, 8080))
+            .await
+            .expect("connect");
+        paused
+            .write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        // Its reader takes nothing: the session stops reading at the lone bound, far
+        // below the stream bounds, and holds nothing.
+        bounded("the session to pace", async {
+            while !load(&pool).paced {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(!load(&pool).held, "{t}: paced, not held");
+        // A second connection goes on the same session and gets its whole body while the
+        // first reader still takes nothing.
+        let mut other = bounded("connect", pool.connect(&web, 8080))
+            .await
+            .expect("connect");
+        other
+            .write_all(b"GET /bytes/4194304 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let n = bounded("the other body", read_pattern(&mut other))
+            .await
+            .expect("read");
+        assert_eq!(n, 4 << 20, "{t}: the other stream's body");
+        assert_eq!(
+            pool.stats()[0].sessions.len(),
+            1,
+            "{t}: both on one session"
+        );
+        drop(other);
+        // Alone again, the paused stream loses nothing.
+        let n = bounded("the paused body", read_pattern(&mut paused))
+            .await
+            .expect("read");
+        assert_eq!(n, 16 << 20, "{t}: nothing lost while paced");
     }
 }
 

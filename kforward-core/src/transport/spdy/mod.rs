@@ -51,8 +51,10 @@ pub mod headers;
 mod open;
 mod pod_stream;
 mod pool;
+mod read_buffer;
 mod session;
 mod stream;
+mod writer;
 mod wsio;
 
 pub use error::{SessionEnd, SpdyError};

@@ -40,6 +40,9 @@ struct Inbound {
     replied: bool,
     /// The session stopped reading until this reader takes half of its buffer.
     holds_session: bool,
+    /// The session, alone with this stream, stopped reading until this reader takes half
+    /// of its lone-stream buffer.
+    paces_session: bool,
     reader: Option<Waker>,
     /// When the reader last took data (or the pair was opened).
     last_read: Option<Instant>,
@@ -142,6 +145,14 @@ impl Pair {
         Push::Queued
     }
 
+    /// Whether more than `bound` waits for the reader (and nothing failed): the session,
+    /// alone with this stream, then paces it, until the reader took half.
+    pub(crate) fn pace(&self, bound: usize) -> bool {
+        let mut ib = self.lock();
+        ib.paces_session = ib.failed.is_none() && ib.buffered > bound;
+        ib.paces_session
+    }
+
     /// Queues data past the limit, and marks the session as held by this reader.
     pub(crate) fn push_over(&self, data: Bytes, fin: bool) {
         let mut ib = self.lock();
@@ -187,6 +198,7 @@ impl Pair {
             ib.buffered = 0;
         }
         ib.holds_session = false;
+        ib.paces_session = false;
         ib.wake();
     }
 }
@@ -344,6 +356,11 @@ impl SpdyStream {
                 ib.holds_session = false;
                 drop(ib);
                 self.session.release_hold(&self.pair);
+            } else if ib.paces_session && ib.buffered <= self.session.config.lone_stream_buffer / 2
+            {
+                ib.paces_session = false;
+                drop(ib);
+                self.session.release_pace(&self.pair);
             }
             return Poll::Ready(Ok(Some(chunk)));
         }
