@@ -73,6 +73,9 @@ pub struct SoakReport {
     pub samples: Vec<Sample>,
     /// Relay pods still in the cluster after kforward exited.
     pub relay_pods_left: usize,
+    /// Whether kforward's peak RSS in the last minute stayed within 1.1x of its peak in the
+    /// second (the first minute is the warm-up); `None` for a run under three minutes.
+    pub rss_flat: Option<bool>,
     /// The whole report as the JSON object of the last line.
     pub json: Value,
 }
@@ -330,6 +333,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let (rss1, fds1, api1) = peak(&samples, 0.0, 60.0);
     let (rss2, fds2, api2) = peak(&samples, 60.0, 120.0);
     let (rss_last, fds_last, api_last) = peak(&samples, (total_s - 60.0).max(0.0), f64::MAX);
+    let rss_flat = (total_s >= 180.0).then_some(rss_last <= 1.1 * rss2);
     let api_all = samples.iter().map(|s| s.api_connections);
     let (api_min, api_max) = (api_all.clone().min(), api_all.max());
     let bytes_moved = totals.bytes_moved.load(Ordering::Relaxed);
@@ -362,6 +366,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         "watches_opened": end_stats.watches_total - setup_stats.watches_total,
         "port_forward_streams": end_stats.port_forwards_total - setup_stats.port_forwards_total,
         "rss_mib": {"first_minute": rss1, "second_minute": rss2, "last_minute": rss_last},
+        "rss_flat": rss_flat,
         "fds": {"first_minute": fds1, "second_minute": fds2, "last_minute": fds_last},
         "api_connections": {"first_minute": api1, "second_minute": api2, "last_minute": api_last,
             "min": api_min, "max": api_max},
@@ -374,6 +379,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         corrupted_bytes,
         samples,
         relay_pods_left,
+        rss_flat,
         json,
     })
 }

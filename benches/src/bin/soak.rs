@@ -12,7 +12,8 @@ use kforward_benches::soak::{SoakOptions, run};
 const USAGE: &str = "usage: soak [--minutes M] [--conns N] [--seed S] [--kforward PATH]
 defaults: --minutes 10 --conns 200 --seed 1, kforward beside this binary;
 exits 1 when bytes were corrupted, a connection ended or was refused without a fault to
-explain it, or relay pods were left behind";
+explain it, relay pods were left behind, or (in a run of 3 minutes or more) kforward's
+peak RSS in the last minute was over 1.1x its peak in the second";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -54,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         || v.unexpected_ends > 0
         || v.refused > 0
         || report.relay_pods_left > 0
+        || report.rss_flat == Some(false)
     {
         std::process::exit(1);
     }
