@@ -446,19 +446,20 @@ impl Inner {
 
     /// A held session may read again: its slow reader took half of its buffer.
     pub(crate) fn release_hold(&self, pair: &Pair) {
-        let mut st = lock(&self.state);
-        if st.held == Some(pair.data_id) {
-            st.held = None;
-            drop(st);
-            self.drained.notify_one();
-        }
+        self.release(pair, |st| &mut st.held);
     }
 
     /// A paced session may read again: its lone reader took half of what waited.
     pub(crate) fn release_pace(&self, pair: &Pair) {
+        self.release(pair, |st| &mut st.paced);
+    }
+
+    /// Clears the stop (`held` or `paced`) that `pair` set and wakes the reader.
+    fn release(&self, pair: &Pair, stop: impl FnOnce(&mut State) -> &mut Option<u32>) {
         let mut st = lock(&self.state);
-        if st.paced == Some(pair.data_id) {
-            st.paced = None;
+        let stop = stop(&mut st);
+        if *stop == Some(pair.data_id) {
+            *stop = None;
             drop(st);
             self.drained.notify_one();
         }
