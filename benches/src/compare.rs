@@ -19,8 +19,15 @@
 //! section opens 1,000 connections at once through one proxy to services by name and to an
 //! external name through the relay.
 //!
+//! `floor` is no forwarder: in the `bulk1` section, a round of the TLS floor
+//! ([`kforward_benches::floor`]: a child process that only reads TLS, decrypts and writes to
+//! loopback, the least any client must do) of `--bytes` runs after the paths' rounds, and
+//! its CPU per GiB is a row of the "forwarding process" table, with what it bounds (below
+//! that table). Its child is this executable started with
+//! [`kforward_benches::floor::CHILD_ARG`] as its first argument.
+//!
 //! `cargo run --release -p kforward-benches --bin compare -- [--bytes N] [--rounds R] [--conns C] [--rtts N]
-//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock] [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle]`
+//! [--idle 1,50,200] [--wan-rtt-ms 10] [--wan-conns 100] [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock,floor] [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle]`
 //!
 //! `--paths` and `--only` narrow a run down, for profiling one path (`perf record -p`).
 //! The `wan` section ([`wan`]) puts the API server `--wan-rtt-ms` away, straight and behind
@@ -39,6 +46,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use kforward_benches::floor::{self, Floor};
 use kforward_core::spec::{ForwardSpec, PortMapping, Target};
 use kforward_core::{Forward, Forwarder, KubeContext, KubeconfigSource};
 use kforward_testkit::Cluster;
@@ -72,7 +80,7 @@ impl Opts {
 
 const USAGE: &str =
     "usage: compare [--bytes N] [--rounds R] [--conns C] [--rtts N] [--idle 1,50,200]
-  [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock]
+  [--paths direct,kforward,kforward-tunnel,kforward-socks,kforward-svc,kforward-socks-svc,kube-pf,kubectl,kforward-cli,kforward-cli-stock,floor]
   [--only bulk1,bulk8,ttfb,rtt,burst,half-close,stalled,wan,relay,dns,socks,hop,idle] [--wan-rtt-ms 10] [--wan-conns 100]
 defaults: --bytes 1073741824 --rounds 3 --conns 1000 --rtts 5000, every path and section;
 KUBECTL names the kubectl binary (else ../shared/tools/install-kubectl is asked);
@@ -162,9 +170,17 @@ struct Path {
     pid: Option<u32>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The TLS floor's child is this executable: it runs on a runtime of its own (one
+    // thread), so it must be caught before the harness's runtime starts.
+    if let Some(child) = floor::child_if_asked() {
+        return child;
+    }
     let o = parse()?;
+    tokio::runtime::Runtime::new()?.block_on(run(o))
+}
+
+async fn run(o: Opts) -> anyhow::Result<()> {
     let cluster = Cluster::demo().await?;
     let ctx = KubeContext::load(&KubeconfigSource::default().with_path(cluster.kubeconfig_path()))
         .await?;
@@ -327,6 +343,13 @@ async fn main() -> anyhow::Result<()> {
     let mut cpu1 = vec![Vec::new(); paths.len()];
     // CPU milliseconds per GiB of the whole machine, for every path.
     let mut machine1 = vec![Vec::new(); paths.len()];
+    // The TLS floor's CPU ms per GiB, one round of --bytes after the paths' in each round.
+    let mut floor1 = Vec::new();
+    let floor = if o.section("bulk1") && o.path("floor") {
+        Some(Floor::new()?)
+    } else {
+        None
+    };
     if o.section("bulk1") {
         eprintln!("bulk, 1 connection ...");
         for _ in 0..o.rounds {
@@ -342,6 +365,9 @@ async fn main() -> anyhow::Result<()> {
                 if let (Some(pid), Some(before)) = (p.pid, before) {
                     cpu1[i].push(per_gib(measure::cpu_time(pid)?.saturating_sub(before)));
                 }
+            }
+            if let Some(f) = &floor {
+                floor1.push(f.round(o.bytes).await?.cpu_ms_per_gib(o.bytes));
             }
         }
     }
@@ -443,12 +469,23 @@ async fn main() -> anyhow::Result<()> {
             o.rounds, o.conns, o.rtts
         );
     }
-    let cpu: Vec<(usize, f64)> = cpu1
+    // (row name, median CPU ms per GiB) of the forwarding processes, then the floor.
+    let mut cpu: Vec<(&str, f64)> = cpu1
         .iter()
         .enumerate()
         .filter(|(_, v)| !v.is_empty())
-        .map(|(i, v)| (i, median(v.clone())))
+        .map(|(i, v)| (paths[i].name, median(v.clone())))
         .collect();
+    let floor_ms = (!floor1.is_empty()).then(|| median(floor1));
+    if let Some(ms) = floor_ms {
+        cpu.push((FLOOR_ROW, ms));
+    }
+    let machine = |n: &str| {
+        paths
+            .iter()
+            .position(|p| p.name == n)
+            .map(|i| median(machine1[i].clone()))
+    };
     if machine1.iter().any(|v| !v.is_empty()) {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         println!(
@@ -468,22 +505,59 @@ async fn main() -> anyhow::Result<()> {
     if !cpu.is_empty() {
         println!("\n| forwarding process | CPU ms per GiB (bulk, 1 conn) | MB/s per CPU core |");
         println!("|---|---:|---:|");
-        for (i, ms) in &cpu {
+        for (name, ms) in &cpu {
             println!(
-                "| {} | {ms:.0} | {:.0} |",
-                paths[*i].name,
+                "| {name} | {ms:.0} | {:.0} |",
                 (1u64 << 30) as f64 / 1e6 / (ms / 1e3)
             );
         }
-        let get = |n: &str| cpu.iter().find(|(i, _)| paths[*i].name == n).map(|c| c.1);
+        let get = |n: &str| cpu.iter().find(|c| c.0 == n).map(|c| c.1);
         println!();
         for (a, b) in [
             ("kubectl", "kforward-cli"),
             ("kforward-cli-stock", "kforward-cli"),
+            ("kubectl", FLOOR_ROW),
         ] {
             if let (Some(x), Some(y)) = (get(a), get(b)) {
+                let b = if b == FLOOR_ROW { "floor" } else { b };
                 println!("{a} / {b}, CPU per GiB: {:.2}x", x / y);
             }
+        }
+        if let (Some(k), Some(f)) = (get("kubectl"), floor_ms) {
+            println!(
+                "1/3 of kubectl's: {:.0} ms per GiB (the floor: {f:.0})",
+                k / 3.0
+            );
+        }
+        // Both paths are CPU-bound on the machine's cores (the "most MB/s its cores allow"
+        // column): a path's bulk rate is the cores over its machine CPU per GiB, so a
+        // forwarder that spent only the floor's CPU (the testkit's API server, kubelet and
+        // pod and the reader unchanged) gains at most kubectl's machine CPU per GiB over
+        // kforward-cli's with its own share replaced by the floor's. `floor::bulk_bound`.
+        if let (Some(k), Some(c), Some(own), Some(f)) = (
+            machine("kubectl"),
+            machine("kforward-cli"),
+            get("kforward-cli"),
+            floor_ms,
+        ) && let Some(b) = floor::bulk_bound(k, c, own, f)
+        {
+            println!(
+                "a forwarder at the floor: at most {:.2}x kubectl's bulk (1 conn) on this machine \
+                 (machine CPU per GiB: kubectl's path {k:.0} ms / {:.0} ms = kforward-cli's path {c:.0} - its own {own:.0} + the floor {f:.0})",
+                b.at_floor, b.machine_at_floor,
+            );
+            let measured = match (
+                paths.iter().position(|p| p.name == "kforward-cli"),
+                paths.iter().position(|p| p.name == "kubectl"),
+            ) {
+                (Some(c), Some(k)) => rows[c][0] / rows[k][0],
+                _ => f64::NAN,
+            };
+            println!(
+                "kforward-cli today: at most {:.2}x by the same arithmetic (kubectl's path / its path); measured {}",
+                b.today,
+                cell(measured, 2, "x")
+            );
         }
     }
 
@@ -523,6 +597,10 @@ async fn main() -> anyhow::Result<()> {
     drop(kubectl_children);
     Ok(())
 }
+
+/// The floor's row in the "forwarding process" table: what it is, for a reader of the table.
+const FLOOR_ROW: &str =
+    "floor: TLS 1.3 read, decrypt, write to loopback (no protocol; tls-floor's child)";
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
 /// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
