@@ -599,8 +599,7 @@ async fn run(o: Opts) -> anyhow::Result<()> {
 }
 
 /// The floor's row in the "forwarding process" table: what it is, for a reader of the table.
-const FLOOR_ROW: &str =
-    "floor: TLS 1.3 read, decrypt, write to loopback (no protocol; tls-floor's child)";
+const FLOOR_ROW: &str = "floor (a process that only reads TLS 1.3, decrypts, writes to loopback)";
 
 /// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
 /// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
