@@ -16,7 +16,9 @@
 //! one, so connections that had not started yet never see the old one's end. Connections
 //! share a session until it carries [`PoolConfig::streams_per_session`], then a second
 //! session opens in the background (up to [`PoolConfig::max_sessions_per_pod`]), so one
-//! busy session does not cap a burst and the work spreads over the runtime's threads.
+//! busy session does not cap a burst and the work spreads over the runtime's threads. A
+//! session paced by a reader that is behind takes new connections only when the pod may
+//! have no other session (see `pick`).
 //! Sessions beyond the first that sit without streams for [`PoolConfig::idle_extra`] are
 //! closed: idle forwards keep one session per pod they hold or used, and none for pods
 //! they never reached.
@@ -474,18 +476,39 @@ impl SessionPool {
 
     /// The least loaded usable session to `pod`; starts another in the background when
     /// even that one is full.
+    ///
+    /// A paced session (its one stream's reader is behind by the lone bound: a download
+    /// whose client reads slower than the network brings it, or a client that stopped
+    /// reading) is used only when every usable session is paced and the pod has its most
+    /// sessions: otherwise this gives `None`, and the caller opens another session. A new
+    /// stream on a paced session would end the pacing and share the session's bandwidth
+    /// with a reader that may never take its data; the kubelet has no flow control, so
+    /// that stream would then be reset, and the container runtime goes on sending its pod's
+    /// data for a second after the reset (`RUNTIME_CLOSE_GRACE` in the testkit:
+    /// containerd's and CRI-O's copy loops), a second of its share of the bandwidth lost to
+    /// the new connections. On a session of its own, a reader that stopped costs nobody
+    /// anything and loses nothing: the session waits for it, as TCP would.
     fn pick(&self, pod: &str) -> Option<(Session, Transport)> {
         let mut pods = self.pods();
         let entry = pods.get_mut(pod)?;
         entry.sessions.retain(|p| p.session.end().is_none());
-        let best = entry
-            .sessions
-            .iter()
-            .map(|p| (p, p.session.load()))
-            .filter(|(_, l)| l.open && !l.held)
-            .min_by_key(|(_, l)| l.streams)
-            .map(|(p, l)| (p.session.clone(), p.transport, l.streams))?;
-        let (session, transport, streams) = best;
+        let usable = || {
+            entry
+                .sessions
+                .iter()
+                .map(|p| (p, p.session.load()))
+                .filter(|(_, l)| l.open && !l.held)
+        };
+        let unpaced = usable()
+            .filter(|(_, l)| !l.paced)
+            .min_by_key(|(_, l)| l.streams);
+        let best = match unpaced {
+            Some(b) => b,
+            None if entry.sessions.len() < self.inner.config.max_sessions_per_pod => return None,
+            None => usable().min_by_key(|(_, l)| l.streams)?,
+        };
+        let (session, transport, streams) =
+            (best.0.session.clone(), best.0.transport, best.1.streams);
         if streams >= self.inner.config.streams_per_session
             && entry.sessions.len() < self.inner.config.max_sessions_per_pod
         {

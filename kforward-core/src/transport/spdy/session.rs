@@ -26,10 +26,15 @@
 //! [`SessionConfig::stream_buffer`] (the soft bound) and four times it (the hard bound):
 //!
 //! - below the soft bound, data is queued for the stream's reader;
-//! - past the soft bound, a stream whose reader has taken nothing for
-//!   [`SessionConfig::stall_timeout`] is stalled: when it shares its session it is reset
-//!   (RST_STREAM CANCEL to the server, its buffer freed, [`SpdyError::Overflow`] for its
-//!   reader) and the others never wait;
+//! - past the soft bound, a stream that shares its session and whose reader has taken
+//!   nothing for [`SessionConfig::hold_grace`] has stopped: it is reset (RST_STREAM CANCEL
+//!   to the server, its buffer freed, [`SpdyError::Overflow`] for its reader) and the
+//!   others never wait. So a reader that stopped costs the others the soft bound of the
+//!   session's bandwidth, not the hard bound: with three downloads of 128 MiB beside a
+//!   reader that stopped, waiting for the hard bound (32 MiB) cost them 13-16% of their
+//!   throughput (`compare --only stalled`, README Performance). A stream alone on its
+//!   session whose reader took nothing for [`SessionConfig::stall_timeout`] holds the
+//!   session at the soft bound instead;
 //! - a stream whose reader still takes data buffers on, up to the hard bound. At the hard
 //!   bound the session stops reading its connection (it is *held*) until the reader has
 //!   taken half of its buffer, as TCP would slow one connection for a slow reader (the
@@ -44,9 +49,10 @@
 //! so nothing is gained by reading ahead of it: once it has
 //! [`SessionConfig::lone_stream_buffer`] waiting (1 MiB), the session stops reading its
 //! connection until the reader took half of it, as a TCP connection's window would pace
-//! it, and the server waits in its socket. This is not a hold: the pool still opens
-//! streams on a paced session, and a stream opened on it ends the pacing at once (the
-//! bounds above apply again). Reading ahead up to the hard bound instead kept up to 32 MiB
+//! it, and the server waits in its socket. This is not a hold: a stream opened on a paced
+//! session ends the pacing at once (the bounds above apply again), though the pool opens
+//! new connections on another session while the pod may have one more (`SessionPool`'s
+//! `pick`), so that a reader that stopped costs the others nothing. Reading ahead up to the hard bound instead kept up to 32 MiB
 //! of fresh buffers in flight per download: the memory they were read into was new to the
 //! process (page faults) and out of the cache by the time it was written to the local
 //! socket. Measured on a 1 GiB download through `kforward forward` over the WebSocket
@@ -108,13 +114,14 @@ pub struct SessionConfig {
     /// hard bound is four times this); what happens at the bounds is in the
     /// docs of [`Session`]'s module (`transport::spdy::session`). 8 MiB: more than a local socket's buffers hold.
     pub stream_buffer: usize,
-    /// A reader that took nothing for this long, with more than the soft bound waiting for
-    /// it, has stopped. Two seconds: longer than a busy process on a loaded machine leaves
-    /// a reader unscheduled.
+    /// A reader alone on its session that took nothing for this long, with more than the
+    /// soft bound waiting for it, has stopped: the session waits for it from there. Two
+    /// seconds: longer than a busy process on a loaded machine leaves a reader unscheduled.
     pub stall_timeout: Duration,
-    /// How long a stream past the hard bound that shares its session may take nothing
-    /// while the session waits for it, before it is reset as stalled: the longest pause a
-    /// stopped reader causes the other connections of its session (once).
+    /// How long a stream past the soft bound that shares its session may take nothing
+    /// before it is reset as stalled; past the hard bound, the longest pause a stopped
+    /// reader causes the other connections of its session (once). A reader that takes
+    /// something at least this often is never reset, however slow.
     pub hold_grace: Duration,
     /// What a stream alone on its session may have waiting for its reader before the
     /// session stops reading its connection until the reader took half (see the module
@@ -124,11 +131,17 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    pub(crate) fn bounds(&self) -> Bounds {
+    /// The bounds of a stream that shares its session with others (`shared`) or is alone
+    /// on it: a stopped reader beside others is told apart within the hold's grace.
+    pub(crate) fn bounds(&self, shared: bool) -> Bounds {
         Bounds {
             soft: self.stream_buffer,
             hard: self.stream_buffer.saturating_mul(4),
-            stall: self.stall_timeout,
+            stall: if shared {
+                self.hold_grace
+            } else {
+                self.stall_timeout
+            },
         }
     }
 }
@@ -155,7 +168,8 @@ pub struct SessionLoad {
     pub held: bool,
     /// Whether it stopped reading until its one stream's reader took half of what waits
     /// for it ([`SessionConfig::lone_stream_buffer`]); unlike a hold, this takes new
-    /// streams, and a new stream ends it.
+    /// streams (the pool gives it one only when the pod may have no other session), and a
+    /// new stream ends it.
     pub paced: bool,
     /// Whether it takes new streams (not ended, no GOAWAY).
     pub open: bool,
@@ -630,7 +644,7 @@ impl Inner {
             pair.error_data(&data, fin);
             return;
         }
-        let bounds = self.config.bounds();
+        let bounds = self.config.bounds(st.live > 1);
         match pair.push(data, fin, bounds) {
             Push::Queued => {
                 if st.live == 1 && pair.pace(self.config.lone_stream_buffer) {

@@ -66,7 +66,7 @@ impl Inbound {
 pub(crate) enum Push {
     /// Queued for the reader.
     Queued,
-    /// Past the soft bound, and the reader has taken nothing for the stall timeout: given
+    /// Past the soft bound, and the reader has taken nothing for [`Bounds::stall`]: given
     /// back.
     Stalled(Bytes),
     /// Past the hard bound with a reader that still reads: given back.
