@@ -743,6 +743,61 @@ async fn a_lone_stream_paces_its_session_and_a_new_stream_goes_beside_it_or_on_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_whose_readers_are_all_behind_paces_and_loses_nothing() {
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let web = pod_of(&cluster, "web");
+    for t in BOTH {
+        let config = PoolConfig {
+            session: SessionConfig {
+                lone_stream_buffer: 256 << 10,
+                // Readers that take nothing below must be waited for, not reset.
+                stall_timeout: Duration::from_secs(120),
+                hold_grace: Duration::from_secs(120),
+                ..Default::default()
+            },
+            max_sessions_per_pod: 1,
+            ..Default::default()
+        };
+        let pool = SessionPool::with_config(ctx.clone(), "demo", t, config);
+        let load = |pool: &SessionPool| pool.stats()[0].sessions[0].0;
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(
+                bounded("connect", pool.connect(&web, 8080))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        for c in &mut conns {
+            c.write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+        }
+        // Neither reader takes anything: once both are behind the session stops reading,
+        // far below the stream bounds, and holds nothing.
+        bounded("the shared session to pace", async {
+            while !load(&pool).paced {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let now = load(&pool);
+        assert!(!now.held, "{t}: paced, not held ({now:?})");
+        assert_eq!(now.streams, 2, "{t}: both on the session ({now:?})");
+        // Both read now: the pacing lets go as they take data, and nothing is lost.
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .map(|mut c| tokio::spawn(async move { read_pattern(&mut c).await }))
+            .collect();
+        for task in tasks {
+            let n = bounded("a body", task).await.expect("task").expect("read");
+            assert_eq!(n, 16 << 20, "{t}: nothing lost while paced");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_port_forwards_and_an_api_restart_are_replaced_without_failing_new_connections() {
     let cluster = demo().await;
     let ctx = context(&cluster).await;

@@ -45,20 +45,24 @@
 //!   taking data is never reset: on a loaded machine that would cut working connections;
 //! - a stream alone on its session is never reset: the session waits for its reader.
 //!
-//! **A stream alone on its session is paced.** Its reader is the only one the session serves,
-//! so nothing is gained by reading ahead of it: once it has
-//! [`SessionConfig::lone_stream_buffer`] waiting (1 MiB), the session stops reading its
-//! connection until the reader took half of it, as a TCP connection's window would pace
-//! it, and the server waits in its socket. This is not a hold: a stream opened on a paced
-//! session ends the pacing at once (the bounds above apply again), though the pool opens
-//! new connections on another session while the pod may have one more (`SessionPool`'s
-//! `pick`), so that a reader that stopped costs the others nothing. Reading ahead up to the hard bound instead kept up to 32 MiB
+//! **A session whose readers are all behind is paced.** A stream alone on its session, or
+//! every stream of a shared one, has [`SessionConfig::lone_stream_buffer`] waiting (1 MiB):
+//! nothing is gained by reading ahead of readers that are all behind, so the session stops
+//! reading its connection until one of them took half of it, as TCP connections' windows
+//! would pace them, and the server waits in its socket. This is not a hold: a reader that
+//! stopped beside others that read is never waited for (they are not all behind, the
+//! bounds above deal with it), and a stream opened on a paced session, or one ending,
+//! ends the pacing at once; the pool opens new connections on another session while the
+//! pod may have one more (`SessionPool`'s `pick`), so that a reader that stopped costs
+//! them nothing. Reading ahead up to the hard bound instead kept up to 32 MiB
 //! of fresh buffers in flight per download: the memory they were read into was new to the
 //! process (page faults) and out of the cache by the time it was written to the local
 //! socket. Measured on a 1 GiB download through `kforward forward` over the WebSocket
 //! tunnel: 62,000 page faults and about 1.6x the CPU of the `v4.channel.k8s.io` path before,
 //! which reads one message, writes it, and reads the next (figures in the README's
-//! Performance section).
+//! Performance section). Three downloads on one session, without pacing, moved 787 MB/s
+//! where the same three on sessions of their own (each paced) moved 1,095 (`compare --only
+//! stalled`, 2026-12-02).
 //!
 //! So a stream buffers at most the hard bound (32 MiB by default) plus one frame, and a
 //! session at most that per open stream; an idle session keeps one small read buffer.
@@ -123,10 +127,11 @@ pub struct SessionConfig {
     /// reader causes the other connections of its session (once). A reader that takes
     /// something at least this often is never reset, however slow.
     pub hold_grace: Duration,
-    /// What a stream alone on its session may have waiting for its reader before the
-    /// session stops reading its connection until the reader took half (see the module
-    /// docs of `transport::spdy::session`). 1 MiB: a few of the server's DATA frames, and
-    /// about what the loopback sockets on both sides hold again.
+    /// What a stream alone on its session, or every stream of a shared one, may have
+    /// waiting for its reader before the session stops reading its connection until one
+    /// reader took half (see the module docs of `transport::spdy::session`). 1 MiB: a few
+    /// of the server's DATA frames, and about what the loopback sockets on both sides hold
+    /// again.
     pub lone_stream_buffer: usize,
 }
 
@@ -166,8 +171,8 @@ pub struct SessionLoad {
     pub streams: usize,
     /// Whether it stopped reading until a slow reader catches up.
     pub held: bool,
-    /// Whether it stopped reading until its one stream's reader took half of what waits
-    /// for it ([`SessionConfig::lone_stream_buffer`]); unlike a hold, this takes new
+    /// Whether it stopped reading until one of its readers, all behind, took half of what
+    /// waits for it ([`SessionConfig::lone_stream_buffer`]); unlike a hold, this takes new
     /// streams (the pool gives it one only when the pod may have no other session), and a
     /// new stream ends it.
     pub paced: bool,
@@ -186,8 +191,11 @@ pub(crate) struct State {
     pub(crate) end: Option<SessionEnd>,
     /// The data stream whose reader the session waits for.
     held: Option<u32>,
-    /// The lone data stream whose reader the session paces (module docs).
+    /// The data stream whose push paced the session (module docs): its reader, or while
+    /// the session is shared every reader, had more than the pacing bound waiting.
     paced: Option<u32>,
+    /// The streams open when the pacing began: one opened or ended since ends it.
+    paced_live: usize,
     last_seen: Instant,
     ping_sent: Option<(u32, Instant)>,
     next_ping: u32,
@@ -286,6 +294,7 @@ impl Session {
                 end: None,
                 held: None,
                 paced: None,
+                paced_live: 0,
                 last_seen: Instant::now(),
                 ping_sent: None,
                 next_ping: 1,
@@ -439,8 +448,11 @@ impl Inner {
         }
         st.pairs.remove(&pair.error_id);
         st.live -= 1;
-        if st.held == Some(pair.data_id) || st.paced == Some(pair.data_id) {
-            st.held = None;
+        if st.held == Some(pair.data_id) || st.paced.is_some() {
+            // A stream fewer: the readers left decide again whether the session waits.
+            if st.held == Some(pair.data_id) {
+                st.held = None;
+            }
             st.paced = None;
             self.drained.notify_one();
         }
@@ -463,12 +475,17 @@ impl Inner {
         self.release(pair, |st| &mut st.held);
     }
 
-    /// A paced session may read again: its lone reader took half of what waited.
-    pub(crate) fn release_pace(&self, pair: &Pair) {
-        self.release(pair, |st| &mut st.paced);
+    /// A paced session may read again: one of the readers it waited for (any of them, on
+    /// a shared session) took half of what waited for it.
+    pub(crate) fn release_pace(&self, _pair: &Pair) {
+        let mut st = lock(&self.state);
+        if st.paced.take().is_some() {
+            drop(st);
+            self.drained.notify_one();
+        }
     }
 
-    /// Clears the stop (`held` or `paced`) that `pair` set and wakes the reader.
+    /// Clears the stop (`held`) that `pair` set and wakes the reader.
     fn release(&self, pair: &Pair, stop: impl FnOnce(&mut State) -> &mut Option<u32>) {
         let mut st = lock(&self.state);
         let stop = stop(&mut st);
@@ -479,16 +496,29 @@ impl Inner {
         }
     }
 
-    /// Whether the session waits for its lone stream's reader; a pacing that no longer
-    /// applies (the stream is gone or no longer alone) ends here.
+    /// Whether the session waits for its readers; a pacing that no longer applies (a
+    /// stream was opened or ended since, the session ended) ends here.
     fn paced(&self) -> bool {
         let mut st = lock(&self.state);
         let Some(id) = st.paced else { return false };
-        if st.live == 1 && st.end.is_none() && st.pairs.contains_key(&id) {
+        if st.live == st.paced_live && st.end.is_none() && st.pairs.contains_key(&id) {
             return true;
         }
         st.paced = None;
         false
+    }
+
+    /// Whether every data stream of the session has more than `bound` waiting for its
+    /// reader (`pair`'s first): then reading on only piles up more for readers that are all
+    /// behind, and the session waits until one of them took half.
+    fn all_behind(st: &State, pair: &Pair, bound: usize) -> bool {
+        pair.behind(bound)
+            && (st.live == 1
+                || st
+                    .pairs
+                    .iter()
+                    .filter(|(id, p)| **id == p.data_id && p.data_id != pair.data_id)
+                    .all(|(_, p)| p.behind(bound)))
     }
 
     /// The error for a stream whose session is gone.
@@ -647,8 +677,13 @@ impl Inner {
         let bounds = self.config.bounds(st.live > 1);
         match pair.push(data, fin, bounds) {
             Push::Queued => {
-                if st.live == 1 && pair.pace(self.config.lone_stream_buffer) {
+                let bound = self.config.lone_stream_buffer;
+                if st.paced.is_none() && Self::all_behind(&st, &pair, bound) {
+                    for p in st.pairs.iter().filter(|(id, p)| **id == p.data_id) {
+                        p.1.pace(bound);
+                    }
                     st.paced = Some(stream_id);
+                    st.paced_live = st.live;
                 }
             }
             // Past the hard bound, sharing the session, and its reader already took

@@ -145,8 +145,15 @@ impl Pair {
         Push::Queued
     }
 
+    /// Whether more than `bound` waits for the reader (and nothing failed).
+    pub(crate) fn behind(&self, bound: usize) -> bool {
+        let ib = self.lock();
+        ib.failed.is_none() && ib.buffered > bound
+    }
+
     /// Whether more than `bound` waits for the reader (and nothing failed): the session,
-    /// alone with this stream, then paces it, until the reader took half.
+    /// whose every reader is that far behind, then paces, until this reader (or another)
+    /// took half.
     pub(crate) fn pace(&self, bound: usize) -> bool {
         let mut ib = self.lock();
         ib.paces_session = ib.failed.is_none() && ib.buffered > bound;
