@@ -347,11 +347,19 @@ impl SessionPool {
                     Ok(s) => return Ok(Some((s, transport))),
                     Err(e) => tracing::debug!(pod, error = %e, "session gone; picking another"),
                 },
-                None => {
-                    if let Opened::V4 = self.open_session(pod, true, None).await? {
-                        return Ok(None);
-                    }
-                }
+                None => match self.open_session(pod, true, None).await {
+                    Ok(Opened::V4) => return Ok(None),
+                    Ok(Opened::Session) => {}
+                    // No other session could be opened (the API server is down or paused):
+                    // a paced session still works, and is better than failing.
+                    Err(e) => match self.pick_paced(pod) {
+                        Some((session, transport)) => match session.open_stream(port) {
+                            Ok(s) => return Ok(Some((s, transport))),
+                            Err(_) => return Err(e),
+                        },
+                        None => return Err(e),
+                    },
+                },
             }
         }
         Err(Error::Tunnel {
@@ -480,7 +488,8 @@ impl SessionPool {
     /// A paced session (its one stream's reader is behind by the lone bound: a download
     /// whose client reads slower than the network brings it, or a client that stopped
     /// reading) is used only when every usable session is paced and the pod has its most
-    /// sessions: otherwise this gives `None`, and the caller opens another session. A new
+    /// sessions: otherwise this gives `None`, and the caller opens another session (or,
+    /// when none can be opened, takes the paced one after all: `pick_paced`). A new
     /// stream on a paced session would end the pacing and share the session's bandwidth
     /// with a reader that may never take its data; the kubelet has no flow control, so
     /// that stream would then be reset, and the container runtime goes on sending its pod's
@@ -520,6 +529,19 @@ impl SessionPool {
             });
         }
         Some((session, transport))
+    }
+
+    /// The least loaded usable session to `pod`, paced or not: for a connection that could
+    /// not get a session of its own.
+    fn pick_paced(&self, pod: &str) -> Option<(Session, Transport)> {
+        let pods = self.pods();
+        pods.get(pod)?
+            .sessions
+            .iter()
+            .map(|p| (p, p.session.load()))
+            .filter(|(p, l)| l.open && !l.held && p.session.end().is_none())
+            .min_by_key(|(_, l)| l.streams)
+            .map(|(p, _)| (p.session.clone(), p.transport))
     }
 
     /// Opens a session to `pod` (one at a time per pod). With `wait`, a caller that finds
