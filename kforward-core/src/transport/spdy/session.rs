@@ -679,11 +679,18 @@ impl Inner {
             Push::Queued => {
                 let bound = self.config.lone_stream_buffer;
                 if st.paced.is_none() && Self::all_behind(&st, &pair, bound) {
-                    for p in st.pairs.iter().filter(|(id, p)| **id == p.data_id) {
-                        p.1.pace(bound);
+                    // Checked again and marked in one step under each reader's lock: a
+                    // reader that took data since the check above, unmarked, would never
+                    // let go of the pacing (it releases only a pacing it was marked for).
+                    let marked = st
+                        .pairs
+                        .iter()
+                        .filter(|(id, p)| **id == p.data_id)
+                        .fold(true, |all, (_, p)| p.pace(bound) && all);
+                    if marked {
+                        st.paced = Some(stream_id);
+                        st.paced_live = st.live;
                     }
-                    st.paced = Some(stream_id);
-                    st.paced_live = st.live;
                 }
             }
             // Past the hard bound, sharing the session, and its reader already took
