@@ -120,6 +120,9 @@ enum Stall {
 /// client that stopped, not one between two reads.
 const STOPPED_FOR: Duration = Duration::from_millis(300);
 
+/// The stalled table's cases, in the order of [`Stall`]'s variants, as its notes name them.
+const CASES: [&str; 3] = ["alone", "after", "beside"];
+
 /// Opens a connection that asks for a large reply, takes its first byte and then nothing.
 async fn stop_reading(dial: &Dial) -> anyhow::Result<Box<dyn crate::measure::Io>> {
     let mut s = dial.connect().await?;
@@ -260,14 +263,12 @@ pub async fn stalled_rows(paths: &[Path], bytes: u64, rounds: usize) -> anyhow::
                     Ok(Ok(r)) => runs[i].push(r),
                     // A download that fails beside the stalled reader is what this
                     // measures: say so in the row instead of ending the run.
-                    Ok(Err(e)) => {
-                        failed = Some(format!("{}: {e}", ["alone", "after", "beside"][i]))
-                    }
+                    Ok(Err(e)) => failed = Some(format!("{}: {e}", CASES[i])),
                     Err(_) => {
                         runs[i].push(0.0);
                         failed = Some(format!(
                             "{}: stuck for {} s",
-                            ["alone", "after", "beside"][i],
+                            CASES[i],
                             stuck_after.as_secs()
                         ));
                     }

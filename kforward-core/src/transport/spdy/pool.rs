@@ -501,20 +501,10 @@ impl SessionPool {
         let mut pods = self.pods();
         let entry = pods.get_mut(pod)?;
         entry.sessions.retain(|p| p.session.end().is_none());
-        let usable = || {
-            entry
-                .sessions
-                .iter()
-                .map(|p| (p, p.session.load()))
-                .filter(|(_, l)| l.open && !l.held)
-        };
-        let unpaced = usable()
-            .filter(|(_, l)| !l.paced)
-            .min_by_key(|(_, l)| l.streams);
-        let best = match unpaced {
+        let best = match least_loaded(&entry.sessions, false) {
             Some(b) => b,
             None if entry.sessions.len() < self.inner.config.max_sessions_per_pod => return None,
-            None => usable().min_by_key(|(_, l)| l.streams)?,
+            None => least_loaded(&entry.sessions, true)?,
         };
         let (session, transport, streams) =
             (best.0.session.clone(), best.0.transport, best.1.streams);
@@ -535,13 +525,7 @@ impl SessionPool {
     /// not get a session of its own.
     fn pick_paced(&self, pod: &str) -> Option<(Session, Transport)> {
         let pods = self.pods();
-        pods.get(pod)?
-            .sessions
-            .iter()
-            .map(|p| (p, p.session.load()))
-            .filter(|(p, l)| l.open && !l.held && p.session.end().is_none())
-            .min_by_key(|(_, l)| l.streams)
-            .map(|(p, _)| (p.session.clone(), p.transport))
+        least_loaded(&pods.get(pod)?.sessions, true).map(|(p, _)| (p.session.clone(), p.transport))
     }
 
     /// Opens a session to `pod` (one at a time per pod). With `wait`, a caller that finds
@@ -672,6 +656,16 @@ impl SessionPool {
             tokio::spawn(reap(weak));
         });
     }
+}
+
+/// The session with the fewest streams among those that take new ones (open, not held,
+/// and not paced unless `paced` allows it), with its load.
+fn least_loaded(sessions: &[Pooled], paced: bool) -> Option<(&Pooled, SessionLoad)> {
+    sessions
+        .iter()
+        .map(|p| (p, p.session.load()))
+        .filter(|(_, l)| l.open && !l.held && (paced || !l.paced))
+        .min_by_key(|(_, l)| l.streams)
 }
 
 /// Takes `holder`'s holds off the pods `which` says yes to; returns the entries of the pods

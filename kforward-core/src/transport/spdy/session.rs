@@ -29,12 +29,12 @@
 //! - past the soft bound, a stream that shares its session and whose reader has taken
 //!   nothing for [`SessionConfig::hold_grace`] has stopped: it is reset (RST_STREAM CANCEL
 //!   to the server, its buffer freed, [`SpdyError::Overflow`] for its reader) and the
-//!   others never wait. So a reader that stopped costs the others the soft bound of the
-//!   session's bandwidth, not the hard bound: with three downloads of 128 MiB beside a
-//!   reader that stopped, waiting for the hard bound (32 MiB) cost them 13-16% of their
-//!   throughput (`compare --only stalled`, README Performance). A stream alone on its
-//!   session whose reader took nothing for [`SessionConfig::stall_timeout`] holds the
-//!   session at the soft bound instead;
+//!   others never wait. The server does not stop at the reset: spdystream refuses only
+//!   writes with FIN on a reset stream, so the container runtime's copy goes on for its
+//!   one-second grace, and that data (dropped here) still takes the stream's share of the
+//!   session for that second (`compare --only stalled`, README Performance). A stream
+//!   alone on its session whose reader took nothing for [`SessionConfig::stall_timeout`]
+//!   holds the session at the soft bound instead;
 //! - a stream whose reader still takes data buffers on, up to the hard bound. At the hard
 //!   bound the session stops reading its connection (it is *held*) until the reader has
 //!   taken half of its buffer, as TCP would slow one connection for a slow reader (the
@@ -60,9 +60,7 @@
 //! socket. Measured on a 1 GiB download through `kforward forward` over the WebSocket
 //! tunnel: 62,000 page faults and about 1.6x the CPU of the `v4.channel.k8s.io` path before,
 //! which reads one message, writes it, and reads the next (figures in the README's
-//! Performance section). Three downloads on one session, without pacing, moved 787 MB/s
-//! where the same three on sessions of their own (each paced) moved 1,095 (`compare --only
-//! stalled`, 2026-12-02).
+//! Performance section).
 //!
 //! So a stream buffers at most the hard bound (32 MiB by default) plus one frame, and a
 //! session at most that per open stream; an idle session keeps one small read buffer.
@@ -472,25 +470,19 @@ impl Inner {
 
     /// A held session may read again: its slow reader took half of its buffer.
     pub(crate) fn release_hold(&self, pair: &Pair) {
-        self.release(pair, |st| &mut st.held);
-    }
-
-    /// A paced session may read again: one of the readers it waited for (any of them, on
-    /// a shared session) took half of what waited for it.
-    pub(crate) fn release_pace(&self, _pair: &Pair) {
         let mut st = lock(&self.state);
-        if st.paced.take().is_some() {
+        if st.held == Some(pair.data_id) {
+            st.held = None;
             drop(st);
             self.drained.notify_one();
         }
     }
 
-    /// Clears the stop (`held`) that `pair` set and wakes the reader.
-    fn release(&self, pair: &Pair, stop: impl FnOnce(&mut State) -> &mut Option<u32>) {
+    /// A paced session may read again: one of the readers it waited for (any of them, on
+    /// a shared session) took half of what waited for it.
+    pub(crate) fn release_pace(&self) {
         let mut st = lock(&self.state);
-        let stop = stop(&mut st);
-        if *stop == Some(pair.data_id) {
-            *stop = None;
+        if st.paced.take().is_some() {
             drop(st);
             self.drained.notify_one();
         }
@@ -506,19 +498,6 @@ impl Inner {
         }
         st.paced = None;
         false
-    }
-
-    /// Whether every data stream of the session has more than `bound` waiting for its
-    /// reader (`pair`'s first): then reading on only piles up more for readers that are all
-    /// behind, and the session waits until one of them took half.
-    fn all_behind(st: &State, pair: &Pair, bound: usize) -> bool {
-        pair.behind(bound)
-            && (st.live == 1
-                || st
-                    .pairs
-                    .iter()
-                    .filter(|(id, p)| **id == p.data_id && p.data_id != pair.data_id)
-                    .all(|(_, p)| p.behind(bound)))
     }
 
     /// The error for a stream whose session is gone.
@@ -678,19 +657,23 @@ impl Inner {
         match pair.push(data, fin, bounds) {
             Push::Queued => {
                 let bound = self.config.lone_stream_buffer;
-                if st.paced.is_none() && Self::all_behind(&st, &pair, bound) {
-                    // Checked again and marked in one step under each reader's lock: a
-                    // reader that took data since the check above, unmarked, would never
-                    // let go of the pacing (it releases only a pacing it was marked for).
-                    let marked = st
+                // Every reader behind: reading on only piles up more for readers that
+                // will take it later. Each is checked and marked in one step under its
+                // lock (`pace`), so a reader that takes data meanwhile is either seen
+                // catching up or marked to let go of the pacing; the pushed stream is
+                // checked first, the common case on a shared session being that it is
+                // not behind. A reader marked in a round that did not pace keeps a mark
+                // that at most ends a later pacing early.
+                if st.paced.is_none()
+                    && pair.pace(bound)
+                    && st
                         .pairs
                         .iter()
-                        .filter(|(id, p)| **id == p.data_id)
-                        .fold(true, |all, (_, p)| p.pace(bound) && all);
-                    if marked {
-                        st.paced = Some(stream_id);
-                        st.paced_live = st.live;
-                    }
+                        .filter(|(id, p)| **id == p.data_id && p.data_id != pair.data_id)
+                        .all(|(_, p)| p.pace(bound))
+                {
+                    st.paced = Some(stream_id);
+                    st.paced_live = st.live;
                 }
             }
             // Past the hard bound, sharing the session, and its reader already took

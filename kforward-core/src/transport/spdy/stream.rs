@@ -145,12 +145,6 @@ impl Pair {
         Push::Queued
     }
 
-    /// Whether more than `bound` waits for the reader (and nothing failed).
-    pub(crate) fn behind(&self, bound: usize) -> bool {
-        let ib = self.lock();
-        ib.failed.is_none() && ib.buffered > bound
-    }
-
     /// Whether more than `bound` waits for the reader (and nothing failed): the session,
     /// whose every reader is that far behind, then paces, until this reader (or another)
     /// took half.
@@ -367,7 +361,7 @@ impl SpdyStream {
             {
                 ib.paces_session = false;
                 drop(ib);
-                self.session.release_pace(&self.pair);
+                self.session.release_pace();
             }
             return Poll::Ready(Ok(Some(chunk)));
         }
