@@ -38,6 +38,25 @@ fn how(t: Transport) -> SpdyTransport {
     }
 }
 
+/// Waits until `cond` holds, looking every 10 ms, bounded like every wait here.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    bounded(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Asks the web pod behind `conn` for `n` bytes of its pattern (read with `read_pattern`).
+async fn ask_bytes(conn: &mut PodStream, n: usize) {
+    conn.write_all(
+        format!("GET /bytes/{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+}
+
 async fn bounded<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f)
         .await
@@ -236,9 +255,7 @@ async fn the_pods_close_is_eof_while_writes_still_reach_it() {
         let mut conn = bounded("connect", pool(&ctx, t).connect(&web, 8080))
             .await
             .expect("connect");
-        conn.write_all(b"GET /bytes/100000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        ask_bytes(&mut conn, 100000).await;
         let mut reply = Vec::new();
         bounded("reply and EOF", conn.read_to_end(&mut reply))
             .await
@@ -649,15 +666,8 @@ async fn a_slow_reader_alone_on_its_session_holds_it_instead_and_loses_nothing()
         let mut slow = bounded("connect", pool.connect(&web, 8080))
             .await
             .expect("connect");
-        slow.write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        bounded("the session to hold", async {
-            while !pool.stats()[0].sessions[0].0.held {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        ask_bytes(&mut slow, 16777216).await;
+        until("the session to hold", || pool.stats()[0].sessions[0].0.held).await;
         let n = bounded("the whole body", read_pattern(&mut slow))
             .await
             .expect("read");
@@ -695,28 +705,17 @@ async fn a_lone_stream_paces_its_session_and_a_new_stream_goes_beside_it_or_on_i
         let mut paused = bounded("connect", pool.connect(&web, 8080))
             .await
             .expect("connect");
-        paused
-            .write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        ask_bytes(&mut paused, 16777216).await;
         // Its reader takes nothing: the session stops reading at the lone bound, far
         // below the stream bounds, and holds nothing.
-        bounded("the session to pace", async {
-            while !loads(&pool)[0].paced {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        until("the session to pace", || loads(&pool)[0].paced).await;
         assert!(!loads(&pool)[0].held, "{t}: paced, not held");
         // A second connection gets its whole body while the first reader still takes
         // nothing.
         let mut other = bounded("connect", pool.connect(&web, 8080))
             .await
             .expect("connect");
-        other
-            .write_all(b"GET /bytes/4194304 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
+        ask_bytes(&mut other, 4194304).await;
         let n = bounded("the other body", read_pattern(&mut other))
             .await
             .expect("read");
@@ -770,18 +769,11 @@ async fn a_shared_session_whose_readers_are_all_behind_paces_and_loses_nothing()
             );
         }
         for c in &mut conns {
-            c.write_all(b"GET /bytes/16777216 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .expect("write");
+            ask_bytes(c, 16777216).await;
         }
         // Neither reader takes anything: once both are behind the session stops reading,
         // far below the stream bounds, and holds nothing.
-        bounded("the shared session to pace", async {
-            while !load(&pool).paced {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        until("the shared session to pace", || load(&pool).paced).await;
         let now = load(&pool);
         assert!(!now.held, "{t}: paced, not held ({now:?})");
         assert_eq!(now.streams, 2, "{t}: both on the session ({now:?})");
