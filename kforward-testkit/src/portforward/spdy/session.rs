@@ -229,7 +229,10 @@ pub(crate) async fn serve<S>(
                         }
                     }
                     // A reset data stream reads as ended, as spdystream's reads do after
-                    // `handleResetFrame`, and later writes to it fail.
+                    // `handleResetFrame`; the pod's data goes on being sent for the
+                    // runtime's grace, as spdystream refuses only writes with FIN on a reset
+                    // stream (`Stream.WriteData`). Not modelled yet: that refused FIN (this
+                    // sends it, and the client drops it as a frame of a gone stream).
                     Frame::RstStream { stream_id, .. } => {
                         to_pod.remove(&stream_id);
                     }
