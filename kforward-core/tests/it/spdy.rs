@@ -513,6 +513,131 @@ async fn an_unanswered_ping_ends_a_dead_session_and_the_next_connection_gets_a_n
     assert_eq!(&b, b"y");
 }
 
+/// A data stream the client resets gets the pod's data for the runtime's grace but no FIN:
+/// spdystream refuses a write with FIN on a reset stream (`Stream.WriteData`) and lets
+/// other writes through, and the runtime's copy goes on for its grace; the error stream
+/// still ends with its FIN. Spoken raw over the plain upgrade, as kforward's own session
+/// drops every frame of a stream it reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_data_stream_gets_the_pods_data_for_the_runtimes_grace_but_no_fin() {
+    use bytes::{Bytes, BytesMut};
+    use kforward_core::transport::spdy::frame::{self, Frame};
+    use kforward_core::transport::spdy::headers::HeaderEncoder;
+
+    let cluster = demo().await;
+    let ctx = context(&cluster).await;
+    let web = pod_of(&cluster, "web");
+    let req = http::Request::post(format!("/api/v1/namespaces/demo/pods/{web}/portforward"))
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", "portforward.k8s.io")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let res = bounded("the upgrade", ctx.client().send(req))
+        .await
+        .expect("an answer");
+    assert_eq!(res.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    let io = bounded("the upgraded connection", hyper::upgrade::on(res))
+        .await
+        .expect("upgraded");
+    let (mut rd, mut wr) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+
+    // Error stream 1, data stream 3, and a request for far more than the grace carries.
+    let (error_id, data_id) = (1u32, 3u32);
+    let mut headers = HeaderEncoder::new();
+    let mut out = BytesMut::new();
+    for (stream_id, kind) in [(error_id, "error"), (data_id, "data")] {
+        let block = headers.encode(&[("streamtype", kind), ("port", "8080"), ("requestid", "0")]);
+        frame::encode(
+            &Frame::SynStream {
+                stream_id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                header_block: Bytes::from(block),
+            },
+            &mut out,
+        );
+    }
+    let get = format!(
+        "GET /bytes/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        kforward_testkit::network::MAX_PATTERN_BYTES
+    );
+    frame::encode(
+        &Frame::Data {
+            stream_id: data_id,
+            fin: false,
+            data: Bytes::from(get),
+        },
+        &mut out,
+    );
+    wr.write_all(&out).await.expect("write the streams");
+
+    let mut buf = BytesMut::new();
+    let mut next = async || loop {
+        if let Some(f) = frame::decode(&mut buf).expect("a valid frame") {
+            return f;
+        }
+        let n = rd.read_buf(&mut buf).await.expect("read");
+        assert!(n > 0, "the session ended");
+    };
+    // The first bytes of the reply, then the reset.
+    bounded("the first data", async {
+        loop {
+            if let Frame::Data { stream_id, .. } = next().await
+                && stream_id == data_id
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    out.clear();
+    frame::encode(
+        &Frame::RstStream {
+            stream_id: data_id,
+            status: frame::RST_CANCEL,
+        },
+        &mut out,
+    );
+    wr.write_all(&out).await.expect("write the reset");
+    let reset_at = Instant::now();
+
+    // Until the error stream ends: the data stream's frames after the reset, and its FIN.
+    let (mut after, mut data_fin) = (0usize, false);
+    bounded("the error stream's end", async {
+        loop {
+            match next().await {
+                Frame::Data {
+                    stream_id,
+                    fin,
+                    data,
+                } if stream_id == data_id => {
+                    after += data.len();
+                    data_fin |= fin;
+                }
+                Frame::Data {
+                    stream_id,
+                    fin: true,
+                    ..
+                } if stream_id == error_id => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    let ended_after = reset_at.elapsed();
+    assert!(!data_fin, "a FIN came on the reset data stream");
+    assert!(
+        after > 0,
+        "the pod's data stopped at the reset; the runtime sends it for its grace"
+    );
+    assert!(
+        ended_after >= RUNTIME_GRACE - Duration::from_millis(100),
+        "the error stream ended {ended_after:?} after the reset, before the runtime's grace"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_port_fails_that_connection_only_with_the_kubelets_message() {
     let cluster = demo().await;

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -143,6 +143,8 @@ pub(crate) async fn serve<S>(
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data stream id -> the channel to its pod connection (None in the channel = FIN).
     let mut to_pod: HashMap<u32, mpsc::Sender<Option<Bytes>>> = HashMap::new();
+    // Data stream id -> set once the client resets the stream, for its forward.
+    let mut reset_by_client: HashMap<u32, Arc<AtomicBool>> = HashMap::new();
     // Stream ids of the connections being forwarded, by data stream: (error, data).
     let mut forwards: JoinSet<(u32, u32)> = JoinSet::new();
     let mut open_streams: HashMap<u32, u32> = HashMap::new();
@@ -199,10 +201,12 @@ pub(crate) async fn serve<S>(
                             let (tx, rx) = mpsc::channel(32);
                             to_pod.insert(d, tx);
                             open_streams.insert(d, e);
+                            let reset = Arc::new(AtomicBool::new(false));
+                            reset_by_client.insert(d, reset.clone());
                             forwards.spawn(forward(
                                 shared.clone(),
                                 out_tx.clone(),
-                                rx,
+                                FromClient { data: rx, reset },
                                 SocketAddr::from((ip, port)),
                                 (e, d),
                                 uid.clone(),
@@ -231,10 +235,12 @@ pub(crate) async fn serve<S>(
                     // A reset data stream reads as ended, as spdystream's reads do after
                     // `handleResetFrame`; the pod's data goes on being sent for the
                     // runtime's grace, as spdystream refuses only writes with FIN on a reset
-                    // stream (`Stream.WriteData`). Not modelled yet: that refused FIN (this
-                    // sends it, and the client drops it as a frame of a gone stream).
+                    // stream (`Stream.WriteData`): the forward sends no FIN on it.
                     Frame::RstStream { stream_id, .. } => {
                         to_pod.remove(&stream_id);
+                        if let Some(reset) = reset_by_client.get(&stream_id) {
+                            reset.store(true, Ordering::Relaxed);
+                        }
                     }
                     Frame::Ping { id } => {
                         let _ = out_tx.send(Out::Frame(Frame::Ping { id })).await;
@@ -264,6 +270,7 @@ pub(crate) async fn serve<S>(
                 Some(done) = forwards.join_next(), if !forwards.is_empty() => {
                     if let Ok((_, d)) = done {
                         open_streams.remove(&d);
+                        reset_by_client.remove(&d);
                     }
                 }
                 () = idle_check => {
@@ -310,16 +317,26 @@ fn sandbox_exists(shared: &Shared, uid: &str) -> bool {
     pods.iter().any(|p| p["metadata"]["uid"] == uid)
 }
 
+/// What a forward gets from the client's side of its data stream.
+struct FromClient {
+    /// Its DATA payloads (`None` = its FIN).
+    data: mpsc::Receiver<Option<Bytes>>,
+    /// Set once the client resets it.
+    reset: Arc<AtomicBool>,
+}
+
 /// Carries one pair of streams to the pod's port as the container runtime does
 /// (containerd's `copyPortForward`, CRI-O's `PortForwardContainer`): a copy each way; when
 /// either ends (the client's FIN or reset, or the pod's EOF) the other gets
 /// [`RUNTIME_CLOSE_GRACE`] more, then the pod's connection is closed outright (not
 /// half-closed: the runtime never calls `CloseWrite`), and the data stream gets its FIN,
-/// then the error stream.
+/// then the error stream. A data stream the client reset (`reset`) gets no FIN:
+/// spdystream refuses a write with FIN on it (`Stream.WriteData`), though it sends the
+/// pod's data until then.
 async fn forward(
     shared: Arc<Shared>,
     out: mpsc::Sender<Out>,
-    mut from_client: mpsc::Receiver<Option<Bytes>>,
+    from_client: FromClient,
     addr: SocketAddr,
     (error_stream, data_stream): (u32, u32),
     uid: String,
@@ -331,6 +348,7 @@ async fn forward(
         fin: true,
         data: Bytes::new(),
     };
+    let FromClient { mut data, reset } = from_client;
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(t)) => t,
         other => {
@@ -373,7 +391,7 @@ async fn forward(
     {
         // Client -> pod, until the client's FIN (or reset): nothing is passed on then.
         let upstream = async {
-            while let Some(Some(b)) = from_client.recv().await {
+            while let Some(Some(b)) = data.recv().await {
                 if wr.write_all(&b).await.is_err() {
                     return;
                 }
@@ -420,7 +438,9 @@ async fn forward(
         Ok(tcp) => drop(tcp),
         Err(e) => drop(e),
     }
-    let _ = send(fin(data_stream)).await;
+    if !reset.load(Ordering::Relaxed) {
+        let _ = send(fin(data_stream)).await;
+    }
     let _ = send(fin(error_stream)).await;
     (error_stream, data_stream)
 }
