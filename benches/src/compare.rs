@@ -339,10 +339,13 @@ async fn run(o: Opts) -> anyhow::Result<()> {
     paths.retain(|p| o.path(p.name));
 
     let mut bulk1 = vec![Vec::new(); paths.len()];
-    // CPU milliseconds per GiB of the forwarding process, for paths that are one.
+    // CPU milliseconds per GiB of the forwarding process, for paths that are one, over 1
+    // and over 8 connections.
     let mut cpu1 = vec![Vec::new(); paths.len()];
+    let mut cpu8 = vec![Vec::new(); paths.len()];
     // CPU milliseconds per GiB of the whole machine, for every path.
     let mut machine1 = vec![Vec::new(); paths.len()];
+    let mut machine8 = vec![Vec::new(); paths.len()];
     // The TLS floor's CPU ms per GiB, one round of --bytes after the paths' in each round.
     let mut floor1 = Vec::new();
     let floor = if o.section("bulk1") && o.path("floor") {
@@ -354,17 +357,10 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         eprintln!("bulk, 1 connection ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
-                let before = p.pid.map(measure::cpu_time).transpose()?;
-                let machine = measure::machine_cpu_time()?;
-                bulk1[i].push(measure::bulk(&p.http, o.bytes, 1).await?);
-                let per_gib =
-                    |d: Duration| d.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / o.bytes as f64;
-                machine1[i].push(per_gib(
-                    measure::machine_cpu_time()?.saturating_sub(machine),
-                ));
-                if let (Some(pid), Some(before)) = (p.pid, before) {
-                    cpu1[i].push(per_gib(measure::cpu_time(pid)?.saturating_sub(before)));
-                }
+                let r = bulk_round(p, o.bytes, 1).await?;
+                bulk1[i].push(r.mb_s);
+                machine1[i].push(r.machine_ms_per_gib);
+                cpu1[i].extend(r.own_ms_per_gib);
             }
             if let Some(f) = &floor {
                 floor1.push(f.round(o.bytes).await?.cpu_ms_per_gib(o.bytes));
@@ -376,7 +372,10 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         eprintln!("bulk, 8 connections ...");
         for _ in 0..o.rounds {
             for (i, p) in paths.iter().enumerate() {
-                bulk8[i].push(measure::bulk(&p.http, o.bytes, 8).await?);
+                let r = bulk_round(p, o.bytes, 8).await?;
+                bulk8[i].push(r.mb_s);
+                machine8[i].push(r.machine_ms_per_gib);
+                cpu8[i].extend(r.own_ms_per_gib);
             }
         }
     }
@@ -469,46 +468,58 @@ async fn run(o: Opts) -> anyhow::Result<()> {
             o.rounds, o.conns, o.rtts
         );
     }
-    // (row name, median CPU ms per GiB) of the forwarding processes, then the floor.
-    let mut cpu: Vec<(&str, f64)> = cpu1
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(i, v)| (paths[i].name, median(v.clone())))
+    // (row name, median CPU ms per GiB over 1 and over 8 connections) of the forwarding
+    // processes, then the floor (measured over 1).
+    let mut cpu: Vec<(&str, f64, f64)> = (0..paths.len())
+        .filter(|&i| !cpu1[i].is_empty() || !cpu8[i].is_empty())
+        .map(|i| {
+            (
+                paths[i].name,
+                median(cpu1[i].clone()),
+                median(cpu8[i].clone()),
+            )
+        })
         .collect();
     let floor_ms = (!floor1.is_empty()).then(|| median(floor1));
     if let Some(ms) = floor_ms {
-        cpu.push((FLOOR_ROW, ms));
+        cpu.push((FLOOR_ROW, ms, f64::NAN));
     }
-    let machine = |n: &str| {
-        paths
-            .iter()
-            .position(|p| p.name == n)
-            .map(|i| median(machine1[i].clone()))
-    };
-    if machine1.iter().any(|v| !v.is_empty()) {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let gib_mb = (1u64 << 30) as f64 / 1e6;
+    if machine1.iter().chain(&machine8).any(|v| !v.is_empty()) {
+        // Cores busy: the machine's CPU seconds per second while the path moved its bytes,
+        // which says whether the path was CPU-bound (all cores busy) or waited on something.
         println!(
-            "\n| path | machine CPU ms per GiB (bulk, 1 conn; all processes) | most MB/s its {cores} cores allow |"
+            "\n| path | machine CPU ms per GiB (bulk, 1 conn; all processes) | cores busy | most MB/s its {cores} cores allow | 8 conns: CPU ms per GiB | cores busy | most MB/s |"
         );
-        println!("|---|---:|---:|");
-        for (p, v) in paths.iter().zip(&machine1) {
-            let ms = median(v.clone());
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for (i, p) in paths.iter().enumerate() {
+            let (m1, m8) = (median(machine1[i].clone()), median(machine8[i].clone()));
+            let busy = |ms: f64, mb_s: f64| mb_s / gib_mb * ms / 1e3;
+            let most = |ms: f64| cores as f64 * gib_mb / (ms / 1e3);
             println!(
-                "| {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 p.name,
-                cell(ms, 0, ""),
-                cell(cores as f64 * (1u64 << 30) as f64 / 1e6 / (ms / 1e3), 0, "")
+                cell(m1, 0, ""),
+                cell(busy(m1, rows[i][0]), 2, ""),
+                cell(most(m1), 0, ""),
+                cell(m8, 0, ""),
+                cell(busy(m8, rows[i][1]), 2, ""),
+                cell(most(m8), 0, ""),
             );
         }
     }
     if !cpu.is_empty() {
-        println!("\n| forwarding process | CPU ms per GiB (bulk, 1 conn) | MB/s per CPU core |");
-        println!("|---|---:|---:|");
-        for (name, ms) in &cpu {
+        println!(
+            "\n| forwarding process | CPU ms per GiB (bulk, 1 conn) | MB/s per CPU core | 8 conns: CPU ms per GiB |"
+        );
+        println!("|---|---:|---:|---:|");
+        for (name, ms, ms8) in &cpu {
             println!(
-                "| {name} | {ms:.0} | {:.0} |",
-                (1u64 << 30) as f64 / 1e6 / (ms / 1e3)
+                "| {name} | {} | {} | {} |",
+                cell(*ms, 0, ""),
+                cell(gib_mb / (ms / 1e3), 0, ""),
+                cell(*ms8, 0, "")
             );
         }
         let get = |n: &str| cpu.iter().find(|c| c.0 == n).map(|c| c.1);
@@ -529,35 +540,38 @@ async fn run(o: Opts) -> anyhow::Result<()> {
                 k / 3.0
             );
         }
-        // Both paths are CPU-bound on the machine's cores (the "most MB/s its cores allow"
-        // column): a path's bulk rate is the cores over its machine CPU per GiB, so a
-        // forwarder that spent only the floor's CPU (the testkit's API server, kubelet and
-        // pod and the reader unchanged) gains at most kubectl's machine CPU per GiB over
-        // kforward-cli's with its own share replaced by the floor's. `floor::bulk_bound`.
-        if let (Some(k), Some(c), Some(own), Some(f)) = (
-            machine("kubectl"),
-            machine("kforward-cli"),
-            get("kforward-cli"),
-            floor_ms,
-        ) && let Some(b) = floor::bulk_bound(k, c, own, f)
-        {
-            println!(
-                "a forwarder at the floor: at most {:.2}x kubectl's bulk (1 conn) on this machine \
-                 (machine CPU per GiB: kubectl's path {k:.0} ms / {:.0} ms = kforward-cli's path {c:.0} - its own {own:.0} + the floor {f:.0})",
-                b.at_floor, b.machine_at_floor,
-            );
-            let measured = match (
-                paths.iter().position(|p| p.name == "kforward-cli"),
-                paths.iter().position(|p| p.name == "kubectl"),
-            ) {
-                (Some(c), Some(k)) => rows[c][0] / rows[k][0],
-                _ => f64::NAN,
-            };
-            println!(
-                "kforward-cli today: at most {:.2}x by the same arithmetic (kubectl's path / its path); measured {}",
-                b.today,
-                cell(measured, 2, "x")
-            );
+        // Both paths are CPU-bound on the machine's cores (the "cores busy" column says
+        // whether they were): a path's bulk rate is the cores over its machine CPU per
+        // GiB, so a forwarder that spent only the floor's CPU (the testkit's API server,
+        // kubelet and pod and the reader unchanged) gains at most kubectl's machine CPU per
+        // GiB over kforward-cli's with its own share replaced by the floor's
+        // (`floor::bulk_bound`). Over 8 connections with the floor of 1 connection: TLS
+        // costs the same per byte however the bytes are spread.
+        let at = |n: &str| paths.iter().position(|p| p.name == n);
+        if let (Some(ki), Some(ci), Some(f)) = (at("kubectl"), at("kforward-cli"), floor_ms) {
+            for (label, machine, own, col) in [
+                ("1 conn", &machine1, &cpu1, 0),
+                ("8 conns", &machine8, &cpu8, 1),
+            ] {
+                let (k, c, own) = (
+                    median(machine[ki].clone()),
+                    median(machine[ci].clone()),
+                    median(own[ci].clone()),
+                );
+                let Some(b) = floor::bulk_bound(k, c, own, f) else {
+                    continue;
+                };
+                println!(
+                    "a forwarder at the floor: at most {:.2}x kubectl's bulk ({label}) on this machine \
+                     (machine CPU per GiB: kubectl's path {k:.0} ms / {:.0} ms = kforward-cli's path {c:.0} - its own {own:.0} + the floor {f:.0})",
+                    b.at_floor, b.machine_at_floor,
+                );
+                println!(
+                    "kforward-cli today ({label}): at most {:.2}x by the same arithmetic (kubectl's path / its path); measured {}",
+                    b.today,
+                    cell(rows[ci][col] / rows[ki][col], 2, "x")
+                );
+            }
         }
     }
 
@@ -601,7 +615,34 @@ async fn run(o: Opts) -> anyhow::Result<()> {
 /// The floor's row in the "forwarding process" table: what it is, for a reader of the table.
 const FLOOR_ROW: &str = "floor (a process that only reads TLS 1.3, decrypts, writes to loopback)";
 
-/// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
+/// One bulk round of one path: its rate and what it cost in CPU.
+struct BulkRound {
+    mb_s: f64,
+    /// The whole machine's CPU milliseconds per GiB moved.
+    machine_ms_per_gib: f64,
+    /// The forwarding process's own, for paths that are one.
+    own_ms_per_gib: Option<f64>,
+}
+
+/// Downloads `bytes` over `conns` connections through `p`, reading the machine's CPU time
+/// and the forwarding process's around it.
+async fn bulk_round(p: &Path, bytes: u64, conns: u64) -> anyhow::Result<BulkRound> {
+    let before = p.pid.map(measure::cpu_time).transpose()?;
+    let machine = measure::machine_cpu_time()?;
+    let mb_s = measure::bulk(&p.http, bytes, conns).await?;
+    let per_gib = |d: Duration| d.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / bytes as f64;
+    let machine_ms_per_gib = per_gib(measure::machine_cpu_time()?.saturating_sub(machine));
+    let own_ms_per_gib = match (p.pid, before) {
+        (Some(pid), Some(before)) => Some(per_gib(measure::cpu_time(pid)?.saturating_sub(before))),
+        _ => None,
+    };
+    Ok(BulkRound {
+        mb_s,
+        machine_ms_per_gib,
+        own_ms_per_gib,
+    })
+}
+
 /// A forward of `pod`'s `port` in `demo` to a free port on 127.0.0.1.
 fn pod_forward(ctx: &KubeContext, pod: &str, port: u16) -> Forward {
     let spec = ForwardSpec::new(
@@ -621,6 +662,7 @@ async fn stock_client(kc: kube::config::Kubeconfig) -> anyhow::Result<kube::Clie
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Through the relay: UDP to the dns pod, and a TCP proxy forward to the web pod's address.
 async fn relay_rows(
     cluster: &Cluster,
     ctx: &KubeContext,
