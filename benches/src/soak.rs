@@ -46,6 +46,9 @@ pub struct SoakOptions {
     pub seed: u64,
     /// Between progress lines (RSS and fds of the kforward process).
     pub report_every: Duration,
+    /// Keep kforward's stderr after the run even when all went well (to read, with
+    /// `RUST_LOG`, what it did around a fault).
+    pub keep_log: bool,
 }
 
 /// One progress sample.
@@ -340,7 +343,7 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
     let corrupted_bytes = totals.corrupted_bytes.load(Ordering::Relaxed);
     let udp_sent = totals.udp_sent.load(Ordering::Relaxed);
     let udp_received = totals.udp_received.load(Ordering::Relaxed);
-    if verdict.unexpected_ends + verdict.refused > 0 || exit.is_none() {
+    if verdict.unexpected_ends + verdict.refused > 0 || exit.is_none() || o.keep_log {
         eprintln!("soak: kforward's stderr is in {}", log_path.display());
         // Kept for a look after the run.
         let _ = dir.keep();
@@ -359,6 +362,13 @@ pub async fn run(o: &SoakOptions) -> anyhow::Result<SoakReport> {
         "unexpected_ends": verdict.unexpected_ends,
         "refused_connections": verdict.refused,
         "refused_while_api_down": verdict.refused_while_down,
+        "refused_by_fault": verdict.refused_by_fault.iter().map(|(fault, r)| {
+            (fault.to_string(), json!({
+                "count": r.count,
+                "latest_start_s": r.latest_start_s,
+                "samples": r.samples,
+            }))
+        }).collect::<serde_json::Map<_, _>>(),
         "problems": verdict.samples,
         "udp": {"sent": udp_sent, "received": udp_received},
         "faults": fault_counts,

@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use kforward_benches::soak::{SoakOptions, run};
 
-const USAGE: &str = "usage: soak [--minutes M] [--conns N] [--seed S] [--kforward PATH]
+const USAGE: &str =
+    "usage: soak [--minutes M] [--conns N] [--seed S] [--kforward PATH] [--keep-log]
 defaults: --minutes 10 --conns 200 --seed 1, kforward beside this binary;
 exits 1 when bytes were corrupted, a connection ended or was refused without a fault to
 explain it, relay pods were left behind, or (in a run of 3 minutes or more) kforward's
-peak RSS in the last minute was over 1.1x its peak in the second";
+peak RSS in the last minute was over 1.1x its peak in the second; kforward's stderr is
+kept then, and with --keep-log always (RUST_LOG passes through to it)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -23,9 +25,14 @@ async fn main() -> anyhow::Result<()> {
         kforward: std::env::current_exe()?.with_file_name("kforward"),
         seed: 1,
         report_every: Duration::from_secs(10),
+        keep_log: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--keep-log" {
+            o.keep_log = true;
+            continue;
+        }
         if a == "--help" || a == "-h" {
             println!("{USAGE}");
             return Ok(());

@@ -66,14 +66,31 @@ pub struct Verdict {
     pub unexpected_ends: u64,
     /// Refusals inside the API server's down windows (or explained by a cut).
     pub refused_while_down: u64,
+    /// The same refusals by the fault that cut them or whose window holds them.
+    pub refused_by_fault: BTreeMap<&'static str, FaultRefusals>,
     /// Refusals outside them.
     pub refused: u64,
     /// Up to ten descriptions of unexpected ends and refusals, for the report.
     pub samples: Vec<String>,
 }
 
+/// The refusals one fault explains.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FaultRefusals {
+    /// How many.
+    pub count: u64,
+    /// The latest start of one, in seconds after the fault began (0 for one begun
+    /// before it): near 0,
+    /// they were all caught by the fault as it struck (in flight, no byte back yet);
+    /// larger, a connection that began while the API server was down failed instead of
+    /// waiting for it.
+    pub latest_start_s: f64,
+    /// Up to three: the forward, when it began relative to the fault, and the reason.
+    pub samples: Vec<String>,
+}
+
 /// The fault that explains an early end of `o`, if any.
-fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Fault> {
+fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Happened> {
     faults
         .iter()
         .filter(|h| {
@@ -83,8 +100,7 @@ fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Fault> {
                     .unwrap_or(o.start)
         })
         .filter(|h| h.start <= o.end && o.end <= h.end + CUT_WINDOW)
-        .map(|h| &h.fault)
-        .find(|f| match f {
+        .find(|h| match &h.fault {
             Fault::DropStreams | Fault::RestartApi => true,
             Fault::KillPod { app, pod } => {
                 if o.pods.is_empty() || o.apps.contains(&"relay") {
@@ -97,13 +113,30 @@ fn explained_by<'a>(o: &Outcome, faults: &'a [Happened]) -> Option<&'a Fault> {
         })
 }
 
-/// Whether `at` is inside a down window of the API server.
-fn while_down(at: Instant, faults: &[Happened]) -> bool {
-    faults.iter().any(|h| {
+/// The down window of the API server (a restart or the pause, plus [`RECOVERY`]) that
+/// holds `at`, if any.
+fn down_window(at: Instant, faults: &[Happened]) -> Option<&Happened> {
+    faults.iter().find(|h| {
         matches!(h.fault, Fault::RestartApi | Fault::Pause)
             && h.start <= at
             && at <= h.end + RECOVERY
     })
+}
+
+/// Where `at` lies against `h`, for a refusal's sample: seconds before its start, after
+/// it, or after its end once it is over.
+fn relative(at: Instant, h: &Happened) -> String {
+    let since = |t: Instant| at.saturating_duration_since(t).as_secs_f64();
+    if at < h.start {
+        format!(
+            "{:.2}s before it",
+            h.start.saturating_duration_since(at).as_secs_f64()
+        )
+    } else if at <= h.end {
+        format!("{:.2}s into it", since(h.start))
+    } else {
+        format!("{:.2}s after it ended", since(h.end))
+    }
 }
 
 /// Classifies every outcome against the faults that happened; the samples give times as
@@ -125,7 +158,7 @@ pub fn judge(outcomes: &[Outcome], faults: &[Happened], origin: Instant) -> Verd
         match &o.how {
             End::Completed => v.completed += 1,
             End::Early(why) => match explained_by(o, faults) {
-                Some(f) => *v.expected_ends.entry(f.name()).or_default() += 1,
+                Some(h) => *v.expected_ends.entry(h.fault.name()).or_default() += 1,
                 None => {
                     v.unexpected_ends += 1;
                     let pods = if o.pods.is_empty() {
@@ -137,11 +170,27 @@ pub fn judge(outcomes: &[Outcome], faults: &[Happened], origin: Instant) -> Verd
                 }
             },
             End::Refused(why) => {
-                if while_down(o.start, faults)
-                    || while_down(o.end, faults)
-                    || explained_by(o, faults).is_some()
-                {
+                // A cut on its path comes first: a connection that began during the pause
+                // and waited it out, then was cut by a stream drop (the chaos loop runs a
+                // drop that fell due during the pause right after it), was cut, not refused
+                // by the pause.
+                let fault = explained_by(o, faults)
+                    .or_else(|| down_window(o.start, faults))
+                    .or_else(|| down_window(o.end, faults));
+                if let Some(h) = fault {
+                    let (name, when) = (h.fault.name(), relative(o.start, h));
+                    let into = o.start.saturating_duration_since(h.start);
                     v.refused_while_down += 1;
+                    let r = v.refused_by_fault.entry(name).or_default();
+                    r.count += 1;
+                    r.latest_start_s = r.latest_start_s.max(into.as_secs_f64());
+                    if r.samples.len() < 3 {
+                        r.samples.push(format!(
+                            "{} at t={:.1}s ({when}): {why}",
+                            o.forward,
+                            secs(o.start)
+                        ));
+                    }
                 } else {
                     v.refused += 1;
                     sample(&mut v, o, &format!("refused: {why}"));
@@ -165,6 +214,40 @@ mod tests {
             end,
             how,
         }
+    }
+
+    /// A connection that began during the pause, waited it out and was cut by the stream
+    /// drop that ran right after it counts against the drop; one that failed during the
+    /// pause with no cut, against the pause, with how far into it it began.
+    #[test]
+    fn a_refusal_goes_to_the_cut_that_ended_it_before_the_window_that_holds_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let faults = vec![
+            Happened {
+                fault: Fault::Pause,
+                start: at(30_000),
+                end: at(35_000),
+            },
+            Happened {
+                fault: Fault::DropStreams,
+                start: at(35_010),
+                end: at(35_020),
+            },
+        ];
+        let refused = || End::Refused("closed before any byte came back".into());
+        let outcomes = vec![
+            outcome(vec!["echo-a"], at(32_000), at(35_030), refused()),
+            outcome(vec!["echo-a"], at(33_500), at(33_600), refused()),
+        ];
+        let v = judge(&outcomes, &faults, t0);
+        assert_eq!(v.refused, 0);
+        assert_eq!(v.refused_while_down, 2);
+        assert_eq!(v.refused_by_fault["streams dropped"].count, 1);
+        let paused = &v.refused_by_fault["api paused"];
+        assert_eq!(paused.count, 1);
+        assert_eq!(paused.latest_start_s, 3.5);
+        assert!(paused.samples[0].contains("3.50s into it"));
     }
 
     #[test]
@@ -219,6 +302,13 @@ mod tests {
         assert_eq!(v.expected_ends.get("api restarted"), Some(&1));
         assert_eq!(v.unexpected_ends, 3, "{:?}", v.samples);
         assert_eq!(v.refused_while_down, 1);
+        // The refusal at t=105 lies 4 s after the restart ended, inside its recovery.
+        let restarted = &v.refused_by_fault["api restarted"];
+        assert_eq!(restarted.count, 1);
+        assert_eq!(v.refused_by_fault.len(), 1);
+        let samples = &restarted.samples;
+        assert!(samples[0].contains("4.00s after it ended"), "{samples:?}");
+        assert_eq!(restarted.latest_start_s, 5.0);
         assert_eq!(v.refused, 1);
     }
 }

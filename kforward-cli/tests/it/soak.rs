@@ -14,6 +14,7 @@ async fn a_minute_of_faults_corrupts_nothing_ends_only_cut_streams_and_leaves_no
         kforward: env!("CARGO_BIN_EXE_kforward").into(),
         seed: 17,
         report_every: Duration::from_secs(10),
+        keep_log: false,
     };
     // The minute, the drain (at most a stall's 45 s and 30 s more), kforward's exit and
     // the relay pods' deletion (30 s each), setup.
