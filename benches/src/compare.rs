@@ -206,11 +206,12 @@ async fn run(o: Opts) -> anyhow::Result<()> {
             .context("pod ip")
     };
     let direct_http: SocketAddr = format!("{}:8080", ip(&web)?).parse()?;
+    let echo_ip = ip(&echo)?;
     let direct = Path {
         name: "direct",
         pid: None,
         http: Dial::Tcp(direct_http),
-        echo: Dial::Tcp(format!("{}:7000", ip(&echo)?).parse()?),
+        echo: Dial::Tcp(format!("{echo_ip}:7000").parse()?),
     };
     let mut fwds = Vec::new();
     let via = |pod: &str, port: u16| pod_forward(&ctx, pod, port);
@@ -581,7 +582,29 @@ async fn run(o: Opts) -> anyhow::Result<()> {
         scenarios::burst_rows(&paths, o.conns, o.rounds).await;
     }
     if o.section("half-close") {
-        scenarios::half_close_rows(&paths).await?;
+        // Through the relay to the echo pod's address: the relay's own connection to the
+        // pod, no container runtime in between, and framed TCP on the port-forward to the
+        // relay, so the half-close reaches the pod.
+        let mut more = Vec::new();
+        let mut relayed = None;
+        if o.path("kforward") {
+            let spec = ForwardSpec::new(
+                Target::Remote {
+                    host: echo_ip.clone(),
+                },
+                [PortMapping::new(0, 7000)],
+            )
+            .with_namespace("demo")
+            .with_addresses(["127.0.0.1".parse()?]);
+            let mut f = Forward::new(ctx.clone(), spec, Default::default());
+            let addr = f.start().await?[0].local_addr;
+            more.push(("kforward, relay to the pod's address", Dial::Tcp(addr)));
+            relayed = Some(f);
+        }
+        scenarios::half_close_rows(&paths, &more).await?;
+        if let Some(mut f) = relayed {
+            f.stop().await;
+        }
     }
     if o.section("stalled") {
         scenarios::stalled_rows(&paths, (o.bytes / 4).max(1), o.rounds).await?;

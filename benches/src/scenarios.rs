@@ -212,22 +212,24 @@ pub async fn burst_rows(paths: &[Path], conns: usize, rounds: usize) {
     println!("({rounds} rounds, the median by total time)");
 }
 
-/// The half-close table: N bytes to the echo pod, write side shut; time to EOF.
-pub async fn half_close_rows(paths: &[Path]) -> anyhow::Result<()> {
+/// The half-close table: N bytes to the echo pod, write side shut; time to EOF; for each
+/// path, then for each of `more` (named ways to the echo pod that are not paths).
+pub async fn half_close_rows(paths: &[Path], more: &[(&str, Dial)]) -> anyhow::Result<()> {
     eprintln!("half-close ...");
     let sizes = [1usize, 256 << 10, 64 << 20];
     println!("\n| path | EOF after shutdown, 1 B | 256 KiB | 64 MiB |");
     println!("|---|---:|---:|---:|");
-    for p in paths {
+    let rows = paths.iter().map(|p| (p.name, &p.echo));
+    for (name, echo) in rows.chain(more.iter().map(|(n, d)| (*n, d))) {
         let mut cells = Vec::new();
         for n in sizes {
-            cells.push(match half_close(&p.echo, n).await {
+            cells.push(match half_close(echo, n).await {
                 Ok(Some(d)) => ms(d),
                 Ok(None) => format!("none in {} s", EOF_CAP.as_secs()),
                 Err(e) => format!("failed: {e}"),
             });
         }
-        println!("| {} | {} |", p.name, cells.join(" | "));
+        println!("| {name} | {} |", cells.join(" | "));
     }
     println!("(every byte came back on each, else the cell says failed)");
     Ok(())

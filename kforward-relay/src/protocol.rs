@@ -2,8 +2,10 @@
 //!
 //! Every connection to the relay starts with one [`Request`] from the client and one
 //! [`Response`] from the relay. After an `ok` response the stream carries the destination's
-//! bytes (TCP) or length-prefixed datagrams (UDP, see [`encode_datagram`]). All integers are
-//! big-endian. See `docs/relay-protocol.md` for the layout.
+//! bytes (TCP), the same in frames that mark the end of each side's writes (framed TCP, see
+//! [`frame_header`] and [`Unframer`]), or length-prefixed datagrams (UDP, see
+//! [`encode_datagram`]). All integers are big-endian. See `docs/relay-protocol.md` for the
+//! layout.
 //!
 //! Decoders take whatever bytes have arrived and return `Ok(None)` while more are needed,
 //! or the value and the number of bytes it used.
@@ -28,9 +30,12 @@ pub enum ProtocolError {
     /// A version this relay does not speak.
     #[error("relay protocol version {0} is not supported (this side speaks version {VERSION})")]
     UnsupportedVersion(u8),
-    /// A protocol byte other than 0 (tcp) or 1 (udp).
-    #[error("unknown transport protocol {0} (expected 0 for tcp or 1 for udp)")]
+    /// A protocol byte other than 0 (tcp), 1 (udp) or 2 (framed tcp).
+    #[error("unknown transport protocol {0} (expected 0 for tcp, 1 for udp or 2 for framed tcp)")]
     UnknownTransport(u8),
+    /// Bytes after the end frame of a framed TCP stream.
+    #[error("{0} bytes came after the end of the data")]
+    DataAfterEnd(usize),
     /// A status byte this side does not know.
     #[error("unknown relay status {0}")]
     UnknownStatus(u8),
@@ -59,6 +64,11 @@ pub enum Transport {
     Tcp,
     /// A UDP socket; the stream then carries length-prefixed datagrams.
     Udp,
+    /// A TCP connection whose bytes cross the stream in frames, both ways, ended by an
+    /// empty frame: the end of a side's writes reaches the other side, which a
+    /// port-forward does not pass into a pod (the container runtime closes the pod's
+    /// connection instead, and `v4.channel.k8s.io` has no half-close at all).
+    TcpFramed,
 }
 
 impl Transport {
@@ -66,13 +76,14 @@ impl Transport {
         match self {
             Transport::Tcp => 0,
             Transport::Udp => 1,
+            Transport::TcpFramed => 2,
         }
     }
 
-    /// `"tcp"` or `"udp"`.
+    /// `"tcp"` (framed or not) or `"udp"`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Transport::Tcp => "tcp",
+            Transport::Tcp | Transport::TcpFramed => "tcp",
             Transport::Udp => "udp",
         }
     }
@@ -306,6 +317,7 @@ pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolEr
         let transport = match r.u8()? {
             0 => Transport::Tcp,
             1 => Transport::Udp,
+            2 => Transport::TcpFramed,
             other => return Some(Err(ProtocolError::UnknownTransport(other))),
         };
         let host = r.field()?;
@@ -439,6 +451,123 @@ pub fn decode_datagram(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolErr
     Ok(r.field().map(|d| (d, r.pos)))
 }
 
+/// The length of a framed TCP stream's frame header.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// The header of a framed TCP frame of `len` bytes of data: a u32 length. An empty frame
+/// (`len` 0) ends the sender's writes; nothing follows it that way.
+///
+/// # Example
+///
+/// ```
+/// use kforward_relay::protocol::frame_header;
+/// assert_eq!(frame_header(258), [0, 0, 1, 2]);
+/// assert_eq!(frame_header(0), [0; 4]); // the end of the writes
+/// ```
+pub fn frame_header(len: u32) -> [u8; FRAME_HEADER_LEN] {
+    len.to_be_bytes()
+}
+
+/// What [`Unframer::next`] found at the start of the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// `skip` bytes of frame headers, then `len` bytes of data (at least 1).
+    Data {
+        /// Header bytes to skip.
+        skip: usize,
+        /// Data bytes after them.
+        len: usize,
+    },
+    /// `skip` bytes of frame headers, the last of them ending the end frame: the sender's
+    /// writes are over.
+    End {
+        /// Header bytes to skip.
+        skip: usize,
+    },
+    /// `skip` bytes (all of them) were frame headers or parts of one: more are needed.
+    More {
+        /// Header bytes to skip.
+        skip: usize,
+    },
+}
+
+/// Reads a framed TCP stream's frames from bytes however the reads cut them, without
+/// copying the data: each [`next`](Unframer::next) says which of the bytes given are
+/// headers and which are data.
+///
+/// # Example
+///
+/// ```
+/// use kforward_relay::protocol::{Piece, Unframer, frame_header};
+/// let mut wire = frame_header(2).to_vec();
+/// wire.extend_from_slice(b"hi");
+/// wire.extend_from_slice(&frame_header(0));
+/// let mut u = Unframer::default();
+/// assert_eq!(u.next(&wire[..3], usize::MAX)?, Piece::More { skip: 3 });
+/// assert_eq!(u.next(&wire[3..], usize::MAX)?, Piece::Data { skip: 1, len: 2 });
+/// assert_eq!(u.next(&wire[6..], usize::MAX)?, Piece::End { skip: 4 });
+/// assert!(u.ended());
+/// # Ok::<(), kforward_relay::protocol::ProtocolError>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Unframer {
+    /// The header being read, and how many of its bytes have come.
+    header: [u8; FRAME_HEADER_LEN],
+    have: usize,
+    /// Data bytes of the current frame still to come.
+    left: u32,
+    ended: bool,
+}
+
+impl Unframer {
+    /// What the start of `input` holds, taking at most `max` data bytes (`max` > 0). The
+    /// caller skips `skip` bytes and takes exactly the `len` data bytes that follow, then
+    /// calls again with the rest.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::DataAfterEnd`] for bytes after the end frame.
+    pub fn next(&mut self, input: &[u8], max: usize) -> Result<Piece, ProtocolError> {
+        if self.ended {
+            return match input.len() {
+                0 => Ok(Piece::End { skip: 0 }),
+                n => Err(ProtocolError::DataAfterEnd(n)),
+            };
+        }
+        let mut skip = 0;
+        loop {
+            if self.left > 0 {
+                let len = (self.left as usize).min(input.len() - skip).min(max.max(1));
+                if len == 0 {
+                    return Ok(Piece::More { skip });
+                }
+                // `len` is at most `left`, a u32.
+                self.left -= len as u32;
+                return Ok(Piece::Data { skip, len });
+            }
+            while self.have < FRAME_HEADER_LEN {
+                let Some(&b) = input.get(skip) else {
+                    return Ok(Piece::More { skip });
+                };
+                self.header[self.have] = b;
+                self.have += 1;
+                skip += 1;
+            }
+            self.have = 0;
+            self.left = u32::from_be_bytes(self.header);
+            if self.left == 0 {
+                self.ended = true;
+                return Ok(Piece::End { skip });
+            }
+        }
+    }
+
+    /// Whether the end frame has come.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +697,60 @@ mod tests {
         let wire = encode_response(&resp);
         let (back, _) = decode_response(&wire).expect("valid").expect("complete");
         assert!(back.message.len() <= MAX_DATAGRAM);
+    }
+
+    /// Three frames (one of 70,000 bytes), then the end, cut at every offset and given in
+    /// pieces of every size from 1 to 9 bytes, with `max` 3: the same data comes out, and
+    /// the end only once the last byte of the end frame is in.
+    #[test]
+    fn frames_come_out_whole_however_the_bytes_are_cut() {
+        let frames: [&[u8]; 3] = [b"a", &[7u8; 70_000], b"xyz"];
+        let mut wire = Vec::new();
+        for f in frames {
+            wire.extend_from_slice(&frame_header(f.len() as u32));
+            wire.extend_from_slice(f);
+        }
+        wire.extend_from_slice(&frame_header(0));
+        let want: Vec<u8> = frames.concat();
+        for piece in 1..=9 {
+            let mut u = Unframer::default();
+            let mut got = Vec::new();
+            let mut ended = false;
+            for chunk in wire.chunks(piece) {
+                let mut at = 0;
+                loop {
+                    match u.next(&chunk[at..], 3).expect("valid") {
+                        Piece::Data { skip, len } => {
+                            assert!((1..=3).contains(&len));
+                            got.extend_from_slice(&chunk[at + skip..at + skip + len]);
+                            at += skip + len;
+                        }
+                        Piece::End { skip } => {
+                            assert_eq!(at + skip, chunk.len(), "the end is the last byte");
+                            ended = true;
+                            break;
+                        }
+                        Piece::More { skip } => {
+                            assert_eq!(at + skip, chunk.len());
+                            break;
+                        }
+                    }
+                }
+            }
+            assert!(ended, "pieces of {piece}");
+            assert_eq!(got, want, "pieces of {piece}");
+            assert_eq!(u.next(b"", 3), Ok(Piece::End { skip: 0 }));
+            assert_eq!(u.next(b"zz", 3), Err(ProtocolError::DataAfterEnd(2)));
+        }
+    }
+
+    #[test]
+    fn the_framed_transport_round_trips_and_reads_as_tcp() {
+        let req = Request::new("t", Transport::TcpFramed, "h", 80);
+        let wire = encode_request(&req).expect("encodes");
+        assert_eq!(wire[8], 2);
+        assert_eq!(decode_request(&wire), Ok(Some((req, wire.len()))));
+        assert_eq!(Transport::TcpFramed.as_str(), "tcp");
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub struct RelaySettings<R> {
     pub idle_exit: Duration,
     /// How TCP destinations are reached: directly or through a proxy.
     pub egress: Egress,
+    /// Whether framed TCP ([`Transport::TcpFramed`]) is served; when not, it is refused as
+    /// relays from before it refused it.
+    pub framed_tcp: bool,
 }
 
 impl<R> RelaySettings<R> {
@@ -148,6 +151,7 @@ impl<R> RelaySettings<R> {
             bind_source: None,
             idle_exit: DEFAULT_IDLE_EXIT,
             egress: Egress::direct(),
+            framed_tcp: true,
         }
     }
 
@@ -169,6 +173,15 @@ impl<R> RelaySettings<R> {
     #[must_use]
     pub fn with_egress(mut self, egress: Egress) -> Self {
         self.egress = egress;
+        self
+    }
+
+    /// With `false`, refuses framed TCP requests as a bad request, with the message relays
+    /// from before framed TCP gave (they knew protocols 0 and 1 only): the testkit's model
+    /// of an older relay image, to test that clients fall back to plain TCP.
+    #[must_use]
+    pub fn with_framed_tcp(mut self, framed: bool) -> Self {
+        self.framed_tcp = framed;
         self
     }
 }
@@ -348,13 +361,21 @@ async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
                 return;
             }
         };
+    if req.transport == Transport::TcpFramed && !shared.framed_tcp {
+        // What `decode_request` said to protocol 2 before it knew it.
+        let message = "unknown transport protocol 2 (expected 0 for tcp or 1 for udp)";
+        debug!(%message, "bad handshake");
+        let _ = answer(&mut stream, Status::BadRequest, message).await;
+        return;
+    }
     if !token_matches(&req.token, &shared.token) {
         warn!(client = %req.client_addr, "wrong relay token");
         let _ = answer(&mut stream, Status::NotAllowed, "wrong relay token").await;
         return;
     }
     let resolved = shared.resolver.resolve(&req.host).await;
-    if req.transport == Transport::Tcp && shared.egress.proxy().is_some() {
+    let tcp = matches!(req.transport, Transport::Tcp | Transport::TcpFramed);
+    if tcp && shared.egress.proxy().is_some() {
         let rule = shared.egress.rule_for(&req.host, req.port).or_else(|| {
             resolved
                 .as_ref()
@@ -395,7 +416,9 @@ async fn serve<R: Resolve>(mut stream: TcpStream, shared: &Shared<R>) {
     };
     debug!(host = %req.host, port = req.port, transport = req.transport.as_str(), client = %req.client_addr, "relaying");
     match req.transport {
-        Transport::Tcp => serve_tcp(stream, leftover, &req, &ips, shared.bind_source).await,
+        Transport::Tcp | Transport::TcpFramed => {
+            serve_tcp(stream, leftover, &req, &ips, shared.bind_source).await;
+        }
         Transport::Udp => {
             serve_udp(stream, leftover, &req, &ips, shared.bind_source, udp_note).await;
         }
@@ -447,16 +470,42 @@ async fn serve_tcp_via_proxy<R: Resolve>(
     if answer(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
-    if !early.is_empty() && stream.write_all(&early).await.is_err() {
-        return;
+    let framed = req.transport == Transport::TcpFramed;
+    if !early.is_empty() {
+        // The destination's first bytes, read with the proxy's answer.
+        let sent = if framed {
+            // At most a proxy answer's read, far below u32::MAX.
+            let mut f = crate::protocol::frame_header(early.len() as u32).to_vec();
+            f.extend_from_slice(&early);
+            stream.write_all(&f).await
+        } else {
+            stream.write_all(&early).await
+        };
+        if sent.is_err() {
+            return;
+        }
     }
-    if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
-        return;
-    }
-    match crate::copy::both_ways(&mut stream, &mut upstream).await {
+    match relay_tcp(&mut stream, &mut upstream, leftover, framed).await {
         Ok((up, down)) => debug!(up, down, "tcp relay through the proxy finished"),
         Err(e) => debug!(error = %e, "tcp relay through the proxy ended with an error"),
     }
+}
+
+/// Copies the client's stream (its first bytes `leftover`) and the destination's
+/// connection both ways, framed or not; the destination's bytes each way.
+async fn relay_tcp(
+    stream: &mut TcpStream,
+    upstream: &mut TcpStream,
+    leftover: Vec<u8>,
+    framed: bool,
+) -> io::Result<(u64, u64)> {
+    if framed {
+        return crate::copy::framed_both_ways(stream, upstream, leftover).await;
+    }
+    if !leftover.is_empty() {
+        upstream.write_all(&leftover).await?;
+    }
+    crate::copy::both_ways(stream, upstream).await
 }
 
 fn source_for(bind_source: Option<IpAddr>, target: SocketAddr) -> Option<SocketAddr> {
@@ -521,10 +570,8 @@ async fn serve_tcp(
     if answer(&mut stream, Status::Ok, "").await.is_err() {
         return;
     }
-    if !leftover.is_empty() && upstream.write_all(&leftover).await.is_err() {
-        return;
-    }
-    match crate::copy::both_ways(&mut stream, &mut upstream).await {
+    let framed = req.transport == Transport::TcpFramed;
+    match relay_tcp(&mut stream, &mut upstream, leftover, framed).await {
         Ok((up, down)) => debug!(up, down, "tcp relay finished"),
         Err(e) => debug!(error = %e, "tcp relay ended with an error"),
     }

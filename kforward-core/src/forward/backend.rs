@@ -302,6 +302,14 @@ pub(crate) async fn open_stream(
                 let moved = match open_once(&shared, index, client, &o).await?.0 {
                     Stream::Spdy(p) => p,
                     Stream::WebSocket(t) => crate::transport::spdy::PodStream::from(t),
+                    // Only a route to pods has a stream moved, and its streams go to pods.
+                    Stream::Relay(f) => {
+                        return Err(crate::Error::Tunnel {
+                            pod: f.pod().to_string(),
+                            port: f.port(),
+                            message: "a pod's route gave a relay stream".into(),
+                        });
+                    }
                 };
                 // Nobody listening is fine.
                 let _ = events.send(crate::forward::Event::ConnectionMoved {

@@ -11,7 +11,8 @@
 //! connection where the cluster offers no SPDY or the `transport` option says so. Each
 //! dialer holds the pods it routes to under its own [`HolderId`], and lets go of them when
 //! it is released or its last clone is dropped. Relay streams
-//! stay on the WebSocket: the relay protocol frames its own messages.
+//! stay on the WebSocket: the relay protocol frames its own messages, and a TCP stream's
+//! frames carry each side's end of writes ([`Framed`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::relay::protocol::Transport;
 use crate::relay::{RelayConnector, RelayPods};
 use crate::transport::spdy::{Carried, HolderId, SessionPool};
-use crate::transport::{Stream, Transport as PodTransport};
+use crate::transport::{Framed, Stream, Transport as PodTransport};
 
 /// Where one stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,11 +209,24 @@ impl Dialer {
                 host,
                 port,
                 transport,
-            } => self
-                .relay(namespace)?
-                .connect(*transport, host, *port, &client.to_string())
-                .await
-                .map(Stream::WebSocket),
+            } => {
+                let relay = self.relay(namespace)?;
+                let client = client.to_string();
+                match transport {
+                    Transport::Tcp | Transport::TcpFramed => {
+                        let (t, framed) = relay.connect_tcp(host, *port, &client).await?;
+                        Ok(if framed {
+                            Stream::Relay(Box::new(Framed::new(t)))
+                        } else {
+                            Stream::WebSocket(t)
+                        })
+                    }
+                    Transport::Udp => relay
+                        .connect(Transport::Udp, host, *port, &client)
+                        .await
+                        .map(Stream::WebSocket),
+                }
+            }
         }
     }
 }

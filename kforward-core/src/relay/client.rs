@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::RelayPods;
-use super::protocol::{Request, Status, Transport, decode_response, encode_request};
+use super::protocol::{Request, Response, Status, Transport, decode_response, encode_request};
 use crate::error::{Error, Result};
 use crate::transport::websocket::Tunnel;
 
@@ -23,18 +23,9 @@ const ATTEMPTS: usize = 3;
 ///
 /// # Errors
 ///
-/// [`Error::RelayNameNotResolved`], [`Error::RelayConnect`] (refused or timed out),
-/// [`Error::RelayRejected`] (wrong token, bad request), [`Error::RelayHandshake`] (the
-/// stream failed or the answer was not understood).
-async fn handshake<S>(
-    stream: &mut S,
-    pod: &str,
-    token: &str,
-    transport: Transport,
-    host: &str,
-    port: u16,
-    client_addr: &str,
-) -> Result<()>
+/// [`Error::RelayRejected`] for a request that cannot be encoded, [`Error::RelayHandshake`]
+/// (the stream failed or the answer was not understood).
+async fn exchange<S>(stream: &mut S, pod: &str, req: &Request) -> Result<Response>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -42,8 +33,7 @@ where
         pod: pod.to_string(),
         message,
     };
-    let req = Request::new(token, transport, host, port).with_client_addr(client_addr);
-    let wire = encode_request(&req).map_err(|e| Error::RelayRejected {
+    let wire = encode_request(req).map_err(|e| Error::RelayRejected {
         pod: pod.to_string(),
         message: e.to_string(),
     })?;
@@ -67,11 +57,16 @@ where
     let (resp, _) = decode_response(&buf)
         .map_err(|e| broken(e.to_string()))?
         .ok_or_else(|| broken("incomplete answer".into()))?;
-    let target = format!("{host}:{port}/{}", transport.as_str());
+    Ok(resp)
+}
+
+/// The relay's answer to `req` as a result: the error of each status but `ok`.
+fn answered(resp: Response, pod: &str, req: &Request) -> Result<()> {
+    let target = format!("{}:{}/{}", req.host, req.port, req.transport.as_str());
     match resp.status {
         Status::Ok => Ok(()),
         Status::NameNotResolved => Err(Error::RelayNameNotResolved {
-            host: host.to_string(),
+            host: req.host.clone(),
             message: resp.message,
         }),
         Status::Refused | Status::TimedOut => Err(Error::RelayConnect {
@@ -138,29 +133,74 @@ impl RelayConnector {
         port: u16,
         client_addr: &str,
     ) -> Result<Tunnel> {
+        let req =
+            Request::new(self.pods.token(), transport, host, port).with_client_addr(client_addr);
+        self.open(req, false).await.map(|(t, _)| t)
+    }
+
+    /// A TCP stream to `host:port`, handshake done, and whether it is framed
+    /// ([`Transport::TcpFramed`], so that each side's end of writes reaches the other):
+    /// it is unless a relay refused framing once (an image from before it), after which
+    /// every stream of these relay pods is plain TCP.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub(crate) async fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        client_addr: &str,
+    ) -> Result<(Tunnel, bool)> {
+        let transport = if self.pods.plain_tcp_only() {
+            Transport::Tcp
+        } else {
+            Transport::TcpFramed
+        };
+        let req =
+            Request::new(self.pods.token(), transport, host, port).with_client_addr(client_addr);
+        let (t, used) = self.open(req, true).await?;
+        Ok((t, used == Transport::TcpFramed))
+    }
+
+    /// Opens a tunnel to the relay and sends it `req`; with `plain_after_refusal`, a
+    /// framed TCP request the relay refuses as bad is sent again as plain TCP. The tunnel
+    /// and the transport the relay took.
+    async fn open(
+        &self,
+        mut req: Request,
+        plain_after_refusal: bool,
+    ) -> Result<(Tunnel, Transport)> {
         let ctx = self.pods.context();
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let pod = self.pods.pod_for(&self.namespace).await?;
             let opened = Tunnel::open(&ctx, &self.namespace, &pod, self.pods.port()).await;
             let err = match opened {
-                Ok(mut t) => {
-                    match handshake(
-                        &mut t,
-                        &pod,
-                        self.pods.token(),
-                        transport,
-                        host,
-                        port,
-                        client_addr,
-                    )
-                    .await
+                Ok(mut t) => match exchange(&mut t, &pod, &req).await {
+                    // A relay from before framed TCP refuses its protocol byte as a bad
+                    // request (and closes the stream): plain TCP from now on.
+                    Ok(resp)
+                        if plain_after_refusal
+                            && req.transport == Transport::TcpFramed
+                            && resp.status == Status::BadRequest =>
                     {
-                        Ok(()) => return Ok(t),
-                        Err(e @ Error::RelayHandshake { .. }) => e,
-                        Err(e) => return Err(e),
+                        debug!(%pod, message = %resp.message, "the relay refused framed TCP; plain TCP from now on");
+                        self.pods.set_plain_tcp_only();
+                        req.transport = Transport::Tcp;
+                        last = Some(Error::RelayRejected {
+                            pod,
+                            message: resp.message,
+                        });
+                        continue;
                     }
-                }
+                    Ok(resp) => {
+                        answered(resp, &pod, &req)?;
+                        return Ok((t, req.transport));
+                    }
+                    Err(e @ Error::RelayHandshake { .. }) => e,
+                    Err(e) => return Err(e),
+                },
                 Err(e) if e.is_retryable() => e,
                 // A relay that exited when idle leaves a completed pod, and a port-forward
                 // to a pod that is not running is refused (400 from the API server, or 500

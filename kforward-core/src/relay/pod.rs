@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -40,6 +41,8 @@ pub struct RelayPods {
     pods: tokio::sync::Mutex<HashMap<String, String>>,
     /// A copy of `pods` the heartbeat and `Drop` read without awaiting.
     known: std::sync::Mutex<HashMap<String, String>>,
+    /// A relay refused framed TCP (an image from before it): plain TCP from then on.
+    plain_tcp_only: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -77,6 +80,17 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RelayPods {
+    /// Whether a relay refused framed TCP, so that TCP streams go plain (a local client's
+    /// half-close then never reaches the destination).
+    pub(crate) fn plain_tcp_only(&self) -> bool {
+        self.plain_tcp_only.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that a relay refused framed TCP.
+    pub(crate) fn set_plain_tcp_only(&self) {
+        self.plain_tcp_only.store(true, Ordering::Relaxed);
+    }
+
     /// Relay pods for a new session (a random id); nothing is created until first use.
     /// A heartbeat task keeps the session's pods marked alive until [`delete_all`](Self::delete_all)
     /// or drop.
@@ -88,6 +102,7 @@ impl RelayPods {
             token: random_hex(32),
             pods: tokio::sync::Mutex::new(HashMap::new()),
             known: std::sync::Mutex::new(HashMap::new()),
+            plain_tcp_only: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
         let weak = Arc::downgrade(&pods);

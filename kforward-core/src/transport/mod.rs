@@ -9,9 +9,13 @@
 //! passes a half-close on (`StreamWriter::passes_half_close`): the v4 WebSocket cannot,
 //! so the pump keeps reading replies for a while after the local client stopped writing;
 //! a transport that can (SPDY) lets the pod see the end of the client's writes instead.
+//! A TCP stream through the relay is framed on its tunnel (`framed.rs`, and
+//! `docs/relay-protocol.md`), which passes the end of each side's writes on whatever
+//! carries it.
 
 pub(crate) mod channel;
 mod choice;
+mod framed;
 pub mod spdy;
 pub mod websocket;
 
@@ -25,6 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::Result;
 pub use choice::{Transport, TransportMemo, UnknownTransport};
+pub(crate) use framed::Framed;
+use framed::{FramedReader, FramedWriter};
 use spdy::PodStream;
 use websocket::{DATA_CHANNEL, Tunnel, TunnelReader, TunnelWriter};
 
@@ -39,6 +45,9 @@ pub(crate) enum Stream {
     WebSocket(Tunnel),
     /// A SPDY stream on a session of the forward's pool.
     Spdy(PodStream),
+    /// A framed TCP stream through a relay pod, on a `v4.channel.k8s.io` WebSocket (boxed:
+    /// both halves of a tunnel, several times the other variants).
+    Relay(Box<Framed>),
 }
 
 /// The receiving half of a [`Stream`].
@@ -47,6 +56,8 @@ pub(crate) enum StreamReader {
     WebSocket(TunnelReader),
     /// A SPDY stream (shared with its writer: the stream's halves wait on separate wakers).
     Spdy(Arc<Mutex<PodStream>>),
+    /// A framed relay stream.
+    Relay(FramedReader),
 }
 
 /// The sending half of a [`Stream`].
@@ -55,6 +66,8 @@ pub(crate) enum StreamWriter {
     WebSocket(TunnelWriter),
     /// A SPDY stream.
     Spdy(Arc<Mutex<PodStream>>),
+    /// A framed relay stream.
+    Relay(FramedWriter),
 }
 
 fn lock(s: &Mutex<PodStream>) -> std::sync::MutexGuard<'_, PodStream> {
@@ -67,6 +80,7 @@ impl Stream {
         match self {
             Stream::WebSocket(t) => t.pod(),
             Stream::Spdy(s) => s.pod(),
+            Stream::Relay(f) => f.pod(),
         }
     }
 
@@ -75,6 +89,7 @@ impl Stream {
         match self {
             Stream::WebSocket(t) => t.port(),
             Stream::Spdy(s) => s.port(),
+            Stream::Relay(f) => f.port(),
         }
     }
 
@@ -88,14 +103,15 @@ impl Stream {
     pub(crate) async fn ready(&mut self) -> Result<()> {
         match self {
             Stream::WebSocket(t) => t.ready().await,
-            Stream::Spdy(_) => Ok(()),
+            // A relay stream is up once its handshake was answered.
+            Stream::Spdy(_) | Stream::Relay(_) => Ok(()),
         }
     }
 
     /// The transport carrying the stream (never [`Transport::Auto`]).
     pub(crate) fn transport(&self) -> Transport {
         match self {
-            Stream::WebSocket(_) => Transport::Websocket,
+            Stream::WebSocket(_) | Stream::Relay(_) => Transport::Websocket,
             Stream::Spdy(s) => s.transport(),
         }
     }
@@ -110,6 +126,10 @@ impl Stream {
             Stream::WebSocket(t) => {
                 let (r, w) = t.into_split();
                 (StreamReader::WebSocket(r), StreamWriter::WebSocket(w))
+            }
+            Stream::Relay(f) => {
+                let (r, w) = (*f).into_split();
+                (StreamReader::Relay(r), StreamWriter::Relay(w))
             }
         }
     }
@@ -126,6 +146,7 @@ impl StreamReader {
         match self {
             StreamReader::WebSocket(r) => r.read_chunk().await,
             StreamReader::Spdy(s) => std::future::poll_fn(|cx| lock(s).poll_chunk(cx)).await,
+            StreamReader::Relay(r) => std::future::poll_fn(|cx| r.poll_chunk(cx)).await,
         }
     }
 }
@@ -138,6 +159,7 @@ impl StreamWriter {
         match self {
             StreamWriter::WebSocket(_) => 1,
             StreamWriter::Spdy(_) => spdy::frame::HEADER_LEN,
+            StreamWriter::Relay(_) => FramedWriter::headroom(),
         }
     }
 
@@ -163,6 +185,7 @@ impl StreamWriter {
                 let mut frame = Some(frame);
                 std::future::poll_fn(|cx| lock(s).poll_send_frame(cx, &mut frame)).await
             }
+            StreamWriter::Relay(w) => w.send(frame).await,
         }
     }
 
@@ -193,6 +216,7 @@ impl StreamWriter {
                 std::future::poll_fn(|cx| AsyncWrite::poll_shutdown(Pin::new(&mut *lock(s)), cx))
                     .await
             }
+            StreamWriter::Relay(w) => w.finish().await,
         }
     }
 
@@ -200,7 +224,7 @@ impl StreamWriter {
     pub(crate) fn passes_half_close(&self) -> bool {
         match self {
             StreamWriter::WebSocket(_) => false,
-            StreamWriter::Spdy(_) => true,
+            StreamWriter::Spdy(_) | StreamWriter::Relay(_) => true,
         }
     }
 }
@@ -216,6 +240,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::WebSocket(t) => Pin::new(t).poll_read(cx, buf),
             Stream::Spdy(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Relay(f) => Pin::new(&mut **f).poll_read(cx, buf),
         }
     }
 }
@@ -229,6 +254,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::WebSocket(t) => Pin::new(t).poll_write(cx, data),
             Stream::Spdy(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Relay(f) => Pin::new(&mut **f).poll_write(cx, data),
         }
     }
 
@@ -236,6 +262,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::WebSocket(t) => Pin::new(t).poll_flush(cx),
             Stream::Spdy(s) => Pin::new(s).poll_flush(cx),
+            Stream::Relay(f) => Pin::new(&mut **f).poll_flush(cx),
         }
     }
 
@@ -243,6 +270,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::WebSocket(t) => Pin::new(t).poll_shutdown(cx),
             Stream::Spdy(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Relay(f) => Pin::new(&mut **f).poll_shutdown(cx),
         }
     }
 }

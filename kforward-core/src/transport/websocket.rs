@@ -307,6 +307,28 @@ impl TunnelWriter {
     }
 }
 
+impl TunnelWriter {
+    /// The polling form of [`send_frame`](Self::send_frame): once the socket takes a
+    /// message, sends the one in `frame` (taking it out); `frame` stays when not ready.
+    pub(crate) fn poll_send_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &mut Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        if self.write_shut {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+        if let Some(f) = frame.take() {
+            debug_assert_eq!(f.first(), Some(&DATA_CHANNEL));
+            self.ws
+                .start_send_unpin(Message::Binary(f))
+                .map_err(io::Error::other)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncRead for TunnelReader {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -386,6 +386,41 @@ async fn failures_reach_clients_as_reply_codes_and_statuses() {
     assert_eq!(&back, b"still here");
 }
 
+/// SOCKS5 to a destination outside the cluster (through the relay): the client's
+/// half-close reaches it, so a server that answers only after EOF answers, and its EOF
+/// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_close_through_the_relay_reaches_the_destination() {
+    let cluster = demo().await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if s.read_to_end(&mut got).await.is_ok() {
+                    let _ = s.write_all(format!("{} bytes", got.len()).as_bytes()).await;
+                }
+            });
+        }
+    });
+    let mut p = proxy(&cluster, ForwardProxyOptions::default()).await;
+    let (code, mut s) = socks5_connect(p.addr, "127.0.0.1", port).await;
+    assert_eq!(code, 0);
+    assert!(matches!(
+        p.route_of(&format!("127.0.0.1:{port}")).await,
+        Route::Relay { .. }
+    ));
+    s.write_all(&[1u8; 300_000]).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .expect("the answer and EOF in time: the half-close reached the destination")
+        .expect("read");
+    assert_eq!(String::from_utf8_lossy(&back), "300000 bytes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_denied_or_turned_off_is_not_allowed() {
     let cluster = demo().await;

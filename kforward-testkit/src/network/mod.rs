@@ -28,5 +28,5 @@ pub use kubeproxy::ServiceProxy;
 pub use protocol::Protocol;
 pub use workload::{
     ContainerPort, MAX_PATTERN_BYTES, PASSTHROUGH_TARGET, POD_DNS_ENV, RELAY_IDLE_EXIT_ENV,
-    WorkloadHandle, WorkloadKind, WorkloadSpec, start_workload,
+    WorkloadHandle, WorkloadKind, WorkloadSpec, before_framed_tcp, start_workload,
 };

@@ -53,7 +53,8 @@ pub enum WorkloadKind {
     /// Any image whose name contains `kforward-relay`: the real relay server
     /// (`kforward_relay::server`) on the first TCP port (or `KFORWARD_RELAY_PORT`), token
     /// from `KFORWARD_RELAY_TOKEN`, names resolved with the pod's resolver, outbound sockets
-    /// bound to the pod IP.
+    /// bound to the pod IP. An image tagged `0.0.<anything>` stands for a relay from before
+    /// framed TCP: it refuses that protocol as those relays did.
     Relay,
     /// `.../sleep` and any unknown image: nothing listens.
     Sleep,
@@ -94,6 +95,23 @@ impl WorkloadKind {
         .find(|(word, _)| ends_with_word(word))
         .map_or(Self::Sleep, |(_, kind)| kind)
     }
+}
+
+/// Whether a relay image stands for a relay from before framed TCP: tagged `0.0.<anything>`.
+///
+/// # Example
+///
+/// ```
+/// use kforward_testkit::network::before_framed_tcp;
+///
+/// assert!(before_framed_tcp("ghcr.io/kforward/kforward-relay:0.0.9"));
+/// assert!(!before_framed_tcp("ghcr.io/kforward/kforward-relay:0.1.0"));
+/// assert!(!before_framed_tcp("localhost:5000/kforward-relay"));
+/// ```
+pub fn before_framed_tcp(image: &str) -> bool {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':')
+        .is_some_and(|(_, tag)| tag.starts_with("0.0."))
 }
 
 /// Everything needed to run a pod's workload.
@@ -348,7 +366,8 @@ async fn start_relay(spec: WorkloadSpec) -> Result<WorkloadHandle> {
     let settings = kforward_relay::server::RelaySettings::new(token, RelayResolver(resolver))
         .with_bind_source(source)
         .with_idle_exit(idle_exit)
-        .with_egress(egress);
+        .with_egress(egress)
+        .with_framed_tcp(!before_framed_tcp(&spec.image));
     tasks.spawn(async move {
         let stopped = token_stop.clone();
         kforward_relay::server::RelayServer::serve(listener, settings, token_stop).await;
