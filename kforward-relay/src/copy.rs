@@ -159,12 +159,28 @@ mod tests {
         (c.expect("connect"), s.expect("accept").0)
     }
 
+    /// The destination's side: everything until EOF, then `got it` and its own EOF.
+    async fn take_all_then_answer(mut server: TcpStream) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await?;
+        server.write_all(b"got it").await?;
+        server.shutdown().await?;
+        Ok(got)
+    }
+
+    /// `f`'s output, waited for at most 20 s.
+    async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time"))
+    }
+
     /// Over real loopback sockets: 3 MiB one way (enough for the buffer to grow to its
     /// largest), a reply the other way after the half-close, and both counts.
     #[tokio::test]
     async fn copies_both_ways_and_passes_the_half_close_on() {
         let (mut client, mut relay_a) = pair().await;
-        let (mut relay_b, mut server) = pair().await;
+        let (mut relay_b, server) = pair().await;
         let relay = tokio::spawn(async move { both_ways(&mut relay_a, &mut relay_b).await });
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 253) as u8).collect();
         let sent = data.clone();
@@ -176,24 +192,13 @@ mod tests {
                 client.read_to_end(&mut reply).await?;
                 io::Result::Ok(reply)
             };
-            let echo = async {
-                let mut got = Vec::new();
-                server.read_to_end(&mut got).await?;
-                server.write_all(b"got it").await?;
-                server.shutdown().await?;
-                io::Result::Ok(got)
-            };
-            tokio::try_join!(writer, echo)
+            tokio::try_join!(writer, take_all_then_answer(server))
         };
-        let (reply, got) = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .expect("in time")
-            .expect("transfer");
+        let (reply, got) = within("the transfer", run).await.expect("transfer");
         assert_eq!(got, sent);
         assert_eq!(reply, b"got it");
-        let counts = tokio::time::timeout(Duration::from_secs(20), relay)
+        let counts = within("the relay's end", relay)
             .await
-            .expect("relay ends")
             .expect("relay task")
             .expect("relay");
         assert_eq!(counts, (3 << 20, 6));
@@ -206,7 +211,7 @@ mod tests {
     #[tokio::test]
     async fn framed_copy_passes_each_sides_end_as_a_frame() {
         let (mut client, mut relay_a) = pair().await;
-        let (mut relay_b, mut server) = pair().await;
+        let (mut relay_b, server) = pair().await;
         let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
         let mut rest = &data[..];
@@ -244,24 +249,13 @@ mod tests {
                 }
                 io::Result::Ok(back)
             };
-            let echo = async {
-                let mut got = Vec::new();
-                server.read_to_end(&mut got).await?;
-                server.write_all(b"got it").await?;
-                server.shutdown().await?;
-                io::Result::Ok(got)
-            };
-            tokio::try_join!(writer, echo)
+            tokio::try_join!(writer, take_all_then_answer(server))
         };
-        let (reply, got) = tokio::time::timeout(Duration::from_secs(20), run)
-            .await
-            .expect("in time")
-            .expect("transfer");
+        let (reply, got) = within("the transfer", run).await.expect("transfer");
         assert_eq!(got, data);
         assert_eq!(reply, b"got it");
-        let counts = tokio::time::timeout(Duration::from_secs(20), relay)
+        let counts = within("the relay's end", relay)
             .await
-            .expect("relay ends")
             .expect("relay task")
             .expect("relay");
         assert_eq!(counts, (3 << 20, 6));
